@@ -1,0 +1,1 @@
+"""torchrec_aes: automatic embedding-size and architecture search on TorchRec."""

@@ -1,0 +1,155 @@
+"""`Architecture`: the one contract between search, train, plan and export.
+
+An architecture is a list of TorchRec tables (name, feature names, rows, dim) plus what the search
+recorded (method, budget, measured bytes, seed, schema hash) and method-specific extras (BET's row-size
+file, iHAS's groups, NASRec's block graph) under `extra`. Stored as `architecture.yaml`.
+
+Example::
+
+    arch = Architecture.uniform(schema, 16)
+    configs = arch.to_ebc_configs()  # list[EmbeddingBagConfig] for torchrec.EmbeddingBagCollection
+    arch.save("runs/x/architecture.yaml")
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import yaml
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+
+from torchrec_aes.data.schema import Schema
+from torchrec_aes.io import read_text, write_text_atomic
+
+
+@dataclass
+class TableArch:
+    """One embedding table.
+
+    Args:
+        name: table name (`t_<feature>` by default).
+        feature_names: features looked up in this table.
+        num_embeddings: rows.
+        embedding_dim: columns; 0 drops the table (its features are not used).
+    """
+
+    name: str
+    feature_names: list[str]
+    num_embeddings: int
+    embedding_dim: int
+
+
+@dataclass
+class Architecture:
+    """Per-table sizes plus provenance.
+
+    Args:
+        tables: the tables, in schema order.
+        method: the search method (or "uniform" for a hand-made one).
+        budget_bytes: the budget the search had, if any.
+        embedding_bytes: TorchRec's storage estimate of the tables (weights + optimizer state).
+        seed: the search seed.
+        schema_hash: `Schema.hash()` of the data it was searched on.
+        extra: method-specific fields (documented per method).
+    """
+
+    tables: list[TableArch]
+    method: str = "uniform"
+    budget_bytes: int | None = None
+    embedding_bytes: int | None = None
+    seed: int | None = None
+    schema_hash: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def uniform(cls, schema: Schema, dim: int) -> Architecture:
+        """Every sparse feature in its own table at `dim`."""
+        return cls.from_dims(schema, [dim] * len(schema.sparse), method="uniform")
+
+    @classmethod
+    def from_dims(cls, schema: Schema, dims: list[int], method: str = "uniform") -> Architecture:
+        """One table per sparse feature with the given dims (schema order)."""
+        if len(dims) != len(schema.sparse):
+            raise ValueError(f"got {len(dims)} dims for {len(schema.sparse)} sparse features")
+        tables = [
+            TableArch(f"t_{f.name}", [f.name], f.num_embeddings, int(d)) for f, d in zip(schema.sparse, dims)
+        ]
+        return cls(tables=tables, method=method, schema_hash=schema.hash())
+
+    @property
+    def dims(self) -> list[int]:
+        return [t.embedding_dim for t in self.tables]
+
+    @property
+    def active_tables(self) -> list[TableArch]:
+        return [t for t in self.tables if t.embedding_dim > 0]
+
+    def with_dims(self, dims: list[int], **changes: Any) -> Architecture:
+        """A copy with new per-table dims (and optionally other fields changed)."""
+        if len(dims) != len(self.tables):
+            raise ValueError(f"got {len(dims)} dims for {len(self.tables)} tables")
+        tables = [replace(t, embedding_dim=int(d)) for t, d in zip(self.tables, dims)]
+        return replace(self, tables=tables, **changes)
+
+    def to_ebc_configs(self) -> list[EmbeddingBagConfig]:
+        """`EmbeddingBagConfig`s of the active tables (dim > 0), sum pooling."""
+        return [
+            EmbeddingBagConfig(
+                name=t.name,
+                embedding_dim=t.embedding_dim,
+                num_embeddings=t.num_embeddings,
+                feature_names=list(t.feature_names),
+                pooling=PoolingType.SUM,
+            )
+            for t in self.active_tables
+        ]
+
+    def check_schema(self, schema: Schema, source: str = "architecture") -> None:
+        """Raises ValueError if the tables do not match the data's features and table sizes."""
+        known = {f.name: f.num_embeddings for f in schema.sparse}
+        for t in self.tables:
+            for name in t.feature_names:
+                if name not in known:
+                    raise ValueError(
+                        f"{source}: table '{t.name}' uses feature '{name}', which the data does not have "
+                        f"(features: {', '.join(known)})"
+                    )
+                if t.num_embeddings < known[name]:
+                    raise ValueError(
+                        f"{source}: table '{t.name}' has {t.num_embeddings} rows but feature '{name}' has ids "
+                        f"up to {known[name] - 1}"
+                    )
+            if t.embedding_dim < 0:
+                raise ValueError(f"{source}: table '{t.name}' has negative embedding_dim {t.embedding_dim}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = "architecture") -> Architecture:
+        if not isinstance(data, dict) or "tables" not in data:
+            raise ValueError(f"{source}: expected a mapping with a 'tables' list")
+        allowed = {"name", "feature_names", "num_embeddings", "embedding_dim"}
+        tables = []
+        for i, t in enumerate(data["tables"]):
+            unknown = set(t) - allowed
+            missing = allowed - set(t)
+            if unknown or missing:
+                raise ValueError(
+                    f"{source}: tables[{i}] has keys {sorted(t)}; expected exactly {sorted(allowed)}"
+                )
+            tables.append(TableArch(str(t["name"]), list(t["feature_names"]), int(t["num_embeddings"]),
+                                    int(t["embedding_dim"])))
+        top = {k: v for k, v in data.items() if k != "tables"}
+        allowed_top = {"method", "budget_bytes", "embedding_bytes", "seed", "schema_hash", "extra"}
+        if set(top) - allowed_top:
+            raise ValueError(f"{source}: unknown keys {sorted(set(top) - allowed_top)}")
+        return cls(tables=tables, **top)
+
+    def save(self, path: str) -> None:
+        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str) -> Architecture:
+        return cls.from_dict(yaml.safe_load(read_text(path)), source=path)

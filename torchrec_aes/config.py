@@ -1,0 +1,357 @@
+"""Typed configuration: dataclasses, strict YAML loading, dotted ``key=value`` overrides.
+
+Precedence is defaults < YAML file < command-line overrides. Loading is strict: an unknown key is an
+error that names its dotted path and the allowed keys, and a value of the wrong type names the field,
+the value and the expected type.
+
+Example::
+
+    cfg = load_config("configs/quickstart.yaml", ["train.epochs=2", "model.type=dcn"])
+    save_config(cfg, "runs/x/config.yaml")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from torchrec_aes.io import read_text, write_text_atomic
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the dotted key."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sections
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SyntheticConfig:
+    """The embedded default: Criteo-shaped data with planted per-field ranks."""
+
+    num_examples: int = 100_000
+    """Rows to generate (before the 8:1:1 split)."""
+    num_dense: int = 13
+    """Number of dense features."""
+    cardinalities: list[int] = field(
+        default_factory=lambda: [10, 30, 100, 300, 1_000, 3_000, 10_000, 30_000, 100_000, 1_000_000] * 2
+    )
+    """Rows of each sparse field's table (one entry per field)."""
+    true_ranks: list[int] | None = None
+    """Planted rank per sparse field (0 = carries no signal). None: a default pattern (see synthetic.py)."""
+    zipf_exponent: float = 1.1
+    """Exponent of the Zipf distribution that ids are drawn from."""
+    signal_scale: float = 1.0
+    """Multiplier on the hidden model's logit (higher = easier task)."""
+
+
+@dataclass
+class DataConfig:
+    """Where the data comes from and how it is preprocessed."""
+
+    type: str = "synthetic"
+    """Reader: synthetic | criteo | tabular | libfm | interactions."""
+    path: str = ""
+    """File (or comma-separated files) to read; unused for synthetic. Plain or .gz."""
+    test_path: str = ""
+    """Optional separate test file (interactions: LightGCN test.txt). Empty: split `path`."""
+    cache_dir: str = ""
+    """Where generated synthetic data is cached. Empty: under the run directory's parent `data_cache`."""
+    split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    """Train/val/test fractions of a seeded random split (CTR) or of each user's items (CF)."""
+    split_seed: int = 0
+    """Seed of the split (independent of the training seed)."""
+    min_count: int = 2
+    """Categorical values seen fewer times than this in train map to the field's OOV id 0."""
+    hash_size: int = 0
+    """If > 0, hash categorical values modulo this size instead of building a vocabulary."""
+    max_rows: int = 0
+    """Read at most this many rows (0 = all)."""
+    skip_bad_rows: bool = False
+    """Skip and count malformed rows instead of raising an error naming file and line."""
+    label_column: str = "label"
+    """Tabular reader: name (or 0-based index) of the label column."""
+    dense_columns: list[str] = field(default_factory=list)
+    """Tabular reader: dense feature columns (names, or 0-based indices when there is no header)."""
+    sparse_columns: list[str] = field(default_factory=list)
+    """Tabular reader: categorical columns (names, or 0-based indices when there is no header)."""
+    delimiter: str = ","
+    """Tabular reader: field delimiter."""
+    header: bool = True
+    """Tabular reader: whether the first line is a header."""
+    field_offsets: list[int] = field(default_factory=list)
+    """libFM reader: first global index of each field, ascending (e.g. Frappe: 0, 957, 5039, ...).
+    Empty: each row's i-th index belongs to field i."""
+    field_names: list[str] = field(default_factory=list)
+    """libFM reader: names of the fields (default f0, f1, ...)."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Synthetic generator settings."""
+
+
+@dataclass
+class ModelConfig:
+    """The recommender model around the embedding tables."""
+
+    type: str = "dlrm"
+    """dlrm | dcn (CTR) | mf | lightgcn (collaborative filtering)."""
+    embedding_dim: int = 16
+    """Uniform table dim used when no architecture file is given."""
+    dense_arch: list[int] = field(default_factory=lambda: [64, 16])
+    """DLRM bottom MLP layer sizes; the last one is the common interaction dim D."""
+    over_arch: list[int] = field(default_factory=lambda: [64, 32])
+    """Top MLP hidden sizes (a final 1-unit layer is appended)."""
+    cross_layers: int = 3
+    """DCN: number of low-rank cross layers."""
+    cross_rank: int = 16
+    """DCN: rank of each cross layer."""
+    num_layers: int = 3
+    """LightGCN propagation layers."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and evaluation; used by `train` and by every retraining inside a search."""
+
+    seed: int = 0
+    """Seed of initialisation and shuffling."""
+    batch_size: int = 512
+    """Examples per step per rank."""
+    eval_batch_size: int = 4096
+    """Examples per evaluation step per rank."""
+    epochs: int = 3
+    """Maximum epochs."""
+    max_steps: int = 0
+    """Stop after this many steps per epoch (0 = whole epoch); for quick runs."""
+    patience: int = 1
+    """Early stopping: epochs without val AUC improvement before stopping."""
+    embedding_optimizer: str = "rowwise_adagrad"
+    """Fused table optimizer: rowwise_adagrad | adagrad | sgd."""
+    embedding_lr: float = 0.05
+    """Learning rate of the fused table optimizer."""
+    dense_optimizer: str = "adam"
+    """Dense optimizer: adam | adagrad | sgd."""
+    dense_lr: float = 1e-3
+    """Learning rate of the dense optimizer."""
+    weight_decay: float = 0.0
+    """Dense weight decay."""
+    checkpoint: bool = True
+    """Write a DCP checkpoint each epoch and resume from the last one."""
+    log_every: int = 50
+    """TensorBoard scalar interval in steps."""
+    progress: bool = True
+    """Show tqdm progress bars on rank 0."""
+    ranking_k: list[int] = field(default_factory=lambda: [5, 10, 20])
+    """CF: K values of Recall@K / NDCG@K."""
+
+
+@dataclass
+class PlanConfig:
+    """Topology for the sharding plan written into the run directory."""
+
+    world_size: int = 0
+    """Ranks to plan for (0 = the current world size)."""
+    device: str = "cpu"
+    """cpu | cuda."""
+    hbm_gb: float = 0.0
+    """Per-device HBM cap in GiB for cuda (0 = TorchRec's default)."""
+    ddr_gb: float = 0.0
+    """Per-host DDR cap in GiB (0 = TorchRec's default)."""
+
+
+@dataclass
+class SearchConfig:
+    """Which search to run and under which budget."""
+
+    method: str = "uniform"
+    """uniform | power_rule (more methods register themselves later)."""
+    budget: str = "0.25 x uniform-64"
+    """Bytes ("800MB", "1.5GiB", "123456") or a fraction of a reference ("0.5 x uniform-64")."""
+    candidates: list[int] = field(default_factory=lambda: [4, 8, 16, 24, 32, 48, 64])
+    """Candidate table dims (multiples of 4 for FBGEMM's fused kernels)."""
+    count: str = "bytes"
+    """What the budget counts: bytes (TorchRec storage estimate) | params (the papers' convention)."""
+    power_alpha: float = 0.3
+    """power_rule: exponent alpha in d_f ~ n_f^-alpha."""
+    retrain: bool = True
+    """Retrain the found architecture from scratch and report test metrics."""
+
+
+@dataclass
+class Config:
+    """Everything a run needs; written resolved to `RUN/config.yaml`."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
+    arch: str = ""
+    """Architecture file to train (e.g. RUN/architecture.yaml); empty = uniform `model.embedding_dim`."""
+    run_dir: str = "runs/default"
+    """Output directory (local path or iopath URI)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Strict conversion
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(value: Any, tp: Any, path: str) -> Any:
+    """Converts a YAML value to the annotated type, or raises a ConfigError naming `path`."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], path)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return _from_dict(tp, value, path)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v != ""]
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+        raise ConfigError(f"{path}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
+        if as_float != int(as_float):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        return int(as_float)
+    if tp is float:
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+    if tp is str:
+        if isinstance(value, dict | list):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return "" if value is None else str(value)
+    raise ConfigError(f"{path}: unsupported type {_type_name(tp)}")
+
+
+def _from_dict(cls: type, data: dict, path: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        dotted = f"{path}.{key}" if path else str(key)
+        if key not in names:
+            raise ConfigError(f"unknown config key '{dotted}'; allowed here: {', '.join(names)}")
+        kwargs[key] = _convert(value, hints[key], dotted)
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict) -> Config:
+    """Builds a Config from a nested dict, strictly."""
+    return _from_dict(Config, data or {})
+
+
+def config_to_dict(cfg: Any) -> dict:
+    """The config as plain nested dicts/lists (YAML-ready)."""
+    return dataclasses.asdict(cfg)
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like a.b.c=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() != "" else ""
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Applies `a.b.c=value` overrides to a nested dict (values parsed as YAML scalars/lists)."""
+    for text in overrides:
+        keys, value = _parse_override(text)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{k}' is not a section")
+        node[keys[-1]] = value
+    return data
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Loads defaults < YAML file < overrides into a validated Config.
+
+    Args:
+        path: YAML file (local or iopath URI); None for defaults only.
+        overrides: `a.b.c=value` strings.
+
+    Raises:
+        ConfigError: unknown key, wrong type, or invalid value (message names the key).
+    """
+    data: dict = {}
+    if path:
+        try:
+            data = yaml.safe_load(read_text(path)) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    data = apply_overrides(data, overrides or [])
+    try:
+        cfg = config_from_dict(data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path else str(e)) from None
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Checks values that types alone do not constrain."""
+    choices = {
+        "data.type": (cfg.data.type, ("synthetic", "criteo", "tabular", "libfm", "interactions")),
+        "model.type": (cfg.model.type, ("dlrm", "dcn", "mf", "lightgcn")),
+        "train.embedding_optimizer": (cfg.train.embedding_optimizer, ("rowwise_adagrad", "adagrad", "sgd")),
+        "train.dense_optimizer": (cfg.train.dense_optimizer, ("adam", "adagrad", "sgd")),
+        "plan.device": (cfg.plan.device, ("cpu", "cuda")),
+        "search.count": (cfg.search.count, ("bytes", "params")),
+    }
+    for key, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
+    if len(cfg.data.split) != 3 or abs(sum(cfg.data.split) - 1.0) > 1e-6 or min(cfg.data.split) <= 0:
+        raise ConfigError(f"data.split: expected three positive fractions summing to 1, got {cfg.data.split}")
+    bad = [d for d in cfg.search.candidates if d <= 0 or d % 4]
+    if bad or not cfg.search.candidates:
+        raise ConfigError(
+            f"search.candidates: {cfg.search.candidates} must be non-empty multiples of 4 "
+            "(FBGEMM's fused kernels need dims divisible by 4)"
+        )
+    if cfg.model.embedding_dim <= 0:
+        raise ConfigError(f"model.embedding_dim: must be positive, got {cfg.model.embedding_dim}")
+    for key in ("batch_size", "eval_batch_size", "epochs"):
+        if getattr(cfg.train, key) <= 0:
+            raise ConfigError(f"train.{key}: must be positive, got {getattr(cfg.train, key)}")
+
+
+def save_config(cfg: Config, path: str) -> None:
+    """Writes the resolved config as YAML, atomically."""
+    write_text_atomic(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
