@@ -4,6 +4,7 @@ style, without its unittest base class)."""
 from __future__ import annotations
 
 import os
+import pickle
 import socket
 import traceback
 from collections.abc import Callable
@@ -31,7 +32,9 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable, args: tuple, qu
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         result = fn(rank, world_size, *args)
-        queue.put((rank, "ok", result))
+        # Plain pickle copies tensors inline; the queue's own pickler would pass shared-memory handles
+        # that die with this process.
+        queue.put((rank, "ok", pickle.dumps(result)))
     except BaseException:
         queue.put((rank, "error", traceback.format_exc()))
     finally:
@@ -55,7 +58,7 @@ def run_ranks(fn: Callable, *args: Any, world_size: int = 2, timeout: float = 60
     for _ in procs:
         rank, status, payload = queue.get(timeout=timeout)
         if status == "ok":
-            results[rank] = payload
+            results[rank] = pickle.loads(payload)
         else:
             errors.append(f"rank {rank}:\n{payload}")
     for p in procs:

@@ -1,0 +1,40 @@
+"""Tiny data and configs shared by tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from torchrec_aes.config import Config
+from torchrec_aes.data.dataset import CTRData, Splits
+from torchrec_aes.data.schema import Schema, SparseFeature
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+CARDINALITIES = [10, 100, 1000, 50, 500]
+
+
+def tiny_splits(n: int = 6000, seed: int = 0) -> Splits:
+    """A learnable toy task: the label depends on feature 1's id parity and dense feature 0."""
+    g = torch.Generator().manual_seed(seed)
+    schema = Schema([f"d{i}" for i in range(4)], [SparseFeature(f"c{i}", c) for i, c in enumerate(CARDINALITIES)])
+    ids = torch.stack([torch.randint(0, c, (n,), generator=g) for c in CARDINALITIES], 1)
+    dense = torch.rand(n, 4, generator=g)
+    labels = ((ids[:, 1] % 2 == 0) ^ (dense[:, 0] > 0.5)).float()
+    data = CTRData(dense, ids, labels)
+    a, b = int(0.8 * n), int(0.9 * n)
+    return Splits(schema, data.subset(torch.arange(a)), data.subset(torch.arange(a, b)),
+                  data.subset(torch.arange(b, n)))
+
+
+def tiny_config(model_type: str = "dlrm") -> Config:
+    cfg = Config()
+    cfg.model.type = model_type
+    cfg.model.dense_arch = [16, 8]
+    cfg.model.over_arch = [16]
+    cfg.train.batch_size = 64
+    cfg.train.epochs = 3
+    cfg.train.progress = False
+    cfg.train.embedding_lr = 0.1
+    cfg.train.dense_lr = 0.01
+    return cfg

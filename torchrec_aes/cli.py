@@ -1,0 +1,131 @@
+"""`torchrec-aes {train,search,plan}`: thin argument parsing over torchrec_aes.runs.
+
+Every command runs unchanged under `torchrun --nproc_per_node N` (gloo on CPU, nccl on GPU). User errors
+(bad config key, malformed data row, infeasible budget, a plan that does not fit) print one line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import warnings
+
+from torchrec_aes.config import ConfigError, load_config
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _quiet() -> None:
+    """TorchRec and FBGEMM warn a lot on CPU; keep the output to what a user needs."""
+    warnings.filterwarnings("ignore")
+    logging.basicConfig(level=logging.INFO if _rank() == 0 else logging.ERROR, format="%(message)s")
+    for name in ("torchrec", "fbgemm_gpu", "torch", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _load(args: argparse.Namespace):
+    cfg = load_config(args.config, args.overrides)
+    if args.run_dir:
+        cfg.run_dir = args.run_dir
+    return cfg
+
+
+def _train(args: argparse.Namespace) -> None:
+    from torchrec_aes.runs import run_train
+
+    cfg = _load(args)
+    metrics = run_train(cfg)
+    if _rank() == 0:
+        test = metrics["test"]
+        print("test " + " ".join(f"{k}={v:.4f}" for k, v in sorted(test.items())))
+        print(f"run directory: {cfg.run_dir}")
+
+
+def _search(args: argparse.Namespace) -> None:
+    from torchrec_aes.planning.memory import format_bytes
+    from torchrec_aes.runs import run_search
+
+    cfg = _load(args)
+    metrics = run_search(cfg)
+    if _rank() == 0:
+        dims = " ".join(f"{k.removeprefix('t_')}={v}" for k, v in metrics["dims"].items())
+        print(f"{metrics['method']}: dims {dims}")
+        print(f"embedding bytes {format_bytes(metrics['embedding_bytes'])} "
+              f"<= budget {format_bytes(metrics['budget_bytes'])}")
+        if "test" in metrics:
+            print("test " + " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics["test"].items())))
+        print(f"run directory: {cfg.run_dir} (report.md, architecture.yaml, plan.json, metrics.json, tb/)")
+
+
+def _plan(args: argparse.Namespace) -> None:
+    from torchrec_aes.architecture import Architecture
+    from torchrec_aes.planning.plan import (
+        format_plan_summary,
+        make_topology,
+        plan_architecture,
+        plan_summary,
+        save_plan,
+    )
+
+    path = args.arch
+    if os.path.isdir(path):
+        path = os.path.join(path, "architecture.yaml")
+    arch = Architecture.load(path)
+    plan = plan_architecture(arch, args.world_size, args.device, args.hbm_gb, args.ddr_gb, args.batch_size,
+                             args.optimizer, module_path=args.module_path)
+    topology = make_topology(args.world_size, args.device, args.hbm_gb, args.ddr_gb)
+    # The summary is computed on the EBC-relative plan; re-root it for the table.
+    from torchrec.distributed.types import ShardingPlan
+
+    rows = plan_summary(ShardingPlan({"": plan.plan[args.module_path]}), arch, topology, args.batch_size,
+                        args.optimizer)
+    print(format_plan_summary(rows, topology))
+    out = args.out or os.path.join(os.path.dirname(path), f"plan_{args.world_size}x{args.device}.json")
+    save_plan(plan, out, metadata={"topology": vars(args) | {"arch": path}})
+    print(f"plan written to {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="torchrec-aes", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, fn, text in (
+        ("train", _train, "train an architecture (uniform dims, or arch=RUN/architecture.yaml)"),
+        ("search", _search, "search an architecture under a budget, retrain it, plan it, report"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("config", help="YAML config (see configs/)")
+        p.add_argument("--run-dir", default="", help="output directory (overrides run_dir)")
+        p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.epochs=2")
+        p.set_defaults(fn=fn)
+    p = sub.add_parser("plan", help="sharding plan of an architecture for a topology")
+    p.add_argument("arch", help="architecture.yaml or a run directory")
+    p.add_argument("--world-size", type=int, required=True)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda")
+    p.add_argument("--hbm-gb", type=float, default=0.0, help="HBM per device in GiB (0 = TorchRec default)")
+    p.add_argument("--ddr-gb", type=float, default=0.0, help="DDR per host in GiB (0 = TorchRec default)")
+    p.add_argument("--batch-size", type=int, default=512, help="per-rank batch size")
+    p.add_argument("--optimizer", default="rowwise_adagrad", help="fused table optimizer")
+    p.add_argument("--module-path", default="model.sparse_arch",
+                   help="where the EBC sits in the DMP-wrapped model (our trainer: model.sparse_arch)")
+    p.add_argument("--out", default="", help="plan file (default: beside the architecture)")
+    p.set_defaults(fn=_plan)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    _quiet()
+    try:
+        args.fn(args)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
+        if _rank() == 0:
+            print(f"torchrec-aes {args.command}: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""Generic delimited CTR files (CSV/TSV) with a column spec from the config, e.g. Avazu.
+
+The column spec names the label, the dense and the categorical columns: by header name when the file has
+a header (`data.header: true`), by 0-based index (as strings) when it has none. Every value is read as a
+string first (Avazu's ids do not fit int64); dense columns must parse as numbers, the label as 0 or 1.
+
+The delimited-file engine here (`read_delimited`) also serves the Criteo reader, which is a fixed column
+spec over tab-separated files.
+
+Example::
+
+    cfg = DataConfig(type="tabular", path="avazu_sample.csv.gz", label_column="click",
+                     sparse_columns=["C1", "banner_pos", "site_id", ...])
+    raw = read_tabular(cfg)
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from torchrec_aes.config import DataConfig
+from torchrec_aes.data.preprocess import (
+    RawTable,
+    TableBuilder,
+    input_paths,
+    open_text,
+    parse_labels,
+    parse_numbers,
+    str_array,
+)
+
+CHUNK_ROWS = 1 << 16
+"""Rows parsed per vectorised chunk: bounds the Python string objects alive at once."""
+
+
+@dataclass
+class Columns:
+    """Where the label, dense and categorical values sit in a delimited row.
+
+    Args:
+        num_columns: columns every row must have.
+        label: index of the label column.
+        dense: indices of the dense columns.
+        sparse: indices of the categorical columns.
+        label_name: name of the label column.
+        dense_names: names of the dense columns.
+        sparse_names: names of the categorical columns.
+        count_hint: what a row should look like, for the wrong-column-count error.
+        integer_dense: dense values must be integers (Criteo counts), not just numbers.
+    """
+
+    num_columns: int
+    label: int
+    dense: list[int]
+    sparse: list[int]
+    label_name: str
+    dense_names: list[str]
+    sparse_names: list[str]
+    count_hint: str
+    integer_dense: bool = False
+
+
+def _parse_chunk(
+    rows: list[list[str]], lines: list[int], columns: Columns, errors: dict[int, str]
+) -> RawTable:
+    """Vectorised parse of rows that have the right column count; malformed rows go to `errors`."""
+    cols = list(zip(*rows, strict=True))
+    label_text = str_array(cols[columns.label])
+    labels, bad = parse_labels(label_text)
+    for i in np.flatnonzero(bad):
+        errors.setdefault(
+            lines[i], f"label {str(label_text[i])!r} in column {columns.label_name!r} (expected 0 or 1)"
+        )
+    dense = np.empty((len(rows), len(columns.dense)), dtype=np.float64)
+    kind, expect = (
+        ("non-integer", "an integer or empty")
+        if columns.integer_dense
+        else ("non-numeric", "a number or empty")
+    )
+    for k, (j, name) in enumerate(zip(columns.dense, columns.dense_names, strict=True)):
+        text = str_array(cols[j])
+        dense[:, k], bad_k = parse_numbers(text, integer=columns.integer_dense)
+        for i in np.flatnonzero(bad_k):
+            errors.setdefault(
+                lines[i], f"{kind} value {str(text[i])!r} in column {name!r} (expected {expect})"
+            )
+        bad |= bad_k
+    keep = ~bad
+    return RawTable(
+        dense=dense[keep],
+        categorical=[str_array(cols[j])[keep] for j in columns.sparse],
+        labels=labels[keep],
+        dense_names=list(columns.dense_names),
+        sparse_names=list(columns.sparse_names),
+        label_name=columns.label_name,
+    )
+
+
+def read_delimited(
+    paths: list[str],
+    resolve: Callable[[str, list[str]], Columns],
+    *,
+    delimiter: str,
+    header: bool,
+    quoting: int = csv.QUOTE_MINIMAL,
+    max_rows: int = 0,
+    skip_bad_rows: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
+) -> RawTable:
+    """Reads delimited files (plain or gzip'ed) into one RawTable.
+
+    Blank lines are ignored. Without a header, the column count of the first data row is the expected one.
+
+    Args:
+        paths: files to read, concatenated in order.
+        resolve: builds the column spec from (first file, its header or first data row).
+        delimiter: one character.
+        header: every file starts with a header line; later files' headers must equal the first's.
+        quoting: csv quoting mode (QUOTE_NONE for formats without quoting, like Criteo).
+        max_rows: stop after this many good rows (0 = all).
+        skip_bad_rows: skip and count malformed rows instead of raising.
+        chunk_rows: rows per vectorised parse.
+
+    Raises:
+        ValueError: "FILE:LINE: what (expected ...)" for the first malformed row unless skipping; a
+            header that differs between files; no rows at all.
+    """
+    builder = TableBuilder(max_rows, skip_bad_rows)
+    columns: Columns | None = None
+    first_header: tuple[str, list[str]] | None = None
+    for path in paths:
+        if builder.full():
+            break
+        rows: list[list[str]] = []
+        lines: list[int] = []
+        errors: dict[int, str] = {}
+        with open_text(path) as f:
+            reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+            try:
+                if header:
+                    head = next(reader, None)
+                    if head is None:
+                        raise ValueError(f"{path}: empty file (expected a header line, data.header=true)")
+                    if first_header is None:
+                        first_header = (path, head)
+                        columns = resolve(path, head)
+                    elif head != first_header[1]:
+                        raise ValueError(
+                            f"{path}:1: header {delimiter.join(head)!r} differs from the header of "
+                            f"{first_header[0]} (expected {delimiter.join(first_header[1])!r})"
+                        )
+                room = builder.room(chunk_rows)
+                for record in reader:
+                    if not record:  # blank line
+                        continue
+                    if columns is None:
+                        columns = resolve(path, record)
+                    if len(record) != columns.num_columns:
+                        errors[reader.line_num] = f"{len(record)} columns ({columns.count_hint})"
+                    else:
+                        rows.append(record)
+                        lines.append(reader.line_num)
+                    if len(rows) + len(errors) >= room:
+                        builder.add(
+                            path, _parse_chunk(rows, lines, columns, errors) if rows else None, errors
+                        )
+                        rows, lines, errors = [], [], {}
+                        if builder.full():
+                            break
+                        room = builder.room(chunk_rows)
+            except csv.Error as e:
+                raise ValueError(f"{path}:{reader.line_num}: {e}") from None
+        if columns is not None:
+            builder.add(path, _parse_chunk(rows, lines, columns, errors) if rows else None, errors)
+    return builder.finish(paths)
+
+
+def parse_delimiter(text: str) -> str:
+    """`data.delimiter` as one character; accepts the escapes "\\t" and "tab" for a tab.
+
+    Raises:
+        ValueError: not a single character.
+    """
+    if text in ("\\t", "tab"):
+        return "\t"
+    if len(text) != 1:
+        raise ValueError(f"data.delimiter: {text!r} must be a single character such as ',' or '\\t'")
+    return text
+
+
+def _resolve_columns(cfg: DataConfig, path: str, first: list[str], header: bool) -> Columns:
+    """The column spec from the config, checked against the first file's header (or first row)."""
+    if not cfg.sparse_columns:
+        raise ValueError(
+            "data.sparse_columns: empty; the tabular reader needs at least one categorical column"
+        )
+    if header:
+        names = [h.strip() for h in first]
+
+        def find(key: str, name: str) -> int:
+            if name not in names:
+                raise ValueError(
+                    f"data.{key}: column {name!r} is not in the header of {path}; columns: {', '.join(names)}"
+                )
+            if names.count(name) > 1:
+                raise ValueError(f"data.{key}: column {name!r} appears {names.count(name)} times in {path}")
+            return names.index(name)
+
+    else:
+        names = [f"c{i}" for i in range(len(first))]
+
+        def find(key: str, name: str) -> int:
+            try:
+                index = int(name)
+            except ValueError:
+                raise ValueError(
+                    f"data.{key}: {name!r} is not a column index; {path} has no header (data.header=false), "
+                    f"so columns are 0-based indices 0..{len(first) - 1}"
+                ) from None
+            if not 0 <= index < len(first):
+                raise ValueError(
+                    f"data.{key}: column index {index} is out of range; {path} has {len(first)} columns "
+                    f"(0..{len(first) - 1})"
+                )
+            return index
+
+    label = find("label_column", cfg.label_column)
+    dense = [find("dense_columns", c) for c in cfg.dense_columns]
+    sparse = [find("sparse_columns", c) for c in cfg.sparse_columns]
+    used = [label, *dense, *sparse]
+    for index in used:
+        if used.count(index) > 1:
+            raise ValueError(
+                f"data: column {names[index]!r} is used more than once among label_column, dense_columns "
+                "and sparse_columns"
+            )
+    source = f"the header of {path}" if header else f"the first row of {path}"
+    return Columns(
+        num_columns=len(first),
+        label=label,
+        dense=dense,
+        sparse=sparse,
+        label_name=names[label],
+        dense_names=[names[i] for i in dense],
+        sparse_names=[names[i] for i in sparse],
+        count_hint=f"expected {len(first)}, as in {source}, separated by {parse_delimiter(cfg.delimiter)!r}",
+    )
+
+
+def read_tabular(cfg: DataConfig) -> RawTable:
+    """Reads the delimited file(s) of `cfg.path` with the column spec of `cfg`.
+
+    Args:
+        cfg: uses path, delimiter, header, label_column, dense_columns, sparse_columns, max_rows,
+            skip_bad_rows.
+
+    Raises:
+        ValueError: a missing file, a column the header does not have (the message lists the header's
+            columns), or a malformed row ("FILE:LINE: ...") unless `skip_bad_rows`.
+    """
+    delimiter = parse_delimiter(cfg.delimiter)
+    paths = input_paths(cfg)
+    return read_delimited(
+        paths,
+        lambda path, first: _resolve_columns(cfg, path, first, cfg.header),
+        delimiter=delimiter,
+        header=cfg.header,
+        max_rows=cfg.max_rows,
+        skip_bad_rows=cfg.skip_bad_rows,
+    )

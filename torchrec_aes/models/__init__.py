@@ -1,0 +1,1 @@
+"""Recommender models built from an Architecture."""

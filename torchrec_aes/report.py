@@ -1,0 +1,81 @@
+"""`report.md` and its plots: per-table dims (with planted ranks when known) and bytes against the budget."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from torchrec_aes.architecture import Architecture  # noqa: E402
+from torchrec_aes.io import join, write_bytes_atomic, write_text_atomic  # noqa: E402
+from torchrec_aes.planning.memory import Budget, format_bytes  # noqa: E402
+
+
+def _save_png(fig, path: str) -> None:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def plot_dims(arch: Architecture, metrics: dict[str, Any], budget: Budget | None,
+              planted: list[int] | None, path: str) -> None:
+    """Two panels: dims per table (planted ranks as markers), cumulative bytes with the budget line."""
+    names = [t.name for t in arch.tables]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 0.45 * len(names) + 6), 4))
+    x = range(len(names))
+    ax1.bar(x, arch.dims, color="tab:blue", label="embedding_dim")
+    if planted is not None:
+        ax1.scatter(x, planted, color="tab:red", marker="_", s=200, zorder=3, label="planted rank")
+    ax1.set_xticks(list(x), names, rotation=70, fontsize=7)
+    ax1.set_ylabel("dim")
+    ax1.set_title(f"per-table dims ({arch.method})")
+    ax1.legend(fontsize=8)
+    per_table = metrics.get("table_bytes", {})
+    sizes = [per_table.get(n, 0) for n in names]
+    bottom = 0
+    for n, s in zip(names, sizes):
+        ax2.bar([0], [s], bottom=bottom, width=0.5)
+        bottom += s
+    if budget is not None:
+        ax2.axhline(budget.bytes, color="black", linestyle="--", label=f"budget {format_bytes(budget.bytes)}")
+        ax2.legend(fontsize=8)
+    ax2.set_xticks([0], ["tables (stacked)"])
+    ax2.set_ylabel("bytes (TorchRec storage estimate)")
+    ax2.set_title(f"total {format_bytes(bottom)}")
+    _save_png(fig, path)
+
+
+def write_report(run_dir: str, arch: Architecture, metrics: dict[str, Any], budget: Budget | None = None,
+                 planted: list[int] | None = None) -> None:
+    """Writes `report.md` and `dims.png` into `run_dir`."""
+    plot_dims(arch, metrics, budget, planted, join(run_dir, "dims.png"))
+    lines = [f"# Run report: {arch.method}", ""]
+    test, val = metrics.get("test", {}), metrics.get("val", {})
+    if test:
+        lines += ["| split | " + " | ".join(sorted(test)) + " |", "|---|" + "---|" * len(test)]
+        for name, values in (("val", val), ("test", test)):
+            lines.append(f"| {name} | " + " | ".join(f"{values.get(k, float('nan')):.4f}" for k in sorted(test)) + " |")
+        lines.append("")
+    used = metrics.get("embedding_bytes")
+    if used is not None:
+        lines.append(f"- embedding bytes (TorchRec estimate): {used} ({format_bytes(used)})")
+    if budget is not None:
+        lines.append(f"- budget: {budget.bytes} ({format_bytes(budget.bytes)}), from '{budget.text}'; "
+                     f"slack {budget.bytes - (used or 0)} bytes")
+    for key in ("search_seconds", "retrain_seconds", "wall_seconds"):
+        if key in metrics:
+            lines.append(f"- {key.replace('_', ' ')}: {metrics[key]:.1f}")
+    lines += ["", "![per-table dims and bytes](dims.png)", "", "| table | rows | dim | bytes |"
+              + (" planted rank |" if planted else ""), "|---|---|---|---|" + ("---|" if planted else "")]
+    per_table = metrics.get("table_bytes", {})
+    for i, t in enumerate(arch.tables):
+        row = f"| {t.name} | {t.num_embeddings} | {t.embedding_dim} | {per_table.get(t.name, '')} |"
+        if planted:
+            row += f" {planted[i]} |"
+        lines.append(row)
+    write_text_atomic(join(run_dir, "report.md"), "\n".join(lines) + "\n")

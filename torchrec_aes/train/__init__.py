@@ -1,0 +1,1 @@
+"""Training: one trainer for `train` and every retraining inside a search."""

@@ -1,0 +1,72 @@
+"""Process-group set-up that works for 1 process, `torchrun` on CPU (gloo) and GPUs (nccl)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistEnv:
+    """Where this process runs.
+
+    Args:
+        rank: global rank.
+        world_size: number of ranks.
+        device: this rank's compute device (cuda:LOCAL_RANK when CUDA is available, else cpu).
+        pg: the default process group.
+    """
+
+    rank: int
+    world_size: int
+    device: torch.device
+    pg: dist.ProcessGroup
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> DistEnv:
+    """Joins (or creates) the default process group and picks the device.
+
+    Under torchrun the usual environment variables are set; a plain `python` run becomes a world of one
+    (DMP and the planner need a process group even then). Idempotent: searches call the trainer many
+    times in one process.
+    """
+    if torch.cuda.is_available():
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+        backend = "nccl"
+    else:
+        device = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(
+                backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
+            )
+    pg = dist.group.WORLD
+    return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, pg=pg)
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank `src`'s object on every rank (identity in a world of one)."""
+    if dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
