@@ -73,7 +73,8 @@ class Architecture:
         if len(dims) != len(schema.sparse):
             raise ValueError(f"got {len(dims)} dims for {len(schema.sparse)} sparse features")
         tables = [
-            TableArch(f"t_{f.name}", [f.name], f.num_embeddings, int(d)) for f, d in zip(schema.sparse, dims)
+            TableArch(f"t_{f.name}", [f.name], f.num_embeddings, int(d))
+            for f, d in zip(schema.sparse, dims, strict=True)
         ]
         return cls(tables=tables, method=method, schema_hash=schema.hash())
 
@@ -89,7 +90,7 @@ class Architecture:
         """A copy with new per-table dims (and optionally other fields changed)."""
         if len(dims) != len(self.tables):
             raise ValueError(f"got {len(dims)} dims for {len(self.tables)} tables")
-        tables = [replace(t, embedding_dim=int(d)) for t, d in zip(self.tables, dims)]
+        tables = [replace(t, embedding_dim=int(d)) for t, d in zip(self.tables, dims, strict=True)]
         return replace(self, tables=tables, **changes)
 
     def to_ebc_configs(self) -> list[EmbeddingBagConfig]:
@@ -117,8 +118,8 @@ class Architecture:
                     )
                 if t.num_embeddings < known[name]:
                     raise ValueError(
-                        f"{source}: table '{t.name}' has {t.num_embeddings} rows but feature '{name}' has ids "
-                        f"up to {known[name] - 1}"
+                        f"{source}: table '{t.name}' has {t.num_embeddings} rows but feature '{name}' "
+                        f"has ids up to {known[name] - 1}"
                     )
             if t.embedding_dim < 0:
                 raise ValueError(f"{source}: table '{t.name}' has negative embedding_dim {t.embedding_dim}")
@@ -139,8 +140,14 @@ class Architecture:
                 raise ValueError(
                     f"{source}: tables[{i}] has keys {sorted(t)}; expected exactly {sorted(allowed)}"
                 )
-            tables.append(TableArch(str(t["name"]), list(t["feature_names"]), int(t["num_embeddings"]),
-                                    int(t["embedding_dim"])))
+            tables.append(
+                TableArch(
+                    str(t["name"]),
+                    list(t["feature_names"]),
+                    int(t["num_embeddings"]),
+                    int(t["embedding_dim"]),
+                )
+            )
         top = {k: v for k, v in data.items() if k != "tables"}
         allowed_top = {"method", "budget_bytes", "embedding_bytes", "seed", "schema_hash", "extra"}
         if set(top) - allowed_top:

@@ -22,9 +22,10 @@ def _rank() -> int:
 def _quiet() -> None:
     """TorchRec and FBGEMM warn a lot on CPU; keep the output to what a user needs."""
     warnings.filterwarnings("ignore")
-    logging.basicConfig(level=logging.INFO if _rank() == 0 else logging.ERROR, format="%(message)s")
-    for name in ("torchrec", "fbgemm_gpu", "torch", "root"):
+    logging.basicConfig(level=logging.ERROR, format="%(message)s")
+    for name in ("torchrec", "fbgemm_gpu", "torch"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("torchrec_aes").setLevel(logging.INFO if _rank() == 0 else logging.ERROR)
 
 
 def _load(args: argparse.Namespace):
@@ -54,8 +55,10 @@ def _search(args: argparse.Namespace) -> None:
     if _rank() == 0:
         dims = " ".join(f"{k.removeprefix('t_')}={v}" for k, v in metrics["dims"].items())
         print(f"{metrics['method']}: dims {dims}")
-        print(f"embedding bytes {format_bytes(metrics['embedding_bytes'])} "
-              f"<= budget {format_bytes(metrics['budget_bytes'])}")
+        print(
+            f"embedding bytes {format_bytes(metrics['embedding_bytes'])} "
+            f"<= budget {format_bytes(metrics['budget_bytes'])}"
+        )
         if "test" in metrics:
             print("test " + " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics["test"].items())))
         print(f"run directory: {cfg.run_dir} (report.md, architecture.yaml, plan.json, metrics.json, tb/)")
@@ -75,17 +78,22 @@ def _plan(args: argparse.Namespace) -> None:
     if os.path.isdir(path):
         path = os.path.join(path, "architecture.yaml")
     arch = Architecture.load(path)
-    plan = plan_architecture(arch, args.world_size, args.device, args.hbm_gb, args.ddr_gb, args.batch_size,
-                             args.optimizer, module_path=args.module_path)
+    plan = plan_architecture(
+        arch,
+        args.world_size,
+        args.device,
+        args.hbm_gb,
+        args.ddr_gb,
+        args.batch_size,
+        args.optimizer,
+        module_path=args.module_path,
+    )
     topology = make_topology(args.world_size, args.device, args.hbm_gb, args.ddr_gb)
-    # The summary is computed on the EBC-relative plan; re-root it for the table.
-    from torchrec.distributed.types import ShardingPlan
-
-    rows = plan_summary(ShardingPlan({"": plan.plan[args.module_path]}), arch, topology, args.batch_size,
-                        args.optimizer)
+    rows = plan_summary(plan, arch, topology, args.batch_size, args.optimizer)
     print(format_plan_summary(rows, topology))
     out = args.out or os.path.join(os.path.dirname(path), f"plan_{args.world_size}x{args.device}.json")
-    save_plan(plan, out, metadata={"topology": vars(args) | {"arch": path}})
+    options = {k: v for k, v in vars(args).items() if k not in ("fn", "command", "out")}
+    save_plan(plan, out, metadata={"topology": options | {"arch": path}})
     print(f"plan written to {out}")
 
 
@@ -109,15 +117,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ddr-gb", type=float, default=0.0, help="DDR per host in GiB (0 = TorchRec default)")
     p.add_argument("--batch-size", type=int, default=512, help="per-rank batch size")
     p.add_argument("--optimizer", default="rowwise_adagrad", help="fused table optimizer")
-    p.add_argument("--module-path", default="model.sparse_arch",
-                   help="where the EBC sits in the DMP-wrapped model (our trainer: model.sparse_arch)")
+    p.add_argument(
+        "--module-path",
+        default="model.sparse_arch",
+        help="where the EBC sits in the DMP-wrapped model (our trainer: model.sparse_arch)",
+    )
     p.add_argument("--out", default="", help="plan file (default: beside the architecture)")
     p.set_defaults(fn=_plan)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come before or after options (`train C --run-dir R k=v`); argparse stops collecting a
+    # positional list at the first option, so the rest arrives here.
+    args, extra = parser.parse_known_args(argv)
+    bad = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if bad:
+        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+    if extra:
+        args.overrides = list(args.overrides) + extra
     _quiet()
     try:
         args.fn(args)

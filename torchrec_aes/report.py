@@ -22,8 +22,9 @@ def _save_png(fig, path: str) -> None:
     write_bytes_atomic(path, buf.getvalue())
 
 
-def plot_dims(arch: Architecture, metrics: dict[str, Any], budget: Budget | None,
-              planted: list[int] | None, path: str) -> None:
+def plot_dims(
+    arch: Architecture, metrics: dict[str, Any], budget: Budget | None, planted: list[int] | None, path: str
+) -> None:
     """Two panels: dims per table (planted ranks as markers), cumulative bytes with the budget line."""
     names = [t.name for t in arch.tables]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 0.45 * len(names) + 6), 4))
@@ -38,7 +39,7 @@ def plot_dims(arch: Architecture, metrics: dict[str, Any], budget: Budget | None
     per_table = metrics.get("table_bytes", {})
     sizes = [per_table.get(n, 0) for n in names]
     bottom = 0
-    for n, s in zip(names, sizes):
+    for s in sizes:
         ax2.bar([0], [s], bottom=bottom, width=0.5)
         bottom += s
     if budget is not None:
@@ -50,8 +51,13 @@ def plot_dims(arch: Architecture, metrics: dict[str, Any], budget: Budget | None
     _save_png(fig, path)
 
 
-def write_report(run_dir: str, arch: Architecture, metrics: dict[str, Any], budget: Budget | None = None,
-                 planted: list[int] | None = None) -> None:
+def write_report(
+    run_dir: str,
+    arch: Architecture,
+    metrics: dict[str, Any],
+    budget: Budget | None = None,
+    planted: list[int] | None = None,
+) -> None:
     """Writes `report.md` and `dims.png` into `run_dir`."""
     plot_dims(arch, metrics, budget, planted, join(run_dir, "dims.png"))
     lines = [f"# Run report: {arch.method}", ""]
@@ -59,19 +65,28 @@ def write_report(run_dir: str, arch: Architecture, metrics: dict[str, Any], budg
     if test:
         lines += ["| split | " + " | ".join(sorted(test)) + " |", "|---|" + "---|" * len(test)]
         for name, values in (("val", val), ("test", test)):
-            lines.append(f"| {name} | " + " | ".join(f"{values.get(k, float('nan')):.4f}" for k in sorted(test)) + " |")
+            lines.append(
+                f"| {name} | " + " | ".join(f"{values.get(k, float('nan')):.4f}" for k in sorted(test)) + " |"
+            )
         lines.append("")
     used = metrics.get("embedding_bytes")
     if used is not None:
         lines.append(f"- embedding bytes (TorchRec estimate): {used} ({format_bytes(used)})")
     if budget is not None:
-        lines.append(f"- budget: {budget.bytes} ({format_bytes(budget.bytes)}), from '{budget.text}'; "
-                     f"slack {budget.bytes - (used or 0)} bytes")
+        lines.append(
+            f"- budget: {budget.bytes} ({format_bytes(budget.bytes)}), from '{budget.text}'; "
+            f"slack {budget.bytes - (used or 0)} bytes"
+        )
     for key in ("search_seconds", "retrain_seconds", "wall_seconds"):
         if key in metrics:
             lines.append(f"- {key.replace('_', ' ')}: {metrics[key]:.1f}")
-    lines += ["", "![per-table dims and bytes](dims.png)", "", "| table | rows | dim | bytes |"
-              + (" planted rank |" if planted else ""), "|---|---|---|---|" + ("---|" if planted else "")]
+    lines += [
+        "",
+        "![per-table dims and bytes](dims.png)",
+        "",
+        "| table | rows | dim | bytes |" + (" planted rank |" if planted else ""),
+        "|---|---|---|---|" + ("---|" if planted else ""),
+    ]
     per_table = metrics.get("table_bytes", {})
     for i, t in enumerate(arch.tables):
         row = f"| {t.name} | {t.num_embeddings} | {t.embedding_dim} | {per_table.get(t.name, '')} |"

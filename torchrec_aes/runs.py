@@ -64,18 +64,35 @@ def write_plan(cfg: Config, env: DistEnv, arch: Architecture, run_dir: str) -> d
     """Plans `arch` for the topology of `cfg.plan` (default: this job's world size) into `plan.json`."""
     world_size = cfg.plan.world_size or env.world_size
     plan = plan_architecture(
-        arch, world_size, cfg.plan.device, cfg.plan.hbm_gb, cfg.plan.ddr_gb, cfg.train.batch_size,
-        cfg.train.embedding_optimizer, module_path=TRAINER_EBC_PATH,
+        arch,
+        world_size,
+        cfg.plan.device,
+        cfg.plan.hbm_gb,
+        cfg.plan.ddr_gb,
+        cfg.train.batch_size,
+        cfg.train.embedding_optimizer,
+        module_path=TRAINER_EBC_PATH,
     )
-    topology = {"world_size": world_size, "device": cfg.plan.device, "hbm_gb": cfg.plan.hbm_gb,
-                "ddr_gb": cfg.plan.ddr_gb, "batch_size": cfg.train.batch_size,
-                "module_path": TRAINER_EBC_PATH}
+    topology = {
+        "world_size": world_size,
+        "device": cfg.plan.device,
+        "hbm_gb": cfg.plan.hbm_gb,
+        "ddr_gb": cfg.plan.ddr_gb,
+        "batch_size": cfg.train.batch_size,
+        "module_path": TRAINER_EBC_PATH,
+    }
     save_plan(plan, join(run_dir, "plan.json"), metadata={"topology": topology})
     return topology
 
 
-def finish_run(cfg: Config, env: DistEnv, arch: Architecture, metrics: dict[str, Any],
-               budget: Budget | None = None, planted: list[int] | None = None) -> None:
+def finish_run(
+    cfg: Config,
+    env: DistEnv,
+    arch: Architecture,
+    metrics: dict[str, Any],
+    budget: Budget | None = None,
+    planted: list[int] | None = None,
+) -> None:
     """Writes config, architecture, plan, metrics and report (rank 0; the plan is computed on rank 0)."""
     if not env.is_main:
         return
@@ -152,7 +169,7 @@ def run_search(cfg: Config) -> dict[str, Any]:
         "world_size": env.world_size,
     }
     if planted is not None:
-        metrics["planted_ranks"] = {t.name: r for t, r in zip(arch.tables, planted)}
+        metrics["planted_ranks"] = {t.name: r for t, r in zip(arch.tables, planted, strict=True)}
     if cfg.search.retrain:
         t0 = time.perf_counter()
         metrics.update(Trainer(cfg, splits, arch, cfg.run_dir, tag="final").fit())

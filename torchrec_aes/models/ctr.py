@@ -49,7 +49,9 @@ class MixedDimDLRM(nn.Module):
         # One projection per feature (a shared table pools per feature, each gets its own slot).
         self.projections = nn.ModuleDict(
             {
-                name: (nn.Identity() if c.embedding_dim == dim else nn.Linear(c.embedding_dim, dim, bias=False))
+                name: (
+                    nn.Identity() if c.embedding_dim == dim else nn.Linear(c.embedding_dim, dim, bias=False)
+                )
                 for c in configs
                 for name in c.feature_names
             }
@@ -103,16 +105,18 @@ class MixedDimDCN(nn.Module):
         """dense [B, num_dense], KJT -> logits [B]."""
         # A sharded EBC may return its keys in another order than the unsharded one: concatenate by name.
         per_feature = self.sparse_arch(sparse_features).to_dict()
-        x = torch.cat([dense_features] + [per_feature[n] for n in self.feature_names], dim=1)  # [B, Dd+sum d_f]
+        x = torch.cat(
+            [dense_features] + [per_feature[n] for n in self.feature_names], dim=1
+        )  # [B, Dd+sum d_f]
         return self.over_arch(self.crossnet(x)).squeeze(-1)
 
 
-def build_ctr_model(
-    model_type: str, ebc: EmbeddingBagCollection, num_dense: int, model_cfg
-) -> nn.Module:
+def build_ctr_model(model_type: str, ebc: EmbeddingBagCollection, num_dense: int, model_cfg) -> nn.Module:
     """The CTR model named by `model.type` around `ebc` (dims taken from the EBC's tables)."""
     if model_type == "dlrm":
         return MixedDimDLRM(ebc, num_dense, list(model_cfg.dense_arch), list(model_cfg.over_arch))
     if model_type == "dcn":
-        return MixedDimDCN(ebc, num_dense, model_cfg.cross_layers, model_cfg.cross_rank, list(model_cfg.over_arch))
+        return MixedDimDCN(
+            ebc, num_dense, model_cfg.cross_layers, model_cfg.cross_rank, list(model_cfg.over_arch)
+        )
     raise ValueError(f"model.type: '{model_type}' is not a CTR model (dlrm, dcn)")

@@ -31,9 +31,7 @@ def uniform(ctx: SearchContext) -> SearchResult:
     return SearchResult(arch, {"dim": arch.dims[0]})
 
 
-def power_rule_dims(
-    num_embeddings: list[int], alpha: float, scale: float, low: int, high: int
-) -> list[int]:
+def power_rule_dims(num_embeddings: list[int], alpha: float, scale: float, low: int, high: int) -> list[int]:
     """d_f = scale * n_f^-alpha, rounded to a multiple of 4 in [low, high]."""
     dims = []
     for n in num_embeddings:
@@ -42,8 +40,15 @@ def power_rule_dims(
     return dims
 
 
-def fit_power_rule(schema_rows: list[int], budget: Budget, arch0: Architecture, alpha: float, low: int,
-                   high: int, iters: int = 60) -> Architecture:
+def fit_power_rule(
+    schema_rows: list[int],
+    budget: Budget,
+    arch0: Architecture,
+    alpha: float,
+    low: int,
+    high: int,
+    iters: int = 60,
+) -> Architecture:
     """Bisection on the scale: the largest scale whose rounded dims fit the budget."""
     lo, hi = 0.0, float(high) * max(schema_rows) ** alpha * 4
     best = arch0.with_dims(power_rule_dims(schema_rows, alpha, lo, low, high))

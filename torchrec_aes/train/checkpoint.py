@@ -39,8 +39,10 @@ class Checkpointer:
         return json.loads(read_text(path)) if exists(path) else None
 
     def save(self, epoch: int, model, optimizer, trainer_state: dict[str, Any]) -> None:
-        dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()},
-                 checkpoint_id=self._epoch_dir(epoch))
+        dcp.save(
+            {"model": model.state_dict(), "optim": optimizer.state_dict()},
+            checkpoint_id=self._epoch_dir(epoch),
+        )
         if dist.is_initialized():
             dist.barrier()
         if self.is_main:

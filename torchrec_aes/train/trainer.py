@@ -22,8 +22,6 @@ from torchrec.datasets.utils import Batch
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.optim import RowWiseAdagrad
-from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from tqdm import tqdm
@@ -33,6 +31,7 @@ from torchrec_aes.config import Config
 from torchrec_aes.data.dataset import CTRData, Splits, iter_batches, num_batches
 from torchrec_aes.io import join
 from torchrec_aes.models.ctr import build_ctr_model
+from torchrec_aes.planning.memory import attach_table_optimizer
 from torchrec_aes.planning.plan import default_sharders, make_topology, plan_model
 from torchrec_aes.train.checkpoint import Checkpointer
 from torchrec_aes.train.distributed import DistEnv, init_distributed
@@ -40,11 +39,6 @@ from torchrec_aes.train.metrics import BinaryMetrics
 
 logger = logging.getLogger(__name__)
 
-TABLE_OPTIMIZERS: dict[str, tuple[type[torch.optim.Optimizer], dict[str, Any]]] = {
-    "rowwise_adagrad": (RowWiseAdagrad, {"eps": 1e-8}),
-    "adagrad": (torch.optim.Adagrad, {"eps": 1e-8}),
-    "sgd": (torch.optim.SGD, {}),
-}
 DENSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adagrad": torch.optim.Adagrad,
@@ -63,17 +57,6 @@ class CTRTask(nn.Module):
         logits = self.model(batch.dense_features, batch.sparse_features)
         loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
         return loss, (loss.detach(), logits.detach(), batch.labels)
-
-
-def attach_table_optimizer(ebc: nn.Module, name: str, lr: float) -> None:
-    """Fuses the table optimizer into backward (TorchRec's planner then counts its state)."""
-    cls, kwargs = TABLE_OPTIMIZERS[name]
-    apply_optimizer_in_backward(cls, ebc.parameters(), {"lr": lr, **kwargs})
-
-
-def build_meta_ebc(arch: Architecture) -> EmbeddingBagCollection:
-    """The architecture's tables on the meta device (nothing materialised until DMP shards them)."""
-    return EmbeddingBagCollection(tables=arch.to_ebc_configs(), device=torch.device("meta"))
 
 
 class Trainer:
@@ -111,16 +94,16 @@ class Trainer:
         self.keys = [n for t in arch.active_tables for n in t.feature_names]
         self.sparse_columns = [splits.schema.sparse_names.index(k) for k in self.keys]
         torch.manual_seed(cfg.train.seed)
-        ebc = build_meta_ebc(arch)
+        # Tables on meta: nothing is materialised until DMP shards them.
+        ebc = EmbeddingBagCollection(tables=arch.to_ebc_configs(), device=torch.device("meta"))
         if build_model is None:
             model = build_ctr_model(cfg.model.type, ebc, splits.schema.num_dense, cfg.model)
         else:
             model = build_model(ebc)
         task = CTRTask(model)
+        # Fused into backward, so DMP runs FBGEMM's fused optimizer and the planner counts its state.
         attach_table_optimizer(ebc, cfg.train.embedding_optimizer, cfg.train.embedding_lr)
-        topology = make_topology(
-            self.env.world_size, self.env.device.type, cfg.plan.hbm_gb, cfg.plan.ddr_gb
-        )
+        topology = make_topology(self.env.world_size, self.env.device.type, cfg.plan.hbm_gb, cfg.plan.ddr_gb)
         self.plan = plan_model(task, arch, topology, cfg.train.batch_size, pg=self.env.pg)
         self.model = DistributedModelParallel(
             task, device=self.env.device, plan=self.plan, sharders=default_sharders()
@@ -147,16 +130,35 @@ class Trainer:
             return data
         return CTRData(data.dense, data.sparse[:, self.sparse_columns], data.labels)
 
-    def _batches(self, data: CTRData, batch_size: int, shuffle: bool, seed: int, max_batches: int = 0,
-                 drop_last: bool = False) -> Iterator[Batch]:
+    def _batches(
+        self,
+        data: CTRData,
+        batch_size: int,
+        shuffle: bool,
+        seed: int,
+        max_batches: int = 0,
+        drop_last: bool = False,
+    ) -> Iterator[Batch]:
         return iter_batches(
-            self._data(data), self.keys, batch_size, self.env.rank, self.env.world_size,
-            shuffle=shuffle, seed=seed, drop_last=drop_last, max_batches=max_batches,
+            self._data(data),
+            self.keys,
+            batch_size,
+            self.env.rank,
+            self.env.world_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            max_batches=max_batches,
         )
 
     def _progress(self, total: int, desc: str):
-        return tqdm(total=total, desc=desc, disable=not (self.cfg.train.progress and self.env.is_main),
-                    leave=False, dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            desc=desc,
+            disable=not (self.cfg.train.progress and self.env.is_main),
+            leave=False,
+            dynamic_ncols=True,
+        )
 
     def train_epoch(self, epoch: int) -> float:
         """One pass over this rank's share of train; returns the mean train loss (this rank)."""
@@ -206,8 +208,14 @@ class Trainer:
              "examples_per_second"}.
         """
         tc = self.cfg.train
-        state: dict[str, Any] = {"epoch": -1, "best_epoch": -1, "best_auc": -1.0, "history": [],
-                                 "train_seconds": 0.0, "examples": 0}
+        state: dict[str, Any] = {
+            "epoch": -1,
+            "best_epoch": -1,
+            "best_auc": -1.0,
+            "history": [],
+            "train_seconds": 0.0,
+            "examples": 0,
+        }
         if self.checkpointer and (saved := self.checkpointer.state()) is not None:
             state = saved
             self.checkpointer.load(state["epoch"], self.model, self.optimizer)
@@ -225,7 +233,9 @@ class Trainer:
             state["train_seconds"] += seconds
             state["examples"] += steps * tc.batch_size * self.env.world_size
             val = self.evaluate(self.splits.val)
-            state["history"].append({"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
+            state["history"].append(
+                {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
+            )
             if self.writer:
                 for k, v in val.items():
                     self.writer.add_scalar(f"val/{k}", v, epoch)

@@ -1,0 +1,26 @@
+# The two entry commands (README): `make demo` and `make test`. Both set up .venv first if needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torchrun (TorchX local_cwd, distributed tests) must be on PATH.
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: setup demo test lint format clean
+
+setup:
+	@bash tools/setup_env.sh
+
+demo: setup
+	$(VENV)/bin/torchrec-aes search configs/quickstart.yaml --run-dir runs/quickstart
+	@echo "Results: runs/quickstart (report.md, architecture.yaml, plan.json, metrics.json, tb/)"
+
+test: setup
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format . && $(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf runs .pytest_cache
