@@ -52,6 +52,10 @@ def init_distributed() -> DistEnv:
     else:
         device = torch.device("cpu")
         backend = "gloo"
+        if "OMP_NUM_THREADS" not in os.environ:
+            # Like torchrun, one intra-op thread per process: these models are small, and extra threads
+            # only contend for the cores (measured 24x slower on 2 busy cores, see tools/bench_train.py).
+            torch.set_num_threads(1)
     if not dist.is_initialized():
         if "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ:
             dist.init_process_group(backend)
