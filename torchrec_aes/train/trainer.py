@@ -216,7 +216,14 @@ class Trainer:
             "train_seconds": 0.0,
             "examples": 0,
         }
+        tables = {t.name: [t.num_embeddings, t.embedding_dim] for t in self.arch.active_tables}
+        state["tables"] = tables
         if self.checkpointer and (saved := self.checkpointer.state()) is not None:
+            if saved.get("tables") != tables:
+                raise ValueError(
+                    f"{self.checkpointer.directory} holds a checkpoint of another architecture; "
+                    "use a new run directory (or delete that checkpoint) to train this one"
+                )
             state = saved
             self.checkpointer.load(state["epoch"], self.model, self.optimizer)
             self.global_step = state.get("global_step", 0)
