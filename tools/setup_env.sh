@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3.11}
 FBGEMM=${FBGEMM:-fbgemm-gpu-cpu==1.8.0}
-MARKER="$VENV/.torchrec_aes_env_v1"
+MARKER="$VENV/.torchrec_aes_env_v2"
 
 if [ -f "$MARKER" ]; then
   exit 0
@@ -29,6 +29,8 @@ pip_install --no-deps torchrec==1.8.0
 pip_install tensordict==0.15.3 torchmetrics==1.0.3 tqdm pyre-extensions iopath==0.1.10 torchx==0.7.0 \
   tensorboard==2.21.0 numpy==2.4.6 PyYAML==6.0.3 matplotlib==3.11.2 scikit-learn==1.9.1 \
   pytest==9.2.0 ruff==0.17.6
+# For `torchx --dryrun -s kubernetes`: kubernetes 37 needs urllib3>=2, which torchx 0.7 does not accept.
+pip_install kubernetes==36.0.3 urllib3==1.26.20
 pip_install --no-deps -e .
 "$VENV/bin/python" -c "import torchrec, fbgemm_gpu, torchx; print('torchrec', torchrec.__version__)"
 touch "$MARKER"

@@ -23,7 +23,7 @@ def _quiet() -> None:
     """TorchRec and FBGEMM warn a lot on CPU; keep the output to what a user needs."""
     warnings.filterwarnings("ignore")
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
-    for name in ("torchrec", "fbgemm_gpu", "torch"):
+    for name in ("torchrec", "fbgemm_gpu", "torch", "torch.fx._symbolic_trace"):
         logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger("torchrec_aes").setLevel(logging.INFO if _rank() == 0 else logging.ERROR)
 

@@ -1,0 +1,265 @@
+"""Python API: use a searched architecture and its sharding plan in an existing TorchRec pipeline.
+
+A search (`torchrec-aes search`) writes `architecture.yaml` and `plan.json` into its run directory. These
+functions turn them into what a TorchRec training script consumes: resized `EmbeddingBagConfig`s, the
+planner's `ParameterConstraints`, and a `ShardingPlan` for `DistributedModelParallel`.
+
+Example::
+
+    import torch
+    import torchrec_aes
+    from torchrec import EmbeddingBagCollection
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+
+    arch = torchrec_aes.load_architecture("runs/quickstart")
+    tables = torchrec_aes.resize_configs(my_tables, arch)  # your configs, searched dims; dim 0 drops one
+    model = MyModel(EmbeddingBagCollection(tables=tables, device=torch.device("meta")))
+    plan = torchrec_aes.load_plan("runs/quickstart", module_path="ebc", arch=arch, configs=my_tables)
+    # or plan for another topology: torchrec_aes.plan_for(arch, world_size=8, device="cuda", hbm_gb=80,
+    #                                                      module_path="ebc", configs=my_tables)
+    model = DistributedModelParallel(model, device=torch.device("cuda"), plan=plan)
+
+Tables are matched by name, or by feature names when the names differ (a searched architecture names its
+tables `t_<feature>`). Pass your original configs as `configs=` to `planner_constraints`, `plan_for` and
+`load_plan` so that constraints and plans are keyed by your table names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+from torch.distributed._shard.sharding_spec import EnumerableShardingSpec
+from torchrec.distributed.planner import ParameterConstraints
+from torchrec.distributed.planner.constants import BATCH_SIZE
+from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+
+from torchrec_aes.architecture import Architecture, TableArch
+from torchrec_aes.io import join
+from torchrec_aes.planning import plan as planning
+from torchrec_aes.planning.plan import save_plan
+
+__all__ = [
+    "Architecture",
+    "TableArch",
+    "load_architecture",
+    "load_plan",
+    "plan_for",
+    "planner_constraints",
+    "resize_configs",
+    "save_plan",
+]
+
+ARCHITECTURE_FILE = "architecture.yaml"
+PLAN_FILE = "plan.json"
+
+
+def _file_in(path: str, filename: str, suffixes: tuple[str, ...]) -> str:
+    """`path` itself if it names a file of that kind, else `path/filename` (a run directory)."""
+    return path if path.endswith(suffixes) else join(path, filename)
+
+
+def load_architecture(path_or_run_dir: str) -> Architecture:
+    """Reads an `architecture.yaml`, given the file or the run directory that holds it.
+
+    Args:
+        path_or_run_dir: a `.yaml` file, or a run directory (local path or iopath URI).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not an architecture (names the file and the key).
+    """
+    return Architecture.load(_file_in(path_or_run_dir, ARCHITECTURE_FILE, (".yaml", ".yml")))
+
+
+def _describe(config: EmbeddingBagConfig) -> str:
+    return f"table '{config.name}' (features {', '.join(config.feature_names)})"
+
+
+def _match(configs: Sequence[EmbeddingBagConfig], arch: Architecture) -> list[TableArch]:
+    """The architecture table of each config: same name, else same feature names; checked for rows."""
+    by_name = {t.name: t for t in arch.tables}
+    by_features = {frozenset(t.feature_names): t for t in arch.tables}
+    known = "; ".join(f"{t.name} ({', '.join(t.feature_names)})" for t in arch.tables)
+    matched: dict[str, str] = {}
+    tables = []
+    for c in configs:
+        t = by_name.get(c.name)
+        if t is not None and set(t.feature_names) != set(c.feature_names):
+            raise ValueError(
+                f"{_describe(c)}: the architecture's table '{t.name}' has features "
+                f"{', '.join(t.feature_names)}; the same table must look up the same features"
+            )
+        t = t or by_features.get(frozenset(c.feature_names))
+        if t is None:
+            raise ValueError(
+                f"{_describe(c)} is not in the architecture (matched by table name, then by feature names); "
+                f"its tables are: {known}"
+            )
+        if t.num_embeddings != c.num_embeddings:
+            raise ValueError(
+                f"{_describe(c)} has {c.num_embeddings} rows but the architecture's table '{t.name}' has "
+                f"{t.num_embeddings}; the architecture was searched for tables of other sizes"
+            )
+        if t.name in matched:
+            raise ValueError(
+                f"{_describe(c)} and table '{matched[t.name]}' both match the architecture's table '{t.name}'"
+            )
+        matched[t.name] = c.name
+        tables.append(t)
+    return tables
+
+
+def resize_configs(configs: Sequence[EmbeddingBagConfig], arch: Architecture) -> list[EmbeddingBagConfig]:
+    """Your tables with the architecture's embedding dims; everything else (names, pooling, init) kept.
+
+    Each config is matched to an architecture table by name, or by feature names when the names differ.
+    Architecture tables that match no config are ignored (e.g. the tables of another EBC of your model).
+
+    Args:
+        configs: the `EmbeddingBagConfig`s of one `EmbeddingBagCollection`.
+        arch: a searched architecture (`load_architecture`).
+
+    Returns:
+        The configs in the same order with `embedding_dim` from `arch`; a table whose searched dim is 0 is
+        left out (its features are unused: the model must not expect their pooled embeddings).
+
+    Raises:
+        ValueError: a config that the architecture does not cover, or whose rows differ (names the table).
+    """
+    return [
+        dataclasses.replace(c, embedding_dim=t.embedding_dim)
+        for c, t in zip(configs, _match(configs, arch), strict=True)
+        if t.embedding_dim > 0
+    ]
+
+
+def _as_named_by(arch: Architecture, configs: Sequence[EmbeddingBagConfig] | None) -> Architecture:
+    """`arch` restricted to `configs`' tables and renamed to their names (or `arch` when None)."""
+    if configs is None:
+        return arch
+    tables = [
+        dataclasses.replace(t, name=c.name, feature_names=list(c.feature_names))
+        for c, t in zip(configs, _match(configs, arch), strict=True)
+    ]
+    return dataclasses.replace(arch, tables=tables)
+
+
+def planner_constraints(
+    arch: Architecture, configs: Sequence[EmbeddingBagConfig] | None = None
+) -> dict[str, ParameterConstraints]:
+    """Planner constraints the architecture's tables need, for your own `EmbeddingShardingPlanner`.
+
+    The sharding types TorchRec's fused kernels allow for each table's dim (e.g. FBGEMM fuses only dims
+    that are multiples of 4; others are pinned to data parallel); see `planning.plan.constraints_for`.
+    Merge them with your own constraints if you have any.
+
+    Args:
+        arch: the architecture.
+        configs: your original configs; given, the keys are your table names (see `resize_configs`).
+    """
+    return planning.constraints_for(_as_named_by(arch, configs))
+
+
+def _check_shapes(plan: EmbeddingModuleShardingPlan, arch: Architecture, source: str) -> None:
+    """Every active table of `arch` has a sharding in `plan` whose shards tile a rows x dim table."""
+    for t in arch.active_tables:
+        if t.name not in plan:
+            raise ValueError(
+                f"{source}: no sharding for table '{t.name}' ({t.num_embeddings} x {t.embedding_dim}); "
+                f"the plan has {', '.join(plan) or 'no tables'}. Was it planned for another architecture?"
+            )
+        spec = plan[t.name].sharding_spec
+        if not isinstance(spec, EnumerableShardingSpec):
+            continue  # data parallel: a full replica on each rank, nothing to compare
+        # Table-, column- and row-wise shards all tile the table: its extent is the farthest shard corner.
+        rows = max(s.shard_offsets[0] + s.shard_sizes[0] for s in spec.shards)
+        dim = max(s.shard_offsets[1] + s.shard_sizes[1] for s in spec.shards)
+        if (rows, dim) != (t.num_embeddings, t.embedding_dim):
+            raise ValueError(
+                f"{source}: table '{t.name}' is planned as {rows} x {dim} but the architecture has "
+                f"{t.num_embeddings} x {t.embedding_dim}. Was the plan made for another architecture?"
+            )
+
+
+def load_plan(
+    path_or_run_dir: str,
+    module_path: str | None = None,
+    arch: Architecture | None = None,
+    configs: Sequence[EmbeddingBagConfig] | None = None,
+) -> ShardingPlan:
+    """Reads a sharding plan written by `torchrec-aes search|plan` (or `save_plan`).
+
+    Args:
+        path_or_run_dir: a `.json` plan file, or a run directory (its `plan.json`).
+        module_path: where the `EmbeddingBagCollection` sits in your model (e.g. "sparse_arch.ebc"; ""
+            when the EBC is the model). None keeps the file's: a run directory's plan is for our trainer's
+            model ("model.sparse_arch").
+        arch: the architecture the plan was made for; given, the plan is checked to cover its tables at
+            their sizes.
+        configs: your original configs (needs `arch`); given, the plan's tables are renamed from the
+            architecture's names to yours (see `resize_configs`).
+
+    Raises:
+        ValueError: a malformed file, a plan that does not fit `arch`, or `module_path` given for a plan of
+            several modules.
+    """
+    path = _file_in(path_or_run_dir, PLAN_FILE, (".json",))
+    plan = planning.load_plan(path)
+    if configs is not None and arch is None:
+        raise ValueError("load_plan: renaming the plan's tables to your configs' names needs `arch` too")
+    if module_path is None and arch is None:
+        return plan
+    if len(plan.plan) != 1:
+        raise ValueError(
+            f"{path}: plans {len(plan.plan)} modules ({', '.join(plan.plan)}); load_plan can only move or "
+            "check a plan of one module"
+        )
+    ((old_path, module_plan),) = plan.plan.items()
+    if arch is not None:
+        _check_shapes(module_plan, arch, path)  # type: ignore[arg-type]
+        if configs is not None:
+            names = {t.name: c.name for c, t in zip(configs, _match(configs, arch), strict=True)}
+            module_plan = EmbeddingModuleShardingPlan(
+                {names.get(name, name): ps for name, ps in module_plan.items()}  # type: ignore[attr-defined]
+            )
+    return ShardingPlan({old_path if module_path is None else module_path: module_plan})
+
+
+def plan_for(
+    arch: Architecture,
+    world_size: int,
+    device: str = "cuda",
+    hbm_gb: float = 0.0,
+    ddr_gb: float = 0.0,
+    batch_size: int = BATCH_SIZE,
+    optimizer: str = "rowwise_adagrad",
+    module_path: str = "",
+    configs: Sequence[EmbeddingBagConfig] | None = None,
+    local_world_size: int | None = None,
+) -> ShardingPlan:
+    """A sharding plan of the architecture's tables from TorchRec's planner, on a simulated topology.
+
+    Needs no process group and allocates no weights, so it can run on a laptop for a GPU cluster.
+
+    Args:
+        arch: the architecture.
+        world_size: ranks (GPUs, or CPU processes).
+        device: "cuda" or "cpu".
+        hbm_gb: HBM per device in GiB (0 = TorchRec's default).
+        ddr_gb: DDR per rank in GiB (0 = TorchRec's default).
+        batch_size: per-rank batch size.
+        optimizer: the fused table optimizer (its state is placed with the tables): rowwise_adagrad |
+            adagrad | sgd.
+        module_path: where the `EmbeddingBagCollection` sits in your model ("" = the EBC is the model).
+        configs: your original configs; given, the plan covers their tables under your table names.
+        local_world_size: ranks per host (default: all on one host).
+
+    Raises:
+        PlanError: nothing fits; says how much the tables need and how much the topology has.
+    """
+    return planning.plan_architecture(
+        _as_named_by(arch, configs), world_size, device, hbm_gb, ddr_gb, batch_size, optimizer,
+        module_path=module_path, local_world_size=local_world_size,
+    )  # fmt: skip
