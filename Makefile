@@ -13,8 +13,9 @@ demo: setup
 	$(VENV)/bin/torchrec-aes search configs/quickstart.yaml --run-dir runs/quickstart
 	@echo "Results: runs/quickstart (report.md, architecture.yaml, plan.json, metrics.json, tb/)"
 
+# One intra-op thread per process: these models are tiny, and extra threads thrash 2 busy cores.
 test: setup
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -166,6 +166,99 @@ class PlanConfig:
 
 
 @dataclass
+class AdaSSConfig:
+    """AdaS&S (search.method=adass): supernet training with adaptive sampling, then an RL search.
+
+    See torchrec_aes/search/adass.py and METHODS.md for what the paper fixes and what these defaults are.
+    """
+
+    shared_projection: bool = True
+    """DLRM: one projection per table whose first d input columns serve candidate d (our default), instead
+    of one projection per (table, candidate) (METHODS.md's first idea). Measured on planted data (30k rows,
+    6 fields): signal-free tables all got the smallest dim in 6 of 6 seeds shared, 1 of 6 per-candidate,
+    because rarely sampled candidates leave their own projections undertrained."""
+    supernet_epochs: int = 4
+    """Epochs of supernet training (each capped by `train.max_steps` steps if set)."""
+    epsilon: float = 0.2
+    """Uniform share mixed into each table's candidate distribution: p = (1-eps) softmax + eps/K."""
+    temperature: float = 0.01
+    """Softmax temperature on the per-(table, candidate) EMA train loss, relative to the table's mean EMA
+    loss (1% above the mean = one unit of logit at 0.01)."""
+    loss_ema: float = 0.95
+    """Decay of the per-(table, candidate) train-loss EMA."""
+    sample_fraction: float = 0.5
+    """rho: fraction of tables that use their sampled dim in a step (drawn by importance); the rest use
+    the largest candidate."""
+    importance_uniform: float = 0.2
+    """Uniform share mixed into the importance distribution that picks those tables."""
+    importance_every: int = 50
+    """Refresh table importance (val-loss increase when the table is zeroed) every this many steps."""
+    importance_ema: float = 0.5
+    """Decay of the importance EMA (0 = keep only the latest measurement)."""
+    importance_rows: int = 2048
+    """Validation rows (in total over ranks) used to measure importance."""
+    sandwich_every: int = 10
+    """Every this many steps, one step with all tables at the smallest and one at the largest candidate
+    (0 = no sandwich steps)."""
+    rl_updates: int = 150
+    """REINFORCE policy updates."""
+    rl_samples: int = 8
+    """Architectures sampled (and evaluated on the validation slice) per update."""
+    rl_lr: float = 0.05
+    """Adam learning rate of the policy logits."""
+    rl_entropy: float = 0.01
+    """Entropy bonus weight (per table)."""
+    rl_baseline_decay: float = 0.9
+    """Decay of the per-table EMA reward baseline."""
+    rl_eval_rows: int = 8192
+    """Validation rows (fixed slice, from the start of val) on which sampled architectures are scored."""
+    penalty: float = 1.0
+    """lambda of the resource competition penalty
+    r_f = AUC - lambda * F * share_f * max(0, bytes/budget - 1)."""
+    min_gain: float = 0.0002
+    """Final budget step: grow a table only if val AUC improves by more than this."""
+    checkpoint_every: int = 10
+    """Save the RL state every this many updates (the supernet is saved every epoch)."""
+
+
+@dataclass
+class BETConfig:
+    """BET (search.method=bet | bet_su | bet_sr): row-wise sizes of CF user/item tables (WSDM 2024).
+
+    Defaults are the paper's values; see torchrec_aes/search/bet.py and METHODS.md for what is ours.
+    """
+
+    max_dim: int = 128
+    """d_max: the full-size model's dim and the largest row size (a multiple of `multiple`)."""
+    multiple: int = 4
+    """Row sizes are multiples of this (4: FBGEMM's fused kernels; the paper uses 1)."""
+    iterations: int = 50
+    """T: search iterations (each fine-tunes and evaluates one action)."""
+    actions: int = 100
+    """m: feasible actions sampled per iteration, among which one is picked."""
+    finetune_epochs: int = 10
+    """E: fine-tuning epochs of the pre-trained model under an action's mask (fresh optimizer)."""
+    top_k: int = 5
+    """Candidates (best fitness) retrained from scratch at the end; the best on validation is kept."""
+    schedule: list[str] = field(default_factory=lambda: ["random", "argmax", "argmax", "argmax", "nearest"])
+    """Pick rule per iteration, cycled: argmax (predicted fitness) | random | nearest (to the best so far
+    in predictor embedding space). The paper: 3 of 5 argmax, 1 random, 1 nearest."""
+    predictor_lr: float = 0.01
+    """Adam learning rate of the fitness predictor at the start."""
+    predictor_lr_decay: float = 0.9
+    """Learning rate multiplier after each predictor update."""
+    predictor_min_lr: float = 0.002
+    """Floor of the predictor learning rate."""
+    predictor_updates: int = 2
+    """Single-sample predictor updates per iteration."""
+    max_redraws: int = 20
+    """Redraws of a side's sizes when one exceeds d_max; after that, sizes are clipped to d_max and the
+    freed budget is handed to rows with room (ours; the paper redraws without bound)."""
+    resume: bool = True
+    """Continue a search from RUN/bet/state.pt (replay set + predictor, saved every iteration)."""
+
+
+@dataclass
 class SearchConfig:
     """Which search to run and under which budget."""
 
@@ -181,6 +274,10 @@ class SearchConfig:
     """power_rule: exponent alpha in d_f ~ n_f^-alpha."""
     retrain: bool = True
     """Retrain the found architecture from scratch and report test metrics."""
+    adass: AdaSSConfig = field(default_factory=AdaSSConfig)
+    """AdaS&S settings (search.method=adass)."""
+    bet: BETConfig = field(default_factory=BETConfig)
+    """BET settings (search.method=bet | bet_su | bet_sr; CF data)."""
 
 
 @dataclass

@@ -1,3 +1,6 @@
 """Search methods; importing this package registers the built-in ones."""
 
-from torchrec_aes.search import baselines  # noqa: F401
+from torchrec_aes.search import (
+    adass,  # noqa: F401
+    baselines,  # noqa: F401
+)

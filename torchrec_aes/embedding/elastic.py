@@ -1,0 +1,196 @@
+"""The weight-sharing supernet: an elastic wrapper around a TorchRec `EmbeddingBagCollection`.
+
+Every table is an ordinary TorchRec table at its largest candidate dim d_max, so the planner and DMP shard
+it like any other. Choosing dim d for a table means using only the first d columns of its pooled
+embedding (a prefix mask, applied *after* the lookup): a candidate's weights are a prefix of the larger
+candidates', and training any architecture trains the shared prefixes.
+
+The mask lives in this wrapper and not in the EBC because TorchRec's `TrainPipelineSparseDist` replaces the
+sharded EBC's forward with a pipelined one; a wrapper that calls the EBC and then masks keeps working under
+DMP and the pipeline. The downstream model always sees the same shapes:
+
+* without `output_dim` (e.g. DCN): each feature is d_max wide, zero beyond the chosen d (zero padding);
+* with `output_dim=D` (e.g. DLRM): each feature is projected to D by a projection owned by its
+  (table, candidate) pair -- identity where the candidate equals D -- so the downstream model sees every
+  table at D and needs no projections of its own.
+
+Dims are plain Python state set by `set_dims` before each step: a step uses one architecture for the whole
+batch, and every rank must set the same dims (the caller seeds its sampling identically on every rank).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+
+def _projection_key(feature: str, dim: int) -> str:
+    return f"{feature}__d{dim}"
+
+
+class ElasticEmbeddingBagCollection(nn.Module):
+    """An EBC whose tables can be used at any candidate dim, chosen per step.
+
+    Args:
+        embedding_bag_collection: the tables, each at `max(candidates)` columns (meta, CPU, or later
+            sharded by DMP; any module with `embedding_bag_configs()` and `forward(KJT) -> KeyedTensor`).
+        candidates: the candidate dims, multiples of 4 (FBGEMM's fused kernels need that for the final,
+            retrained tables), shared by all tables.
+        output_dim: if set, each feature is projected to this width by a per-(table, candidate) linear map
+            (identity where the candidate equals it); if None, features are zero-padded to d_max.
+        shared_projection: with `output_dim`, one d_max -> output_dim map per table instead, of which
+            candidate d uses the first d input columns (weight sharing extended to the projection).
+
+    Example::
+
+        ebc = EmbeddingBagCollection(tables=[EmbeddingBagConfig(name="t_c0", embedding_dim=64,
+            num_embeddings=1000, feature_names=["c0"])], device=torch.device("meta"))
+        elastic = ElasticEmbeddingBagCollection(ebc, candidates=[8, 16, 32, 64], output_dim=16)
+        model = MixedDimDLRM(elastic, 13, [64, 16], [64, 32])  # sees every table at 16 columns
+        elastic.set_dims({"t_c0": 8})   # same value on every rank, before the step
+        logits = model(dense, kjt)      # [B]; DMP and TrainPipelineSparseDist shard `ebc` as usual
+    """
+
+    def __init__(
+        self,
+        embedding_bag_collection: nn.Module,
+        candidates: Sequence[int],
+        output_dim: int | None = None,
+        shared_projection: bool = False,
+    ) -> None:
+        super().__init__()
+        cands = sorted(set(int(c) for c in candidates))
+        if not cands or any(c <= 0 or c % 4 for c in cands):
+            raise ValueError(f"candidates {list(candidates)} must be non-empty positive multiples of 4")
+        self.ebc = embedding_bag_collection
+        self.candidates = cands
+        self.max_dim = cands[-1]
+        self.output_dim = output_dim
+        self.shared_projection = shared_projection
+        configs: list[EmbeddingBagConfig] = list(embedding_bag_collection.embedding_bag_configs())
+        wrong = [c.name for c in configs if c.embedding_dim != self.max_dim]
+        if wrong:
+            raise ValueError(
+                f"tables {wrong} are not at the largest candidate dim {self.max_dim}; an elastic EBC holds "
+                "every "
+                "table at max(candidates)"
+            )
+        self._configs = configs
+        self.table_names = [c.name for c in configs]
+        self.feature_names = [n for c in configs for n in c.feature_names]
+        self._table_of = {n: c.name for c in configs for n in c.feature_names}
+        self._dims: dict[str, int] = {name: self.max_dim for name in self.table_names}
+        self.projections = nn.ModuleDict()
+        if output_dim is not None:
+            for feature in self.feature_names:
+                # Shared: one d_max -> D map per table; candidate d uses its first d input columns.
+                for d in [self.max_dim] if shared_projection else cands:
+                    self.projections[_projection_key(feature, d)] = (
+                        nn.Identity() if d == output_dim else nn.Linear(d, output_dim, bias=False)
+                    )
+
+    # -------------------------------------------------------------------------------------------------
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """The tables as the downstream model sees them: at `output_dim` if set, else at d_max.
+
+        This is what a model built around this module (e.g. `MixedDimDLRM`) reads to size its layers; the
+        real tables are `self.ebc.embedding_bag_configs()`.
+        """
+        width = self.output_dim if self.output_dim is not None else self.max_dim
+        return [
+            EmbeddingBagConfig(
+                name=c.name,
+                embedding_dim=width,
+                num_embeddings=c.num_embeddings,
+                feature_names=list(c.feature_names),
+                pooling=c.pooling,
+            )
+            for c in self._configs
+        ]
+
+    @property
+    def dims(self) -> dict[str, int]:
+        """The current dim of every table, by table name (0 = the table's output is zeroed)."""
+        return dict(self._dims)
+
+    def set_dims(self, dims: Mapping[str, int] | Sequence[int]) -> None:
+        """Sets the dim of each table for the next forward passes.
+
+        Args:
+            dims: by table name, or a list in `table_names` order. Each value is a candidate, or 0 to zero
+                the table's output (how feature importance is measured). Tables not named keep their dim.
+        """
+        if not isinstance(dims, Mapping):
+            if len(dims) != len(self.table_names):
+                raise ValueError(f"got {len(dims)} dims for {len(self.table_names)} tables")
+            dims = dict(zip(self.table_names, dims, strict=True))
+        for name, d in dims.items():
+            if name not in self._dims:
+                raise ValueError(f"unknown table '{name}'; tables: {', '.join(self.table_names)}")
+            if int(d) != 0 and int(d) not in self.candidates:
+                raise ValueError(f"table '{name}': dim {d} is not 0 or a candidate {self.candidates}")
+        self._dims.update({name: int(d) for name, d in dims.items()})
+
+    # -------------------------------------------------------------------------------------------------
+    def mask(self, pooled: Mapping[str, torch.Tensor]) -> KeyedTensor:
+        """Applies the current dims to pooled embeddings.
+
+        Args:
+            pooled: feature name -> [B, d_max] pooled embedding (e.g. `KeyedTensor.to_dict()` of the EBC).
+
+        Returns:
+            A KeyedTensor with keys `feature_names`, each [B, output_dim] (or [B, d_max], zero beyond d).
+        """
+        outputs = []
+        unused: list[torch.Tensor] = []
+        for feature in self.feature_names:
+            emb = pooled[feature]  # [B, d_max]
+            d = self._dims[self._table_of[feature]]
+            if self.output_dim is None:
+                # Zero padding instead of a multiplicative mask: the same values, no [B, d_max] mask tensor.
+                out = F.pad(emb[:, :d], (0, self.max_dim - d)) if d < self.max_dim else emb
+            elif d == 0:
+                out = emb[:, :1].mul(0.0).expand(-1, self.output_dim)
+            elif self.shared_projection:
+                proj = self.projections[_projection_key(feature, self.max_dim)]
+                if isinstance(proj, nn.Identity):
+                    out = F.pad(emb[:, :d], (0, self.max_dim - d)) if d < self.max_dim else emb
+                else:
+                    out = F.linear(emb[:, :d], proj.weight[:, :d])
+            else:
+                out = self.projections[_projection_key(feature, d)](emb[:, :d])
+            if (
+                self.output_dim is not None
+                and not self.shared_projection
+                and self.training
+                and torch.is_grad_enabled()
+            ):
+                # DMP wraps dense modules in DDP with static_graph=True, which needs every parameter in
+                # every step's graph; the other candidates' projections enter with weight 0.
+                unused.extend(
+                    p.sum()
+                    for k in self.candidates
+                    if k != d
+                    for p in self.projections[_projection_key(feature, k)].parameters()
+                )
+            outputs.append(out)
+        if unused:
+            outputs[0] = outputs[0] + 0.0 * torch.stack(unused).sum()
+        width = self.output_dim if self.output_dim is not None else self.max_dim
+        # Lengths as Python ints keep this traceable by the train pipeline's torch.fx pass.
+        return KeyedTensor(
+            keys=list(self.feature_names),
+            length_per_key=[width] * len(self.feature_names),
+            values=torch.cat(outputs, dim=1),
+            key_dim=1,
+        )
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        """KJT -> KeyedTensor of masked (and projected) pooled embeddings, keys in `feature_names` order."""
+        # A sharded EBC may order its output keys differently from the unsharded one: index by name.
+        return self.mask(self.ebc(features).to_dict())
