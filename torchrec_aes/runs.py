@@ -19,15 +19,21 @@ from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config, save_config
 from torchrec_aes.data import load_data
 from torchrec_aes.data.dataset import Splits
+from torchrec_aes.data.interactions import InteractionData, load_interactions
+from torchrec_aes.data.schema import Schema
+from torchrec_aes.embedding.rowwise import BucketLayout, masked_form
 from torchrec_aes.io import join, makedirs, write_text_atomic
 from torchrec_aes.planning.memory import Budget, arch_bytes, table_bytes
 from torchrec_aes.planning.plan import plan_architecture, save_plan
+from torchrec_aes.train.cf_trainer import train_cf
 from torchrec_aes.train.distributed import DistEnv, init_distributed
 
 logger = logging.getLogger(__name__)
 
 TRAINER_EBC_PATH = "model.sparse_arch"
 """Where the trainer's DMP-wrapped module (`CTRTask`) holds the EBC; plans in run directories use it."""
+CF_EBC_PATH = "ebc"
+"""Where the CF models (MF, LightGCN) hold their EBC."""
 
 
 def data_cache_dir(cfg: Config) -> str:
@@ -35,8 +41,19 @@ def data_cache_dir(cfg: Config) -> str:
     return cfg.data.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "torchrec_aes")
 
 
-def load_splits(cfg: Config) -> tuple[Splits, list[int] | None]:
-    """The data of `cfg.data`, plus the planted ranks for synthetic data."""
+def is_cf(cfg: Config) -> bool:
+    """Collaborative-filtering runs (interaction data, MF/LightGCN) take the CF trainer."""
+    return cfg.data.type == "interactions"
+
+
+def load_splits(cfg: Config) -> tuple[Splits | InteractionData, list[int] | None]:
+    """The data of `cfg.data` (CTR splits or CF interactions), plus the planted ranks for synthetic data."""
+    if is_cf(cfg):
+        if cfg.model.type not in ("mf", "lightgcn"):
+            raise ValueError(f"model.type: interaction data needs mf or lightgcn, got '{cfg.model.type}'")
+        return load_interactions(cfg.data), None
+    if cfg.model.type not in ("dlrm", "dcn"):
+        raise ValueError(f"model.type: '{cfg.model.type}' needs interaction data (data.type=interactions)")
     if cfg.data.type == "synthetic":
         from torchrec_aes.data.synthetic import load_synthetic
 
@@ -44,25 +61,48 @@ def load_splits(cfg: Config) -> tuple[Splits, list[int] | None]:
     return load_data(cfg.data), None
 
 
-def resolve_arch(cfg: Config, splits: Splits) -> Architecture:
-    """`cfg.arch` (an architecture file) checked against the data, or uniform `model.embedding_dim`."""
-    if cfg.arch:
-        path = cfg.arch
-        if os.path.isdir(path):
-            path = join(path, "architecture.yaml")
-        arch = Architecture.load(path)
-        arch.check_schema(splits.schema, source=path)
-        return arch
-    return Architecture.uniform(splits.schema, cfg.model.embedding_dim)
+def resolve_arch(cfg: Config, schema: Schema) -> tuple[Architecture, Architecture, dict | None]:
+    """`cfg.arch` (an architecture file) checked against the data, or uniform `model.embedding_dim`.
+
+    Returns (the architecture as deployed, the one to train, per-row sizes or None). They differ only for
+    a BET (row-wise) architecture: deployed as size buckets, trained in its masked form (one d_max table
+    per feature under per-row prefix masks).
+    """
+    if not cfg.arch:
+        arch = Architecture.uniform(schema, cfg.model.embedding_dim)
+        return arch, arch, None
+    path = cfg.arch
+    if os.path.isdir(path):
+        path = join(path, "architecture.yaml")
+    arch = Architecture.load(path)
+    if "row_dims" in arch.extra:
+        full, row_dims = masked_form(arch, os.path.dirname(path), schema)
+        return arch, full, row_dims
+    arch.check_schema(schema, source=path)
+    return arch, arch, None
 
 
-def _num_examples(splits: Splits) -> dict[str, int]:
-    return {"train": len(splits.train), "val": len(splits.val), "test": len(splits.test)}
+def _num_examples(data: Splits | InteractionData) -> dict[str, int]:
+    if isinstance(data, InteractionData):
+        return {"train": data.train.nnz, "val": data.val.nnz, "test": data.test.nnz}
+    return {"train": len(data.train), "val": len(data.val), "test": len(data.test)}
+
+
+def _fit(
+    cfg: Config, data: Splits | InteractionData, arch: Architecture, tag: str, row_dims: dict | None = None
+) -> dict[str, Any]:
+    """One training of `arch`: the CTR trainer or the CF (BPR) trainer."""
+    if isinstance(data, InteractionData):
+        return train_cf(cfg, arch, data, cfg.run_dir, tag=tag, row_dims=row_dims)
+    from torchrec_aes.train.trainer import Trainer
+
+    return Trainer(cfg, data, arch, cfg.run_dir, tag=tag).fit()
 
 
 def write_plan(cfg: Config, env: DistEnv, arch: Architecture, run_dir: str) -> dict[str, Any]:
     """Plans `arch` for the topology of `cfg.plan` (default: this job's world size) into `plan.json`."""
     world_size = cfg.plan.world_size or env.world_size
+    module_path = CF_EBC_PATH if is_cf(cfg) else TRAINER_EBC_PATH
     plan = plan_architecture(
         arch,
         world_size,
@@ -71,7 +111,7 @@ def write_plan(cfg: Config, env: DistEnv, arch: Architecture, run_dir: str) -> d
         cfg.plan.ddr_gb,
         cfg.train.batch_size,
         cfg.train.embedding_optimizer,
-        module_path=TRAINER_EBC_PATH,
+        module_path=module_path,
     )
     topology = {
         "world_size": world_size,
@@ -79,7 +119,7 @@ def write_plan(cfg: Config, env: DistEnv, arch: Architecture, run_dir: str) -> d
         "hbm_gb": cfg.plan.hbm_gb,
         "ddr_gb": cfg.plan.ddr_gb,
         "batch_size": cfg.train.batch_size,
-        "module_path": TRAINER_EBC_PATH,
+        "module_path": module_path,
     }
     save_plan(plan, join(run_dir, "plan.json"), metadata={"topology": topology})
     return topology
@@ -109,19 +149,21 @@ def finish_run(
 
 def run_train(cfg: Config) -> dict[str, Any]:
     """Trains `cfg.arch` (or uniform dims) and writes the run directory. Returns metrics.json's content."""
-    from torchrec_aes.train.trainer import Trainer
-
     start = time.perf_counter()
     env = init_distributed()
-    splits, planted = load_splits(cfg)
-    arch = resolve_arch(cfg, splits)
-    result = Trainer(cfg, splits, arch, cfg.run_dir, tag="train").fit()
+    data, planted = load_splits(cfg)
+    arch, train_arch, row_dims = resolve_arch(cfg, data.schema)
+    result = _fit(cfg, data, train_arch, "train", row_dims)
+    if row_dims is not None and env.is_main:
+        # A row-wise architecture is only whole with its size and remap files: carry them along.
+        source = cfg.arch if os.path.isdir(cfg.arch) else os.path.dirname(cfg.arch)
+        BucketLayout.load(arch, source).save(cfg.run_dir)
     arch.embedding_bytes = arch_bytes(arch, cfg.train.embedding_optimizer)
     metrics = {
         **result,
         "embedding_bytes": arch.embedding_bytes,
         "table_bytes": table_bytes(arch, cfg.train.embedding_optimizer),
-        "num_examples": _num_examples(splits),
+        "num_examples": _num_examples(data),
         "world_size": env.world_size,
         "wall_seconds": time.perf_counter() - start,
     }
@@ -132,15 +174,18 @@ def run_train(cfg: Config) -> dict[str, Any]:
 def run_search(cfg: Config) -> dict[str, Any]:
     """Search -> budget check -> retrain from scratch -> test metrics -> plan -> report."""
     from torchrec_aes.search.base import SearchContext, get_method
-    from torchrec_aes.train.trainer import Trainer
 
     start = time.perf_counter()
     method = get_method(cfg.search.method)
     env = init_distributed()
-    splits, planted = load_splits(cfg)
-    budget = Budget.parse(cfg.search.budget, splits.schema, cfg.train.embedding_optimizer, cfg.search.count)
-    budget.check_feasible(splits.schema, cfg.search.candidates)
-    ctx = SearchContext(cfg, splits, budget, cfg.run_dir, planted)
+    data, planted = load_splits(cfg)
+    schema = data.schema
+    budget = Budget.parse(cfg.search.budget, schema, cfg.train.embedding_optimizer, cfg.search.count)
+    budget.check_feasible(schema, cfg.search.candidates)
+    if isinstance(data, InteractionData):
+        ctx = SearchContext(cfg, None, budget, cfg.run_dir, interactions=data)
+    else:
+        ctx = SearchContext(cfg, data, budget, cfg.run_dir, planted)
     t0 = time.perf_counter()
     result = method(ctx)
     search_seconds = time.perf_counter() - t0
@@ -154,7 +199,9 @@ def run_search(cfg: Config) -> dict[str, Any]:
     arch.budget_bytes = budget.bytes
     arch.embedding_bytes = arch_bytes(arch, cfg.train.embedding_optimizer)
     arch.seed = cfg.train.seed
-    arch.schema_hash = splits.schema.hash()
+    arch.schema_hash = schema.hash()
+    # Methods that retrain their own finalists (BET) report the chosen one's metrics here.
+    final = result.log.pop("final", None)
     metrics: dict[str, Any] = {
         "method": cfg.search.method,
         "budget_bytes": budget.bytes,
@@ -165,14 +212,16 @@ def run_search(cfg: Config) -> dict[str, Any]:
         "dims": {t.name: t.embedding_dim for t in arch.tables},
         "search_seconds": search_seconds,
         "search_log": result.log,
-        "num_examples": _num_examples(splits),
+        "num_examples": _num_examples(data),
         "world_size": env.world_size,
     }
     if planted is not None:
         metrics["planted_ranks"] = {t.name: r for t, r in zip(arch.tables, planted, strict=True)}
-    if cfg.search.retrain:
+    if final is not None:
+        metrics.update(final)
+    elif cfg.search.retrain:
         t0 = time.perf_counter()
-        metrics.update(Trainer(cfg, splits, arch, cfg.run_dir, tag="final").fit())
+        metrics.update(_fit(cfg, data, arch, "final"))
         metrics["retrain_seconds"] = time.perf_counter() - t0
     metrics["wall_seconds"] = time.perf_counter() - start
     finish_run(cfg, env, arch, metrics, budget, planted)

@@ -141,7 +141,8 @@ def test_torchx_local_cwd_search_on_two_processes_writes_the_run_directory(tmp_p
     cmd = [
         str(torchx), "run", "-s", "local_cwd", "-cfg", f"log_dir={tmp_path / 'torchx_logs'}",
         "launchers/components.py:search", "-j", "1x2",
-        "--", TINY_SEARCH, "--run_dir", str(run_dir), f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=1",
+        "--", TINY_SEARCH, "--run_dir", str(run_dir), f"data.cache_dir={tmp_path / 'cache'}",
+        "train.epochs=1",
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     output = proc.stdout + proc.stderr

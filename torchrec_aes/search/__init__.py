@@ -3,4 +3,5 @@
 from torchrec_aes.search import (
     adass,  # noqa: F401
     baselines,  # noqa: F401
+    bet,  # noqa: F401
 )

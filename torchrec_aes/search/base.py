@@ -21,6 +21,7 @@ from typing import Any
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config
 from torchrec_aes.data.dataset import Splits
+from torchrec_aes.data.interactions import InteractionData
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.planning.memory import Budget
 
@@ -31,21 +32,24 @@ class SearchContext:
 
     Args:
         cfg: the run config (`search` section plus whatever the method reads).
-        splits: train/val/test rows and the schema (search on train/val only; test is for the final report).
+        splits: CTR train/val/test rows and the schema (search on train/val only; test is for the final
+            report); None for collaborative-filtering data.
         budget: the memory budget the result must meet.
         run_dir: the run directory (for method logs and checkpoints; "" = none).
         planted_ranks: the synthetic generator's true ranks, when known (for logs and reports only).
+        interactions: collaborative-filtering data (`data.type=interactions`), else None.
     """
 
     cfg: Config
-    splits: Splits
+    splits: Splits | None
     budget: Budget
     run_dir: str = ""
     planted_ranks: list[int] | None = None
+    interactions: InteractionData | None = None
 
     @property
     def schema(self) -> Schema:
-        return self.splits.schema
+        return self.splits.schema if self.splits is not None else self.interactions.schema
 
     @property
     def candidates(self) -> list[int]:

@@ -1,0 +1,140 @@
+"""BET benchmark on CF data: SU vs SR vs BET at several sparsities, as one markdown table.
+
+For each config (a BET config: data, model, `search.bet`), sparsity c and method (bet_su, bet_sr, bet)
+and seed, runs the search in this process (data loaded once per config) and reads the final candidate's
+test Recall@20 / NDCG@20 (mean ± std over seeds; the seed drives initialisation, sampling and the
+search) and the search wall time. The budget is the paper's: (1 - c) x 128 x (|U| + |I|) parameters,
+i.e. `search.budget="(1-c) x uniform-128"` with `search.count=params`, whatever `search.bet.max_dim`
+(a smaller d_max only caps the largest row size). Finished runs are read back
+from `--out/<run>/result.json`, so an interrupted benchmark continues.
+
+    # the paper's settings (slow: hours per cell on CPU)
+    .venv/bin/python tools/bench_cf.py --config configs/bet_gowalla_mf.yaml configs/bet_movielens_mf.yaml
+    # a small CPU setting
+    .venv/bin/python tools/bench_cf.py --config configs/bet_movielens_mf.yaml --seeds 0 1 \\
+        search.bet.max_dim=32 search.bet.iterations=6 search.bet.actions=20 search.bet.finetune_epochs=1 \\
+        search.bet.top_k=2 train.epochs=8
+
+Prints the table and writes `--out/summary.md` and `--out/results.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("bet_su", "bet_sr", "bet")
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", nargs="+", required=True, help="BET configs (data + model + search.bet)")
+    parser.add_argument("--sparsity", nargs="+", type=float, default=[0.8, 0.9, 0.95])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--out", default="runs/bench_cf")
+    parser.add_argument(
+        "--reference-dim", type=int, default=128, help="budget = (1 - c) x this x rows (the paper: 128)"
+    )
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    args = parser.parse_args()
+
+    from torchrec_aes.config import load_config
+    from torchrec_aes.data.interactions import load_interactions
+    from torchrec_aes.planning.memory import Budget
+    from torchrec_aes.search.bet import bet_search
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for config in args.config:
+        name = Path(config).stem
+        base = load_config(config, [*args.overrides, "train.progress=false"])
+        data = load_interactions(base.data)
+        print(
+            f"{name}: {data.num_users} users, {data.num_items} items, {data.train.nnz} train pairs",
+            flush=True,
+        )
+        for sparsity in args.sparsity:
+            for method in args.methods:
+                runs = []
+                for seed in args.seeds:
+                    label = f"{name}_c{round(sparsity * 100)}_{method}_s{seed}"
+                    run_dir = out / label
+                    result_file = run_dir / "result.json"
+                    if result_file.exists():
+                        runs.append(json.loads(result_file.read_text()))
+                        continue
+                    cfg = load_config(
+                        config,
+                        [
+                            *args.overrides,
+                            "train.progress=false",
+                            f"train.seed={seed}",
+                            "search.count=params",
+                            f"search.budget={1 - sparsity:.6g} x uniform-{args.reference_dim}",
+                            f"run_dir={run_dir}",
+                        ],
+                    )
+                    budget = Budget.parse(
+                        cfg.search.budget, data.schema, cfg.train.embedding_optimizer, "params"
+                    )
+                    start = time.perf_counter()
+                    result = bet_search(cfg, data, budget, str(run_dir), method)
+                    seconds = time.perf_counter() - start
+                    record = {
+                        "test": result.log["final"]["test"],
+                        "val": result.log["final"]["val"],
+                        "seconds": seconds,
+                        "budget": budget.bytes,
+                        "used": result.log["budget_used"],
+                        "row_dims": result.log["row_dims"],
+                    }
+                    result_file.write_text(json.dumps(record, indent=1))
+                    print(
+                        f"  {label}: recall@20 {record['test']['recall@20']:.4f} "
+                        f"ndcg@20 {record['test']['ndcg@20']:.4f} ({seconds:.0f}s)",
+                        flush=True,
+                    )
+                    runs.append(record)
+                rows.append((name, sparsity, method, runs))
+
+    lines = [
+        f"seeds {args.seeds}; overrides {args.overrides or 'none'}; "
+        f"budget = (1 - c) x {args.reference_dim} x (|U| + |I|) params",
+        "",
+        "| data | sparsity | method | test Recall@20 | test NDCG@20 | params used / budget "
+        "| mean user / item size | search s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, sparsity, method, runs in rows:
+        recall = mean_std([r["test"]["recall@20"] for r in runs])
+        ndcg = mean_std([r["test"]["ndcg@20"] for r in runs])
+        used = statistics.mean(r["used"] / r["budget"] for r in runs)
+        user = statistics.mean(r["row_dims"]["user"]["mean"] for r in runs)
+        item = statistics.mean(r["row_dims"]["item"]["mean"] for r in runs)
+        seconds = statistics.mean(r["seconds"] for r in runs)
+        lines.append(
+            f"| {name} | {sparsity:.0%} | {method} | {recall} | {ndcg} | {used:.3f} "
+            f"| {user:.1f} / {item:.1f} | {seconds:.0f} |"
+        )
+    text = "\n".join(lines)
+    print(text)
+    (out / "summary.md").write_text(text + "\n")
+    (out / "results.json").write_text(
+        json.dumps([{"data": n, "sparsity": s, "method": m, "runs": r} for n, s, m, r in rows], indent=1)
+    )
+
+
+if __name__ == "__main__":
+    main()
