@@ -35,22 +35,12 @@ from torchrec.distributed.planner.constants import BATCH_SIZE
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
-from torchrec_aes.architecture import Architecture, TableArch
+from torchrec_aes.architecture import Architecture, TableArch  # noqa: F401  (TableArch re-exported)
 from torchrec_aes.io import join
 from torchrec_aes.planning import plan as planning
-from torchrec_aes.planning.plan import save_plan
+from torchrec_aes.planning.plan import save_plan  # noqa: F401  (re-exported)
 
-__all__ = [
-    "Architecture",
-    "TableArch",
-    "load_architecture",
-    "load_plan",
-    "plan_for",
-    "planner_constraints",
-    "resize_configs",
-    "save_plan",
-]
-
+# The public names are listed once, in torchrec_aes/__init__.py (which re-exports them lazily).
 ARCHITECTURE_FILE = "architecture.yaml"
 PLAN_FILE = "plan.json"
 
