@@ -21,8 +21,11 @@ from torchrec_aes.runs import load_splits
 from torchrec_aes.search.adass import (
     AdaptiveSampler,
     PolicySearch,
+    SupernetEvaluator,
+    _CachedLookup,
     adass,
     binary_auc,
+    build_supernet_model,
     candidate_bytes,
     check_config,
     fit_to_budget,
@@ -214,6 +217,34 @@ def test_cli_search_runs_end_to_end_and_a_rerun_resumes_from_the_saved_phases(tm
     again = json.loads((run / "metrics.json").read_text())
     assert again["search_log"]["supernet"] == {"resumed": True}
     assert again["dims"] == metrics["dims"]
+
+
+@pytest.mark.parametrize("model_type", ["dlrm", "dcn"])
+def test_evaluator_scores_like_the_supernet_itself(model_type):
+    # The evaluator precomputes what no architecture changes (DLRM: dense arch, projected embeddings);
+    # its scores must be those of the supernet run on the slice, for any choice (-1 = table zeroed).
+    torch.manual_seed(0)
+    cfg = load_config(
+        None, ["search.candidates=[4,8,16]", f"model.type={model_type}", "model.dense_arch=[8,8]"]
+    )
+    schema = tiny_splits(n=10).schema
+    configs = Architecture.uniform(schema, 16).to_ebc_configs()
+    n = 500
+    pooled = {f.name: torch.randn(n, 16) for f in schema.sparse}
+    dense, labels = torch.randn(n, schema.num_dense), (torch.rand(n) < 0.3).float()
+    model = build_supernet_model(cfg, _CachedLookup(configs, pooled), [4, 8, 16], schema.num_dense)
+    evaluator = SupernetEvaluator(cfg, configs, [4, 8, 16], pooled, dense, labels, model.state_dict())
+    reference = build_supernet_model(cfg, _CachedLookup(configs, pooled), [4, 8, 16], schema.num_dense)
+    reference.load_state_dict(model.state_dict())
+    reference.eval()
+    elastic = next(m for m in reference.modules() if hasattr(m, "set_dims"))
+    rng = random.Random(0)
+    for _ in range(6):
+        choice = [rng.randrange(-1, 3) for _ in configs]
+        elastic.set_dims([[4, 8, 16][k] if k >= 0 else 0 for k in choice])
+        with torch.no_grad():
+            expected = binary_auc(reference(dense, None), labels)
+        assert evaluator.auc(choice) == pytest.approx(expected, abs=1e-9)
 
 
 def test_tiny_schema_has_the_expected_tables():

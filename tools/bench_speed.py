@@ -1,0 +1,118 @@
+"""AdaS&S speed against plain training, measured in one run.
+
+Runs, one after the other on the same machine:
+
+1. `torchrec-aes train CONFIG model.embedding_dim=<d_max>`: plain training of uniform-d_max (the
+   supernet's tables without elastic dims), batch size from the config;
+2. `torchrec-aes search CONFIG search.method=adass`: supernet + RL + budget step, then the retraining of
+   the final (mixed-dim) model, with the same batch size;
+3. the plain training of 1. again (throughput is the mean of 1. and 3.: the load of a shared machine
+   drifts).
+
+and reads metrics.json of both. Prints:
+
+* supernet training throughput (examples/s over the supernet's train steps, and over its whole stage 1
+  with the importance measurements) vs plain uniform-d_max training, and the ratio (issue target >= 0.7);
+* the search's wall time (supernet + RL + budget step) as a multiple of one training run of the final
+  model (the retraining's wall time, early stopping included; target <= 3);
+* examples/s of the final mixed-dim model vs uniform-d_max under the trainer.
+
+    OMP_NUM_THREADS=1 .venv/bin/python tools/bench_speed.py [--config configs/adass_quickstart.yaml] \\
+        [--out /tmp/bench_speed] [key=value ...]
+
+Finished run directories under `--out` are reused (delete them to measure again).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def run(command: str, config: str, run_dir: Path, overrides: list[str]) -> tuple[dict, float]:
+    """Runs `torchrec-aes COMMAND CONFIG` (or reuses a finished run); returns metrics.json and wall s."""
+    metrics_file = run_dir / "metrics.json"
+    if metrics_file.exists():
+        metrics = json.loads(metrics_file.read_text())
+        return metrics, float(metrics.get("wall_seconds", 0.0))
+    cmd = [str(BIN / "torchrec-aes"), command, config, "--run-dir", str(run_dir), "train.progress=false"]
+    start = time.perf_counter()
+    proc = subprocess.run([*cmd, *overrides], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd + overrides)}\n{proc.stderr[-3000:]}")
+    return json.loads(metrics_file.read_text()), time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/adass_quickstart.yaml")
+    parser.add_argument("--out", default="runs/bench_speed")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides for both runs")
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    from torchrec_aes.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    d_max = max(cfg.search.candidates)
+    uniform = [f"model.embedding_dim={d_max}", *args.overrides]
+    # Plain training before and after the search (A-B-A): on a shared machine the load drifts, and the
+    # mean of the two brackets the search's conditions better than either.
+    plain, _ = run("train", args.config, out / f"uniform-{d_max}", uniform)
+    search, _ = run("search", args.config, out / "adass", ["search.method=adass", *args.overrides])
+    plain_after, _ = run("train", args.config, out / f"uniform-{d_max}_after", uniform)
+
+    log = search["search_log"]
+    sup = log["supernet"]
+    if sup.get("resumed"):
+        raise SystemExit(f"{out / 'adass'} resumed a finished supernet: delete it to measure")
+    world = int(search.get("world_size", 1))
+    examples = sup["steps"] * cfg.train.batch_size * world
+    sup_train_speed = examples / sup["train_seconds"]
+    sup_stage_speed = examples / sup["seconds"]
+    plain_speeds = [plain["examples_per_second"], plain_after["examples_per_second"]]
+    plain_speed = sum(plain_speeds) / 2
+    final_speed = search["examples_per_second"]
+    search_s, retrain_s = search["search_seconds"], search["retrain_seconds"]
+    rl = log["rl"]
+
+    print(f"{args.config}: batch {cfg.train.batch_size}/rank, {world} process(es), {os.cpu_count()} cores")
+    print(f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; budget {cfg.search.budget}")
+    print()
+    print(f"| what | examples/s | ratio to uniform-{d_max} |")
+    print("|---|---|---|")
+    print(f"| uniform-{d_max} training (plain), mean of before/after | {plain_speed:.0f} | 1.00 |")
+    print(f"|   before the search / after it | {plain_speeds[0]:.0f} / {plain_speeds[1]:.0f} | |")
+    print(f"| supernet, train steps only | {sup_train_speed:.0f} | {sup_train_speed / plain_speed:.2f} |")
+    print(f"| supernet, whole stage 1 | {sup_stage_speed:.0f} | {sup_stage_speed / plain_speed:.2f} |")
+    print(f"| final mixed-dim model (retraining) | {final_speed:.0f} | {final_speed / plain_speed:.2f} |")
+    print()
+    print("| search phase | seconds |")
+    print("|---|---|")
+    print(f"| supernet ({sup['steps']} steps, {len(sup['history'])} epochs) | {sup['seconds']:.1f} |")
+    print(f"|   of which importance measurements | {sup['importance_seconds']:.1f} |")
+    rl_row = f"RL, {rl['updates']} updates + budget step, {rl['evaluations']} scorings"
+    print(f"| {rl_row} | {rl['seconds']:.1f} |")
+    print(f"| whole search | {search_s:.1f} |")
+    print(f"| retraining of the final model ({search['epochs_run']} epochs) | {retrain_s:.1f} |")
+    print()
+    print(f"supernet throughput / plain uniform-{d_max}: {sup_train_speed / plain_speed:.2f}x (target >=0.7)")
+    print(f"whole search / one training run of the final model: {search_s / retrain_s:.2f}x (target <= 3)")
+    print(f"final model examples/s / uniform-{d_max}: {final_speed / plain_speed:.2f}x")
+    print(
+        f"test AUC: final {search['test']['auc']:.4f}, uniform-{d_max} {plain['test']['auc']:.4f}; "
+        f"bytes {search['embedding_bytes'] / 2**20:.1f} MiB vs {plain['embedding_bytes'] / 2**20:.1f} MiB"
+    )
+
+
+if __name__ == "__main__":
+    main()
