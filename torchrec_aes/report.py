@@ -37,17 +37,22 @@ def plot_dims(
     ax1.set_title(f"per-table dims ({arch.method})")
     ax1.legend(fontsize=8)
     per_table = metrics.get("table_bytes", {})
-    sizes = [per_table.get(n, 0) for n in names]
-    bottom = 0
-    for s in sizes:
-        ax2.bar([0], [s], bottom=bottom, width=0.5)
-        bottom += s
+    mib = [per_table.get(n, 0) / 2**20 for n in names]
+    total = sum(mib)
+    bottom = 0.0
+    for name, size in zip(names, mib, strict=True):
+        ax2.bar([0], [size], bottom=bottom, width=0.5)
+        if total and size > 0.05 * total:  # label the tables that matter for the budget
+            ax2.text(0, bottom + size / 2, name, ha="center", va="center", fontsize=7)
+        bottom += size
     if budget is not None:
-        ax2.axhline(budget.bytes, color="black", linestyle="--", label=f"budget {format_bytes(budget.bytes)}")
-        ax2.legend(fontsize=8)
+        ax2.axhline(
+            budget.bytes / 2**20, color="black", linestyle="--", label=f"budget {format_bytes(budget.bytes)}"
+        )
+        ax2.legend(fontsize=8, loc="lower right")
     ax2.set_xticks([0], ["tables (stacked)"])
-    ax2.set_ylabel("bytes (TorchRec storage estimate)")
-    ax2.set_title(f"total {format_bytes(bottom)}")
+    ax2.set_ylabel("MiB (TorchRec storage estimate)")
+    ax2.set_title(f"total {format_bytes(int(total * 2**20))}")
     _save_png(fig, path)
 
 
