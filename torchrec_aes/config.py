@@ -217,6 +217,11 @@ class AdaSSConfig:
     r_f = AUC - lambda * F * share_f * max(0, bytes/budget - 1)."""
     min_gain: float = 0.0002
     """Final budget step: grow a table only if val AUC improves by more than this."""
+    confirm_moves: bool = True
+    """Final budget step (ours): select each grow on the even rows of the val slice and accept it only if
+    the odd rows confirm the gain (> `min_gain`); a shrink is free if neither half loses > `min_gain`.
+    Without it, each grow was the best of ~100 moves on one slice, so moves worth less than the slice's
+    noise won and signal-free tables stayed above the smallest dim."""
     checkpoint_every: int = 10
     """Save the RL state every this many updates (the supernet is saved every epoch)."""
 

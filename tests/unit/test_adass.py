@@ -64,8 +64,12 @@ def test_budget_step_never_exceeds_the_budget_for_random_budgets_and_scores():
             # Arbitrary (not monotone) quality, deterministic per architecture.
             return sum(w[f][i] for f, i in enumerate(c)) + n * random.Random(hash((t, tuple(c)))).random()
 
+        def other_half(c, w=weights, t=trial):
+            return sum(w[f][i] for f, i in enumerate(c)) + 0.1 * random.Random(hash((-t, tuple(c)))).random()
+
         start = [rng.randrange(k) for _ in range(num_tables)]
-        final, _ = fit_to_budget(start, costs, budget, score, min_gain=rng.choice([0.0, 0.01]))
+        confirm = rng.choice([None, other_half])
+        final, _ = fit_to_budget(start, costs, budget, score, rng.choice([0.0, 0.01]), confirm=confirm)
         assert sum(costs[f][i] for f, i in enumerate(final)) <= budget, (trial, start, final, budget)
 
 
@@ -98,6 +102,28 @@ def test_budget_step_grows_only_where_quality_improves_and_frees_useless_bytes()
     final, moves = fit_to_budget([2, 0, 2], costs, 80, lambda c: float(c[1]), min_gain=0.0)
     assert final == [0, 2, 0]
     assert moves[0].startswith("free-shrink")
+
+
+def test_budget_step_grows_only_what_the_other_half_of_the_slice_confirms():
+    costs = [[10, 20, 40]] * 3
+    # Table 0 gains on both halves; on the selection half, tables 1 and 2 seem to gain even more per byte
+    # (slice noise), but the confirmation half shows no gain for them.
+    real = [0.0, 0.01, 0.02]
+    noise_a = [0.0, 0.03, 0.06]
+
+    def half_a(c):
+        return real[c[0]] + noise_a[c[1]] + noise_a[c[2]]
+
+    def half_b(c):
+        return real[c[0]] - 0.001 * (c[1] + c[2])
+
+    unconfirmed, _ = fit_to_budget([0, 0, 0], costs, 80, half_a, min_gain=0.001)
+    assert unconfirmed != [2, 0, 0]  # selecting and accepting on one half follows its noise
+    final, moves = fit_to_budget([0, 0, 0], costs, 80, half_a, min_gain=0.001, confirm=half_b)
+    assert final == [2, 0, 0], moves
+    # A shrink neither half notices (within min_gain) is free, even from the policy's choice.
+    final, moves = fit_to_budget([2, 2, 2], costs, 200, half_b, min_gain=0.005, confirm=half_b)
+    assert final == [2, 0, 0] and moves[0].startswith("free-shrink"), moves
 
 
 def test_sampler_favours_under_performing_candidates_and_keeps_an_epsilon_floor():
