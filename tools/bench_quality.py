@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -118,11 +119,60 @@ def main() -> None:
             f"| {row['label']} | {auc} | {logloss} | {size / 2**20:.2f} MiB | {search:.1f} | {train:.1f} "
             f"| {dims_text} |"
         )
+    lines += ["", *planted_lines(rows)]
     table = "\n".join(lines)
     print(table)
     (out / "summary.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     plot(rows, out / "quality_vs_bytes.png")
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks with ties averaged (for Spearman's correlation)."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = statistics.mean(rx), statistics.mean(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    norm = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return cov / norm if norm else 0.0
+
+
+def planted_lines(rows: list[dict]) -> list[str]:
+    """For searches on planted synthetic data: do signal-free tables get the smallest dim, do dims follow
+    the planted ranks (Spearman), and are the dims the same across seeds?"""
+    lines = []
+    for row in rows:
+        runs = [r for r in row["runs"] if "dims" in r]
+        if not runs:
+            continue
+        names = list(runs[0]["dims"])
+        text = f"- {row['label']}:"
+        if "planted_ranks" in runs[0]:
+            planted = runs[0]["planted_ranks"]
+            smallest = min(min(r["dims"].values()) for r in runs)
+            free_ok = sum(all(r["dims"][n] == smallest for n in names if planted[n] == 0) for r in runs)
+            rho = [spearman([r["dims"][n] for n in names], [planted[n] for n in names]) for r in runs]
+            text += (
+                f" signal-free tables all at dim {smallest} in {free_ok}/{len(runs)} seeds;"
+                f" Spearman(dims, planted ranks) {statistics.mean(rho):.2f} (per seed "
+                f"{', '.join(f'{v:.2f}' for v in rho)});"
+            )
+        same = sum(len({r["dims"][n] for r in runs}) == 1 for n in names)
+        lines.append(f"{text} identical dims across seeds for {same}/{len(names)} tables")
+    return lines
 
 
 def plot(rows: list[dict], path: Path) -> None:
