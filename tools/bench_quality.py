@@ -162,7 +162,7 @@ def planted_lines(rows: list[dict]) -> list[str]:
         text = f"- {row['label']}:"
         if "planted_ranks" in runs[0]:
             planted = runs[0]["planted_ranks"]
-            smallest = min(min(r["dims"].values()) for r in runs)
+            smallest = min(runs[0].get("candidates", [4]))
             free_ok = sum(all(r["dims"][n] == smallest for n in names if planted[n] == 0) for r in runs)
             rho = [spearman([r["dims"][n] for n in names], [planted[n] for n in names]) for r in runs]
             text += (

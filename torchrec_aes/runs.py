@@ -210,6 +210,7 @@ def run_search(cfg: Config) -> dict[str, Any]:
         "embedding_bytes": arch.embedding_bytes,
         "table_bytes": table_bytes(arch, cfg.train.embedding_optimizer),
         "dims": {t.name: t.embedding_dim for t in arch.tables},
+        "candidates": sorted(cfg.search.candidates),
         "search_seconds": search_seconds,
         "search_log": result.log,
         "num_examples": _num_examples(data),
