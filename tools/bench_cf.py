@@ -26,14 +26,10 @@ import statistics
 import time
 from pathlib import Path
 
+from bench_quality import mean_std  # tools/ is on sys.path when this script runs
+
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("bet_su", "bet_sr", "bet")
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def main() -> None:
