@@ -92,7 +92,12 @@ class Trainer:
         self.tag = tag
         self.env: DistEnv = init_distributed()
         self.keys = [n for t in arch.active_tables for n in t.feature_names]
-        self.sparse_columns = [splits.schema.sparse_names.index(k) for k in self.keys]
+        # Rows restricted once to the active tables' columns (tables with dim 0 are dropped).
+        columns = [splits.schema.sparse_names.index(k) for k in self.keys]
+        self.data = {
+            name: d if len(columns) == d.sparse.shape[1] else CTRData(d.dense, d.sparse[:, columns], d.labels)
+            for name, d in (("train", splits.train), ("val", splits.val), ("test", splits.test))
+        }
         torch.manual_seed(cfg.train.seed)
         # Tables on meta: nothing is materialised until DMP shards them.
         ebc = EmbeddingBagCollection(tables=arch.to_ebc_configs(), device=torch.device("meta"))
@@ -124,12 +129,6 @@ class Trainer:
         self.global_step = 0
 
     # -----------------------------------------------------------------------------------------------
-    def _data(self, data: CTRData) -> CTRData:
-        """Rows restricted to the active tables' columns (tables with dim 0 are dropped)."""
-        if len(self.sparse_columns) == data.sparse.shape[1]:
-            return data
-        return CTRData(data.dense, data.sparse[:, self.sparse_columns], data.labels)
-
     def _batches(
         self,
         data: CTRData,
@@ -140,7 +139,7 @@ class Trainer:
         drop_last: bool = False,
     ) -> Iterator[Batch]:
         return iter_batches(
-            self._data(data),
+            data,
             self.keys,
             batch_size,
             self.env.rank,
@@ -160,14 +159,14 @@ class Trainer:
             dynamic_ncols=True,
         )
 
-    def train_epoch(self, epoch: int) -> float:
-        """One pass over this rank's share of train; returns the mean train loss (this rank)."""
+    def train_epoch(self, epoch: int) -> tuple[float, int]:
+        """One pass over this rank's share of train; returns (mean train loss on this rank, steps)."""
         tc = self.cfg.train
         self.model.train()
         n = num_batches(len(self.splits.train), tc.batch_size, self.env.world_size, drop_last=True)
         if tc.max_steps:
             n = min(n, tc.max_steps)
-        batches = self._batches(self.splits.train, tc.batch_size, True, tc.seed * 1000 + epoch, n, True)
+        batches = self._batches(self.data["train"], tc.batch_size, True, tc.seed * 1000 + epoch, n, True)
         total, count = 0.0, 0
         with self._progress(n, f"{self.tag} epoch {epoch}") as bar:
             while True:
@@ -185,7 +184,7 @@ class Trainer:
         # can call the model directly, and start the next epoch with a fresh pipeline.
         self.pipeline.detach()
         self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, self.env.device)
-        return total / max(count, 1)
+        return total / max(count, 1), count
 
     @torch.no_grad()
     def evaluate(self, data: CTRData, max_batches: int = 0) -> dict[str, float]:
@@ -233,13 +232,11 @@ class Trainer:
             if epoch - state["best_epoch"] > tc.patience and state["best_epoch"] >= 0:
                 break
             start = time.perf_counter()
-            train_loss = self.train_epoch(epoch)
+            train_loss, steps = self.train_epoch(epoch)
             seconds = time.perf_counter() - start
-            steps = num_batches(len(self.splits.train), tc.batch_size, self.env.world_size, True)
-            steps = min(steps, tc.max_steps) if tc.max_steps else steps
             state["train_seconds"] += seconds
             state["examples"] += steps * tc.batch_size * self.env.world_size
-            val = self.evaluate(self.splits.val)
+            val = self.evaluate(self.data["val"])
             state["history"].append(
                 {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
             )
@@ -256,7 +253,7 @@ class Trainer:
         # Without checkpoints the last epoch is tested (the best one cannot be restored).
         if self.checkpointer and state["best_epoch"] != state["epoch"]:
             self.checkpointer.load(state["best_epoch"], self.model)
-        test = self.evaluate(self.splits.test)
+        test = self.evaluate(self.data["test"])
         if self.writer:
             for k, v in test.items():
                 self.writer.add_scalar(f"test/{k}", v, state["best_epoch"])
