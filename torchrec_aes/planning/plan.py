@@ -126,9 +126,10 @@ def constraints_for(arch: Architecture) -> dict[str, ParameterConstraints]:
 
     - Dims that are not a multiple of 4 are pinned to data_parallel: FBGEMM's fused kernels need every
       (column-shard) dim to be a multiple of 4.
-    - Every other table is kept off data_parallel. A data-parallel table with the fused optimizer applies
-      each rank's *local* gradient in backward, so the replicas drift apart (measured in
-      tests/distributed/test_trainer_distributed.py); model-parallel shardings have no such problem.
+    - Every other table is kept off data_parallel. DMP does not give a data-parallel table the fused
+      optimizer attached with `apply_optimizer_in_backward`: it ends up with the dense parameters (DDP,
+      dense optimizer and learning rate), so it would silently train with another optimizer than the
+      planner counted (measured in tests/distributed/test_trainer_distributed.py).
     """
     constraints = {}
     for t in arch.active_tables:
