@@ -21,6 +21,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-def run_one(command: str, config: str, run_dir: Path, overrides: list[str]) -> dict:
+def run_one(
+    command: str, config: str, run_dir: Path, overrides: list[str], keep_checkpoints: bool = False
+) -> dict:
     metrics_file = run_dir / "metrics.json"
     if metrics_file.exists():  # resumable: finished runs are not repeated
         return json.loads(metrics_file.read_text())
@@ -49,6 +52,8 @@ def run_one(command: str, config: str, run_dir: Path, overrides: list[str]) -> d
     if proc.returncode != 0:
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     print(f"  {run_dir.name}: {time.perf_counter() - start:.0f}s", flush=True)
+    if not keep_checkpoints:  # a finished run needs only its metrics; checkpoints are GBs per run
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return json.loads(metrics_file.read_text())
 
 
@@ -68,6 +73,9 @@ def main() -> None:
     )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", default="runs/bench_quality")
+    parser.add_argument(
+        "--keep-checkpoints", action="store_true", help="keep each finished run's checkpoints/ (large)"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
     out = Path(args.out)

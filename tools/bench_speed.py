@@ -26,29 +26,20 @@ Finished run directories under `--out` are reused (delete them to measure again)
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from bench_quality import run_one  # tools/ is on sys.path when this script runs
 
 
 def run(command: str, config: str, run_dir: Path, overrides: list[str]) -> tuple[dict, float]:
     """Runs `torchrec-aes COMMAND CONFIG` (or reuses a finished run); returns metrics.json and wall s."""
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.exists():
-        metrics = json.loads(metrics_file.read_text())
-        return metrics, float(metrics.get("wall_seconds", 0.0))
-    cmd = [str(BIN / "torchrec-aes"), command, config, "--run-dir", str(run_dir), "train.progress=false"]
+    reused = (run_dir / "metrics.json").exists()
     start = time.perf_counter()
-    proc = subprocess.run([*cmd, *overrides], cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd + overrides)}\n{proc.stderr[-3000:]}")
-    return json.loads(metrics_file.read_text()), time.perf_counter() - start
+    metrics = run_one(command, config, run_dir, overrides)
+    wall = float(metrics.get("wall_seconds", 0.0)) if reused else time.perf_counter() - start
+    return metrics, wall
 
 
 def main() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
 import tempfile
 
 from iopath.common.file_io import g_pathmgr
@@ -31,6 +32,14 @@ def exists(path: str) -> bool:
 
 def makedirs(path: str) -> None:
     g_pathmgr.mkdirs(path)
+
+
+def remove_tree(path: str) -> None:
+    """Deletes a directory and everything in it, if it exists (local paths; DCP checkpoints are local)."""
+    if is_local(path):
+        shutil.rmtree(_local(path), ignore_errors=True)
+    elif g_pathmgr.exists(path):
+        g_pathmgr.rm(path)
 
 
 def read_text(path: str) -> str:

@@ -236,6 +236,7 @@ def test_cli_search_runs_end_to_end_and_a_rerun_resumes_from_the_saved_phases(tm
     assert 0.0 <= metrics["test"]["auc"] <= 1.0
     assert (run / "checkpoints" / "adass" / "supernet_eval.pt").exists()
     assert (run / "checkpoints" / "adass" / "rl_state.pt").exists()
+    assert not (run / "checkpoints" / "adass" / "supernet").exists()  # superseded by supernet_eval.pt
     assert any((run / "tb" / "adass").iterdir())
     # A rerun (e.g. after a kill) skips the trained supernet and the finished RL phase: same architecture.
     second = _cli(config, run, f"data.cache_dir={tmp_path / 'cache'}")

@@ -51,7 +51,8 @@ smallest dim in 1 of 6 seeds; with shared projections (and `min_gain=0.001`) in 
 
 Checkpoints (with `train.checkpoint` and a run directory), so a killed run resumes:
 
-* `checkpoints/adass/supernet/` -- DCP checkpoint of the supernet and sampler state after every epoch;
+* `checkpoints/adass/supernet/` -- DCP checkpoint of the supernet and sampler state after every epoch
+  (deleted once the evaluator below is written: it is the run's largest file and no longer needed);
 * `checkpoints/adass/supernet_eval.pt` -- the trained supernet's evaluator (dense weights + the gathered
   validation embeddings), written when stage 1 finishes; with it, a rerun skips stage 1 entirely;
 * `checkpoints/adass/rl_state.pt` -- policy, optimizer, baseline and history every `checkpoint_every`
@@ -86,7 +87,7 @@ from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import AdaSSConfig, Config
 from torchrec_aes.data.dataset import CTRData, iter_batches, num_batches
 from torchrec_aes.embedding.elastic import ElasticEmbeddingBagCollection
-from torchrec_aes.io import exists, join, read_bytes, write_bytes_atomic
+from torchrec_aes.io import exists, join, read_bytes, remove_tree, write_bytes_atomic
 from torchrec_aes.models.ctr import build_ctr_model
 from torchrec_aes.planning.memory import table_storage, warm_cache
 from torchrec_aes.search.base import SearchContext, SearchResult, register
@@ -1006,6 +1007,9 @@ def adass(ctx: SearchContext) -> SearchResult:
         supernet.close()
         if evaluator is not None and eval_path:
             evaluator.save(eval_path)
+            # A resume starts from the evaluator from now on; the supernet's DCP checkpoint (every table
+            # at d_max plus optimizer state: the largest file of the run) is no longer needed.
+            remove_tree(join(ckpt_dir, "supernet"))
     result: tuple[list[int], dict[str, Any]] | None = None
     if env.is_main:
         assert evaluator is not None
