@@ -93,7 +93,9 @@ def _fit(
 ) -> dict[str, Any]:
     """One training of `arch`: the CTR trainer or the CF (BPR) trainer."""
     if isinstance(data, InteractionData):
-        return train_cf(cfg, arch, data, cfg.run_dir, tag=tag, row_dims=row_dims)
+        return train_cf(
+            cfg, arch, data, cfg.run_dir, tag=tag, row_dims=row_dims, checkpoint=cfg.train.checkpoint
+        )
     from torchrec_aes.train.trainer import Trainer
 
     return Trainer(cfg, data, arch, cfg.run_dir, tag=tag).fit()

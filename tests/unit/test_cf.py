@@ -256,3 +256,23 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path
     result = train_cf(cfg, Architecture.uniform(data.schema, 8), data, "")
     assert result["best_epoch"] == 0
     assert result["epochs"] == 3
+
+
+def test_checkpointed_training_resumes_and_equals_an_uninterrupted_run(tmp_path: Path) -> None:
+    path = planted_interactions(tmp_path / "train.txt")
+    data = load_interactions(cf_config(path).data)
+    arch = Architecture.uniform(data.schema, 8)
+    whole = train_cf(cf_config(path, epochs=3), arch, data, str(tmp_path / "whole"), checkpoint=True)
+    run = str(tmp_path / "run")
+    # "Killed" after 2 epochs: the rerun with 3 epochs trains only the third, from the saved state.
+    first = train_cf(cf_config(path, epochs=2), arch, data, run, checkpoint=True)
+    assert [h["epoch"] for h in first["history"]] == [0, 1]
+    resumed = train_cf(cf_config(path, epochs=3), arch, data, run, checkpoint=True)
+    assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    for got, want in zip(resumed["history"], whole["history"], strict=True):
+        assert got == pytest.approx(want)
+    assert resumed["test"] == pytest.approx(whole["test"])
+    assert (tmp_path / "run" / "checkpoints" / "train" / "state.json").exists()
+    # A checkpoint of another architecture is not silently reused.
+    with pytest.raises(ValueError, match="another architecture"):
+        train_cf(cf_config(path, epochs=4), Architecture.uniform(data.schema, 12), data, run, checkpoint=True)

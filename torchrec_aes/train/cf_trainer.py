@@ -25,7 +25,12 @@ end, with training and validation items masked. Every rank computes the full mat
 of all rows) and ranks an interleaved share of the users; sums are all-reduced, so every rank returns the
 same metrics.
 
-Not done yet: checkpoints (a killed CF run restarts from scratch; `train.checkpoint` is ignored here).
+Checkpoints (`checkpoint=True`, what `torchrec-aes train` passes from `train.checkpoint`): a DCP
+checkpoint of the tables and the table optimizer's state after every epoch under
+`run_dir/checkpoints/<tag>/` (the CTR trainer's `Checkpointer`: the latest and the best epoch are kept);
+a rerun with the same run directory resumes after the last complete epoch and gives the same result as an
+uninterrupted run (the pair order and negatives are seeded per epoch).
+
 With the same seed, 1 process and 2 processes give different (equally valid) runs: table
 initialisation depends on the sharding and the pair shares differ.
 """
@@ -44,6 +49,7 @@ from torch.utils.tensorboard import SummaryWriter
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
 from torchrec.distributed.types import ShardingPlan
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from tqdm import tqdm
 
@@ -54,6 +60,7 @@ from torchrec_aes.io import join
 from torchrec_aes.models.cf import CF_MODELS, ITEM, USER, CFModel, build_cf_model
 from torchrec_aes.planning.memory import OPTIMIZERS, attach_table_optimizer
 from torchrec_aes.planning.plan import default_sharders, make_topology, plan_model
+from torchrec_aes.train.checkpoint import Checkpointer
 from torchrec_aes.train.distributed import DistEnv, init_distributed
 from torchrec_aes.train.ranking import evaluate_ranking
 
@@ -143,6 +150,7 @@ def train_cf(
     row_dims: dict[str, torch.Tensor] | None = None,
     keep_tables: bool = False,
     sharding_types: list[str] | None = None,
+    checkpoint: bool = False,
 ) -> dict[str, Any]:
     """Trains `cfg.model.type` ("mf" | "lightgcn") with BPR on `data` and evaluates Recall/NDCG@K.
 
@@ -157,6 +165,8 @@ def train_cf(
         row_dims: per-row sizes {"user": [U], "item": [I]} applied as prefix masks (BET).
         keep_tables: also return the best epoch's raw weights under "tables" (CPU tensors).
         sharding_types: restrict the planner to these sharding types (e.g. ["table_wise"]).
+        checkpoint: checkpoint every epoch under `run_dir/checkpoints/<tag>` and resume from there (needs
+            `run_dir`).
 
     Returns:
         {"val": {"recall@K", "ndcg@K" for every K, "users"} of the best epoch, "test": the same on test,
@@ -178,10 +188,16 @@ def train_cf(
     # Data-parallel tables use TorchRec's dense kernel: their weights are ordinary parameters (gradients
     # all-reduced by the DDP inside the lookup) that the fused in-backward optimizer does not cover, so
     # the same table optimizer is stepped on them explicitly.
-    replicated = [p for _, p in in_backward_optimizer_filter(dmp.named_parameters())]
+    replicated = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     replicated_opt = None
     if replicated:
-        replicated_opt = OPTIMIZERS[tc.embedding_optimizer](replicated, lr=tc.embedding_lr)
+        replicated_opt = KeyedOptimizerWrapper(
+            replicated, lambda params: OPTIMIZERS[tc.embedding_optimizer](params, lr=tc.embedding_lr)
+        )
+    optimizers = [("fused", dmp.fused_optimizer)]
+    if replicated_opt is not None:
+        optimizers.append(("replicated", replicated_opt))
+    optimizer = CombinedOptimizer(optimizers)  # for checkpoints; the fused part steps inside backward
     if init_tables is not None:
         load_tables(cf, init_tables)
     if row_dims is not None:
@@ -190,17 +206,41 @@ def train_cf(
     ks = list(tc.ranking_k)
     stop_key = _stop_key(ks)
     writer = SummaryWriter(join(run_dir, "tb", tag)) if run_dir and env.is_main else None
+    checkpointer = (
+        Checkpointer(join(run_dir, "checkpoints", tag), env.is_main) if checkpoint and run_dir else None
+    )
 
     pair_users, pair_items = data.train.to_pairs()
     per_rank = pair_users.numel() // env.world_size
     steps = -(-per_rank // tc.batch_size)
     if tc.max_steps:
         steps = min(steps, tc.max_steps)
-    best: dict[str, Any] = {"epoch": -1, "score": -1.0, "val": {}}
-    history = []
-    global_step = 0
-    epoch = -1
-    for epoch in range(tc.epochs):
+    tables = {t.name: [t.num_embeddings, t.embedding_dim] for t in arch.active_tables}
+    state: dict[str, Any] = {
+        "epoch": -1,
+        "best_epoch": -1,
+        "best_score": -1.0,
+        "best_val": {},
+        "history": [],
+        "global_step": 0,
+        "tables": tables,
+    }
+    if checkpointer and (saved := checkpointer.state()) is not None:
+        if saved.get("tables") != tables:
+            raise ValueError(
+                f"{checkpointer.directory} holds a checkpoint of another architecture; "
+                "use a new run directory (or delete that checkpoint) to train this one"
+            )
+        state = saved
+        checkpointer.load(state["epoch"], dmp, optimizer)
+        if env.is_main:
+            logger.info("resumed %s from epoch %d", tag, state["epoch"])
+    # The best epoch's score matrices (and raw tables), when it ran in this process.
+    best_matrices: tuple[torch.Tensor, torch.Tensor] | None = None
+    best_tables: dict[str, torch.Tensor] | None = None
+    for epoch in range(state["epoch"] + 1, tc.epochs):
+        if state["best_epoch"] >= 0 and state["epoch"] - state["best_epoch"] >= tc.patience:
+            break
         # Same permutation on all ranks (seeded by epoch), then an equal contiguous share per rank.
         order = torch.randperm(
             pair_users.numel(), generator=torch.Generator().manual_seed(tc.seed * 1000 + epoch)
@@ -231,46 +271,53 @@ def train_cf(
                 replicated_opt.zero_grad(set_to_none=True)
             loss_sum += loss.item()
             loss_count += 1
-            global_step += 1
+            state["global_step"] += 1
             bar.update(1)
-            if writer and global_step % tc.log_every == 0:
-                writer.add_scalar("train/bpr_loss", loss.item(), global_step)
+            if writer and state["global_step"] % tc.log_every == 0:
+                writer.add_scalar("train/bpr_loss", loss.item(), state["global_step"])
         bar.close()
         val, matrices = _evaluate(dmp, cf, data.val, [data.train], ks, group)
         train_loss = loss_sum / max(loss_count, 1)
-        history.append({"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}})
+        state["history"].append(
+            {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
+        )
         if writer:
             writer.add_scalar("train/epoch_loss", train_loss, epoch)
             for k, v in val.items():
                 writer.add_scalar(f"val/{k}", v, epoch)
         if env.is_main:
             logger.info("%s epoch %d: loss %.4f val %s %.4f", tag, epoch, train_loss, stop_key, val[stop_key])
-        if val[stop_key] > best["score"]:
-            best = {"epoch": epoch, "score": val[stop_key], "val": val, "matrices": matrices}
+        if val[stop_key] > state["best_score"]:
+            state.update(best_epoch=epoch, best_score=val[stop_key], best_val=val)
+            best_matrices = matrices
             if keep_tables:
-                best["tables"] = {k: v.cpu() for k, v in cf.raw_tables().items()}
-        elif epoch - best["epoch"] >= tc.patience:
-            break
-    if best["epoch"] < 0:  # no epoch ran (epochs must be >= 1; kept for safety)
-        best["matrices"] = _evaluate(dmp, cf, data.val, [data.train], ks, group)[1]
-    test = evaluate_ranking(*best["matrices"], data.test, [data.train, data.val], ks, group=group)
+                best_tables = {k: v.cpu() for k, v in cf.raw_tables().items()}
+        state["epoch"] = epoch
+        if checkpointer:
+            checkpointer.save(epoch, dmp, optimizer, state)
+    if best_matrices is None:  # the best epoch ran before a resume (or no epoch ran at all)
+        if checkpointer and 0 <= state["best_epoch"] != state["epoch"]:
+            checkpointer.load(state["best_epoch"], dmp)
+        best_matrices = _evaluate(dmp, cf, data.val, [data.train], ks, group)[1]
+        best_tables = {k: v.cpu() for k, v in cf.raw_tables().items()} if keep_tables else None
+    test = evaluate_ranking(*best_matrices, data.test, [data.train, data.val], ks, group=group)
     if writer:
         for k, v in test.items():
-            writer.add_scalar(f"test/{k}", v, best["epoch"])
+            writer.add_scalar(f"test/{k}", v, state["best_epoch"])
         writer.close()
     result: dict[str, Any] = {
-        "val": best["val"],
+        "val": state["best_val"],
         "test": test,
         "num_users": data.num_users,
         "num_items": data.num_items,
         "wall_seconds": time.perf_counter() - start_time,
-        "epochs": epoch + 1,
-        "best_epoch": best["epoch"],
-        "history": history,
+        "epochs": state["epoch"] + 1,
+        "best_epoch": state["best_epoch"],
+        "history": state["history"],
         "sharding": {name: p.sharding_type for name, p in plan.plan.get("ebc", {}).items()},
     }
     if keep_tables:
-        result["tables"] = best.get("tables") or {k: v.cpu() for k, v in cf.raw_tables().items()}
+        result["tables"] = best_tables
     return result
 
 
