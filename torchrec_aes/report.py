@@ -56,15 +56,54 @@ def plot_dims(
     _save_png(fig, path)
 
 
+def plot_landscape(landscape: dict[str, Any], budget: Budget | None, path: str) -> None:
+    """Quality vs bytes of the architectures a search scored (grey), its named points (the uniform
+    baselines as a line, the search's picks as markers) and the budget line."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = landscape.get("points", [])
+    if points:
+        ax.scatter([p[0] / 2**20 for p in points], [p[1] for p in points], s=6, color="0.7", label="scored")
+    named = landscape.get("named", {})
+    uniform = sorted((v for k, v in named.items() if k.startswith("uniform-")), key=lambda v: v[0])
+    if uniform:
+        ax.plot([v[0] / 2**20 for v in uniform], [v[1] for v in uniform], "o-", color="tab:blue")
+        for label, v in named.items():
+            if label.startswith("uniform-"):
+                ax.annotate(
+                    label, (v[0] / 2**20, v[1]), fontsize=7, xytext=(3, -9), textcoords="offset points"
+                )
+    markers = {"policy argmax": ("tab:orange", "s"), "final": ("tab:red", "*")}
+    for label, v in named.items():
+        if not label.startswith("uniform-"):
+            color, marker = markers.get(label, ("tab:green", "D"))
+            ax.scatter([v[0] / 2**20], [v[1]], color=color, marker=marker, s=90, zorder=3, label=label)
+    if budget is not None:
+        ax.axvline(
+            budget.bytes / 2**20, color="black", linestyle="--", label=f"budget {format_bytes(budget.bytes)}"
+        )
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.set_xlabel(f"MiB: {landscape.get('x', 'bytes')}")
+    ax.set_ylabel(landscape.get("y", "quality"))
+    ax.legend(fontsize=8)
+    _save_png(fig, path)
+
+
 def write_report(
     run_dir: str,
     arch: Architecture,
     metrics: dict[str, Any],
     budget: Budget | None = None,
     planted: list[int] | None = None,
+    landscape: dict[str, Any] | None = None,
 ) -> None:
-    """Writes `report.md` and `dims.png` into `run_dir`."""
+    """Writes `report.md`, `dims.png` and, with a search's `landscape` (scored architectures: "points"
+    [[bytes, quality]], "named" {label: [bytes, quality]}, axis labels "x"/"y"), `quality_vs_bytes.png`."""
     plot_dims(arch, metrics, budget, planted, join(run_dir, "dims.png"))
+    if landscape:
+        plot_landscape(landscape, budget, join(run_dir, "quality_vs_bytes.png"))
     lines = [f"# Run report: {arch.method}", ""]
     test, val = metrics.get("test", {}), metrics.get("val", {})
     if test:
@@ -89,6 +128,16 @@ def write_report(
         "",
         "![per-table dims and bytes](dims.png)",
         "",
+    ]
+    if landscape:
+        lines += [
+            "Quality vs bytes of every architecture the search scored, with the uniform baselines "
+            "(all tables at one candidate) and the search's picks:",
+            "",
+            "![quality vs bytes](quality_vs_bytes.png)",
+            "",
+        ]
+    lines += [
         "| table | rows | dim | bytes |" + (" planted rank |" if planted else ""),
         "|---|---|---|---|" + ("---|" if planted else ""),
     ]

@@ -134,8 +134,10 @@ def finish_run(
     metrics: dict[str, Any],
     budget: Budget | None = None,
     planted: list[int] | None = None,
+    landscape: dict[str, Any] | None = None,
 ) -> None:
-    """Writes config, architecture, plan, metrics and report (rank 0; the plan is computed on rank 0)."""
+    """Writes config, architecture, plan, metrics, the search's `landscape.json` (if any) and the report
+    (rank 0; the plan is computed on rank 0)."""
     if not env.is_main:
         return
     run_dir = cfg.run_dir
@@ -144,9 +146,11 @@ def finish_run(
     arch.save(join(run_dir, "architecture.yaml"))
     metrics["plan_topology"] = write_plan(cfg, env, arch, run_dir)
     write_text_atomic(join(run_dir, "metrics.json"), json.dumps(metrics, indent=1, sort_keys=True))
+    if landscape:
+        write_text_atomic(join(run_dir, "landscape.json"), json.dumps(landscape))
     from torchrec_aes.report import write_report
 
-    write_report(run_dir, arch, metrics, budget, planted)
+    write_report(run_dir, arch, metrics, budget, planted, landscape)
 
 
 def run_train(cfg: Config) -> dict[str, Any]:
@@ -204,6 +208,8 @@ def run_search(cfg: Config) -> dict[str, Any]:
     arch.schema_hash = schema.hash()
     # Methods that retrain their own finalists (BET) report the chosen one's metrics here.
     final = result.log.pop("final", None)
+    # Methods that score many architectures (AdaS&S) return them for the report's quality-vs-bytes plot.
+    landscape = result.log.pop("landscape", None)
     metrics: dict[str, Any] = {
         "method": cfg.search.method,
         "budget_bytes": budget.bytes,
@@ -227,5 +233,5 @@ def run_search(cfg: Config) -> dict[str, Any]:
         metrics.update(_fit(cfg, data, arch, "final"))
         metrics["retrain_seconds"] = time.perf_counter() - t0
     metrics["wall_seconds"] = time.perf_counter() - start
-    finish_run(cfg, env, arch, metrics, budget, planted)
+    finish_run(cfg, env, arch, metrics, budget, planted, landscape)
     return metrics

@@ -238,6 +238,15 @@ def test_cli_search_runs_end_to_end_and_a_rerun_resumes_from_the_saved_phases(tm
     assert (run / "checkpoints" / "adass" / "rl_state.pt").exists()
     assert not (run / "checkpoints" / "adass" / "supernet").exists()  # superseded by supernet_eval.pt
     assert any((run / "tb" / "adass").iterdir())
+    # The report's quality-vs-bytes plot: the final pick among the scored architectures, uniform-d_max most
+    # expensive of the named points, and the final choice within the budget.
+    landscape = json.loads((run / "landscape.json").read_text())
+    named = landscape["named"]
+    assert named["final"][0] == metrics["budget_used"] <= metrics["budget_bytes"]
+    assert max(v[0] for v in named.values()) == named[f"uniform-{max(metrics['candidates'])}"][0]
+    assert len(landscape["points"]) >= metrics["search_log"]["rl"]["updates"]
+    assert "quality_vs_bytes.png" in (run / "report.md").read_text()
+    assert (run / "quality_vs_bytes.png").stat().st_size > 0
     # A rerun (e.g. after a kill) skips the trained supernet and the finished RL phase: same architecture.
     second = _cli(config, run, f"data.cache_dir={tmp_path / 'cache'}")
     assert second.returncode == 0, second.stderr[-3000:]

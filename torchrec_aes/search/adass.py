@@ -446,6 +446,10 @@ class SupernetEvaluator:
             self.evaluations += 1
         return self._cache[key]
 
+    def scored(self) -> list[tuple[tuple[int, ...], tuple[float, float, float]]]:
+        """Every architecture scored so far (no table zeroed) with its (AUC, even-half, odd-half AUC)."""
+        return [(key, v) for key, v in self._cache.items() if min(key) >= 0]
+
     def panel_auc(self, seed: int, size: int = 8) -> float:
         """Mean AUC over a fixed panel: all-smallest, all-largest and `size - 2` random architectures.
 
@@ -1010,7 +1014,7 @@ def adass(ctx: SearchContext) -> SearchResult:
             # A resume starts from the evaluator from now on; the supernet's DCP checkpoint (every table
             # at d_max plus optimizer state: the largest file of the run) is no longer needed.
             remove_tree(join(ckpt_dir, "supernet"))
-    result: tuple[list[int], dict[str, Any]] | None = None
+    result: tuple[list[int], dict[str, Any], dict[str, Any]] | None = None
     if env.is_main:
         assert evaluator is not None
         t0 = time.perf_counter()
@@ -1049,11 +1053,12 @@ def adass(ctx: SearchContext) -> SearchResult:
             "budget_moves": [_name_move(m, names, ctx.candidates) for m in moves],
             "evaluations": evaluator.evaluations,
         }
-        result = ([ctx.candidates[k] for k in final], rl_log)
+        landscape = _landscape(evaluator, costs, argmax, final, ctx.candidates)
+        result = ([ctx.candidates[k] for k in final], rl_log, landscape)
         if writer:
             writer.add_scalar("rl/final_val_auc", rl_log["final_val_auc"], search.update)
             writer.flush()
-    dims, log["rl"] = broadcast_object(result)
+    dims, log["rl"], log["landscape"] = broadcast_object(result)
     arch = Architecture.from_dims(ctx.schema, dims, method="adass")
     if not ctx.budget.fits(arch):  # fit_to_budget's sums are the same estimates: an internal error
         raise AssertionError(f"adass: {ctx.budget.used(arch)} > budget {ctx.budget.bytes}")
@@ -1061,6 +1066,35 @@ def adass(ctx: SearchContext) -> SearchResult:
     if writer:
         writer.close()
     return SearchResult(arch, log)
+
+
+def _landscape(
+    evaluator: SupernetEvaluator,
+    costs: list[list[int]],
+    argmax: list[int],
+    final: list[int],
+    candidates: Sequence[int],
+    max_points: int = 4000,
+) -> dict[str, Any]:
+    """Quality vs bytes of every architecture the search scored, plus the uniform baselines at each
+    candidate, the policy's argmax and the final choice (the report's `quality_vs_bytes.png`)."""
+
+    def point(choice: Sequence[int]) -> list[float]:
+        return [sum(costs[f][k] for f, k in enumerate(choice)), round(evaluator.auc(choice), 5)]
+
+    num_tables = len(costs)
+    named = {f"uniform-{d}": point([k] * num_tables) for k, d in enumerate(candidates)}
+    named.update({"policy argmax": point(argmax), "final": point(final)})
+    scored = [
+        [sum(costs[f][k] for f, k in enumerate(key)), round(v[0], 5)]
+        for key, v in itertools.islice(evaluator.scored(), max_points)
+    ]
+    return {
+        "x": "embedding bytes (TorchRec estimate)",
+        "y": "val AUC with supernet weights (fixed val slice)",
+        "points": scored,
+        "named": named,
+    }
 
 
 def _name_move(move: str, names: list[str], candidates: list[int]) -> str:
