@@ -125,6 +125,15 @@ def test_budget_step_grows_only_what_the_other_half_of_the_slice_confirms():
     final, moves = fit_to_budget([2, 2, 2], costs, 200, half_b, min_gain=0.005, confirm=half_b)
     assert final == [2, 0, 0] and moves[0].startswith("free-shrink"), moves
 
+    # The free-shrink tolerance is its own knob: here tables 1 and 2 lose 0.001 per smaller candidate.
+    def slight(c):
+        return real[c[0]] + 0.001 * (c[1] + c[2])
+
+    shrunk, _ = fit_to_budget([2, 2, 2], costs, 200, slight, min_gain=0.005, confirm=slight, tolerance=0.005)
+    assert shrunk == [2, 0, 0]
+    kept, _ = fit_to_budget([2, 2, 2], costs, 200, slight, min_gain=0.005, confirm=slight, tolerance=0.0)
+    assert kept == [2, 2, 2]
+
 
 def test_sampler_favours_under_performing_candidates_and_keeps_an_epsilon_floor():
     acfg = AdaSSConfig(epsilon=0.2, temperature=0.01, loss_ema=0.0)
