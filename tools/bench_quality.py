@@ -104,7 +104,13 @@ def main() -> None:
         for seed in args.seeds:
             run_dir = out / (label.replace(" ", "_").replace("@", "b") + f"_s{seed}")
             per_seed.append(
-                run_one(command, config, run_dir, [*overrides, f"train.seed={seed}", *args.overrides])
+                run_one(
+                    command,
+                    config,
+                    run_dir,
+                    [*overrides, f"train.seed={seed}", *args.overrides],
+                    keep_checkpoints=args.keep_checkpoints,
+                )
             )
         rows.append({"label": label, "runs": per_seed})
 

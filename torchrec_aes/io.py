@@ -35,11 +35,8 @@ def makedirs(path: str) -> None:
 
 
 def remove_tree(path: str) -> None:
-    """Deletes a directory and everything in it, if it exists (local paths; DCP checkpoints are local)."""
-    if is_local(path):
-        shutil.rmtree(_local(path), ignore_errors=True)
-    elif g_pathmgr.exists(path):
-        g_pathmgr.rm(path)
+    """Deletes a local directory and everything in it, if it exists (DCP checkpoints are local files)."""
+    shutil.rmtree(_local(path), ignore_errors=True)
 
 
 def read_text(path: str) -> str:

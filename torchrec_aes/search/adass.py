@@ -1095,7 +1095,7 @@ def _landscape(
     named.update({"policy argmax": point(argmax), "final": point(final)})
     scored = [
         [sum(costs[f][k] for f, k in enumerate(key)), round(v[0], 5)]
-        for key, v in itertools.islice(evaluator.scored(), max_points)
+        for key, v in evaluator.scored()[:max_points]
     ]
     return {
         "x": "embedding bytes (TorchRec estimate)",
