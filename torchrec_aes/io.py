@@ -89,3 +89,18 @@ def load_numpy(path: str):
     import numpy as np
 
     return np.load(io.BytesIO(read_bytes(path)))
+
+
+def save_torch_atomic(path: str, obj) -> None:
+    """`torch.save` of `obj` to `path`, atomically (checkpoints and caches of the searches)."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes_atomic(path, buf.getvalue())
+
+
+def load_torch(path: str, weights_only: bool = True):
+    import torch
+
+    return torch.load(io.BytesIO(read_bytes(path)), weights_only=weights_only)

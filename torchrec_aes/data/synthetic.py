@@ -70,7 +70,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import io
 import json
 import math
 
@@ -80,7 +79,7 @@ import torch
 from torchrec_aes.config import DataConfig, SyntheticConfig
 from torchrec_aes.data.dataset import CTRData, Splits, split_rows
 from torchrec_aes.data.schema import Schema, SparseFeature
-from torchrec_aes.io import exists, join, read_bytes, read_text, write_bytes_atomic, write_text_atomic
+from torchrec_aes.io import exists, join, load_torch, read_text, save_torch_atomic, write_text_atomic
 
 DEFAULT_RANK_PATTERN: list[int] = [0, 4, 32, 2, 0, 8, 32, 0, 0, 0, 2, 0, 8, 32, 4, 0, 2, 8, 4, 32]
 """Planted ranks used when `true_ranks` is None, cycled over the fields (see the module docstring)."""
@@ -335,8 +334,8 @@ def planted_table(schema: Schema, ranks: list[int]) -> list[dict]:
 def _save(
     directory: str, cfg: SyntheticConfig, seed: int, schema: Schema, data: CTRData, ranks: list[int]
 ) -> None:
-    buf = io.BytesIO()
-    torch.save(
+    save_torch_atomic(
+        join(directory, "data.pt"),
         {
             "schema": schema.to_dict(),
             "dense": data.dense,
@@ -344,9 +343,7 @@ def _save(
             "labels": data.labels,
             "true_ranks": ranks,
         },
-        buf,
     )
-    write_bytes_atomic(join(directory, "data.pt"), buf.getvalue())
     # planted.json goes last: a cache entry counts as complete only when both files exist.
     planted = {
         "seed": seed,
@@ -359,7 +356,7 @@ def _save(
 
 
 def _load(directory: str) -> tuple[Schema, CTRData, list[int]]:
-    blob = torch.load(io.BytesIO(read_bytes(join(directory, "data.pt"))), weights_only=True)
+    blob = load_torch(join(directory, "data.pt"))
     data = CTRData(blob["dense"], blob["sparse"], blob["labels"])
     return Schema.from_dict(blob["schema"]), data, list(blob["true_ranks"])
 

@@ -67,7 +67,6 @@ every rank returns the same architecture (rank 0's, broadcast).
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import math
@@ -89,7 +88,7 @@ from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import AdaSSConfig, Config
 from torchrec_aes.data.dataset import CTRData, iter_batches, num_batches
 from torchrec_aes.embedding.elastic import ElasticEmbeddingBagCollection
-from torchrec_aes.io import exists, join, read_bytes, remove_tree, write_bytes_atomic
+from torchrec_aes.io import exists, join, load_torch, remove_tree, save_torch_atomic
 from torchrec_aes.models.ctr import build_ctr_model
 from torchrec_aes.planning.memory import table_storage, warm_cache
 from torchrec_aes.search.base import SearchContext, SearchResult, register
@@ -466,8 +465,8 @@ class SupernetEvaluator:
         return sum(self.auc(c) for c in panel) / len(panel)
 
     def save(self, path: str) -> None:
-        buf = io.BytesIO()
-        torch.save(
+        save_torch_atomic(
+            path,
             {
                 "pooled": self.pooled,
                 "dense": self.dense,
@@ -475,13 +474,11 @@ class SupernetEvaluator:
                 "dense_state": self.dense_state,
                 "candidates": self.candidates,
             },
-            buf,
         )
-        write_bytes_atomic(path, buf.getvalue())
 
     @classmethod
     def load(cls, path: str, cfg: Config, configs: list[EmbeddingBagConfig]) -> SupernetEvaluator:
-        blob = torch.load(io.BytesIO(read_bytes(path)), weights_only=True)
+        blob = load_torch(path)
         return cls(
             cfg,
             configs,
@@ -896,8 +893,8 @@ class PolicySearch:
             self._load()
 
     def _save(self) -> None:
-        buf = io.BytesIO()
-        torch.save(
+        save_torch_atomic(
+            self.state_path,
             {
                 "logits": self.logits.detach(),
                 "optimizer": self.optimizer.state_dict(),
@@ -905,12 +902,10 @@ class PolicySearch:
                 "update": self.update,
                 "history": self.history,
             },
-            buf,
         )
-        write_bytes_atomic(self.state_path, buf.getvalue())
 
     def _load(self) -> None:
-        blob = torch.load(io.BytesIO(read_bytes(self.state_path)), weights_only=True)
+        blob = load_torch(self.state_path)
         with torch.no_grad():
             self.logits.copy_(blob["logits"])
         self.optimizer.load_state_dict(blob["optimizer"])

@@ -42,7 +42,6 @@ Example::
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import math
 import time
@@ -58,7 +57,7 @@ from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config
 from torchrec_aes.data.interactions import InteractionData
 from torchrec_aes.embedding.rowwise import BucketLayout, RowCost, bucket_architecture
-from torchrec_aes.io import exists, join, makedirs, read_bytes, write_bytes_atomic
+from torchrec_aes.io import exists, join, load_torch, makedirs, save_torch_atomic
 from torchrec_aes.models.cf import ITEM, USER
 from torchrec_aes.planning.memory import Budget, arch_bytes
 from torchrec_aes.search.base import SearchContext, SearchResult, register
@@ -339,16 +338,6 @@ def _with_epochs(cfg: Config, epochs: int) -> Config:
     return out
 
 
-def _save_torch(path: str, obj: Any) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    write_bytes_atomic(path, buf.getvalue())
-
-
-def _load_torch(path: str) -> Any:
-    return torch.load(io.BytesIO(read_bytes(path)), weights_only=False)
-
-
 def _finish(
     cfg: Config,
     data: InteractionData,
@@ -462,12 +451,12 @@ def bet_search(
     # Pre-train the full-size model once (kept across resumes).
     pre_path = join(state_dir, "pretrained.pt") if state_dir else ""
     if pre_path and bc.resume and exists(pre_path):
-        pre = _load_torch(pre_path)
+        pre = load_torch(pre_path, weights_only=False)
     else:
         res = train_cf(cfg, full_arch, data, run_dir, tag="bet/pretrain", keep_tables=True)
         pre = {"tables": res["tables"], "val": res["val"]}
         if pre_path and main:
-            _save_torch(pre_path, pre)
+            save_torch_atomic(pre_path, pre)
     full_quality = quality(pre["val"], ks)
     log["full_model"] = {"val": pre["val"], "quality": full_quality}
 
@@ -477,7 +466,7 @@ def bet_search(
     start_iter = 0
     state_path = join(state_dir, "state.pt") if state_dir else ""
     if state_path and bc.resume and exists(state_path):
-        state = _load_torch(state_path)
+        state = load_torch(state_path, weights_only=False)
         replay, start_iter = state["replay"], state["iteration"]
         trainer.load_state_dict(state["predictor"])
         gen.set_state(state["generator"])
@@ -535,7 +524,7 @@ def bet_search(
             r = replay[-1] if u == 0 else replay[int(torch.randint(len(replay), (1,), generator=gen))]
             losses.append(trainer.update(r["dims"].long(), r["fitness"]))
         if state_path and main:
-            _save_torch(
+            save_torch_atomic(
                 state_path,
                 {
                     "replay": replay,
@@ -572,7 +561,7 @@ def bet_search(
 
 
 def _interactions(ctx: SearchContext) -> InteractionData:
-    data = getattr(ctx, "interactions", None)
+    data = ctx.interactions
     if data is None:
         raise ValueError(
             f"search.method={ctx.cfg.search.method} searches row-wise sizes of CF user/item tables: it needs "
