@@ -52,7 +52,8 @@ def main() -> None:
     from torchrec_aes.config import load_config
     from torchrec_aes.data.interactions import load_interactions
     from torchrec_aes.planning.memory import Budget
-    from torchrec_aes.search.bet import bet_search
+    from torchrec_aes.search.bet.search import bet_search
+    from torchrec_aes.tasks.cf import CFTask
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -90,14 +91,15 @@ def main() -> None:
                         cfg.search.budget, data.schema, cfg.train.embedding_optimizer, "params"
                     )
                     start = time.perf_counter()
-                    result = bet_search(cfg, data, budget, str(run_dir), method)
+                    result = bet_search(cfg, CFTask(cfg, data), budget, str(run_dir), method)
+                    assert result.final is not None
                     seconds = time.perf_counter() - start
                     record = {
-                        "test": result.log["final"]["test"],
-                        "val": result.log["final"]["val"],
+                        "test": result.final["test"],
+                        "val": result.final["val"],
                         "seconds": seconds,
                         "budget": budget.bytes,
-                        "used": result.log["budget_used"],
+                        "used": budget.used(result.arch),
                         "row_dims": result.log["row_dims"],
                     }
                     result_file.write_text(json.dumps(record, indent=1))

@@ -35,19 +35,12 @@ from torchrec.distributed.planner.constants import BATCH_SIZE
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
+from torchrec_aes import rundir
 from torchrec_aes.architecture import Architecture, TableArch  # noqa: F401  (TableArch re-exported)
-from torchrec_aes.io import join
 from torchrec_aes.planning import plan as planning
 from torchrec_aes.planning.plan import save_plan  # noqa: F401  (re-exported)
 
 # The public names are listed once, in torchrec_aes/__init__.py (which re-exports them lazily).
-ARCHITECTURE_FILE = "architecture.yaml"
-PLAN_FILE = "plan.json"
-
-
-def _file_in(path: str, filename: str, suffixes: tuple[str, ...]) -> str:
-    """`path` itself if it names a file of that kind, else `path/filename` (a run directory)."""
-    return path if path.endswith(suffixes) else join(path, filename)
 
 
 def load_architecture(path_or_run_dir: str) -> Architecture:
@@ -60,7 +53,7 @@ def load_architecture(path_or_run_dir: str) -> Architecture:
         FileNotFoundError: no such file.
         ValueError: the file is not an architecture (names the file and the key).
     """
-    return Architecture.load(_file_in(path_or_run_dir, ARCHITECTURE_FILE, (".yaml", ".yml")))
+    return Architecture.load(rundir.architecture_file(path_or_run_dir))
 
 
 def _describe(config: EmbeddingBagConfig) -> str:
@@ -195,7 +188,7 @@ def load_plan(
         ValueError: a malformed file, a plan that does not fit `arch`, or `module_path` given for a plan of
             several modules.
     """
-    path = _file_in(path_or_run_dir, PLAN_FILE, (".json",))
+    path = path_or_run_dir if path_or_run_dir.endswith(".json") else rundir.path(path_or_run_dir, rundir.PLAN)
     plan = planning.load_plan(path)
     if configs is not None and arch is None:
         raise ValueError("load_plan: renaming the plan's tables to your configs' names needs `arch` too")

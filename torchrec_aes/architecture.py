@@ -1,8 +1,17 @@
 """`Architecture`: the one contract between search, train, plan and export.
 
 An architecture is a list of TorchRec tables (name, feature names, rows, dim) plus what the search
-recorded (method, budget, measured bytes, seed, schema hash) and method-specific extras (BET's row-size
-file, iHAS's groups, NASRec's block graph) under `extra`. Stored as `architecture.yaml`.
+recorded (method, budget, measured bytes, seed, schema hash) and kind-specific extras (BET's row-size
+file; later iHAS's groups, NASRec's block graph) under `extra`. Stored as `architecture.yaml`.
+
+Its `kind` says how it deploys, and every consumer dispatches on it (never on `extra` or the data):
+
+* `tables` -- one table per feature at its dim (uniform, power_rule, AdaS&S); trained as listed.
+* `rowwise` -- per-row sizes (BET): the tables are size buckets with an id remap (`row_dims.npy`,
+  `row_remap.npy` beside the file); trained in the masked form (d_max tables + per-row prefix masks).
+
+A kind (`ArchKind`) checks an architecture against the data, gives its training form, counts its bytes
+(everything serving needs; for these two kinds the tables) and carries its side files into a new run.
 
 Example::
 
@@ -51,7 +60,8 @@ class Architecture:
         embedding_bytes: TorchRec's storage estimate of the tables (weights + optimizer state).
         seed: the search seed.
         schema_hash: `Schema.hash()` of the data it was searched on.
-        extra: method-specific fields (documented per method).
+        extra: kind-specific fields (documented per kind).
+        kind: how it deploys: one of `KINDS` (see the module docstring).
     """
 
     tables: list[TableArch]
@@ -61,6 +71,7 @@ class Architecture:
     seed: int | None = None
     schema_hash: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    kind: str = "tables"
 
     @classmethod
     def uniform(cls, schema: Schema, dim: int) -> Architecture:
@@ -149,9 +160,13 @@ class Architecture:
                 )
             )
         top = {k: v for k, v in data.items() if k != "tables"}
-        allowed_top = {"method", "budget_bytes", "embedding_bytes", "seed", "schema_hash", "extra"}
+        allowed_top = {"method", "budget_bytes", "embedding_bytes", "seed", "schema_hash", "extra", "kind"}
         if set(top) - allowed_top:
             raise ValueError(f"{source}: unknown keys {sorted(set(top) - allowed_top)}")
+        if "kind" not in top:  # files written before kinds existed: BET's were the row-wise ones
+            top["kind"] = "rowwise" if "row_dims" in (top.get("extra") or {}) else "tables"
+        if top["kind"] not in KINDS:
+            raise ValueError(f"{source}: kind '{top['kind']}' is not one of {', '.join(KINDS)}")
         return cls(tables=tables, **top)
 
     def save(self, path: str) -> None:
@@ -160,3 +175,62 @@ class Architecture:
     @classmethod
     def load(cls, path: str) -> Architecture:
         return cls.from_dict(yaml.safe_load(read_text(path)), source=path)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Kinds
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ArchKind:
+    """How one kind of architecture is checked, trained, counted and carried (the `tables` kind).
+
+    Consumers call `kind_of(arch)` and these methods; a new kind (iHAS's `grouped`, NASRec's `blocks`)
+    subclasses this and registers in `KINDS`.
+    """
+
+    name = "tables"
+
+    def training_form(self, arch: Architecture, source: str, schema: Schema) -> tuple[Architecture, Any]:
+        """(the architecture to train, trainer hooks or None) for `arch`, read from file `source` (side
+        files lie beside it); raises ValueError naming `source` if it does not match the data."""
+        arch.check_schema(schema, source=source or "architecture")
+        return arch, None
+
+    def bytes(self, arch: Architecture, optimizer: str, count: str = "bytes") -> int:
+        """What serving `arch` costs by TorchRec's storage estimate (or in parameters)."""
+        from torchrec_aes.planning.memory import arch_bytes
+
+        return arch_bytes(arch, optimizer, count)
+
+    def carry(self, arch: Architecture, source: str, run_dir: str) -> None:
+        """Copies the side files of `arch` (loaded from directory `source`) into `run_dir`."""
+
+
+class RowwiseKind(ArchKind):
+    """Per-row sizes (BET): size-bucket tables + `row_dims.npy` / `row_remap.npy`; trained masked."""
+
+    name = "rowwise"
+
+    def training_form(self, arch: Architecture, source: str, schema: Schema) -> tuple[Architecture, Any]:
+        import os
+
+        from torchrec_aes.models.rowwise import masked_form
+        from torchrec_aes.tasks.cf import TableHooks
+
+        full, row_dims = masked_form(arch, os.path.dirname(source), schema)
+        return full, TableHooks(row_dims=row_dims)
+
+    def carry(self, arch: Architecture, source: str, run_dir: str) -> None:
+        from torchrec_aes.models.rowwise import BucketLayout
+
+        BucketLayout.load(arch, source).save(run_dir)
+
+
+KINDS: dict[str, ArchKind] = {k.name: k for k in (ArchKind(), RowwiseKind())}
+"""Every architecture kind by name."""
+
+
+def kind_of(arch: Architecture) -> ArchKind:
+    """The kind of `arch`."""
+    return KINDS[arch.kind]

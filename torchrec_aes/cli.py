@@ -65,6 +65,7 @@ def _search(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
+    from torchrec_aes import rundir
     from torchrec_aes.architecture import Architecture
     from torchrec_aes.planning.plan import (
         format_plan_summary,
@@ -74,9 +75,7 @@ def _plan(args: argparse.Namespace) -> None:
         save_plan,
     )
 
-    path = args.arch
-    if os.path.isdir(path):
-        path = os.path.join(path, "architecture.yaml")
+    path = rundir.architecture_file(args.arch)
     arch = Architecture.load(path)
     plan = plan_architecture(
         arch,

@@ -165,109 +165,33 @@ class PlanConfig:
     """Per-host DDR cap in GiB (0 = TorchRec's default)."""
 
 
-@dataclass
-class AdaSSConfig:
-    """AdaS&S (search.method=adass): supernet training with adaptive sampling, then an RL search.
+# ---------------------------------------------------------------------------------------------------------
+# Method sections: registered by the method packages (search/<method>/config.py)
+# ---------------------------------------------------------------------------------------------------------
 
-    See torchrec_aes/search/adass.py and METHODS.md for what the paper fixes and what these defaults are.
+_SECTIONS: dict[str, type] = {}
+
+
+def register_section(name: str, cls: type) -> type:
+    """Registers a search method's config dataclass as section `search.<name>`.
+
+    The method packages call this when they are imported; `SearchConfig` imports `torchrec_aes.search`
+    (which imports every built-in method) the first time it needs the sections, so the strict loader knows
+    every key. A section is read as `cfg.search.<name>` (e.g. `cfg.search.adass.rl_updates`).
     """
-
-    shared_projection: bool = True
-    """DLRM: one projection per table whose first d input columns serve candidate d (our default), instead
-    of one projection per (table, candidate) (METHODS.md's first idea). Measured on planted data (30k rows,
-    6 fields): signal-free tables all got the smallest dim in 6 of 6 seeds shared, 1 of 6 per-candidate,
-    because rarely sampled candidates leave their own projections undertrained."""
-    supernet_epochs: int = 4
-    """Epochs of supernet training (each capped by `train.max_steps` steps if set)."""
-    epsilon: float = 0.2
-    """Uniform share mixed into each table's candidate distribution: p = (1-eps) softmax + eps/K."""
-    temperature: float = 0.01
-    """Softmax temperature on the per-(table, candidate) EMA train loss, relative to the table's mean EMA
-    loss (1% above the mean = one unit of logit at 0.01)."""
-    loss_ema: float = 0.95
-    """Decay of the per-(table, candidate) train-loss EMA."""
-    sample_fraction: float = 0.5
-    """rho: fraction of tables that use their sampled dim in a step (drawn by importance); the rest use
-    the largest candidate."""
-    importance_uniform: float = 0.2
-    """Uniform share mixed into the importance distribution that picks those tables."""
-    importance_every: int = 50
-    """Refresh table importance (val-loss increase when the table is zeroed) every this many steps."""
-    importance_ema: float = 0.5
-    """Decay of the importance EMA (0 = keep only the latest measurement)."""
-    importance_rows: int = 2048
-    """Validation rows (in total over ranks) used to measure importance."""
-    sandwich_every: int = 10
-    """Every this many steps, one step with all tables at the smallest and one at the largest candidate
-    (0 = no sandwich steps)."""
-    rl_updates: int = 150
-    """REINFORCE policy updates."""
-    rl_samples: int = 8
-    """Architectures sampled (and evaluated on the validation slice) per update."""
-    rl_lr: float = 0.05
-    """Adam learning rate of the policy logits."""
-    rl_entropy: float = 0.01
-    """Entropy bonus weight (per table)."""
-    rl_baseline_decay: float = 0.9
-    """Decay of the per-table EMA reward baseline."""
-    rl_eval_rows: int = 8192
-    """Validation rows (fixed slice, from the start of val) on which sampled architectures are scored."""
-    penalty: float = 1.0
-    """lambda of the resource competition penalty
-    r_f = AUC - lambda * F * share_f * max(0, bytes/budget - 1)."""
-    min_gain: float = 0.0005
-    """Final budget step: grow a table only if val AUC improves by more than this."""
-    shrink_tolerance: float = 0.001
-    """Final budget step with `confirm_moves`: a shrink is free if neither half of the val slice loses
-    more than this. Replayed on the quickstart's 3 supernets at budgets 0.5/0.2 x uniform-64 (stage 2
-    only; signal-free tables all at the smallest dim / Spearman(dims, planted ranks) / dims identical
-    across seeds): min_gain = tolerance = 0.0002 (the old default): 0/6 runs, 0.65, 3-4/20;
-    both 0.001: 5/6, 0.75, 8-9/20 but the retrained models lost 0.006-0.017 test AUC (budget left
-    unused); min_gain 0.0005 with tolerance 0.001: 5/6, 0.71, 7-8/20, same budget use as the old one."""
-    confirm_moves: bool = True
-    """Final budget step (ours): select each grow on the even rows of the val slice and accept it only if
-    the odd rows confirm the gain (> `min_gain`); a shrink is free if neither half loses > `shrink_tolerance`.
-    Without it, each grow was the best of ~100 moves on one slice, so moves worth less than the slice's
-    noise won and signal-free tables stayed above the smallest dim."""
-    checkpoint_every: int = 10
-    """Save the RL state every this many updates (the supernet is saved every epoch)."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"config section '{name}' must be a dataclass, got {cls!r}")
+    if _SECTIONS.get(name, cls) is not cls:
+        raise ValueError(f"config section 'search.{name}' is registered twice")
+    _SECTIONS[name] = cls
+    return cls
 
 
-@dataclass
-class BETConfig:
-    """BET (search.method=bet | bet_su | bet_sr): row-wise sizes of CF user/item tables (WSDM 2024).
+def method_sections() -> dict[str, type]:
+    """Every registered method section by name (importing the built-in methods first)."""
+    import torchrec_aes.search  # noqa: F401  (registers the built-in methods and their sections)
 
-    Defaults are the paper's values; see torchrec_aes/search/bet.py and METHODS.md for what is ours.
-    """
-
-    max_dim: int = 128
-    """d_max: the full-size model's dim and the largest row size (a multiple of `multiple`)."""
-    multiple: int = 4
-    """Row sizes are multiples of this (4: FBGEMM's fused kernels; the paper uses 1)."""
-    iterations: int = 50
-    """T: search iterations (each fine-tunes and evaluates one action)."""
-    actions: int = 100
-    """m: feasible actions sampled per iteration, among which one is picked."""
-    finetune_epochs: int = 10
-    """E: fine-tuning epochs of the pre-trained model under an action's mask (fresh optimizer)."""
-    top_k: int = 5
-    """Candidates (best fitness) retrained from scratch at the end; the best on validation is kept."""
-    schedule: list[str] = field(default_factory=lambda: ["random", "argmax", "argmax", "argmax", "nearest"])
-    """Pick rule per iteration, cycled: argmax (predicted fitness) | random | nearest (to the best so far
-    in predictor embedding space). The paper: 3 of 5 argmax, 1 random, 1 nearest."""
-    predictor_lr: float = 0.01
-    """Adam learning rate of the fitness predictor at the start."""
-    predictor_lr_decay: float = 0.9
-    """Learning rate multiplier after each predictor update."""
-    predictor_min_lr: float = 0.002
-    """Floor of the predictor learning rate."""
-    predictor_updates: int = 2
-    """Single-sample predictor updates per iteration."""
-    max_redraws: int = 20
-    """Redraws of a side's sizes when one exceeds d_max; after that, sizes are clipped to d_max and the
-    freed budget is handed to rows with room (ours; the paper redraws without bound)."""
-    resume: bool = True
-    """Continue a search from RUN/bet/state.pt (replay set + predictor, saved every iteration)."""
+    return dict(_SECTIONS)
 
 
 @dataclass
@@ -275,7 +199,8 @@ class SearchConfig:
     """Which search to run and under which budget."""
 
     method: str = "uniform"
-    """uniform | power_rule (more methods register themselves later)."""
+    """A registered search method: uniform | power_rule | adass | bet | bet_su | bet_sr (`torchrec-aes
+    search --help` lists them)."""
     budget: str = "0.25 x uniform-64"
     """Bytes ("800MB", "1.5GiB", "123456") or a fraction of a reference ("0.5 x uniform-64")."""
     candidates: list[int] = field(default_factory=lambda: [4, 8, 16, 24, 32, 48, 64])
@@ -286,10 +211,20 @@ class SearchConfig:
     """power_rule: exponent alpha in d_f ~ n_f^-alpha."""
     retrain: bool = True
     """Retrain the found architecture from scratch and report test metrics."""
-    adass: AdaSSConfig = field(default_factory=AdaSSConfig)
-    """AdaS&S settings (search.method=adass)."""
-    bet: BETConfig = field(default_factory=BETConfig)
-    """BET settings (search.method=bet | bet_su | bet_sr; CF data)."""
+    sections: dict[str, Any] = field(default_factory=dict)
+    """The methods' own sections by name (`search.adass`, `search.bet`, ...; see `register_section`).
+    In YAML they are keys of `search` like any other; every registered section is present."""
+
+    def __post_init__(self) -> None:
+        for name, cls in method_sections().items():
+            self.sections.setdefault(name, cls())
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names that are not fields: the registered method sections.
+        sections = self.__dict__.get("sections") or {}
+        if name in sections:
+            return sections[name]
+        raise AttributeError(f"search has no field or method section '{name}'")
 
 
 @dataclass
@@ -367,12 +302,18 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
 def _from_dict(cls: type, data: dict, path: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
+    sections = method_sections() if cls is SearchConfig else {}
+    if sections:
+        names = [n for n in names if n != "sections"] + sorted(sections)
+    kwargs: dict[str, Any] = {}
     for key, value in data.items():
         dotted = f"{path}.{key}" if path else str(key)
         if key not in names:
             raise ConfigError(f"unknown config key '{dotted}'; allowed here: {', '.join(names)}")
-        kwargs[key] = _convert(value, hints[key], dotted)
+        if key in sections:
+            kwargs.setdefault("sections", {})[key] = _convert(value, sections[key], dotted)
+        else:
+            kwargs[key] = _convert(value, hints[key], dotted)
     return cls(**kwargs)
 
 
@@ -382,8 +323,12 @@ def config_from_dict(data: dict) -> Config:
 
 
 def config_to_dict(cfg: Any) -> dict:
-    """The config as plain nested dicts/lists (YAML-ready)."""
-    return dataclasses.asdict(cfg)
+    """The config as plain nested dicts/lists (YAML-ready); method sections are keys of `search`."""
+    data = dataclasses.asdict(cfg)
+    search = data.get("search", data) if isinstance(cfg, Config) else data
+    if isinstance(search, dict) and "sections" in search:
+        search.update(search.pop("sections"))
+    return data
 
 
 def _parse_override(text: str) -> tuple[list[str], Any]:

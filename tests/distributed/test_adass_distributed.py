@@ -14,8 +14,10 @@ from tests.distributed.launcher import run_ranks
 from tests.helpers import tiny_config, tiny_splits
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.planning.memory import Budget
-from torchrec_aes.search.adass import SupernetTrainer, adass
+from torchrec_aes.search.adass.search import adass
+from torchrec_aes.search.adass.supernet import SupernetTrainer
 from torchrec_aes.search.base import SearchContext
+from torchrec_aes.tasks.ctr import CTRTask
 
 pytestmark = pytest.mark.distributed
 
@@ -31,20 +33,21 @@ def _context(model_type: str, run_dir: str = "") -> SearchContext:
     cfg.search.adass.rl_updates = 10
     cfg.search.adass.rl_samples = 4
     cfg.search.adass.rl_eval_rows = 256
-    return SearchContext(cfg, splits, Budget.parse("0.5 x uniform-16", splits.schema), run_dir)
+    budget = Budget.parse("0.5 x uniform-16", splits.schema)
+    return SearchContext(cfg, CTRTask(cfg, splits), budget, run_dir, cfg.search.adass)
 
 
 def _search(rank: int, world_size: int, model_type: str, run_dir: str) -> dict:
     torch.set_num_threads(1)  # 2 ranks on a shared 2-core machine
     ctx = _context(model_type)
     supernet = SupernetTrainer(ctx, writer=None)
-    supernet.record_choices = True
+    supernet.hooks.record_choices = True
     log = supernet.train()
     evaluator = supernet.evaluator()  # collective lookup of the val slice; rank 0 gets the evaluator
     supernet.close()
     result = adass(_context(model_type, run_dir))
     return {
-        "choices": supernet.choices,
+        "choices": supernet.hooks.choices,
         "importance": log["importance"],
         "has_evaluator": evaluator is not None,
         "slice_rows": None if evaluator is None else int(evaluator.labels.numel()),

@@ -15,6 +15,7 @@ from tests.helpers import tiny_config, tiny_splits
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.data.dataset import make_batch
 from torchrec_aes.models.ctr import build_ctr_model
+from torchrec_aes.tasks.ctr import CTRTask
 from torchrec_aes.train.trainer import Trainer
 
 pytestmark = pytest.mark.distributed
@@ -60,7 +61,7 @@ def _one_step(rank: int, world_size: int, model_type: str) -> dict:
     cfg, splits, arch, ref = _reference(model_type)
     cfg.train.embedding_optimizer = "sgd"
     cfg.train.dense_optimizer = "sgd"
-    trainer = Trainer(cfg, splits, arch)
+    trainer = Trainer(cfg, CTRTask(cfg, splits), arch)
     full = {"model." + k: v for k, v in ref.state_dict().items()}
     _copy_into(trainer.model.state_dict(), full)
     # Rank r takes rows [r*B, (r+1)*B) of the first 2B train rows.
@@ -96,7 +97,7 @@ def test_sharded_step_on_two_ranks_matches_single_process_reference(model_type):
 
 def _fit(rank: int, world_size: int, run_dir: str) -> dict:
     cfg, splits, arch, _ = _reference("dlrm")
-    return Trainer(cfg, splits, arch, run_dir=run_dir).fit()
+    return Trainer(cfg, CTRTask(cfg, splits), arch, run_dir=run_dir).fit()
 
 
 def test_fit_on_two_ranks_trains_and_evaluates_sharded(tmp_path):

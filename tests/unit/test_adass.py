@@ -15,22 +15,17 @@ import torch
 
 from tests.helpers import CARDINALITIES, tiny_splits
 from torchrec_aes.architecture import Architecture
-from torchrec_aes.config import AdaSSConfig, load_config
+from torchrec_aes.config import load_config
 from torchrec_aes.planning.memory import Budget
-from torchrec_aes.runs import load_splits
-from torchrec_aes.search.adass import (
-    AdaptiveSampler,
-    PolicySearch,
-    SupernetEvaluator,
-    _CachedLookup,
-    adass,
-    binary_auc,
-    build_supernet_model,
-    candidate_bytes,
-    check_config,
-    fit_to_budget,
-)
+from torchrec_aes.search.adass.budget_step import fit_to_budget
+from torchrec_aes.search.adass.config import AdaSSConfig, check_config
+from torchrec_aes.search.adass.policy import PolicySearch
+from torchrec_aes.search.adass.sampler import AdaptiveSampler
+from torchrec_aes.search.adass.search import adass, candidate_bytes
+from torchrec_aes.search.adass.supernet import model_factory
 from torchrec_aes.search.base import SearchContext
+from torchrec_aes.supernet.scorer import SupernetEvaluator, _CachedLookup, binary_auc
+from torchrec_aes.tasks.ctr import CTRTask
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,7 +75,7 @@ def test_budget_step_meets_torchrec_budgets_on_a_real_schema():
     for _ in range(40):
         fraction = rng.uniform(0.13, 1.1)
         budget = Budget.parse(f"{fraction} x uniform-32", splits.schema)
-        ctx = SearchContext(cfg, splits, budget)
+        ctx = SearchContext(cfg, CTRTask(cfg, splits), budget)
         costs = candidate_bytes(ctx)
         if sum(r[0] for r in costs) > budget.bytes:
             with pytest.raises(ValueError, match="below the smallest"):
@@ -220,9 +215,10 @@ def test_search_gives_signal_free_tables_the_smallest_candidate_on_planted_data(
             "search.adass.min_gain=0.001",
         ],
     )
-    splits, planted = load_splits(cfg)
-    budget = Budget.parse(cfg.search.budget, splits.schema)
-    result = adass(SearchContext(cfg, splits, budget, "", planted))
+    task = CTRTask.load(cfg)
+    planted = task.planted
+    budget = Budget.parse(cfg.search.budget, task.schema)
+    result = adass(SearchContext(cfg, task, budget, "", cfg.search.adass))
     dims = result.arch.dims
     assert budget.fits(result.arch)
     assert [d for d, r in zip(dims, planted, strict=True) if r == 0] == [4, 4, 4], (dims, planted)
@@ -277,9 +273,10 @@ def test_evaluator_scores_like_the_supernet_itself(model_type):
     n = 500
     pooled = {f.name: torch.randn(n, 16) for f in schema.sparse}
     dense, labels = torch.randn(n, schema.num_dense), (torch.rand(n) < 0.3).float()
-    model = build_supernet_model(cfg, _CachedLookup(configs, pooled), [4, 8, 16], schema.num_dense)
-    evaluator = SupernetEvaluator(cfg, configs, [4, 8, 16], pooled, dense, labels, model.state_dict())
-    reference = build_supernet_model(cfg, _CachedLookup(configs, pooled), [4, 8, 16], schema.num_dense)
+    build = model_factory(cfg, [4, 8, 16], schema.num_dense)
+    model = build(_CachedLookup(configs, pooled))
+    evaluator = SupernetEvaluator(build, configs, [4, 8, 16], pooled, dense, labels, model.state_dict())
+    reference = build(_CachedLookup(configs, pooled))
     reference.load_state_dict(model.state_dict())
     reference.eval()
     elastic = next(m for m in reference.modules() if hasattr(m, "set_dims"))

@@ -23,10 +23,11 @@ import torchrec_aes
 from tests.distributed.launcher import run_ranks
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.data.schema import Schema, SparseFeature
+from torchrec_aes.tasks.ctr import CTRTask
 
 FEATURES = {"user": 1000, "item": 500, "city": 50, "noise": 20}
 SEARCHED_DIMS = [16, 12, 6, 0]  # 6: not a multiple of 4 (data-parallel only); 0: table dropped
-TRAINER_EBC_PATH = "model.sparse_arch"  # where `torchrec-aes search` plans the EBC (runs.TRAINER_EBC_PATH)
+TRAINER_EBC_PATH = CTRTask.ebc_path  # where `torchrec-aes search` plans the EBC of CTR models
 
 
 def _user_tables(dim: int = 64) -> list[EmbeddingBagConfig]:

@@ -7,11 +7,13 @@ from torchrec_aes.architecture import Architecture
 from torchrec_aes.planning.memory import Budget, arch_bytes
 from torchrec_aes.search.base import SearchContext, get_method, method_names
 from torchrec_aes.search.baselines import largest_uniform
+from torchrec_aes.tasks.ctr import CTRTask
 
 
 def _ctx(budget_text: str) -> SearchContext:
     splits = tiny_splits(100)
-    return SearchContext(tiny_config(), splits, Budget.parse(budget_text, splits.schema))
+    cfg = tiny_config()
+    return SearchContext(cfg, CTRTask(cfg, splits), Budget.parse(budget_text, splits.schema))
 
 
 def test_uniform_is_the_largest_uniform_dim_that_fits():
@@ -42,7 +44,7 @@ def test_baselines_never_exceed_random_budgets(method):
     smallest = arch_bytes(Architecture.uniform(splits.schema, 4))
     for _ in range(25):
         budget = Budget(rng.randint(smallest, 3 * arch_bytes(Architecture.uniform(splits.schema, 64))))
-        ctx = SearchContext(tiny_config(), splits, budget)
+        ctx = SearchContext(tiny_config(), CTRTask(tiny_config(), splits), budget)
         assert budget.fits(get_method(method)(ctx).arch)
 
 

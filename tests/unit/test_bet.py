@@ -10,9 +10,12 @@ import torch
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import load_config
 from torchrec_aes.data.interactions import load_interactions
-from torchrec_aes.embedding.rowwise import BucketLayout, RowCost
+from torchrec_aes.models.rowwise import BucketLayout, RowCost
 from torchrec_aes.planning.memory import Budget
-from torchrec_aes.search.bet import ActionSampler, FitnessPredictor, PredictorTrainer, bet_search
+from torchrec_aes.search.bet.predictor import FitnessPredictor, PredictorTrainer
+from torchrec_aes.search.bet.sampler import ActionSampler
+from torchrec_aes.search.bet.search import bet_search
+from torchrec_aes.tasks.cf import CFTask
 
 
 def _profiles(n: int, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -158,22 +161,22 @@ def test_bet_search_finds_buckets_within_budget_and_resumes(tmp_path) -> None:
     cfg = load_config("configs/tests/bet_tiny.yaml", overrides + ["search.bet.iterations=3"])
     data = load_interactions(cfg.data)
     budget = Budget.parse(cfg.search.budget, data.schema, cfg.train.embedding_optimizer, cfg.search.count)
-    result = bet_search(cfg, data, budget, str(run_dir))
+    result = bet_search(cfg, CFTask(cfg, data), budget, str(run_dir))
     assert budget.used(result.arch) <= budget.bytes
     assert [r["iteration"] for r in result.log["iterations"]] == [0, 1, 2]
-    assert 0 < result.log["final"]["test"]["recall@20"] <= 1
+    assert result.final is not None and 0 < result.final["test"]["recall@20"] <= 1
     layout = BucketLayout.load(result.arch, str(run_dir))
     assert layout.row_dims["user"].numel() == data.num_users
 
     # A rerun with more iterations continues from the saved replay set instead of starting over.
     cfg = load_config("configs/tests/bet_tiny.yaml", overrides + ["search.bet.iterations=4"])
-    again = bet_search(cfg, data, budget, str(run_dir))
+    again = bet_search(cfg, CFTask(cfg, data), budget, str(run_dir))
     assert [r["iteration"] for r in again.log["iterations"]] == [0, 1, 2, 3]
     assert again.log["iterations"][:3] == result.log["iterations"]
 
     for variant in ("bet_su", "bet_sr"):
-        base = bet_search(cfg, data, budget, "", variant)
+        base = bet_search(cfg, CFTask(cfg, data), budget, "", variant)
         assert budget.used(base.arch) <= budget.bytes
-        assert isinstance(base.arch, Architecture) and "final" in base.log
-    su = bet_search(cfg, data, budget, "", "bet_su")
+        assert isinstance(base.arch, Architecture) and base.final is not None
+    su = bet_search(cfg, CFTask(cfg, data), budget, "", "bet_su")
     assert len(su.arch.tables) == 2  # one size for every user and every item

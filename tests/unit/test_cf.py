@@ -13,8 +13,30 @@ from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config, DataConfig
 from torchrec_aes.data.interactions import CSR, InteractionData, load_interactions
 from torchrec_aes.models.cf import LightGCN, build_cf_model
-from torchrec_aes.train.cf_trainer import train_cf
+from torchrec_aes.tasks.cf import CFTask, TableHooks
 from torchrec_aes.train.ranking import evaluate_ranking, topk_items
+from torchrec_aes.train.trainer import Trainer
+
+
+def train_cf(
+    cfg: Config,
+    arch: Architecture,
+    data: InteractionData,
+    run_dir: str = "",
+    *,
+    init_tables: dict | None = None,
+    keep_tables: bool = False,
+    sharding_types: list[str] | None = None,
+    checkpoint: bool = False,
+) -> dict:
+    """One CF training through the one Trainer; with `keep_tables` the best epoch's tables as "tables"."""
+    cfg.train.checkpoint = checkpoint
+    hooks = TableHooks(init_tables=init_tables, keep_tables=keep_tables)
+    task = CFTask(cfg, data)
+    result = Trainer(cfg, task, arch, run_dir, hooks=hooks, sharding_types=sharding_types).fit()
+    if keep_tables:
+        result["tables"] = hooks.best_tables
+    return result
 
 
 def _csr(rows: list[list[int]]) -> CSR:
@@ -255,7 +277,7 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path
     data = load_interactions(cfg.data)
     result = train_cf(cfg, Architecture.uniform(data.schema, 8), data, "")
     assert result["best_epoch"] == 0
-    assert result["epochs"] == 3
+    assert result["epochs_run"] == 3
 
 
 def test_checkpointed_training_resumes_and_equals_an_uninterrupted_run(tmp_path: Path) -> None:

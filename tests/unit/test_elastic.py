@@ -10,8 +10,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from tests.helpers import tiny_config, tiny_splits
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.data.dataset import make_batch
-from torchrec_aes.embedding import ElasticEmbeddingBagCollection
 from torchrec_aes.models.ctr import MixedDimDCN, MixedDimDLRM, build_ctr_model
+from torchrec_aes.supernet.elastic import ElasticEmbeddingBagCollection
 
 CANDIDATES = [4, 8, 16]
 DIMS = [4, 16, 8, 4, 8]  # per table of tests.helpers' 5-feature schema

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.cli import main as cli_main
 from torchrec_aes.data.interactions import CSR, InteractionData
-from torchrec_aes.embedding.rowwise import (
+from torchrec_aes.io import load_numpy
+from torchrec_aes.models.cf import build_cf_model
+from torchrec_aes.models.rowwise import (
     BucketedEmbedding,
     BucketLayout,
     RowCost,
-    RowwiseMask,
     bucket_architecture,
     masked_form,
-    round_to_multiple,
 )
-from torchrec_aes.io import load_numpy
-from torchrec_aes.models.cf import build_cf_model
 from torchrec_aes.planning.memory import arch_bytes, table_storage
 from torchrec_aes.planning.plan import plan_architecture
 
@@ -51,27 +45,17 @@ def _sizes(n: int, seed: int) -> torch.Tensor:
     return 4 * torch.randint(1, DMAX // 4 + 1, (n,), generator=torch.Generator().manual_seed(seed))
 
 
-def test_prefix_mask_keeps_each_rows_first_columns_and_gives_masked_columns_no_gradient() -> None:
-    ebc = EmbeddingBagCollection(
-        tables=[
-            EmbeddingBagConfig(
-                name="t_user",
-                embedding_dim=8,
-                num_embeddings=5,
-                feature_names=["user"],
-                pooling=PoolingType.SUM,
-            )
-        ]
-    )
-    ids = torch.tensor([0, 3, 4])
-    kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=["user"], values=ids, lengths=torch.ones(3, dtype=torch.int32)
-    )
-    mask = RowwiseMask({"user": torch.tensor([8, 0, 0, 4, 0])}, {"user": 8})
-    rows = mask("user", ebc(kjt).to_dict()["user"], ids)
+def test_row_dims_keep_each_rows_first_columns_and_give_masked_columns_no_gradient() -> None:
+    data = _data()
+    model = build_cf_model("mf", Architecture.uniform(data.schema, 8), data)
+    user_dims = torch.zeros(NUM_USERS, dtype=torch.long)
+    user_dims[0], user_dims[3] = 8, 4
+    model.set_row_dims(user_dims, None)
+    users = torch.tensor([0, 3, 4])
+    rows, _ = model.lookup(users, torch.tensor([0]))
     assert rows[0].ne(0).all() and rows[1, :4].ne(0).all() and rows[1, 4:].eq(0).all() and rows[2].eq(0).all()
     rows.pow(2).sum().backward()
-    grad = ebc.embedding_bags["t_user"].weight.grad
+    grad = model.ebc.embedding_bags["t_user"].weight.grad
     assert grad[0].ne(0).all()
     assert grad[3, :4].ne(0).all() and grad[3, 4:].eq(0).all()
     assert grad[4].eq(0).all()
@@ -81,19 +65,6 @@ def test_row_cost_matches_torchrec_storage_estimate_of_a_table() -> None:
     cost = RowCost.of("rowwise_adagrad", "bytes")
     assert cost.total(torch.full((777,), 20)) == table_storage(777, 20, "rowwise_adagrad")
     assert RowCost.of("rowwise_adagrad", "params").total(torch.full((10,), 8)) == 80
-
-
-def test_rounding_to_multiples_of_4_never_exceeds_the_budget() -> None:
-    cost = RowCost.of("rowwise_adagrad", "bytes")
-    g = torch.Generator().manual_seed(1)
-    for _ in range(50):
-        dims = torch.randint(1, 129, (200,), generator=g)
-        budget = cost.total(dims)  # free-form sizes that use the budget exactly
-        rounded = round_to_multiple(dims, 4, 128, budget, cost)
-        assert cost.total(rounded) <= budget
-        assert bool((rounded % 4 == 0).all()) and int(rounded.min()) >= 4 and int(rounded.max()) <= 128
-    with pytest.raises(ValueError, match="every row at size 4"):
-        round_to_multiple(torch.ones(10, dtype=torch.long), 4, 128, 10, cost)
 
 
 def test_bucketed_tables_score_exactly_like_the_masked_model() -> None:
@@ -130,8 +101,10 @@ def test_bucket_architecture_round_trips_and_is_planned_within_the_budget(tmp_pa
     arch.save(str(tmp_path / "architecture.yaml"))
     cost = RowCost.of("rowwise_adagrad", "bytes")
     assert arch_bytes(arch) == cost.total(user_dims) + cost.total(item_dims)
+    assert arch.kind == "rowwise"
 
     loaded = Architecture.load(str(tmp_path / "architecture.yaml"))
+    assert loaded.kind == "rowwise"
     again = BucketLayout.load(loaded, str(tmp_path))
     assert torch.equal(again.row_dims["user"], user_dims) and torch.equal(again.row_dims["item"], item_dims)
     full, row_dims = masked_form(loaded, str(tmp_path), _data().schema)  # the training form

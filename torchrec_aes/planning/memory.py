@@ -56,7 +56,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 
-from torchrec_aes.architecture import Architecture
+from torchrec_aes.architecture import Architecture, kind_of
 from torchrec_aes.data.schema import Schema
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
@@ -340,8 +340,8 @@ class Budget:
         return cls(math.floor(factor * arch_bytes(arch, optimizer, count)), count, optimizer, text)
 
     def used(self, arch: Architecture) -> int:
-        """What `arch` costs in this budget's unit."""
-        return arch_bytes(arch, self.optimizer, self.count)
+        """What `arch` costs in this budget's unit: everything its kind needs to serve."""
+        return kind_of(arch).bytes(arch, self.optimizer, self.count)
 
     def fits(self, arch: Architecture) -> bool:
         """True if `arch` costs at most the budget."""

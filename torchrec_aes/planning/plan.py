@@ -192,21 +192,28 @@ def plan_model(
     batch_size: int,
     sharders: list[ModuleSharder[nn.Module]] | None = None,
     pg: dist.ProcessGroup | None = None,
+    sharding_types: list[str] | None = None,
 ) -> ShardingPlan:
     """Plans `model` (built on the meta device) with TorchRec's `EmbeddingShardingPlanner`.
 
     With a process group the plan is computed collectively (rank 0 plans and broadcasts), so every rank
-    gets the same plan.
+    gets the same plan. `sharding_types` replaces `constraints_for`'s per-table choice (tests use it to
+    force e.g. data_parallel).
 
     Raises:
         PlanError: nothing fits; says how much the tables need and how much the topology has.
     """
+    constraints = constraints_for(arch)
+    if sharding_types:
+        constraints = {
+            t.name: ParameterConstraints(sharding_types=list(sharding_types)) for t in arch.active_tables
+        }
     with warnings.catch_warnings():
         # TorchRec warns that its default (heuristic) reservation over-estimates dense tensors in dry runs;
         # on the meta device the parameter shapes it sums are exact, so the default stays.
         warnings.simplefilter("ignore", FutureWarning)
         planner = EmbeddingShardingPlanner(
-            topology=topology, batch_size=batch_size, constraints=constraints_for(arch), debug=False
+            topology=topology, batch_size=batch_size, constraints=constraints, debug=False
         )
     sharders = sharders or default_sharders()
     try:

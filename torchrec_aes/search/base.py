@@ -1,15 +1,20 @@
 """The interface every search method implements, and the registry that `search.method` picks from.
 
-A method is a function `SearchContext -> SearchResult`: data, schema, budget and config in; an
-`Architecture` and a JSON-able search log out. The budget is enforced in one place, `run_search`
-(torchrec_aes/runs.py), which rejects any result over budget by TorchRec's storage estimate.
+A method is a function `SearchContext -> SearchResult`: the task (with its data and schema), the budget,
+the config and the method's own config section in; a typed result out. A method declares the tasks it
+supports (`ctr`, `cf`), so a mismatch is a one-line error listing the methods that fit. The budget is
+enforced in one place, `run_search` (torchrec_aes/runs.py), which rejects any result over budget by
+TorchRec's storage estimate.
 
 Example::
 
-    @register("my_method")
+    @register("my_method", tasks=("ctr", "cf"))
     def my_method(ctx: SearchContext) -> SearchResult:
         dims = ...
-        return SearchResult(Architecture.from_dims(ctx.schema, dims, method="my_method"), {"steps": 10})
+        return SearchResult(Architecture.from_dims(ctx.schema, dims), log={"steps": 10})
+
+Methods live in their own subpackage (`search/<method>/`) with their config section registered through
+`torchrec_aes.config.register_section`; README "Adding a search method" walks through one.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from torchrec_aes.data.dataset import Splits
 from torchrec_aes.data.interactions import InteractionData
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.planning.memory import Budget
+from torchrec_aes.tasks.base import Task
 
 
 @dataclass
@@ -31,65 +37,123 @@ class SearchContext:
     """What a search gets.
 
     Args:
-        cfg: the run config (`search` section plus whatever the method reads).
-        splits: CTR train/val/test rows and the schema (search on train/val only; test is for the final
-            report); None for collaborative-filtering data.
+        cfg: the run config.
+        task: the task and its data (search on train/val only; test is for the final report).
         budget: the memory budget the result must meet.
-        run_dir: the run directory (for method logs and checkpoints; "" = none).
-        planted_ranks: the synthetic generator's true ranks, when known (for logs and reports only).
-        interactions: collaborative-filtering data (`data.type=interactions`), else None.
+        run_dir: the run directory (for method state, logs and checkpoints; "" = none).
+        section: the method's config section (`search.<section>`), or None if it has none.
     """
 
     cfg: Config
-    splits: Splits | None
+    task: Task
     budget: Budget
     run_dir: str = ""
-    planted_ranks: list[int] | None = None
-    interactions: InteractionData | None = None
+    section: Any = None
 
     @property
     def schema(self) -> Schema:
-        return self.splits.schema if self.splits is not None else self.interactions.schema
+        return self.task.schema
 
     @property
     def candidates(self) -> list[int]:
         return sorted(self.cfg.search.candidates)
 
+    @property
+    def planted_ranks(self) -> list[int] | None:
+        """The synthetic generator's true ranks, when known (for logs and reports only)."""
+        return self.task.planted
+
+    @property
+    def splits(self) -> Splits:
+        """CTR rows (for methods that declare the `ctr` task)."""
+        assert isinstance(self.task.data, Splits), "splits: not a CTR task"
+        return self.task.data
+
+    @property
+    def interactions(self) -> InteractionData:
+        """CF interactions (for methods that declare the `cf` task)."""
+        assert isinstance(self.task.data, InteractionData), "interactions: not a CF task"
+        return self.task.data
+
 
 @dataclass
 class SearchResult:
-    """What a search returns: the architecture and a JSON-able log (written into metrics.json)."""
+    """What a search returns.
+
+    Args:
+        arch: the architecture found (checked against the budget by `run_search`).
+        log: JSON-able search log (written into metrics.json as `search_log`).
+        final: metrics of the chosen architecture when the method retrained its finalists itself
+            ({"val", "test", ...}); None: `run_search` retrains `arch` (if `search.retrain`).
+        landscape: quality vs bytes of the architectures the search scored, for the report's plot
+            ({"x", "y", "points": [[bytes, quality]], "named": {label: [bytes, quality]}}), or None.
+    """
 
     arch: Architecture
     log: dict[str, Any] = field(default_factory=dict)
+    final: dict[str, Any] | None = None
+    landscape: dict[str, Any] | None = None
 
 
-SearchMethod = Callable[[SearchContext], SearchResult]
+SearchFn = Callable[[SearchContext], SearchResult]
+
+
+@dataclass(frozen=True)
+class SearchMethod:
+    """A registered method: its function, the tasks it supports and its config section name."""
+
+    name: str
+    fn: SearchFn
+    tasks: tuple[str, ...]
+    section: str | None = None
+
+    def __call__(self, ctx: SearchContext) -> SearchResult:
+        return self.fn(ctx)
+
+
 _METHODS: dict[str, SearchMethod] = {}
 
 
-def register(name: str) -> Callable[[SearchMethod], SearchMethod]:
-    """Registers a search method under `search.method=<name>`."""
+def register(
+    name: str, tasks: tuple[str, ...] = ("ctr", "cf"), section: str | None = None
+) -> Callable[[SearchFn], SearchFn]:
+    """Registers a search method under `search.method=<name>`.
 
-    def wrap(fn: SearchMethod) -> SearchMethod:
+    Args:
+        name: the method's name.
+        tasks: the tasks it supports (`ctr`, `cf`).
+        section: its config section (`search.<section>`, registered with `config.register_section`).
+    """
+
+    def wrap(fn: SearchFn) -> SearchFn:
         if name in _METHODS:
             raise ValueError(f"search method '{name}' is registered twice")
-        _METHODS[name] = fn
+        _METHODS[name] = SearchMethod(name, fn, tuple(tasks), section)
         return fn
 
     return wrap
 
 
-def get_method(name: str) -> SearchMethod:
-    """The method registered as `name`, or a ValueError listing the registered ones."""
+def _load_builtin() -> None:
     import torchrec_aes.search  # noqa: F401  (registers the built-in methods)
 
+
+def get_method(name: str, task: str | None = None) -> SearchMethod:
+    """The method registered as `name`; a ValueError lists the registered ones, or (with `task`) says
+    which methods support that task."""
+    _load_builtin()
     if name not in _METHODS:
         raise ValueError(f"search.method: '{name}' is not one of {', '.join(sorted(_METHODS))}")
-    return _METHODS[name]
+    method = _METHODS[name]
+    if task is not None and task not in method.tasks:
+        fits = sorted(m.name for m in _METHODS.values() if task in m.tasks)
+        raise ValueError(
+            f"search.method: '{name}' searches {'/'.join(method.tasks)} data, but this config has {task} "
+            f"data (data.type); methods for {task}: {', '.join(fits)}"
+        )
+    return method
 
 
 def method_names() -> list[str]:
-    import torchrec_aes.search  # noqa: F401
-
+    _load_builtin()
     return sorted(_METHODS)

@@ -25,7 +25,7 @@ def largest_uniform(ctx: SearchContext) -> Architecture:
     return best
 
 
-@register("uniform")
+@register("uniform", tasks=("ctr", "cf"))
 def uniform(ctx: SearchContext) -> SearchResult:
     arch = largest_uniform(ctx)
     return SearchResult(arch, {"dim": arch.dims[0]})
@@ -64,7 +64,7 @@ def fit_power_rule(
     return best
 
 
-@register("power_rule")
+@register("power_rule", tasks=("ctr", "cf"))
 def power_rule(ctx: SearchContext) -> SearchResult:
     rows = [f.num_embeddings for f in ctx.schema.sparse]
     arch0 = Architecture.uniform(ctx.schema, min(ctx.candidates))

@@ -1,158 +1,112 @@
-"""The trainer: one loop for `torchrec-aes train` and for every retraining inside a search.
+"""The trainer: one loop for `torchrec-aes train`, every retraining inside a search, supernet training
+and fine-tuning, for every task (CTR, CF).
 
-EBC on meta -> TorchRec planner -> `DistributedModelParallel` -> `TrainPipelineSparseDist`. The table
-optimizer is fused into the backward pass (`apply_optimizer_in_backward`), which also makes the planner
-count its state; dense parameters get a regular optimizer, and both sit in one `CombinedOptimizer`.
-Validation each epoch with early stopping on val AUC; the best epoch is restored for the test pass.
+EBC on meta -> TorchRec planner -> `DistributedModelParallel` -> the task's stepper (for CTR TorchRec's
+`TrainPipelineSparseDist`). The table optimizer is fused into the backward pass
+(`apply_optimizer_in_backward`), which also makes the planner count its state; parameters it does not
+cover get the task's other optimizer, and both sit in one `CombinedOptimizer`.
+
+One early-stopping rule: validate after every epoch; stop when `train.patience` epochs have passed
+without a new best of the stop metric (the task's, or the hooks' `score_key`). The best epoch is tested:
+from its in-memory snapshot (CF keeps its score matrices), else restored from its checkpoint (with
+`train.checkpoint=false` and no snapshot, the last epoch is tested).
+
+Checkpoints (a run directory and `train.checkpoint`): a DCP checkpoint of the model, both optimizers and
+the loop's state (plus the hooks' state) after every epoch under `checkpoints/<tag>/`; a rerun with the
+same run directory resumes after the last complete epoch.
 """
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 import time
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 from torch.utils.tensorboard import SummaryWriter
-from torchrec.datasets.utils import Batch
 from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.keyed import CombinedOptimizer
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from tqdm import tqdm
 
+from torchrec_aes import rundir
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config
-from torchrec_aes.data.dataset import CTRData, Splits, iter_batches, num_batches
-from torchrec_aes.io import join
-from torchrec_aes.models.ctr import build_ctr_model
 from torchrec_aes.planning.memory import attach_table_optimizer
 from torchrec_aes.planning.plan import default_sharders, make_topology, plan_model
+from torchrec_aes.tasks.base import Task
 from torchrec_aes.train.checkpoint import Checkpointer
 from torchrec_aes.train.distributed import DistEnv, init_distributed
-from torchrec_aes.train.metrics import BinaryMetrics
+from torchrec_aes.train.hooks import NO_HOOKS, TrainHooks
 
 logger = logging.getLogger(__name__)
 
-DENSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
-    "adam": torch.optim.Adam,
-    "adagrad": torch.optim.Adagrad,
-    "sgd": torch.optim.SGD,
-}
-
-
-class CTRTask(nn.Module):
-    """Wraps a CTR model for `TrainPipelineSparseDist`: batch -> (loss, (loss, logits, labels))."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        logits = self.model(batch.dense_features, batch.sparse_features)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.labels)
-        return loss, (loss.detach(), logits.detach(), batch.labels)
-
 
 class Trainer:
-    """Trains and evaluates one CTR architecture, sharded over all ranks.
+    """Trains and evaluates one architecture of a task, sharded over all ranks.
 
     Args:
-        cfg: the run config (`model`, `train`, `plan` sections are used).
-        splits: schema and train/val/test rows (every rank holds all rows and reads its share).
+        cfg: the run config (`train` and `plan` sections; the task reads `model`).
+        task: what is trained and measured, with its data.
         arch: the tables to train.
         run_dir: where `tb/<tag>` and `checkpoints/<tag>` go ("" = no logs, no checkpoints).
-        tag: names this training inside a run (e.g. "final", "retrain_3").
-        build_model: optional `ebc -> model` factory (default: `model.type` from the config).
+        tag: names this training inside a run (e.g. "final", "adass/supernet").
+        hooks: per-step and per-epoch extension points (see `TrainHooks`).
+        build_model: optional `ebc -> model` factory replacing `model.type` (supernets).
+        sharding_types: restrict the planner to these sharding types (e.g. ["table_wise"]).
 
     Example::
 
-        metrics = Trainer(cfg, splits, Architecture.uniform(splits.schema, 16), "runs/x").fit()
-        metrics["test"]["auc"]
+        result = Trainer(cfg, task, Architecture.uniform(task.schema, 16), "runs/x").fit()
+        result["test"][task.stop_metric]
     """
 
     def __init__(
         self,
         cfg: Config,
-        splits: Splits,
+        task: Task,
         arch: Architecture,
         run_dir: str = "",
         tag: str = "train",
-        build_model: Callable[[EmbeddingBagCollection], nn.Module] | None = None,
+        hooks: TrainHooks | None = None,
+        build_model: Any = None,
+        sharding_types: list[str] | None = None,
     ) -> None:
-        self.cfg = cfg
-        self.splits = splits
-        self.arch = arch
-        self.run_dir = run_dir
-        self.tag = tag
+        self.cfg, self.task, self.arch, self.run_dir, self.tag = cfg, task, arch, run_dir, tag
+        self.hooks = hooks or NO_HOOKS
         self.env: DistEnv = init_distributed()
-        self.keys = [n for t in arch.active_tables for n in t.feature_names]
-        # Rows restricted once to the active tables' columns (tables with dim 0 are dropped).
-        columns = [splits.schema.sparse_names.index(k) for k in self.keys]
-        self.data = {
-            name: d if len(columns) == d.sparse.shape[1] else CTRData(d.dense, d.sparse[:, columns], d.labels)
-            for name, d in (("train", splits.train), ("val", splits.val), ("test", splits.test))
-        }
-        torch.manual_seed(cfg.train.seed)
-        # Tables on meta: nothing is materialised until DMP shards them.
-        ebc = EmbeddingBagCollection(tables=arch.to_ebc_configs(), device=torch.device("meta"))
-        if build_model is None:
-            model = build_ctr_model(cfg.model.type, ebc, splits.schema.num_dense, cfg.model)
-        else:
-            model = build_model(ebc)
-        task = CTRTask(model)
+        tc = cfg.train
+        torch.manual_seed(tc.seed)
+        overridden = type(self.hooks).extra_loss is not TrainHooks.extra_loss
+        module, ebc = task.build(arch, build_model, self.hooks.extra_loss if overridden else None)
         # Fused into backward, so DMP runs FBGEMM's fused optimizer and the planner counts its state.
-        attach_table_optimizer(ebc, cfg.train.embedding_optimizer, cfg.train.embedding_lr)
+        attach_table_optimizer(ebc, tc.embedding_optimizer, tc.embedding_lr)
         topology = make_topology(self.env.world_size, self.env.device.type, cfg.plan.hbm_gb, cfg.plan.ddr_gb)
-        self.plan = plan_model(task, arch, topology, cfg.train.batch_size, pg=self.env.pg)
+        self.plan = plan_model(
+            module, arch, topology, tc.batch_size, pg=self.env.pg, sharding_types=sharding_types
+        )
         self.model = DistributedModelParallel(
-            task, device=self.env.device, plan=self.plan, sharders=default_sharders()
+            module, device=self.env.device, plan=self.plan, sharders=default_sharders()
         )
-        dense_cls = DENSE_OPTIMIZERS[cfg.train.dense_optimizer]
-        dense = KeyedOptimizerWrapper(
-            dict(in_backward_optimizer_filter(self.model.named_parameters())),
-            lambda params: dense_cls(params, lr=cfg.train.dense_lr, weight_decay=cfg.train.weight_decay),
-        )
-        self.optimizer = CombinedOptimizer([self.model.fused_optimizer, dense])
-        self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, self.env.device)
-        self.writer = SummaryWriter(join(run_dir, "tb", tag)) if run_dir and self.env.is_main else None
+        task.after_shard(self.model, self.env)
+        self.other = task.other_optimizer(dict(in_backward_optimizer_filter(self.model.named_parameters())))
+        parts = [self.model.fused_optimizer] + ([self.other] if self.other is not None else [])
+        self.optimizer = CombinedOptimizer(parts)
+        self.hooks.on_model(self.model)
+        self.writer = SummaryWriter(rundir.tb_dir(run_dir, tag)) if run_dir and self.env.is_main else None
         self.checkpointer = (
-            Checkpointer(join(run_dir, "checkpoints", tag), self.env.is_main)
-            if run_dir and cfg.train.checkpoint
+            Checkpointer(rundir.checkpoint_dir(run_dir, tag), self.env.is_main)
+            if run_dir and tc.checkpoint
             else None
         )
         self.global_step = 0
+        self.best_snapshot: Any = None
 
-    # -----------------------------------------------------------------------------------------------
-    def _batches(
-        self,
-        data: CTRData,
-        batch_size: int,
-        shuffle: bool,
-        seed: int,
-        max_batches: int = 0,
-        drop_last: bool = False,
-    ) -> Iterator[Batch]:
-        return iter_batches(
-            data,
-            self.keys,
-            batch_size,
-            self.env.rank,
-            self.env.world_size,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=drop_last,
-            max_batches=max_batches,
-        )
-
-    def _progress(self, total: int, desc: str):
+    def _progress(self, total: int, desc: str, initial: int = 0) -> tqdm:
         return tqdm(
             total=total,
+            initial=initial,
             desc=desc,
             disable=not (self.cfg.train.progress and self.env.is_main),
             leave=False,
@@ -160,114 +114,138 @@ class Trainer:
         )
 
     def train_epoch(self, epoch: int) -> tuple[float, int]:
-        """One pass over this rank's share of train; returns (mean train loss on this rank, steps)."""
-        tc = self.cfg.train
-        self.model.train()
-        n = num_batches(len(self.splits.train), tc.batch_size, self.env.world_size, drop_last=True)
-        if tc.max_steps:
-            n = min(n, tc.max_steps)
-        batches = self._batches(self.data["train"], tc.batch_size, True, tc.seed * 1000 + epoch, n, True)
+        """One pass over this rank's share of train; returns (mean recorded loss, steps)."""
+        tc, hooks, env = self.cfg.train, self.hooks, self.env
+        steps = self.task.steps_per_epoch(env)
+        batches = self.task.train_batches(epoch, env, steps)
+        every = hooks.segment_steps
         total, count = 0.0, 0
-        with self._progress(n, f"{self.tag} epoch {epoch}") as bar:
+        with self._progress(steps, f"{self.tag} epoch {epoch}") as bar:
             while True:
-                try:
-                    loss, _, _ = self.pipeline.progress(batches)
-                except StopIteration:
+                # One stepper per segment: a pipeline replaces the sharded EBC's forward, and what runs
+                # between segments (and evaluation) calls the model directly.
+                segment = itertools.islice(batches, every - self.global_step % every) if every else batches
+                stepper = self.task.stepper(self.model, self.optimizer, self.other, env)
+                self.model.train()
+                done = 0
+                while True:
+                    hooks.before_step(self.global_step)
+                    try:
+                        loss = stepper.progress(segment)
+                    except StopIteration:
+                        break
+                    loss = hooks.after_step(self.global_step, loss)
+                    total += loss
+                    count += 1
+                    done += 1
+                    self.global_step += 1
+                    bar.update(1)
+                    if self.writer and self.global_step % tc.log_every == 0:
+                        self.writer.add_scalar("train/loss", loss, self.global_step)
+                stepper.detach()
+                if not every or done == 0:
                     break
-                total += float(loss)
-                count += 1
-                self.global_step += 1
-                bar.update(1)
-                if self.writer and self.global_step % tc.log_every == 0:
-                    self.writer.add_scalar("train/loss", float(loss), self.global_step)
-        # The pipeline swapped the sharded EBC's forward for a pipelined one; restore it so evaluation
-        # can call the model directly, and start the next epoch with a fresh pipeline.
-        self.pipeline.detach()
-        self.pipeline = TrainPipelineSparseDist(self.model, self.optimizer, self.env.device)
+                if self.global_step % every == 0:
+                    hooks.between_segments(self.global_step)
         return total / max(count, 1), count
 
-    @torch.no_grad()
-    def evaluate(self, data: CTRData, max_batches: int = 0) -> dict[str, float]:
-        """AUC, logloss and NE of the current model on all ranks' shares of `data`."""
-        tc = self.cfg.train
-        self.model.eval()
-        metrics = BinaryMetrics(self.env.world_size, self.env.rank, tc.eval_batch_size, self.env.device)
-        for batch in self._batches(data, tc.eval_batch_size, False, 0, max_batches):
-            batch = batch.to(self.env.device)
-            _, (_, logits, labels) = self.model(batch)
-            metrics.update(logits, labels)
-        self.model.train()
-        return metrics.compute()
+    def restore(self, epoch: int) -> None:
+        """Loads the model weights of `epoch` from its checkpoint (it must be kept: the latest or best)."""
+        if self.checkpointer is None:
+            raise ValueError(f"{self.tag}: no checkpoints to restore epoch {epoch} from")
+        self.checkpointer.load(epoch, self.model)
 
-    def fit(self) -> dict[str, Any]:
-        """Trains with early stopping on val AUC, restores the best epoch, evaluates on test.
+    def fit(self, epochs: int | None = None, test: bool = True) -> dict[str, Any]:
+        """Trains with early stopping, then tests the best epoch.
+
+        Args:
+            epochs: maximum epochs (default `train.epochs`).
+            test: evaluate the best epoch on test (a supernet is not tested; its caller restores it).
 
         Returns:
-            {"val": {...}, "test": {...}, "best_epoch", "epochs_run", "history", "train_seconds",
-             "examples_per_second"}.
+            {"val": metrics of the best epoch, "test": its test metrics (if `test`), "best_epoch",
+             "epochs_run", "steps", "history" (per epoch: train loss and val metrics), "train_seconds",
+             "wall_seconds", "examples_per_second"} plus the task's own fields; the same on every rank.
         """
-        tc = self.cfg.train
+        start = time.perf_counter()
+        tc, task, env, hooks = self.cfg.train, self.task, self.env, self.hooks
+        epochs = tc.epochs if epochs is None else epochs
+        key = hooks.score_key or task.stop_metric
+        tables = {t.name: [t.num_embeddings, t.embedding_dim] for t in self.arch.active_tables}
         state: dict[str, Any] = {
             "epoch": -1,
             "best_epoch": -1,
-            "best_auc": -1.0,
+            "best_score": -float("inf"),
+            "best_val": {},
             "history": [],
             "train_seconds": 0.0,
             "examples": 0,
+            "global_step": 0,
+            "tables": tables,
         }
-        tables = {t.name: [t.num_embeddings, t.embedding_dim] for t in self.arch.active_tables}
-        state["tables"] = tables
         if self.checkpointer and (saved := self.checkpointer.state()) is not None:
             if saved.get("tables") != tables:
                 raise ValueError(
                     f"{self.checkpointer.directory} holds a checkpoint of another architecture; "
                     "use a new run directory (or delete that checkpoint) to train this one"
                 )
-            state = saved
+            state = {**state, **saved}
             self.checkpointer.load(state["epoch"], self.model, self.optimizer)
-            self.global_step = state.get("global_step", 0)
-            if self.env.is_main:
-                logger.info("resumed %s from epoch %d", self.tag, state["epoch"])
-        for epoch in range(state["epoch"] + 1, tc.epochs):
-            if epoch - state["best_epoch"] > tc.patience and state["best_epoch"] >= 0:
+            hooks.load_state_dict(state.get("hooks", {}))
+            self.global_step = state["global_step"]
+            if env.is_main:
+                logger.info("resumed %s after epoch %d", self.tag, state["epoch"])
+        snapshot_epoch = -1
+        for epoch in range(state["epoch"] + 1, epochs):
+            if state["best_epoch"] >= 0 and epoch - state["best_epoch"] > tc.patience:
                 break
-            start = time.perf_counter()
+            t0 = time.perf_counter()
             train_loss, steps = self.train_epoch(epoch)
-            seconds = time.perf_counter() - start
-            state["train_seconds"] += seconds
-            state["examples"] += steps * tc.batch_size * self.env.world_size
-            val = self.evaluate(self.data["val"])
+            state["train_seconds"] += time.perf_counter() - t0
+            state["examples"] += steps * tc.batch_size * env.world_size
+            custom = hooks.validate(epoch)
+            val, snapshot = (custom, None) if custom is not None else task.evaluate(self.model, env)
             state["history"].append(
                 {"epoch": epoch, "train_loss": train_loss, **{f"val_{k}": v for k, v in val.items()}}
             )
             if self.writer:
+                self.writer.add_scalar("train/epoch_loss", train_loss, epoch)
                 for k, v in val.items():
                     self.writer.add_scalar(f"val/{k}", v, epoch)
-                self.writer.add_scalar("train/epoch_loss", train_loss, epoch)
-            if val["auc"] > state["best_auc"]:
-                state.update(best_epoch=epoch, best_auc=val["auc"], best_val=val)
-            state["epoch"] = epoch
-            state["global_step"] = self.global_step
+            if env.is_main:
+                logger.info("%s epoch %d: loss %.4f val %s %.4f", self.tag, epoch, train_loss, key, val[key])
+            if val[key] > state["best_score"]:
+                state.update(best_epoch=epoch, best_score=val[key], best_val=val)
+                self.best_snapshot, snapshot_epoch = snapshot, epoch
+                hooks.on_best(self.model)
+            state.update(epoch=epoch, global_step=self.global_step, hooks=hooks.state_dict())
             if self.checkpointer:
                 self.checkpointer.save(epoch, self.model, self.optimizer, state)
-        # Without checkpoints the last epoch is tested (the best one cannot be restored).
-        if self.checkpointer and state["best_epoch"] != state["epoch"]:
-            self.checkpointer.load(state["best_epoch"], self.model)
-        test = self.evaluate(self.data["test"])
-        if self.writer:
-            for k, v in test.items():
-                self.writer.add_scalar(f"test/{k}", v, state["best_epoch"])
-            self.writer.flush()
-        return {
-            "val": state.get("best_val", {}),
-            "test": test,
+        result: dict[str, Any] = {
+            "val": state["best_val"],
             "best_epoch": state["best_epoch"],
             "epochs_run": state["epoch"] + 1,
+            "steps": self.global_step,
             "history": state["history"],
             "train_seconds": state["train_seconds"],
             "examples_per_second": state["examples"] / max(state["train_seconds"], 1e-9),
+            **task.describe(self.plan),
         }
-
-
-def dump_metrics(metrics: dict[str, Any]) -> str:
-    return json.dumps(metrics, indent=1, sort_keys=True)
+        if test:
+            best = state["best_epoch"]
+            if self.best_snapshot is None or snapshot_epoch != best:
+                # No snapshot of the best epoch in memory (the task keeps none, or it ran before a
+                # resume): test the model itself, restored to the best epoch when that is not the last.
+                if self.checkpointer and 0 <= best != state["epoch"]:
+                    self.restore(best)
+                if snapshot_epoch != best and best >= 0:
+                    hooks.on_best(self.model)
+                self.best_snapshot = None
+            result["test"] = task.test(self.model, env, self.best_snapshot)
+            if self.writer:
+                for k, v in result["test"].items():
+                    self.writer.add_scalar(f"test/{k}", v, best)
+        if self.writer:
+            self.writer.close()
+        result["wall_seconds"] = time.perf_counter() - start
+        return result

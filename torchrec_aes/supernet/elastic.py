@@ -15,7 +15,10 @@ DMP and the pipeline. The downstream model always sees the same shapes:
   table at D and needs no projections of its own.
 
 Dims are plain Python state set by `set_dims` before each step: a step uses one architecture for the whole
-batch, and every rank must set the same dims (the caller seeds its sampling identically on every rank).
+batch, and every rank must set the same dims (the caller seeds its sampling identically on every rank,
+`supernet.sampling`).
+
+`build_elastic_model` puts an elastic EBC into our CTR models (DLRM with projections, DCN with padding).
 """
 
 from __future__ import annotations
@@ -27,6 +30,9 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+
+from torchrec_aes.config import ModelConfig
+from torchrec_aes.models.ctr import build_ctr_model
 
 
 def _projection_key(feature: str, dim: int) -> str:
@@ -95,11 +101,15 @@ class ElasticEmbeddingBagCollection(nn.Module):
                     )
 
     # -------------------------------------------------------------------------------------------------
+    def table_configs(self) -> list[EmbeddingBagConfig]:
+        """The real tables (every one at d_max)."""
+        return list(self._configs)
+
     def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
         """The tables as the downstream model sees them: at `output_dim` if set, else at d_max.
 
         This is what a model built around this module (e.g. `MixedDimDLRM`) reads to size its layers; the
-        real tables are `self.ebc.embedding_bag_configs()`.
+        real tables are `table_configs()`.
         """
         width = self.output_dim if self.output_dim is not None else self.max_dim
         return [
@@ -194,3 +204,34 @@ class ElasticEmbeddingBagCollection(nn.Module):
         """KJT -> KeyedTensor of masked (and projected) pooled embeddings, keys in `feature_names` order."""
         # A sharded EBC may order its output keys differently from the unsharded one: index by name.
         return self.mask(self.ebc(features).to_dict())
+
+
+def build_elastic_model(
+    model_cfg: ModelConfig,
+    lookup: nn.Module,
+    candidates: Sequence[int],
+    num_dense: int,
+    shared_projection: bool = True,
+) -> nn.Module:
+    """The CTR model of `model_cfg` around an elastic EBC over `lookup` (tables at max(candidates)).
+
+    DLRM: projections to the interaction dim (one per table with `shared_projection`, else one per
+    (table, candidate)), so the model sees fixed widths. DCN: zero padding to max(candidates).
+    """
+    if model_cfg.type == "dlrm":
+        elastic = ElasticEmbeddingBagCollection(
+            lookup, candidates, output_dim=model_cfg.dense_arch[-1], shared_projection=shared_projection
+        )
+    elif model_cfg.type == "dcn":
+        elastic = ElasticEmbeddingBagCollection(lookup, candidates)
+    else:
+        raise ValueError(f"model.type: elastic supernets support dlrm and dcn, got '{model_cfg.type}'")
+    return build_ctr_model(model_cfg.type, elastic, num_dense, model_cfg)  # type: ignore[arg-type]
+
+
+def find_elastic(model: nn.Module) -> ElasticEmbeddingBagCollection:
+    """The (single) elastic EBC inside `model` (also inside DMP)."""
+    found = [m for m in model.modules() if isinstance(m, ElasticEmbeddingBagCollection)]
+    if len(found) != 1:
+        raise ValueError(f"expected one ElasticEmbeddingBagCollection in the model, found {len(found)}")
+    return found[0]

@@ -1,8 +1,9 @@
-"""Row-wise embedding sizes (BET): a prefix mask per row for search, size buckets for deployment.
+"""Row-wise embedding sizes (BET, architecture kind `rowwise`): size buckets for deployment, a masked
+form for training.
 
-Search form: every table stays an ordinary TorchRec table at d_max columns; each row r has a size
-`dims[r]` and keeps only its first `dims[r]` columns, applied to the pooled output of single-id bags (one
-id per sample, as in CF lookups). The mask is a multiplication by 0/1, so masked columns get zero
+Training form (`masked_form`): every table stays an ordinary TorchRec table at d_max columns; each row r
+has a size `dims[r]` and keeps only its first `dims[r]` columns (`CFModel.set_row_dims`, a prefix mask
+on the pooled output of single-id bags). The mask is a multiplication by 0/1, so masked columns get zero
 gradient and the fused table optimizer leaves their weights alone (SGD and Adagrad exactly; row-wise
 Adagrad's per-row state averages the squared gradient over all d_max columns, zeros included).
 
@@ -13,8 +14,7 @@ against); `row_dims.npy` and `row_remap.npy` beside it hold the per-row sizes an
 `BucketedEmbedding` looks ids up through the bucket tables and returns rows zero-padded to a common
 width, so a model built from the buckets scores exactly like the masked model (tests/unit/test_rowwise.py).
 
-Sizes must be multiples of `multiple` (4: FBGEMM's fused kernels need dims divisible by 4);
-`round_to_multiple` rounds free-form sizes (e.g. BET's [1, 128]) so that a budget still holds.
+Sizes must be multiples of 4 (FBGEMM's fused kernels need dims divisible by 4).
 
 Example::
 
@@ -44,60 +44,6 @@ from torchrec_aes.planning.memory import table_storage
 
 ROW_DIMS_FILE = "row_dims.npy"
 ROW_REMAP_FILE = "row_remap.npy"
-
-
-def prefix_mask(rows: torch.Tensor, dims: torch.Tensor) -> torch.Tensor:
-    """Keeps the first `dims[n]` columns of row n and zeroes the rest.
-
-    Args:
-        rows: [N, D] pooled rows (one id per bag).
-        dims: [N] sizes in [0, D].
-
-    Returns:
-        [N, D]; the gradient of a zeroed column is 0.
-    """
-    keep = torch.arange(rows.shape[1], device=rows.device) < dims.to(rows.device)[:, None]
-    return rows * keep.to(rows.dtype)
-
-
-class RowwiseMask(nn.Module):
-    """Per-row size buffers (one per feature) and the prefix mask applied after an EBC lookup.
-
-    Args:
-        row_dims: {feature: [n_f] sizes}; a feature without sizes passes through unmasked.
-        max_dims: {feature: d_max of its table}, to check the sizes.
-
-    Example::
-
-        mask = RowwiseMask({"user": user_dims}, {"user": 64})
-        pooled = ebc(kjt).to_dict()                  # {"user": [B, 64]}, one id per bag
-        rows = mask("user", pooled["user"], user_ids)  # [B, 64], zero beyond each row's size
-    """
-
-    def __init__(self, row_dims: dict[str, torch.Tensor], max_dims: dict[str, int]) -> None:
-        super().__init__()
-        self.features = sorted(row_dims)
-        for feature, dims in row_dims.items():
-            dims = torch.as_tensor(dims).long()
-            if dims.ndim != 1 or (
-                dims.numel() and (int(dims.min()) < 0 or int(dims.max()) > max_dims[feature])
-            ):
-                raise ValueError(
-                    f"row dims of '{feature}': expected a 1-d tensor of ints in [0, {max_dims[feature]}], "
-                    f"got shape {tuple(dims.shape)}"
-                )
-            # A buffer: moves with the module; not persistent, since it is search state, not a weight.
-            self.register_buffer(f"dims_{feature}", dims, persistent=False)
-
-    def dims(self, feature: str) -> torch.Tensor:
-        """[n_f] sizes of `feature`'s rows."""
-        return getattr(self, f"dims_{feature}")
-
-    def forward(self, feature: str, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """rows [N, D] of ids [N] of `feature` -> [N, D], each row cut to its size."""
-        if feature not in self.features:
-            return rows
-        return prefix_mask(rows, self.dims(feature)[ids.to(self.dims(feature).device)])
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -134,50 +80,6 @@ class RowCost:
         """Cost of rows with sizes `dims` [N] (size-0 rows are dropped and cost nothing)."""
         dims = torch.as_tensor(dims).long()
         return int(self.per_dim * dims.sum()) + self.per_row * int((dims > 0).sum())
-
-
-def round_to_multiple(
-    dims: torch.Tensor, multiple: int, max_dim: int, budget: int, cost: RowCost
-) -> torch.Tensor:
-    """Rounds sizes to multiples of `multiple` in [multiple, max_dim] without exceeding `budget`.
-
-    Rounds to the nearest multiple (at least one multiple, so no row is dropped), then, while over budget,
-    takes one multiple off the rows that were rounded up the most (largest first among equals).
-
-    Args:
-        dims: [N] sizes >= 1.
-        multiple: e.g. 4.
-        max_dim: largest size (a multiple of `multiple`).
-        budget: what all rows may cost.
-        cost: per-row cost.
-
-    Raises:
-        ValueError: every row at `multiple` already exceeds the budget.
-    """
-    dims = torch.as_tensor(dims).long()
-    rounded = (torch.div(dims + multiple // 2, multiple, rounding_mode="floor") * multiple).clamp(
-        multiple, max_dim
-    )
-    floor_cost = cost.total(torch.full_like(rounded, multiple))
-    if floor_cost > budget:
-        raise ValueError(
-            f"row-wise budget {budget} is below {floor_cost}, the cost of every row at size {multiple}"
-        )
-    over = cost.total(rounded) - budget
-    if over > 0:
-        steps = -(-over // (cost.per_dim * multiple))
-        # Rows rounded up most first, then the largest; only rows above the minimum can shrink.
-        excess = (rounded - dims).double() + rounded.double() * 1e-6
-        excess[rounded <= multiple] = -torch.inf
-        while steps > 0:
-            take = min(steps, int((rounded > multiple).sum()))
-            idx = torch.topk(excess, take).indices
-            rounded[idx] -= multiple
-            excess[idx] -= multiple
-            excess[rounded <= multiple] = -torch.inf
-            steps -= take
-    assert cost.total(rounded) <= budget
-    return rounded
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -291,7 +193,7 @@ def bucket_architecture(layout: BucketLayout, method: str = "bet") -> Architectu
         TableArch(c.name, list(c.feature_names), c.num_embeddings, c.embedding_dim)
         for c in layout.ebc_configs()
     ]
-    return Architecture(tables=tables, method=method)
+    return Architecture(tables=tables, method=method, kind="rowwise")
 
 
 class BucketedEmbedding(nn.Module):
@@ -355,8 +257,8 @@ def masked_form(
 ) -> tuple[Architecture, dict[str, torch.Tensor]]:
     """The training form of a bucket architecture: one d_max table per feature plus the per-row sizes.
 
-    `train_cf(cfg, *masked_form(arch, run_dir, data.schema))`-style use: pass the architecture and
-    `row_dims=` the sizes, so a searched BET architecture retrains under its prefix masks.
+    The `rowwise` architecture kind trains this form with `TableHooks(row_dims=...)`, so a searched BET
+    architecture retrains under its prefix masks.
 
     Args:
         arch: a bucket architecture (`extra.row_dims` set), e.g. loaded from `RUN/architecture.yaml`.

@@ -1,0 +1,122 @@
+"""The run directory: every artifact path, and the writer of a finished run (DESIGN.md, Artifacts).
+
+```
+RUN/
+  config.yaml          the fully resolved config (rerun with `torchrec-aes search RUN/config.yaml`)
+  architecture.yaml    what was trained or found (+ files its kind names, e.g. BET's row_dims.npy)
+  plan.json            sharding plan for the `plan.*` topology
+  metrics.json         val/test metrics, bytes, budget, timings, the search log
+  landscape.json       a search's scored architectures (quality vs bytes), if it has one
+  report.md, *.png     the report and its plots
+  tb/<tag>/            TensorBoard events of each training / search phase
+  checkpoints/<tag>/   DCP checkpoints of each training / search phase (resume)
+  <method>/            a method's own state (e.g. bet/)
+```
+
+Every rank computes; rank 0 writes, through a temporary file and a rename (`io.write_*_atomic`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from torchrec_aes.io import join, makedirs, write_text_atomic
+
+if TYPE_CHECKING:
+    from torchrec_aes.architecture import Architecture
+    from torchrec_aes.config import Config
+    from torchrec_aes.planning.memory import Budget
+
+CONFIG = "config.yaml"
+ARCHITECTURE = "architecture.yaml"
+PLAN = "plan.json"
+METRICS = "metrics.json"
+LANDSCAPE = "landscape.json"
+REPORT = "report.md"
+
+
+def path(run_dir: str, name: str) -> str:
+    """`RUN/<name>` for one of the file names above."""
+    return join(run_dir, name)
+
+
+def tb_dir(run_dir: str, tag: str) -> str:
+    """TensorBoard events of one phase: `RUN/tb/<tag>`."""
+    return join(run_dir, "tb", tag)
+
+
+def checkpoint_dir(run_dir: str, tag: str) -> str:
+    """Checkpoints of one phase: `RUN/checkpoints/<tag>`."""
+    return join(run_dir, "checkpoints", tag)
+
+
+def method_dir(run_dir: str, method: str) -> str:
+    """A search method's own state: `RUN/<method>`."""
+    return join(run_dir, method)
+
+
+def architecture_file(path_or_run_dir: str) -> str:
+    """The architecture file named by a path: the file itself, or `architecture.yaml` in a run directory."""
+    return (
+        path_or_run_dir
+        if path_or_run_dir.endswith((".yaml", ".yml"))
+        else join(path_or_run_dir, ARCHITECTURE)
+    )
+
+
+def write_plan(
+    cfg: Config, world_size: int, arch: Architecture, module_path: str, run_dir: str
+) -> dict[str, Any]:
+    """Plans `arch` for the topology of `cfg.plan` (`plan.world_size` or `world_size`) into `plan.json`;
+    returns the topology."""
+    from torchrec_aes.planning.plan import plan_architecture, save_plan
+
+    world_size = cfg.plan.world_size or world_size
+    plan = plan_architecture(
+        arch,
+        world_size,
+        cfg.plan.device,
+        cfg.plan.hbm_gb,
+        cfg.plan.ddr_gb,
+        cfg.train.batch_size,
+        cfg.train.embedding_optimizer,
+        module_path=module_path,
+    )
+    topology = {
+        "world_size": world_size,
+        "device": cfg.plan.device,
+        "hbm_gb": cfg.plan.hbm_gb,
+        "ddr_gb": cfg.plan.ddr_gb,
+        "batch_size": cfg.train.batch_size,
+        "module_path": module_path,
+    }
+    save_plan(plan, path(run_dir, PLAN), metadata={"topology": topology})
+    return topology
+
+
+def write_run(
+    cfg: Config,
+    arch: Architecture,
+    metrics: dict[str, Any],
+    *,
+    world_size: int,
+    module_path: str,
+    budget: Budget | None = None,
+    planted: list[int] | None = None,
+    landscape: dict[str, Any] | None = None,
+) -> None:
+    """Writes config, architecture, plan, metrics, the landscape (if any) and the report into
+    `cfg.run_dir`. Call on rank 0 only."""
+    from torchrec_aes.config import save_config
+    from torchrec_aes.report import write_report
+
+    run_dir = cfg.run_dir
+    makedirs(run_dir)
+    save_config(cfg, path(run_dir, CONFIG))
+    arch.save(path(run_dir, ARCHITECTURE))
+    metrics["plan_topology"] = write_plan(cfg, world_size, arch, module_path, run_dir)
+    write_text_atomic(path(run_dir, METRICS), json.dumps(metrics, indent=1, sort_keys=True))
+    if landscape:
+        write_text_atomic(path(run_dir, LANDSCAPE), json.dumps(landscape))
+    write_report(run_dir, arch, metrics, budget, planted, landscape)

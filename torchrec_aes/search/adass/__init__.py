@@ -1,0 +1,68 @@
+"""AdaS&S (He Wei et al., arXiv 2411.07504): a one-shot supernet with adaptive sampling, then an RL search.
+
+Stage 1, supernet (`supernet.py`): every table is held once at the largest candidate dim in an
+`ElasticEmbeddingBagCollection` and trained by the one `Trainer` (planner -> DMP ->
+`TrainPipelineSparseDist`, fused row-wise Adagrad) with sampling hooks, with no architecture parameters.
+Each step samples an architecture (`AdaptiveSampler`):
+
+* per table, a candidate k with p_f(k) = (1 - eps) softmax(z_f / tau) + eps / K, where z_f(k) is the EMA
+  train loss of (f, k) relative to the table's mean EMA loss -- under-performing candidates are trained more;
+* a fraction rho of the tables, drawn by importance mixed with uniform, use their sampled dim; the others
+  use the largest. Importance of a table = EMA of the validation-loss increase when its embedding is
+  zeroed, refreshed every `importance_every` steps;
+* optionally ("sandwich"), every `sandwich_every` steps one step at all-smallest and one at all-largest.
+
+Choices are a function of (seed, step) and of state that every rank updates with all-reduced values, so all
+ranks set the same dims in every step without a broadcast.
+
+After every supernet epoch, a fixed panel of subnets (all-smallest, all-largest, random ones) is scored on
+the search's val slice; the supernet stops like the trainer (`train.patience` epochs without improvement,
+at most `supernet_epochs`) and stage 2 uses its best epoch. Ours: without it, the planted quickstart's
+supernet trained 4 epochs into heavy overfitting (train loss 0.57 -> 0.14) while the trainer's own best
+epoch is the second, and the search ranked subnets by how they overfit.
+
+Stage 2, search (`PolicySearch`): a factorised policy (one softmax per table over the candidates),
+REINFORCE with a per-table EMA baseline and an entropy bonus. Each update samples J architectures and scores
+them on a fixed validation slice with the supernet's weights (no retraining). The pooled embeddings of that
+slice do not depend on the architecture (masks come after the lookup), so they are looked up once through
+the sharded tables, gathered, and the search runs on rank 0 without collectives (`SupernetEvaluator`; with
+DLRM it also computes the dense arch and every (table, candidate) projection of the slice once).
+Reward per table (resource competition penalty): r_f = AUC - lambda * F * share_f * max(0, bytes/budget - 1),
+share_f = bytes_f / bytes.
+
+Then the budget step (`fit_to_budget`), from the policy's per-table argmax: shrink tables whose shrinking
+costs no validation AUC (with `confirm_moves`: at most `shrink_tolerance` on either half); while over budget,
+shrink the table with the least AUC loss per byte saved; while a grow fits, grow the table with the most AUC
+gain per byte added (if the gain exceeds `min_gain`). The result never exceeds the budget (`Budget.fits`,
+TorchRec's storage estimate). With `confirm_moves` (ours, default on) each grow is selected on the even rows
+of the val slice and kept only if the odd rows confirm its gain: the best of ~100 moves on one slice was
+mostly the luckiest noise. On the planted data below (3 seeds, `min_gain=0.0002`) signal-free tables all got
+the smallest dim in 3 of 3 seeds with it, 2 of 3 without; the price is that real gains near the noise are also
+left out (val AUC up to 0.0016 lower). The defaults `min_gain=0.0005`, `shrink_tolerance=0.001` come from
+replaying stage 2 on the quickstart's supernets (`AdaSSConfig.shrink_tolerance`).
+
+Our details (not in the paper): the loss-relative temperature, the importance measure and its refresh, the
+sandwich default, the supernet's early stopping, the advantage normalisation, the free-shrink pass,
+any-candidate moves and select-then-confirm halves of the budget step, the AUC on a fixed slice.
+
+DLRM projections: METHODS.md's default is one projection per (table, candidate); `shared_projection=true`
+uses one per table whose first d input columns serve candidate d. On small planted data (30k rows, 6 fields,
+`tests/unit/test_adass.py`) per-candidate projections of rarely sampled candidates are undertrained, so a
+signal-free table's dim changes the val AUC by ~1e-3 and the search got all signal-free tables to the
+smallest dim in 1 of 6 seeds; with shared projections (and `min_gain=0.001`) in 6 of 6.
+
+Checkpoints (with `train.checkpoint` and a run directory), so a killed run resumes:
+
+* `checkpoints/adass/supernet/` -- DCP checkpoint of the supernet and sampler state after every epoch
+  (deleted once the evaluator below is written: it is the run's largest file and no longer needed);
+* `checkpoints/adass/supernet_eval.pt` -- the trained supernet's evaluator (dense weights + the gathered
+  validation embeddings), written when stage 1 finishes; with it, a rerun skips stage 1 entirely;
+* `checkpoints/adass/rl_state.pt` -- policy, optimizer, baseline and history every `checkpoint_every`
+  updates and at the end.
+
+World size: 2 ranks give each step twice the examples of 1 process (per-rank batches), so the supernet's
+weights and hence the found architecture can differ from a 1-process run with the same seed; within a run
+every rank returns the same architecture (rank 0's, broadcast).
+"""
+
+from torchrec_aes.search.adass import config, search  # noqa: F401  (register search.adass and the method)

@@ -1,0 +1,147 @@
+"""AdaS&S end to end: supernet (stage 1) -> REINFORCE (stage 2) -> budget step; see the package doc."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from torch.utils.tensorboard import SummaryWriter
+
+from torchrec_aes import rundir
+from torchrec_aes.architecture import Architecture
+from torchrec_aes.io import exists, join, remove_tree
+from torchrec_aes.planning.memory import table_storage, warm_cache
+from torchrec_aes.search.adass.budget_step import fit_to_budget
+from torchrec_aes.search.adass.config import check_config
+from torchrec_aes.search.adass.policy import PolicySearch
+from torchrec_aes.search.adass.supernet import SupernetTrainer, model_factory
+from torchrec_aes.search.base import SearchContext, SearchResult, register
+from torchrec_aes.supernet.scorer import SupernetEvaluator
+from torchrec_aes.train.distributed import broadcast_object, init_distributed
+
+
+def candidate_bytes(ctx: SearchContext) -> list[list[int]]:
+    """[F][K] cost of each table at each candidate, in the budget's unit (TorchRec's estimate, cached)."""
+    b = ctx.budget
+    rows = [f.num_embeddings for f in ctx.schema.sparse]
+    if b.count == "bytes":
+        warm_cache(rows, ctx.candidates, b.optimizer)
+    return [[table_storage(r, d, b.optimizer, b.count) for d in ctx.candidates] for r in rows]
+
+
+@register("adass", tasks=("ctr",), section="adass")
+def adass(ctx: SearchContext) -> SearchResult:
+    """AdaS&S: supernet with adaptive sampling -> REINFORCE with resource competition -> budget step."""
+    cfg, acfg = ctx.cfg, ctx.section
+    check_config(acfg)
+    env = init_distributed()
+    start = time.perf_counter()
+    ckpt_dir = rundir.checkpoint_dir(ctx.run_dir, "adass") if ctx.run_dir and cfg.train.checkpoint else ""
+    eval_path = join(ckpt_dir, "supernet_eval.pt") if ckpt_dir else ""
+    writer = SummaryWriter(rundir.tb_dir(ctx.run_dir, "adass")) if ctx.run_dir and env.is_main else None
+    build_model = model_factory(cfg, ctx.candidates, ctx.schema.num_dense)
+    log: dict[str, Any] = {}
+    # Rank 0 decides, so every rank takes the same branch (the run directory may be rank 0's only).
+    resume = bool(broadcast_object(bool(eval_path) and env.is_main and exists(eval_path)))
+    if resume:
+        configs = Architecture.uniform(ctx.schema, max(ctx.candidates)).to_ebc_configs()
+        evaluator = SupernetEvaluator.load(eval_path, build_model, configs) if env.is_main else None
+        log["supernet"] = {"resumed": True}
+    else:
+        supernet = SupernetTrainer(ctx, writer)
+        log["supernet"] = supernet.train()
+        evaluator = supernet.evaluator()
+        supernet.close()
+        if evaluator is not None and eval_path:
+            evaluator.save(eval_path)
+            # A resume starts from the evaluator from now on; the supernet's DCP checkpoint (every table
+            # at d_max plus optimizer state: the largest file of the run) is no longer needed.
+            remove_tree(join(ckpt_dir, "supernet"))
+    result: tuple[list[int], dict[str, Any], dict[str, Any]] | None = None
+    if env.is_main:
+        assert evaluator is not None
+        t0 = time.perf_counter()
+        costs = candidate_bytes(ctx)
+        search = PolicySearch(
+            evaluator.auc,
+            costs,
+            ctx.budget.bytes,
+            acfg,
+            cfg.train.seed,
+            writer,
+            join(ckpt_dir, "rl_state.pt") if ckpt_dir else "",
+            cfg.train.progress,
+        )
+        argmax = search.run()
+        if acfg.confirm_moves:  # select on the even rows, confirm on the odd ones (fit_to_budget's doc)
+            final, moves = fit_to_budget(
+                argmax,
+                costs,
+                ctx.budget.bytes,
+                lambda c: evaluator.half_auc(c, 0),
+                acfg.min_gain,
+                confirm=lambda c: evaluator.half_auc(c, 1),
+                tolerance=acfg.shrink_tolerance,
+            )
+        else:
+            final, moves = fit_to_budget(argmax, costs, ctx.budget.bytes, evaluator.auc, acfg.min_gain)
+        names = evaluator.table_names
+        rl_log = {
+            "seconds": time.perf_counter() - t0,
+            "updates": search.update,
+            "final_entropy": search.history[-1]["entropy"] if search.history else None,
+            "argmax_dims": {n: ctx.candidates[k] for n, k in zip(names, argmax, strict=True)},
+            "argmax_val_auc": evaluator.auc(argmax),
+            "argmax_bytes": sum(costs[f][k] for f, k in enumerate(argmax)),
+            "final_val_auc": evaluator.auc(final),
+            "budget_moves": [_name_move(m, names, ctx.candidates) for m in moves],
+            "evaluations": evaluator.evaluations,
+        }
+        landscape = _landscape(evaluator, costs, argmax, final, ctx.candidates)
+        result = ([ctx.candidates[k] for k in final], rl_log, landscape)
+        if writer:
+            writer.add_scalar("rl/final_val_auc", rl_log["final_val_auc"], search.update)
+            writer.flush()
+    dims, log["rl"], landscape = broadcast_object(result)
+    arch = Architecture.from_dims(ctx.schema, dims, method="adass")
+    if not ctx.budget.fits(arch):  # fit_to_budget's sums are the same estimates: an internal error
+        raise AssertionError(f"adass: {ctx.budget.used(arch)} > budget {ctx.budget.bytes}")
+    log["seconds"] = time.perf_counter() - start
+    if writer:
+        writer.close()
+    return SearchResult(arch, log, landscape=landscape)
+
+
+def _landscape(
+    evaluator: SupernetEvaluator,
+    costs: list[list[int]],
+    argmax: list[int],
+    final: list[int],
+    candidates: Sequence[int],
+    max_points: int = 4000,
+) -> dict[str, Any]:
+    """Quality vs bytes of every architecture the search scored, plus the uniform baselines at each
+    candidate, the policy's argmax and the final choice (the report's `quality_vs_bytes.png`)."""
+
+    def point(choice: Sequence[int]) -> list[float]:
+        return [sum(costs[f][k] for f, k in enumerate(choice)), round(evaluator.auc(choice), 5)]
+
+    num_tables = len(costs)
+    named = {f"uniform-{d}": point([k] * num_tables) for k, d in enumerate(candidates)}
+    named.update({"policy argmax": point(argmax), "final": point(final)})
+    scored = [
+        [sum(costs[f][k] for f, k in enumerate(key)), round(v[0], 5)]
+        for key, v in evaluator.scored()[:max_points]
+    ]
+    return {
+        "x": "embedding bytes (TorchRec estimate)",
+        "y": "val AUC with supernet weights (fixed val slice)",
+        "points": scored,
+        "named": named,
+    }
+
+
+def _name_move(move: str, names: list[str], candidates: list[int]) -> str:
+    kind, f, _, k = move.split()
+    return f"{kind} {names[int(f)]} -> {candidates[int(k)]}"
