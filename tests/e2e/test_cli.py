@@ -158,7 +158,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
     done = json.loads(state.read_text())["epoch"]
     assert done < 2, "the run finished before it could be killed; make it longer"
     rerun = cli(tmp_path, *args[:-1])
-    assert f"resumed train from epoch {done}" in rerun.stderr + rerun.stdout
+    assert f"resumed train after epoch {done}" in rerun.stderr + rerun.stdout
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs_run"] == 3
     assert [h["epoch"] for h in metrics["history"]] == [0, 1, 2]
