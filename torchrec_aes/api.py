@@ -38,7 +38,8 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec_aes import rundir
 from torchrec_aes.architecture import Architecture, TableArch  # noqa: F401  (TableArch re-exported)
 from torchrec_aes.planning import plan as planning
-from torchrec_aes.planning.plan import save_plan  # noqa: F401  (re-exported)
+from torchrec_aes.planning import plan_io
+from torchrec_aes.planning.plan_io import save_plan  # noqa: F401  (re-exported)
 
 # The public names are listed once, in torchrec_aes/__init__.py (which re-exports them lazily).
 
@@ -189,7 +190,7 @@ def load_plan(
             several modules.
     """
     path = path_or_run_dir if path_or_run_dir.endswith(".json") else rundir.path(path_or_run_dir, rundir.PLAN)
-    plan = planning.load_plan(path)
+    plan = plan_io.load_plan(path)
     if configs is not None and arch is None:
         raise ValueError("load_plan: renaming the plan's tables to your configs' names needs `arch` too")
     if module_path is None and arch is None:

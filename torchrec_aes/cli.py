@@ -72,8 +72,8 @@ def _plan(args: argparse.Namespace) -> None:
         make_topology,
         plan_architecture,
         plan_summary,
-        save_plan,
     )
+    from torchrec_aes.planning.plan_io import save_plan
 
     path = rundir.architecture_file(args.arch)
     arch = Architecture.load(path)

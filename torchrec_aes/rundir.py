@@ -70,7 +70,8 @@ def write_plan(
 ) -> dict[str, Any]:
     """Plans `arch` for the topology of `cfg.plan` (`plan.world_size` or `world_size`) into `plan.json`;
     returns the topology."""
-    from torchrec_aes.planning.plan import plan_architecture, save_plan
+    from torchrec_aes.planning.plan import plan_architecture
+    from torchrec_aes.planning.plan_io import save_plan
 
     world_size = cfg.plan.world_size or world_size
     plan = plan_architecture(

@@ -106,7 +106,7 @@ def test_plan_command_prints_per_rank_memory_and_writes_a_loadable_plan(tmp_path
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rank" in proc.stdout and str(out_file) in proc.stdout
-    from torchrec_aes.planning.plan import load_plan
+    from torchrec_aes.planning.plan_io import load_plan
 
     plan = load_plan(str(out_file))
     assert "model.sparse_arch" in plan.plan

@@ -20,12 +20,11 @@ from torchrec_aes.planning.plan import (
     PlanError,
     default_sharders,
     format_plan_summary,
-    load_plan,
     make_topology,
     plan_architecture,
     plan_summary,
-    save_plan,
 )
+from torchrec_aes.planning.plan_io import load_plan, save_plan
 
 CARDINALITIES = [10, 1000, 100_000, 7]
 

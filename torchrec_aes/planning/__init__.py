@@ -1,7 +1,8 @@
 """Memory accounting, budgets and sharding plans.
 
 Where the budget is enforced: `memory.Budget` (bytes = TorchRec's storage estimate, `memory.arch_bytes`);
-where tables are placed: `plan.plan_model` / `plan.plan_architecture` (TorchRec's planner).
+where tables are placed: `plan.plan_model` / `plan.plan_architecture` (TorchRec's planner); plan files:
+`plan_io`.
 """
 
 from torchrec_aes.planning.memory import (
@@ -19,13 +20,12 @@ from torchrec_aes.planning.plan import (
     PlanError,
     PlanRow,
     format_plan_summary,
-    load_plan,
     make_topology,
     plan_architecture,
     plan_model,
     plan_summary,
-    save_plan,
 )
+from torchrec_aes.planning.plan_io import load_plan, save_plan
 
 __all__ = [
     "Budget",
