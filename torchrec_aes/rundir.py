@@ -1,4 +1,4 @@
-"""The run directory: every artifact path, and the writer of a finished run (DESIGN.md, Artifacts).
+"""The run directory: every artifact path, and the writer of a finished run.
 
 ```
 RUN/

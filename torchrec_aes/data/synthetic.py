@@ -136,7 +136,7 @@ def latent_vectors(seed: int, field_index: int, ids: np.ndarray, rank: int) -> n
     # Counter (id, k) -> id * 2^16 + k: entry j uses uniforms k = 2j, 2j + 1, so a rank-r vector is the
     # prefix of the same id's rank-R vector for R > r (lower ranks are truncations, not new draws).
     counter = (ids.astype(np.uint64)[:, None] << np.uint64(16)) + np.arange(2 * rank, dtype=np.uint64)
-    u = _hash_uniform(counter ^ np.uint64(base))
+    u = _hash_uniform(np.bitwise_xor(counter, np.uint64(base)))
     return np.sqrt(-2.0 * np.log(u[:, 0::2])) * np.cos(2.0 * math.pi * u[:, 1::2])
 
 

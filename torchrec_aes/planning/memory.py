@@ -39,7 +39,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -59,7 +59,7 @@ from torchrec.optim import RowWiseAdagrad
 from torchrec_aes.architecture import Architecture, kind_of
 from torchrec_aes.data.schema import Schema
 
-OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     # DMP maps these classes onto FBGEMM's fused EXACT_ROWWISE_ADAGRAD / EXACT_ADAGRAD / EXACT_SGD.
     "rowwise_adagrad": RowWiseAdagrad,
     "adagrad": torch.optim.Adagrad,

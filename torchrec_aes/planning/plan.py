@@ -303,7 +303,11 @@ def plan_summary(
         else:
             assert isinstance(ps.sharding_spec, EnumerableShardingSpec)
             option.shards = [
-                Shard(size=list(s.shard_sizes), offset=list(s.shard_offsets), rank=s.placement.rank())
+                Shard(
+                    size=list(s.shard_sizes),
+                    offset=list(s.shard_offsets),
+                    rank=s.placement.rank() if s.placement is not None else None,
+                )
                 for s in ps.sharding_spec.shards
             ]
     enumerator.populate_estimates(options)

@@ -78,7 +78,7 @@ class ElasticEmbeddingBagCollection(nn.Module):
         self.max_dim = cands[-1]
         self.output_dim = output_dim
         self.shared_projection = shared_projection
-        configs: list[EmbeddingBagConfig] = list(embedding_bag_collection.embedding_bag_configs())
+        configs: list[EmbeddingBagConfig] = list(embedding_bag_collection.embedding_bag_configs())  # type: ignore[operator]
         wrong = [c.name for c in configs if c.embedding_dim != self.max_dim]
         if wrong:
             raise ValueError(
@@ -171,6 +171,7 @@ class ElasticEmbeddingBagCollection(nn.Module):
                 if isinstance(proj, nn.Identity):
                     out = F.pad(emb[:, :d], (0, self.max_dim - d)) if d < self.max_dim else emb
                 else:
+                    assert isinstance(proj, nn.Linear)
                     out = F.linear(emb[:, :d], proj.weight[:, :d])
             else:
                 out = self.projections[_projection_key(feature, d)](emb[:, :d])

@@ -162,7 +162,8 @@ class SupernetEvaluator:
             elastic.embedding_bag_configs(), table_of_feature, outputs, int(elastic.output_dim or 0)
         )
         self.model.sparse_arch = self._choice_lookup
-        self.model.dense_arch = _Constant(self.model.dense_arch(self.dense))
+        dense_arch: nn.Module = self.model.dense_arch  # type: ignore[assignment]
+        self.model.dense_arch = _Constant(dense_arch(self.dense))
 
     @torch.no_grad()
     def auc(self, choice: Sequence[int]) -> float:
@@ -270,7 +271,7 @@ def slice_evaluator(
         gathered = [torch.empty_like(local) for _ in range(env.world_size)]
         dist.all_gather(gathered, local.contiguous())
         local = torch.cat(gathered)  # rank order = row order of iter_batches without shuffling
-    n = local.shape[0]
+    rows = local.shape[0]
     state = {k: v for k, v in model.state_dict().items() if ".ebc." not in k}
     model.train()
     if not env.is_main:
@@ -285,7 +286,7 @@ def slice_evaluator(
         elastic.table_configs(),
         candidates,
         pooled_slice,
-        data.dense[:n].clone(),
-        data.labels[:n].clone(),
+        data.dense[:rows].clone(),
+        data.labels[:rows].clone(),
         dense_state,
     )

@@ -265,7 +265,10 @@ class CFTask(Task):
             snapshot = self.evaluate(dmp, env)[1]
         data = self.data
         ks = list(self.cfg.train.ranking_k)
-        return evaluate_ranking(*snapshot, data.test, [data.train, data.val], ks, group=self._group(env))
+        user_emb, item_emb = snapshot
+        return evaluate_ranking(
+            user_emb, item_emb, data.test, [data.train, data.val], ks, group=self._group(env)
+        )
 
     def describe(self, plan: ShardingPlan) -> dict[str, Any]:
         tables = plan.plan.get(self.ebc_path, {})

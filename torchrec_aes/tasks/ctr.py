@@ -28,7 +28,7 @@ from torchrec_aes.tasks.base import Task, register_task
 from torchrec_aes.train.distributed import DistEnv
 from torchrec_aes.train.metrics import BinaryMetrics
 
-DENSE_OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
+DENSE_OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adam": torch.optim.Adam,
     "adagrad": torch.optim.Adagrad,
     "sgd": torch.optim.SGD,

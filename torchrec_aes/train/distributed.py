@@ -64,6 +64,7 @@ def init_distributed() -> DistEnv:
                 backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1
             )
     pg = dist.group.WORLD
+    assert pg is not None
     return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, pg=pg)
 
 

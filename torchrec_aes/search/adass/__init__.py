@@ -45,7 +45,7 @@ Our details (not in the paper): the loss-relative temperature, the importance me
 sandwich default, the supernet's early stopping, the advantage normalisation, the free-shrink pass,
 any-candidate moves and select-then-confirm halves of the budget step, the AUC on a fixed slice.
 
-DLRM projections: METHODS.md's default is one projection per (table, candidate); `shared_projection=true`
+DLRM projections: our first design was one projection per (table, candidate); `shared_projection=true`
 uses one per table whose first d input columns serve candidate d. On small planted data (30k rows, 6 fields,
 `tests/unit/test_adass.py`) per-candidate projections of rarely sampled candidates are undertrained, so a
 signal-free table's dim changes the val AUC by ~1e-3 and the search got all signal-free tables to the

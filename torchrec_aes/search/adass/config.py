@@ -1,5 +1,5 @@
-"""AdaS&S's config section, `search.adass` (see `search/adass/__init__.py` and METHODS.md for what the
-paper fixes and what these defaults are)."""
+"""AdaS&S's config section, `search.adass` (`search/adass/__init__.py` says what the paper fixes and what
+these defaults are)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from torchrec_aes.config import register_section
 class AdaSSConfig:
     """AdaS&S (search.method=adass): supernet training with adaptive sampling, then an RL search.
 
-    See torchrec_aes/search/adass.py and METHODS.md for what the paper fixes and what these defaults are.
+    See `torchrec_aes/search/adass/__init__.py` for what the paper fixes and what these defaults are.
     """
 
     shared_projection: bool = True
     """DLRM: one projection per table whose first d input columns serve candidate d (our default), instead
-    of one projection per (table, candidate) (METHODS.md's first idea). Measured on planted data (30k rows,
-    6 fields): signal-free tables all got the smallest dim in 6 of 6 seeds shared, 1 of 6 per-candidate,
+    of one projection per (table, candidate) (our first design). Measured on planted data (30k rows, 6
+    fields): signal-free tables all got the smallest dim in 6 of 6 seeds shared, 1 of 6 per-candidate,
     because rarely sampled candidates leave their own projections undertrained."""
     supernet_epochs: int = 4
     """Epochs of supernet training (each capped by `train.max_steps` steps if set)."""

@@ -1,5 +1,5 @@
-"""BET's config section, `search.bet` (defaults are the paper's values; see `search/bet/__init__.py` and
-METHODS.md for what is ours)."""
+"""BET's config section, `search.bet` (defaults are the paper's values; `search/bet/__init__.py` and the
+README's "Where we deviate from the papers" say what is ours)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torchrec_aes.config import register_section
 class BETConfig:
     """BET (search.method=bet | bet_su | bet_sr): row-wise sizes of CF user/item tables (WSDM 2024).
 
-    Defaults are the paper's values; see torchrec_aes/search/bet.py and METHODS.md for what is ours.
+    Defaults are the paper's values; see `torchrec_aes/search/bet/__init__.py` for what is ours.
     """
 
     max_dim: int = 128
