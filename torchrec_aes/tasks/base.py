@@ -146,12 +146,6 @@ def register_task(cls: type[Task]) -> type[Task]:
     return cls
 
 
-def task_names() -> list[str]:
-    import torchrec_aes.tasks  # noqa: F401  (registers the built-in tasks)
-
-    return sorted(_TASKS)
-
-
 def task_of(cfg: Config) -> type[Task]:
     """The task class for `cfg.data.type` (interaction data is CF, everything else CTR), with its
     `model.type` checked."""
