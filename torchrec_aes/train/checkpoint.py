@@ -55,6 +55,11 @@ class Checkpointer:
             dist.barrier()
 
     def load(self, epoch: int, model, optimizer=None) -> None:
+        if optimizer is not None:
+            # Optimizer state is created lazily on the first step: a fresh optimizer (e.g. Adam's) has
+            # none, so DCP would have nothing to load into and its saved state would silently be lost.
+            # A zero-gradient step creates it; the weights and state are then overwritten from the file.
+            optimizer.init_state()
         state = {"model": model.state_dict()}
         if optimizer is not None:
             state["optim"] = optimizer.state_dict()
