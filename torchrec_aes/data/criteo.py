@@ -48,7 +48,9 @@ def read_criteo(cfg: DataConfig) -> RawTable:
 
     Raises:
         ValueError: a missing file, or a malformed row -- wrong column count, a non-integer dense value,
-            a label other than 0/1 -- as "FILE:LINE: what (expected ...)", unless `cfg.skip_bad_rows`.
+            a label other than 0/1, bytes that are not UTF-8 -- as "FILE:LINE: what (expected ...)", unless
+            `cfg.skip_bad_rows`; even when skipping: a damaged gzip stream, a file without data rows, or
+            more skipped rows than `MAX_SKIPPED_SHARE` (see `read_delimited`).
     """
     return read_delimited(
         input_paths(cfg),

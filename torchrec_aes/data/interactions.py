@@ -22,19 +22,35 @@ Example::
 
 from __future__ import annotations
 
-import gzip
 import logging
 from dataclasses import dataclass, field
-from typing import TextIO
 
 import torch
-from iopath.common.file_io import g_pathmgr
 
 from torchrec_aes.config import DataConfig
+from torchrec_aes.data.preprocess import (
+    STREAM_ERRORS,
+    check_file,
+    check_skipped_share,
+    not_utf8,
+    open_text,
+    stream_error,
+    undecodable_byte,
+)
 from torchrec_aes.data.schema import Schema, SparseFeature
-from torchrec_aes.io import is_local
 
 logger = logging.getLogger(__name__)
+
+MAX_ID = 2**31 - 1
+"""Ids must be smaller than this: they become int32 KJT values, and `CSR` packs keys in base 2**31."""
+
+MAX_ID_SPARSITY = 50
+"""A table may have at most this many rows (max id + 1) per distinct id seen in the files.
+
+Tables are sized by the largest id, so ids that are not 0-based and dense (raw hashes, timestamps, a
+stray huge number) would allocate gigabytes of rows that no interaction touches; such files need their
+ids remapped to 0..N-1 first.
+"""
 
 
 @dataclass
@@ -142,22 +158,13 @@ class InteractionData:
         )
 
 
-def _open(path: str) -> TextIO:
-    if is_local(path):
-        local = path.removeprefix("file://")
-        return gzip.open(local, "rt") if path.endswith(".gz") else open(local)
-    if path.endswith(".gz"):
-        return gzip.open(g_pathmgr.open(path, "rb"), "rt")
-    return g_pathmgr.open(path, "r")
-
-
 def read_interaction_file(
     path: str, max_rows: int = 0, skip_bad_rows: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Reads a LightGCN-format file into (users [N], items [N]) pairs.
 
     Args:
-        path: local path or iopath URI, plain or `.gz`.
+        path: local path or iopath URI, plain or gzip'ed (recognised by its magic bytes).
         max_rows: read at most this many lines (0 = all).
         skip_bad_rows: skip malformed lines (and count them) instead of raising.
 
@@ -167,42 +174,62 @@ def read_interaction_file(
         caller drops after sizing the tables.
 
     Raises:
-        ValueError: "FILE:LINE: ..." for a non-integer token or a negative id.
-        FileNotFoundError: the file does not exist.
+        ValueError: "FILE:LINE: what (expected ...)" for a malformed line -- a non-integer token, a
+            negative id, an id >= `MAX_ID`, bytes that are not UTF-8 -- unless `skip_bad_rows`; even when
+            skipping: a damaged gzip stream, a file without a single line, or more skipped lines than
+            `MAX_SKIPPED_SHARE`. A missing file raises `DataFileNotFoundError`, a `ValueError` that is
+            also a `FileNotFoundError`.
     """
+    check_file(path)
     users: list[int] = []
     items: list[int] = []
-    skipped = 0
-    try:
-        handle = _open(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: no such file") from None
-    with handle as f:
-        for lineno, line in enumerate(f, start=1):
-            if max_rows and lineno > max_rows:
-                break
-            tokens = line.split()
-            if not tokens:
-                continue
-            try:
-                ids = [int(t) for t in tokens]
-            except ValueError:
-                bad = next(t for t in tokens if not _is_int(t))
-                error = f"{path}:{lineno}: '{bad}' is not an integer id (expected 'user item item ...')"
-            else:
-                negative = [i for i in ids if i < 0]
-                if not negative:
-                    user, line_items = ids[0], ids[1:]
-                    users.extend([user] * max(len(line_items), 1))
-                    items.extend(line_items or [-1])
+    read = skipped = 0
+    first_error = ""
+    lineno = 0
+    with open_text(path) as f:
+        try:
+            for lineno, line in enumerate(f, start=1):
+                if max_rows and lineno > max_rows:
+                    break
+                tokens = line.split()
+                if not tokens:
                     continue
-                error = f"{path}:{lineno}: negative id {negative[0]} (ids are 0-based and non-negative)"
-            if not skip_bad_rows:
-                raise ValueError(error)
-            skipped += 1
+                read += 1
+                try:
+                    ids = [int(t) for t in tokens]
+                except ValueError:
+                    error = f"{path}:{lineno}: {_bad_token(tokens)}"
+                else:
+                    if min(ids) >= 0 and max(ids) < MAX_ID:
+                        user, line_items = ids[0], ids[1:]
+                        users.extend([user] * max(len(line_items), 1))
+                        items.extend(line_items or [-1])
+                        continue
+                    if min(ids) < 0:
+                        error = f"{path}:{lineno}: negative id {min(ids)} (ids are 0-based and non-negative)"
+                    else:
+                        error = f"{path}:{lineno}: id {max(ids)} is too large (expected ids < {MAX_ID})"
+                if not skip_bad_rows:
+                    raise ValueError(error)
+                skipped += 1
+                first_error = first_error or error
+        except STREAM_ERRORS as e:
+            raise stream_error(path, lineno, e) from None
+    if not read:
+        raise ValueError(f"{path}: no data lines (expected lines 'user item item ...')")
     if skipped:
-        logger.warning("%s: skipped %d malformed line(s)", path, skipped)
+        logger.warning("%s: skipped %d malformed line(s) (first: %s)", path, skipped, first_error)
+        check_skipped_share(skipped, read, first_error, path)
     return torch.tensor(users, dtype=torch.int64), torch.tensor(items, dtype=torch.int64), skipped
+
+
+def _bad_token(tokens: list[str]) -> str:
+    """What is wrong with a line that has a token `int()` rejects."""
+    byte = undecodable_byte(tokens)
+    if byte is not None:
+        return not_utf8(byte)
+    bad = next(t for t in tokens if not _is_int(t))
+    return f"'{bad}' is not an integer id (expected 'user item item ...')"
 
 
 def _is_int(token: str) -> bool:
@@ -254,12 +281,16 @@ def load_interactions(cfg: DataConfig) -> InteractionData:
     """Reads `cfg.path` (and `cfg.test_path`) and splits per user; see the module docstring.
 
     Raises:
-        ValueError: a malformed line ("FILE:LINE: ..."), an empty data set, or a missing `data.path`.
+        ValueError: a malformed line ("FILE:LINE: ..."), an empty data set, a missing `data.path`, or ids
+            that would size a table beyond `MAX_ID_SPARSITY` rows per distinct id.
     """
     if not cfg.path:
         raise ValueError("data.path: the interactions reader needs a file ('user item item ...' per line)")
     if "," in cfg.path:
         raise ValueError(f"data.path: '{cfg.path}': the interactions reader takes one file")
+    check_file(cfg.path)
+    if cfg.test_path:
+        check_file(cfg.test_path, "data.test_path")
     users, items, skipped = read_interaction_file(cfg.path, cfg.max_rows, cfg.skip_bad_rows)
     t_users = t_items = torch.empty(0, dtype=torch.int64)
     if cfg.test_path:
@@ -269,6 +300,9 @@ def load_interactions(cfg: DataConfig) -> InteractionData:
     all_items = torch.cat([items, t_items])
     if all_users.numel() == 0:
         raise ValueError(f"data.path: '{cfg.path}' has no interactions")
+    files = [cfg.path, cfg.test_path] if cfg.test_path else [cfg.path]
+    _check_table_size("user", all_users, files, cfg.max_rows)
+    _check_table_size("item", all_items[all_items >= 0], files, cfg.max_rows)
     num_users = int(all_users.max()) + 1
     num_items = int(all_items.max()) + 1 if all_items.numel() else 0
     if num_items == 0:
@@ -293,6 +327,46 @@ def load_interactions(cfg: DataConfig) -> InteractionData:
         item_freq=torch.bincount(train_items, minlength=num_items),
         skipped_rows=skipped,
     )
+
+
+def _check_table_size(kind: str, ids: torch.Tensor, files: list[str], max_rows: int) -> None:
+    """Checks that the table sized by the largest of `ids` [N] has <= MAX_ID_SPARSITY rows per distinct id.
+
+    Raises:
+        ValueError: "FILE:LINE: ..." at the first line holding the largest id.
+    """
+    if not ids.numel():
+        return
+    size = int(ids.max()) + 1
+    if size <= MAX_ID_SPARSITY * ids.numel():
+        # A flag per table row costs at most MAX_ID_SPARSITY bytes per id read, far below the table itself.
+        seen = torch.zeros(size, dtype=torch.bool)
+        seen[ids] = True
+        distinct = int(seen.sum())
+        if size <= MAX_ID_SPARSITY * distinct:
+            return
+    else:  # more rows than MAX_ID_SPARSITY per id read, let alone per distinct id
+        distinct = int(torch.unique(ids).numel())
+    path, line = _find_id(files, max_rows, size - 1, user=kind == "user")
+    raise ValueError(
+        f"{path}:{line}: {kind} id {size - 1} would size the {kind} table to {size} rows for {distinct} "
+        f"distinct {kind} ids (expected max id + 1 <= {MAX_ID_SPARSITY} x distinct ids = "
+        f"{MAX_ID_SPARSITY * distinct}; remap the ids to 0..N-1)"
+    )
+
+
+def _find_id(files: list[str], max_rows: int, value: int, user: bool) -> tuple[str, int]:
+    """The first (file, line) whose user (or one of whose items) is `value`; only run to word an error."""
+    for path in files:
+        with open_text(path) as f:
+            for lineno, line in enumerate(f, start=1):
+                if max_rows and lineno > max_rows:
+                    break
+                tokens = line.split()
+                for token in tokens[:1] if user else tokens[1:]:
+                    if _is_int(token) and int(token) == value:
+                        return path, lineno
+    raise AssertionError(f"id {value} was read but is in none of {files}")
 
 
 def _unique_pairs(users: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

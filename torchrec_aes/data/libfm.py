@@ -23,12 +23,18 @@ import numpy as np
 
 from torchrec_aes.config import DataConfig
 from torchrec_aes.data.preprocess import (
+    STREAM_ERRORS,
     RawTable,
     TableBuilder,
+    TextFile,
+    drop_undecodable,
     input_paths,
+    not_utf8,
     open_text,
     parse_labels,
     str_array,
+    stream_error,
+    undecodable_byte,
 )
 
 CHUNK_ROWS = 1 << 16
@@ -114,6 +120,21 @@ def _parse_chunk(
     )
 
 
+def _flush(
+    builder: TableBuilder,
+    f: TextFile,
+    rows: list[list[str]],
+    lines: list[int],
+    offsets: np.ndarray | None,
+    names: list[str],
+    errors: dict[int, str],
+) -> None:
+    """Parses a chunk of rows into `builder`; rows with bytes that are not UTF-8 become malformed rows."""
+    if f.undecodable():
+        rows, lines = drop_undecodable(rows, lines, errors)
+    builder.add(f.path, _parse_chunk(rows, lines, offsets, names, errors) if rows else None, errors)
+
+
 def _check_offsets(offsets: list[int]) -> np.ndarray | None:
     if not offsets:
         return None
@@ -137,8 +158,10 @@ def read_libfm(cfg: DataConfig) -> RawTable:
 
     Raises:
         ValueError: a missing file, inconsistent field_offsets/field_names, or a malformed row -- bad
-            label, a token that is not index:value, a row whose indices do not fall one per field -- as
-            "FILE:LINE: what (expected ...)", unless `cfg.skip_bad_rows`.
+            label, a token that is not index:value, a row whose indices do not fall one per field, bytes
+            that are not UTF-8 -- as "FILE:LINE: what (expected ...)", unless `cfg.skip_bad_rows`; even
+            when skipping: a damaged gzip stream, a file without data rows, or more skipped rows than
+            `MAX_SKIPPED_SHARE`.
     """
     offsets = _check_offsets(cfg.field_offsets)
     names = list(cfg.field_names)
@@ -150,6 +173,7 @@ def read_libfm(cfg: DataConfig) -> RawTable:
         raise ValueError(f"data.field_names: names must be distinct, got {names}")
     if offsets is not None and not names:
         names = [f"f{i}" for i in range(len(offsets))]
+    how = "one per field of data.field_offsets" if offsets is not None else "one per field"
     paths = input_paths(cfg)
     builder = TableBuilder(cfg.max_rows, cfg.skip_bad_rows)
     for path in paths:
@@ -159,30 +183,37 @@ def read_libfm(cfg: DataConfig) -> RawTable:
         lines: list[int] = []
         errors: dict[int, str] = {}
         room = builder.room(CHUNK_ROWS)
+        line_no = 0
         with open_text(path) as f:
-            for line_no, line in enumerate(f, start=1):
-                tokens = line.split()
-                if not tokens:
-                    continue
-                if not names:  # positional fields, counted from the first row
-                    names = [f"f{i}" for i in range(len(tokens) - 1)]
-                    if not names:
-                        raise ValueError(
-                            f"{path}:{line_no}: a label without features (expected label idx:val ...)"
+            try:
+                for line_no, line in enumerate(f, start=1):
+                    tokens = line.split()
+                    if not tokens:
+                        continue
+                    if not names:  # positional fields, counted from the first row
+                        names = [f"f{i}" for i in range(len(tokens) - 1)]
+                        if not names:
+                            raise ValueError(
+                                f"{path}:{line_no}: a label without features (expected label idx:val ...)"
+                            )
+                    if len(tokens) - 1 != len(names):
+                        byte = undecodable_byte(tokens) if f.undecodable() else None
+                        errors[line_no] = (
+                            not_utf8(byte)
+                            if byte is not None
+                            else f"{len(tokens) - 1} features (expected {len(names)}, {how})"
                         )
-                if len(tokens) - 1 != len(names):
-                    how = "one per field of data.field_offsets" if offsets is not None else "one per field"
-                    errors[line_no] = f"{len(tokens) - 1} features (expected {len(names)}, {how})"
-                else:
-                    rows.append(tokens)
-                    lines.append(line_no)
-                if len(rows) + len(errors) >= room:
-                    builder.add(
-                        path, _parse_chunk(rows, lines, offsets, names, errors) if rows else None, errors
-                    )
-                    rows, lines, errors = [], [], {}
-                    if builder.full():
-                        break
-                    room = builder.room(CHUNK_ROWS)
-        builder.add(path, _parse_chunk(rows, lines, offsets, names, errors) if rows else None, errors)
+                    else:
+                        rows.append(tokens)
+                        lines.append(line_no)
+                    if len(rows) + len(errors) >= room:
+                        _flush(builder, f, rows, lines, offsets, names, errors)
+                        rows, lines, errors = [], [], {}
+                        if builder.full():
+                            break
+                        room = builder.room(CHUNK_ROWS)
+            except STREAM_ERRORS as e:
+                raise stream_error(path, line_no, e) from None
+            _flush(builder, f, rows, lines, offsets, names, errors)
+        builder.end_file(path, "lines 'label idx:val idx:val ...'")
     return builder.finish(paths)

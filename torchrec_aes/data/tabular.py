@@ -19,18 +19,25 @@ from __future__ import annotations
 import csv
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
 from torchrec_aes.config import DataConfig
 from torchrec_aes.data.preprocess import (
+    STREAM_ERRORS,
     RawTable,
     TableBuilder,
+    TextFile,
+    drop_undecodable,
     input_paths,
+    not_utf8,
     open_text,
     parse_labels,
     parse_numbers,
     str_array,
+    stream_error,
+    undecodable_byte,
 )
 
 CHUNK_ROWS = 1 << 16
@@ -100,13 +107,47 @@ def _parse_chunk(
     )
 
 
+def _flush(
+    builder: TableBuilder,
+    f: TextFile,
+    rows: list[list[str]],
+    lines: list[int],
+    columns: Columns | None,
+    errors: dict[int, str],
+) -> None:
+    """Parses a chunk of rows into `builder`; rows with bytes that are not UTF-8 become malformed rows.
+
+    `columns` is None only while no record has been seen, and then `rows` is empty.
+    """
+    if f.undecodable():
+        rows, lines = drop_undecodable(rows, lines, errors)
+    if not rows:
+        builder.add(f.path, None, errors)
+        return
+    assert columns is not None, "rows were collected before the column spec was resolved"
+    builder.add(f.path, _parse_chunk(rows, lines, columns, errors), errors)
+
+
+def _unclosed_quote(path: str, start: int, end: int, why: str) -> ValueError:
+    """The error for a record (lines `start`-`end`) in which a quote opened on line `start` never closed."""
+    runs = "to the end of the file" if why == _END_IN_QUOTES else f"on to line {end}"
+    return ValueError(
+        f"{path}:{start}: quote never closed: a quoted field runs {runs} ({why}; expected a closing '\"' "
+        "on the same line)"
+    )
+
+
+_END_IN_QUOTES = "unexpected end of data"
+"""What a strict csv reader raises when the file ends inside a quoted field."""
+
+
 def read_delimited(
     paths: list[str],
     resolve: Callable[[str, list[str]], Columns],
     *,
     delimiter: str,
     header: bool,
-    quoting: int = csv.QUOTE_MINIMAL,
+    quoting: Literal[0, 1, 2, 3] = csv.QUOTE_MINIMAL,  # csv.QUOTE_*, spelled as typeshed types them
     max_rows: int = 0,
     skip_bad_rows: bool = False,
     chunk_rows: int = CHUNK_ROWS,
@@ -114,6 +155,7 @@ def read_delimited(
     """Reads delimited files (plain or gzip'ed) into one RawTable.
 
     Blank lines are ignored. Without a header, the column count of the first data row is the expected one.
+    A row is numbered by the line it starts on (a quoted field may span lines).
 
     Args:
         paths: files to read, concatenated in order.
@@ -126,8 +168,11 @@ def read_delimited(
         chunk_rows: rows per vectorised parse.
 
     Raises:
-        ValueError: "FILE:LINE: what (expected ...)" for the first malformed row unless skipping; a
-            header that differs between files; no rows at all.
+        ValueError: "FILE:LINE: what (expected ...)" for the first malformed row unless skipping (a row
+            that is not UTF-8 is malformed too); even when skipping: a quote that is never closed (the csv
+            module would swallow the rest of the file into one field), a damaged gzip stream, a header
+            that differs between files, a file without data rows, or more skipped rows than
+            `MAX_SKIPPED_SHARE`.
     """
     builder = TableBuilder(max_rows, skip_bad_rows)
     columns: Columns | None = None
@@ -139,12 +184,19 @@ def read_delimited(
         lines: list[int] = []
         errors: dict[int, str] = {}
         with open_text(path) as f:
-            reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
+            # `strict` makes the csv module raise where a quote misbehaves (text after a closing quote, the
+            # file ending inside quotes) instead of gluing lines into one field and carrying on.
+            reader = csv.reader(f, delimiter=delimiter, quoting=quoting, strict=True)
+            end = 0  # the line the previous record ended on: the next one starts on end + 1
             try:
                 if header:
                     head = next(reader, None)
                     if head is None:
                         raise ValueError(f"{path}: empty file (expected a header line, data.header=true)")
+                    end = reader.line_num
+                    byte = undecodable_byte(head) if f.undecodable() else None
+                    if byte is not None:
+                        raise ValueError(f"{path}:1: header {not_utf8(byte)}")
                     if first_header is None:
                         first_header = (path, head)
                         columns = resolve(path, head)
@@ -154,28 +206,46 @@ def read_delimited(
                             f"{first_header[0]} (expected {delimiter.join(first_header[1])!r})"
                         )
                 room = builder.room(chunk_rows)
-                for record in reader:
-                    if not record:  # blank line
-                        continue
-                    if columns is None:
-                        columns = resolve(path, record)
-                    if len(record) != columns.num_columns:
-                        errors[reader.line_num] = f"{len(record)} columns ({columns.count_hint})"
-                    else:
-                        rows.append(record)
-                        lines.append(reader.line_num)
-                    if len(rows) + len(errors) >= room:
-                        builder.add(
-                            path, _parse_chunk(rows, lines, columns, errors) if rows else None, errors
-                        )
-                        rows, lines, errors = [], [], {}
-                        if builder.full():
-                            break
-                        room = builder.room(chunk_rows)
-            except csv.Error as e:
-                raise ValueError(f"{path}:{reader.line_num}: {e}") from None
-        if columns is not None:
-            builder.add(path, _parse_chunk(rows, lines, columns, errors) if rows else None, errors)
+                while True:  # reenters the loop below after a malformed record the csv module rejects
+                    try:
+                        for record in reader:
+                            start, end = end + 1, reader.line_num
+                            if not record:  # blank line
+                                continue
+                            if columns is None:
+                                columns = resolve(path, record)
+                            if len(record) != columns.num_columns:
+                                if end > start:  # a quote swallowed lines, up to a '"' that closed it
+                                    raise _unclosed_quote(path, start, end, f"{len(record)} columns")
+                                byte = undecodable_byte(record) if f.undecodable() else None
+                                errors[start] = (
+                                    not_utf8(byte)
+                                    if byte is not None
+                                    else f"{len(record)} columns ({columns.count_hint})"
+                                )
+                            else:
+                                rows.append(record)
+                                lines.append(start)
+                            if len(rows) + len(errors) >= room:
+                                _flush(builder, f, rows, lines, columns, errors)
+                                rows, lines, errors = [], [], {}
+                                if builder.full():
+                                    break
+                                room = builder.room(chunk_rows)
+                        break
+                    except csv.Error as e:
+                        # The csv module drops the rest of the line and starts afresh on the next one.
+                        start, end = end + 1, reader.line_num
+                        if end > start or str(e) == _END_IN_QUOTES:
+                            raise _unclosed_quote(path, start, end, str(e)) from None
+                        errors[start] = f"malformed CSV: {e}"
+                _flush(builder, f, rows, lines, columns, errors)
+            except csv.Error as e:  # only the header gets here: records are handled above
+                raise ValueError(f"{path}:{reader.line_num}: header: malformed CSV: {e}") from None
+            except STREAM_ERRORS as e:
+                raise stream_error(path, reader.line_num, e) from None
+        shape = f"{columns.num_columns} columns" if columns else "columns"
+        builder.end_file(path, f"rows of {shape} separated by {delimiter!r}")
     return builder.finish(paths)
 
 
