@@ -210,7 +210,13 @@ class SearchConfig:
     power_alpha: float = 0.3
     """power_rule: exponent alpha in d_f ~ n_f^-alpha."""
     retrain: bool = True
-    """Retrain the found architecture from scratch and report test metrics."""
+    """Retrain the found architecture from scratch and report test metrics (methods without finalists)."""
+    final_baselines: bool = True
+    """Methods that return finalists (adass, bet) have them trained from scratch and the best on validation
+    kept; with this, the zero-cost baselines at the same budget (same-memory uniform, power_rule) are
+    finalists too, so a search result never loses to them on validation."""
+    halving: bool = True
+    """Train the finalists by successive halving over epochs (needs checkpoints); else each fully."""
     sections: dict[str, Any] = field(default_factory=dict)
     """The methods' own sections by name (`search.adass`, `search.bet`, ...; see `register_section`).
     In YAML they are keys of `search` like any other; every registered section is present."""

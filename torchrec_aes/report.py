@@ -91,6 +91,42 @@ def plot_landscape(landscape: dict[str, Any], budget: Budget | None, path: str) 
     _save_png(fig, path)
 
 
+def _finalists_table(metrics: dict[str, Any]) -> list[str]:
+    """The final pick: every finalist (the search's and the zero-cost baselines) trained from scratch,
+    with its bytes, validation and test numbers; says plainly when a baseline won."""
+    rows = metrics.get("finalists")
+    if not rows:
+        return []
+    keys = sorted(k for k in rows[0]["val"] if k != "users")[:4]
+    lines = [
+        "",
+        "Final pick: finalists trained from scratch (successive halving over epochs), the best on validation "
+        "kept:",
+        "",
+        "| finalist | bytes | epochs | "
+        + " | ".join(f"val {k}" for k in keys)
+        + " | "
+        + " | ".join(f"test {k}" for k in keys)
+        + " | chosen |",
+        "|---|---|---|" + "---|" * (2 * len(keys)) + "---|",
+    ]
+    for r in rows:
+        val = " | ".join(f"{r['val'].get(k, float('nan')):.4f}" for k in keys)
+        test = " | ".join(f"{r['test'].get(k, float('nan')):.4f}" for k in keys)
+        lines.append(
+            f"| {r['label']} | {format_bytes(r['bytes'])} | {r['epochs']} | {val} | {test} | "
+            f"{'**yes**' if r['chosen'] else ''} |"
+        )
+    winner = next(r for r in rows if r["chosen"])
+    if winner["baseline"]:
+        lines += [
+            "",
+            f"**A zero-cost baseline won: {winner['label']}.** The search's own finalists were worse on "
+            "validation; the run directory holds the baseline's architecture.",
+        ]
+    return lines
+
+
 def write_report(
     run_dir: str,
     arch: Architecture,
@@ -121,9 +157,11 @@ def write_report(
             f"- budget: {budget.bytes} ({format_bytes(budget.bytes)}), from '{budget.text}'; "
             f"slack {budget.bytes - (used or 0)} bytes"
         )
-    for key in ("search_seconds", "retrain_seconds", "wall_seconds"):
+        lines.append(f"- bytes used / budget: {metrics.get('budget_share_used', 0.0):.1%}")
+    for key in ("search_seconds", "final_seconds", "retrain_seconds", "wall_seconds"):
         if key in metrics:
             lines.append(f"- {key.replace('_', ' ')}: {metrics[key]:.1f}")
+    lines += _finalists_table(metrics)
     lines += [
         "",
         "![per-table dims and bytes](dims.png)",

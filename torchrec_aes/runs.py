@@ -83,8 +83,14 @@ def run_train(cfg: Config) -> dict[str, Any]:
 
 
 def run_search(cfg: Config) -> dict[str, Any]:
-    """Search -> budget check -> retrain from scratch -> test metrics -> plan -> report."""
+    """Search -> final pick among finalists (or retraining) -> budget check -> plan -> report.
+
+    A method that returns finalists has them trained from scratch with the zero-cost baselines at the same
+    budget (`search/finalists.py`), keeping the best on validation; otherwise its architecture is retrained.
+    Whatever is chosen is checked against the budget here, the one place it is enforced.
+    """
     from torchrec_aes.search.base import SearchContext, get_method
+    from torchrec_aes.search.finalists import baseline_finalists, pick_finalist
 
     start = time.perf_counter()
     method = get_method(cfg.search.method, task_of(cfg).name)
@@ -98,7 +104,19 @@ def run_search(cfg: Config) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = method(ctx)
     search_seconds = time.perf_counter() - t0
+    final: dict[str, Any] = {}
     arch = result.arch
+    if result.finalists:
+        pool = list(result.finalists)
+        if result.add_baselines and cfg.search.final_baselines:
+            pool += baseline_finalists(ctx)
+        t0 = time.perf_counter()
+        chosen, trained, rows = pick_finalist(ctx, pool)
+        arch = chosen.arch
+        if chosen.save is not None and env.is_main:
+            chosen.save(cfg.run_dir)
+        final = {**trained, "finalists": rows, "winner": chosen.label}
+        final["final_seconds"] = time.perf_counter() - t0
     used = budget.used(arch)
     if used > budget.bytes:
         raise RuntimeError(
@@ -114,6 +132,7 @@ def run_search(cfg: Config) -> dict[str, Any]:
         "budget_bytes": budget.bytes,
         "budget_count": budget.count,
         "budget_used": used,
+        "budget_share_used": used / max(budget.bytes, 1),
         "embedding_bytes": arch.embedding_bytes,
         "table_bytes": table_bytes(arch, cfg.train.embedding_optimizer),
         "dims": {t.name: t.embedding_dim for t in arch.tables},
@@ -125,8 +144,8 @@ def run_search(cfg: Config) -> dict[str, Any]:
     }
     if task.planted is not None:
         metrics["planted_ranks"] = {t.name: r for t, r in zip(arch.tables, task.planted, strict=True)}
-    if result.final is not None:  # the method retrained its finalists itself (BET)
-        metrics.update(result.final)
+    if final:
+        metrics.update(final)
     elif cfg.search.retrain:
         t0 = time.perf_counter()
         source = rundir.path(cfg.run_dir, rundir.ARCHITECTURE)

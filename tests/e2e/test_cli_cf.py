@@ -42,7 +42,20 @@ def test_bet_search_meets_the_budget_and_its_architecture_retrains_and_plans(tmp
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["budget_used"] <= metrics["budget_bytes"]
     assert "recall@20" in metrics["test"]
+    # The final pick trained BET's top candidates, SU and the zero-cost baselines; the best on val won.
+    finalists = {r["label"]: r for r in metrics["finalists"]}
+    assert {"bet_0", "bet_1", "bet_su"} <= set(finalists) and all(
+        r["bytes"] <= metrics["budget_bytes"] for r in finalists.values()
+    )
+    assert finalists[metrics["winner"]]["val"]["recall@20"] == max(
+        r["val"]["recall@20"] for r in finalists.values()
+    )
+    # A row-wise architecture (one random BET action, no other finalists) is written with its row files,
+    # retrains through `train arch=...` in its masked form, and plans.
+    run = tmp_path / "bet_sr"
+    cli(tmp_path, "search", BET_TINY, "--run-dir", str(run), f"data.path={data}", "search.method=bet_sr")
     arch = yaml.safe_load((run / "architecture.yaml").read_text())
+    assert arch["kind"] == "rowwise"
     assert "row_dims" in arch["extra"] and (run / arch["extra"]["row_dims"]).exists()
     assert all(t["embedding_dim"] % 4 == 0 for t in arch["tables"])
     # The searched (bucketed) architecture trains again through `train arch=...` in its masked form.

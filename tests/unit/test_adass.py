@@ -17,7 +17,7 @@ from tests.helpers import CARDINALITIES, tiny_splits
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import load_config
 from torchrec_aes.planning.memory import Budget
-from torchrec_aes.search.adass.budget_step import fit_to_budget
+from torchrec_aes.search.adass.budget_step import NoiselessJudge, fit_to_budget
 from torchrec_aes.search.adass.config import AdaSSConfig, check_config
 from torchrec_aes.search.adass.policy import PolicySearch
 from torchrec_aes.search.adass.sampler import AdaptiveSampler
@@ -25,6 +25,7 @@ from torchrec_aes.search.adass.search import adass, candidate_bytes
 from torchrec_aes.search.adass.supernet import model_factory
 from torchrec_aes.search.base import SearchContext
 from torchrec_aes.supernet.scorer import SupernetEvaluator, _CachedLookup, binary_auc
+from torchrec_aes.supernet.stats import auc_difference
 from torchrec_aes.tasks.ctr import CTRTask
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,6 +46,22 @@ def _random_bytes(rng: random.Random, num_tables: int, k: int) -> list[list[int]
     return [[r * (4 * d + 4) for d in range(4, 4 * k + 1, 4)] for r in rows]
 
 
+class HalvesJudge:
+    """Scores from two functions (select and confirm halves) and a fixed standard error for comparisons."""
+
+    def __init__(self, select, confirm=None, se: float = 0.0) -> None:
+        self.parts = {"select": select, "confirm": confirm or select}
+        self.se = se
+
+    def score(self, c, part):
+        if part == "all":
+            return (self.parts["select"](list(c)) + self.parts["confirm"](list(c))) / 2
+        return self.parts[part](list(c))
+
+    def compare(self, a, b, part):
+        return self.score(b, part) - self.score(a, part), self.se
+
+
 def test_budget_step_never_exceeds_the_budget_for_random_budgets_and_scores():
     rng = random.Random(0)
     for trial in range(300):
@@ -63,8 +80,8 @@ def test_budget_step_never_exceeds_the_budget_for_random_budgets_and_scores():
             return sum(w[f][i] for f, i in enumerate(c)) + 0.1 * random.Random(hash((-t, tuple(c)))).random()
 
         start = [rng.randrange(k) for _ in range(num_tables)]
-        confirm = rng.choice([None, other_half])
-        final, _ = fit_to_budget(start, costs, budget, score, rng.choice([0.0, 0.01]), confirm=confirm)
+        judge = HalvesJudge(score, rng.choice([None, other_half]), se=rng.choice([0.0, 0.01, 0.1]))
+        final, _ = fit_to_budget(start, costs, budget, judge, fill=rng.random() < 0.3)
         assert sum(costs[f][i] for f, i in enumerate(final)) <= budget, (trial, start, final, budget)
 
 
@@ -79,13 +96,13 @@ def test_budget_step_meets_torchrec_budgets_on_a_real_schema():
         costs = candidate_bytes(ctx)
         if sum(r[0] for r in costs) > budget.bytes:
             with pytest.raises(ValueError, match="below the smallest"):
-                fit_to_budget([3] * 5, costs, budget.bytes, lambda c: 0.0)
+                fit_to_budget([3] * 5, costs, budget.bytes, NoiselessJudge(lambda c: 0.0))
             continue
         final, _ = fit_to_budget(
             [rng.randrange(4) for _ in range(5)],
             costs,
             budget.bytes,
-            lambda c: float(sum(c)) + rng.random() * 0.5,
+            NoiselessJudge(lambda c: float(sum(c)) + rng.random() * 0.5),
         )
         arch = Architecture.from_dims(splits.schema, [ctx.candidates[k] for k in final])
         assert budget.fits(arch)
@@ -94,7 +111,7 @@ def test_budget_step_meets_torchrec_budgets_on_a_real_schema():
 def test_budget_step_grows_only_where_quality_improves_and_frees_useless_bytes():
     costs = [[10, 20, 40]] * 3
     # Only table 1 matters; tables 0 and 2 carry no signal.
-    final, moves = fit_to_budget([2, 0, 2], costs, 80, lambda c: float(c[1]), min_gain=0.0)
+    final, moves = fit_to_budget([2, 0, 2], costs, 80, NoiselessJudge(lambda c: float(c[1])))
     assert final == [0, 2, 0]
     assert moves[0].startswith("free-shrink")
 
@@ -112,22 +129,44 @@ def test_budget_step_grows_only_what_the_other_half_of_the_slice_confirms():
     def half_b(c):
         return real[c[0]] - 0.001 * (c[1] + c[2])
 
-    unconfirmed, _ = fit_to_budget([0, 0, 0], costs, 80, half_a, min_gain=0.001)
+    unconfirmed, _ = fit_to_budget([0, 0, 0], costs, 80, HalvesJudge(half_a, half_b, se=0.001), fill=True)
     assert unconfirmed != [2, 0, 0]  # selecting and accepting on one half follows its noise
-    final, moves = fit_to_budget([0, 0, 0], costs, 80, half_a, min_gain=0.001, confirm=half_b)
+    final, moves = fit_to_budget([0, 0, 0], costs, 80, HalvesJudge(half_a, half_b, se=0.001))
     assert final == [2, 0, 0], moves
-    # A shrink neither half notices (within min_gain) is free, even from the policy's choice.
-    final, moves = fit_to_budget([2, 2, 2], costs, 200, half_b, min_gain=0.005, confirm=half_b)
-    assert final == [2, 0, 0] and moves[0].startswith("free-shrink"), moves
+    # A gain the confirming half shows, but within its noise, is not taken.
+    kept, _ = fit_to_budget([0, 0, 0], costs, 80, HalvesJudge(half_a, half_b, se=0.05))
+    assert kept == [0, 0, 0]
 
-    # The free-shrink tolerance is its own knob: here tables 1 and 2 lose 0.001 per smaller candidate.
+
+def test_budget_step_judges_the_same_auc_loss_against_the_measured_noise():
+    # Tables 1 and 2 lose 0.001 AUC per smaller candidate: within the noise of a small slice that is no
+    # loss (shrink, free the bytes); on a slice whose standard error is ten times smaller it is (keep).
+    costs = [[10, 20, 40]] * 3
+
     def slight(c):
-        return real[c[0]] + 0.001 * (c[1] + c[2])
+        return 0.01 * c[0] + 0.001 * (c[1] + c[2])
 
-    shrunk, _ = fit_to_budget([2, 2, 2], costs, 200, slight, min_gain=0.005, confirm=slight, tolerance=0.005)
-    assert shrunk == [2, 0, 0]
-    kept, _ = fit_to_budget([2, 2, 2], costs, 200, slight, min_gain=0.005, confirm=slight, tolerance=0.0)
-    assert kept == [2, 2, 2]
+    noisy, moves = fit_to_budget([2, 2, 2], costs, 200, HalvesJudge(slight, se=0.002))
+    assert noisy == [2, 0, 0] and moves[0].startswith("free-shrink"), moves
+    precise, _ = fit_to_budget([2, 2, 2], costs, 200, HalvesJudge(slight, se=0.0001))
+    assert precise == [2, 2, 2]
+
+
+def test_delong_standard_error_matches_a_bootstrap_of_the_paired_auc_difference():
+    g = torch.Generator().manual_seed(0)
+    n = 4000
+    labels = (torch.rand(n, generator=g) < 0.3).float()
+    common = torch.randn(n, generator=g) + labels  # what both models see
+    a = common + 0.8 * torch.randn(n, generator=g)
+    b = common + 0.8 * torch.randn(n, generator=g) + 0.15 * labels
+    gain, se = auc_difference(a, b, labels)
+    assert gain == pytest.approx(binary_auc(b, labels) - binary_auc(a, labels), abs=1e-9)
+    boot = []
+    for _ in range(300):
+        idx = torch.randint(0, n, (n,), generator=g)
+        boot.append(binary_auc(b[idx], labels[idx]) - binary_auc(a[idx], labels[idx]))
+    assert se == pytest.approx(torch.tensor(boot).std().item(), rel=0.2)
+    assert auc_difference(a, a, labels) == (0.0, 0.0)
 
 
 def test_sampler_favours_under_performing_candidates_and_keeps_an_epsilon_floor():
@@ -177,7 +216,7 @@ def test_policy_search_then_budget_step_find_the_best_architecture_within_budget
     argmax = search.run()
     assert search.history[-1]["entropy"] < 0.5 * search.history[0]["entropy"]
     assert score(argmax) >= 0.76  # the policy alone may stop at a local optimum (one wide table) ...
-    final, _ = fit_to_budget(argmax, costs, 100, score)
+    final, _ = fit_to_budget(argmax, costs, 100, NoiselessJudge(score))
     assert final == [2, 2, 0, 0]  # ... which the budget step turns into the best architecture
 
 
@@ -212,7 +251,6 @@ def test_search_gives_signal_free_tables_the_smallest_candidate_on_planted_data(
             # With one projection per (table, candidate), rarely trained candidates' projections make noise
             # tables' dims matter on the val slice (1 of 6 seeds right); shared projections: 6 of 6.
             "search.adass.shared_projection=true",
-            "search.adass.min_gain=0.001",
         ],
     )
     task = CTRTask.load(cfg)
@@ -247,7 +285,14 @@ def test_cli_search_runs_end_to_end_and_a_rerun_resumes_from_the_saved_phases(tm
     # expensive of the named points, and the final choice within the budget.
     landscape = json.loads((run / "landscape.json").read_text())
     named = landscape["named"]
-    assert named["final"][0] == metrics["budget_used"] <= metrics["budget_bytes"]
+    assert named["final"][0] <= metrics["budget_bytes"]
+    # The final pick: the search's two variants and both baselines, trained from scratch, best on val.
+    finalists = {r["label"]: r for r in metrics["finalists"]}
+    assert {"adass", "adass_fill", "uniform", "power_rule"} >= set(finalists) >= {"adass", "uniform"}
+    assert finalists["adass"]["bytes"] == named["final"][0]
+    assert finalists[metrics["winner"]]["val"]["auc"] == max(r["val"]["auc"] for r in finalists.values())
+    assert finalists[metrics["winner"]]["bytes"] == metrics["budget_used"] <= metrics["budget_bytes"]
+    assert "Final pick" in (run / "report.md").read_text()
     assert max(v[0] for v in named.values()) == named[f"uniform-{max(metrics['candidates'])}"][0]
     assert len(landscape["points"]) >= metrics["search_log"]["rl"]["updates"]
     assert "quality_vs_bytes.png" in (run / "report.md").read_text()

@@ -162,10 +162,15 @@ def test_bet_search_finds_buckets_within_budget_and_resumes(tmp_path) -> None:
     data = load_interactions(cfg.data)
     budget = Budget.parse(cfg.search.budget, data.schema, cfg.train.embedding_optimizer, cfg.search.count)
     result = bet_search(cfg, CFTask(cfg, data), budget, str(run_dir))
-    assert budget.used(result.arch) <= budget.bytes
     assert [r["iteration"] for r in result.log["iterations"]] == [0, 1, 2]
-    assert result.final is not None and 0 < result.final["test"]["recall@20"] <= 1
-    layout = BucketLayout.load(result.arch, str(run_dir))
+    # Finalists for the shared final pick: the top-k candidates (bucket tables, trained masked) and SU.
+    assert result.finalists is not None
+    assert [f.label for f in result.finalists] == ["bet_0", "bet_1", "bet_su"]
+    assert all(budget.used(f.arch) <= budget.bytes for f in result.finalists)
+    best = result.finalists[0]
+    assert best.arch.kind == "rowwise" and best.train_arch.dims == [16, 16]
+    best.save(str(run_dir))
+    layout = BucketLayout.load(best.arch, str(run_dir))
     assert layout.row_dims["user"].numel() == data.num_users
 
     # A rerun with more iterations continues from the saved replay set instead of starting over.
@@ -177,6 +182,6 @@ def test_bet_search_finds_buckets_within_budget_and_resumes(tmp_path) -> None:
     for variant in ("bet_su", "bet_sr"):
         base = bet_search(cfg, CFTask(cfg, data), budget, "", variant)
         assert budget.used(base.arch) <= budget.bytes
-        assert isinstance(base.arch, Architecture) and base.final is not None
+        assert isinstance(base.arch, Architecture) and len(base.finalists) == 1 and not base.add_baselines
     su = bet_search(cfg, CFTask(cfg, data), budget, "", "bet_su")
     assert len(su.arch.tables) == 2  # one size for every user and every item

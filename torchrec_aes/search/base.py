@@ -83,15 +83,19 @@ class SearchResult:
     Args:
         arch: the architecture found (checked against the budget by `run_search`).
         log: JSON-able search log (written into metrics.json as `search_log`).
-        final: metrics of the chosen architecture when the method retrained its finalists itself
-            ({"val", "test", ...}); None: `run_search` retrains `arch` (if `search.retrain`).
+        finalists: the method's best architectures (`search.finalists.Finalist`, best first; `arch` is the
+            first's), which `run_search` trains from scratch -- with the zero-cost baselines when
+            `add_baselines` and `search.final_baselines` -- keeping the best on validation; None:
+            `run_search` retrains `arch` (if `search.retrain`).
+        add_baselines: whether the baselines join the finalists (False for the baselines themselves).
         landscape: quality vs bytes of the architectures the search scored, for the report's plot
             ({"x", "y", "points": [[bytes, quality]], "named": {label: [bytes, quality]}}), or None.
     """
 
     arch: Architecture
     log: dict[str, Any] = field(default_factory=dict)
-    final: dict[str, Any] | None = None
+    finalists: list[Any] | None = None
+    add_baselines: bool = True
     landscape: dict[str, Any] | None = None
 
 

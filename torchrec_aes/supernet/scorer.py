@@ -21,7 +21,18 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 from torchrec_aes.data.dataset import CTRData, iter_batches
 from torchrec_aes.io import load_torch, save_torch_atomic
 from torchrec_aes.supernet.elastic import find_elastic
+from torchrec_aes.supernet.stats import auc_difference
 from torchrec_aes.train.distributed import DistEnv
+
+KEEP_LOGITS = 512
+"""Logit vectors kept for paired comparisons (N floats each)."""
+
+PARTS = ("all", "select", "confirm")
+"""Rows of the slice a score is taken on: all, the even rows, the odd rows."""
+
+
+def _rows(part: str) -> slice:
+    return {"all": slice(None), "select": slice(0, None, 2), "confirm": slice(1, None, 2)}[part]
 
 
 def binary_auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -138,6 +149,7 @@ class SupernetEvaluator:
         self.elastic = find_elastic(self.model)
         self.table_names = self.elastic.table_names
         self._cache: dict[tuple[int, ...], tuple[float, float, float]] = {}
+        self._kept: dict[tuple[int, ...], torch.Tensor] = {}
         self.evaluations = 0
         self._choice_lookup: _ChoiceLookup | None = None
         if self.elastic.output_dim is not None and hasattr(self.model, "dense_arch"):
@@ -171,26 +183,45 @@ class SupernetEvaluator:
         memoised)."""
         return self._scores(choice)[0]
 
-    def half_auc(self, choice: Sequence[int], half: int) -> float:
-        """AUC on the even (`half=0`) or odd (`half=1`) rows of the val slice (memoised): two independent
-        scorings for the budget step's select-then-confirm moves."""
-        return self._scores(choice)[1 + half]
+    def score(self, choice: Sequence[int], part: str = "all") -> float:
+        """AUC on `part` of the slice: "all", "select" (even rows) or "confirm" (odd rows) -- two
+        independent halves for select-then-confirm decisions (memoised)."""
+        return self._scores(choice)[PARTS.index(part)]
+
+    def compare(self, a: Sequence[int], b: Sequence[int], part: str = "all") -> tuple[float, float]:
+        """AUC(b) - AUC(a) on `part` and the standard error of that paired difference (DeLong)."""
+        rows = _rows(part)
+        return auc_difference(self._logits(a)[rows], self._logits(b)[rows], self.labels[rows])
+
+    @torch.no_grad()
+    def _forward(self, key: tuple[int, ...]) -> torch.Tensor:
+        if self._choice_lookup is not None:
+            self._choice_lookup.choice = list(key)
+        else:
+            self.elastic.set_dims([self.candidates[k] if k >= 0 else 0 for k in key])
+        self.evaluations += 1
+        return self.model(self.dense, None)  # [N]
+
+    def _logits(self, choice: Sequence[int]) -> torch.Tensor:
+        """[N] logits of `choice` on the slice, kept for the architectures that are compared (the budget
+        step's, a few hundred) rather than for every scored one."""
+        key = tuple(int(k) for k in choice)
+        if key not in self._kept:
+            if len(self._kept) >= KEEP_LOGITS:  # bounded memory: drop the oldest
+                self._kept.pop(next(iter(self._kept)))
+            self._kept[key] = self._forward(key)
+        return self._kept[key]
 
     def _scores(self, choice: Sequence[int]) -> tuple[float, float, float]:
         """(AUC on the slice, on its even rows, on its odd rows) of `choice`; one forward pass."""
         key = tuple(int(k) for k in choice)
         if key not in self._cache:
-            if self._choice_lookup is not None:
-                self._choice_lookup.choice = list(key)
-            else:
-                self.elastic.set_dims([self.candidates[k] if k >= 0 else 0 for k in key])
-            logits = self.model(self.dense, None)  # [N]
+            logits = self._kept[key] if key in self._kept else self._forward(key)
             self._cache[key] = (
                 binary_auc(logits, self.labels),
                 binary_auc(logits[0::2], self.labels[0::2]),
                 binary_auc(logits[1::2], self.labels[1::2]),
             )
-            self.evaluations += 1
         return self._cache[key]
 
     def scored(self) -> list[tuple[tuple[int, ...], tuple[float, float, float]]]:

@@ -1,47 +1,78 @@
-"""AdaS&S's final budget step: from the policy's choice to an architecture that never exceeds the budget."""
+"""AdaS&S's final budget step: from the policy's choice to an architecture that never exceeds the budget,
+with every accept/reject judged against the measured noise of the scores (no fixed AUC thresholds)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from torchrec_aes.supernet.stats import z_for
+
+
+class Judge(Protocol):
+    """How the budget step scores architectures (candidate index per table) and compares two of them.
+
+    `part` names rows of the scoring data: "select" and "confirm" are disjoint halves, "all" is both.
+    """
+
+    def score(self, choice: Sequence[int], part: str) -> float:
+        """Quality on `part` (higher is better, e.g. val AUC)."""
+        ...
+
+    def compare(self, a: Sequence[int], b: Sequence[int], part: str) -> tuple[float, float]:
+        """quality(b) - quality(a) on `part` and the standard error of that paired difference."""
+        ...
+
+
+class NoiselessJudge:
+    """A judge over one deterministic score (no halves, zero standard error): for tests and toy scores."""
+
+    def __init__(self, fn: Callable[[list[int]], float]) -> None:
+        self.fn = fn
+
+    def score(self, choice: Sequence[int], part: str) -> float:
+        return self.fn(list(choice))
+
+    def compare(self, a: Sequence[int], b: Sequence[int], part: str) -> tuple[float, float]:
+        return self.fn(list(b)) - self.fn(list(a)), 0.0
 
 
 def fit_to_budget(
     choice: Sequence[int],
     table_bytes: Sequence[Sequence[int]],
     budget: int,
-    score: Callable[[list[int]], float],
-    min_gain: float = 0.0,
-    confirm: Callable[[list[int]], float] | None = None,
-    tolerance: float | None = None,
+    judge: Judge,
+    confidence: float = 0.95,
+    fill: bool = False,
 ) -> tuple[list[int], list[str]]:
     """The final budget step: the result never costs more than `budget`.
 
     A move changes one table to any other candidate (not only the next one: a weight-shared supernet can
     score a middle candidate below both neighbours, and one-step moves would stop there).
 
-    1. Free shrink: while some table can take a smaller candidate without lowering the score, make the
-       move that saves the most bytes.
-    2. While over budget: make the shrink with the least score loss per byte saved.
-    3. While a grow fits: make the grow with the most score gain per byte added, if its gain > `min_gain`.
+    1. Free shrink: while some table can take a smaller candidate whose loss on all scoring rows is not
+       significant (loss < z * its standard error, z the one-sided quantile of `confidence`), make the move
+       that saves the most bytes.
+    2. While over budget: make the shrink with the least loss per byte saved (on all rows).
+    3. While a grow fits: *select* the grow with the most gain per byte on the "select" half and *accept*
+       it only if the independent "confirm" half shows a significant gain (gain > z * standard error);
+       grows are tried in that order, the k-th of a round against z for an error rate divided by k
+       (Bonferroni), so trying many does not make a lucky one likely. With `fill`, a grow is accepted
+       whenever it gains on the select half (the budget-filling variant, which the final pick weighs
+       against the others on validation).
 
-    With `confirm` (ours, see `AdaSSConfig.confirm_moves`), `score` and `confirm` are two independent
-    scorings (disjoint halves of the val slice). Each grow is still *selected* on `score` alone, but
-    accepted only if `confirm` also shows a gain > `min_gain`; otherwise the next best grow by `score` is
-    tried. Why: the best of ~100 moves on one slice is mostly the one with the luckiest noise, so grows
-    worth less than the noise won and left signal-free tables above the smallest dim; an independent
-    half carries no selection bias. A shrink is free if neither half loses more than `min_gain` (the
-    scale below which a difference counts as noise), and forced shrinks (step 2) use the sum of both
-    halves' scores, since one is made anyway and more rows rank them better.
+    Why select-then-confirm: the best of ~100 moves on one slice is mostly the one with the luckiest
+    noise; an independent half carries no selection bias. Why standard errors and not a fixed AUC
+    tolerance: a tolerance tuned on one data set shrank nearly every table of another to the smallest dim.
 
     Args:
         choice: candidate index per table to start from.
         table_bytes: [F][K] cost of table f at candidate k, increasing in k.
         budget: the budget in the same unit.
-        score: architecture (candidate index per table) -> quality, higher is better (e.g. val AUC).
-        min_gain: smallest score gain a grow must bring (on both scorings with `confirm`).
-        confirm: a second, independent scoring of the same quality, or None (select and accept on `score`).
-        tolerance: with `confirm`, the largest loss (on either half) a free shrink may cost; default
-            `min_gain`.
+        judge: scores and paired comparisons with standard errors.
+        confidence: one-sided confidence a loss must reach to block a free shrink and a gain to accept a
+            grow (a statistical level, not a per-data-set constant).
+        fill: grow on the select half alone (use the budget).
 
     Returns:
         The final choice and a log of the moves ("shrink <table index> -> <candidate index>", ...).
@@ -49,60 +80,64 @@ def fit_to_budget(
     Raises:
         ValueError: even every table at its smallest candidate is over the budget.
     """
+    z = z_for(confidence)
     cur = [int(k) for k in choice]
     smallest = sum(row[0] for row in table_bytes)
     if smallest > budget:
         raise ValueError(f"budget {budget} is below the smallest architecture ({smallest})")
     moves: list[str] = []
 
-    def scores(c: list[int]) -> tuple[float, float]:
-        """(selection score, confirmation score); without `confirm` both are `score`."""
-        s = score(c)
-        return s, (confirm(c) if confirm is not None else s)
+    def cost(c: list[int]) -> int:
+        return sum(table_bytes[f][k] for f, k in enumerate(c))
 
-    cur_score = scores(cur)
-
-    def options(smaller: bool) -> list[tuple[int, int, int, list[int], tuple[float, float]]]:
-        """(f, k, bytes changed, choice, scores) of every move of one table to a smaller/larger candidate."""
+    def neighbours(smaller: bool) -> list[tuple[int, int, int, list[int]]]:
+        """(f, k, bytes changed, choice) of every move of one table to a smaller/larger candidate."""
         out = []
         for f, k_cur in enumerate(cur):
             ks = range(k_cur) if smaller else range(k_cur + 1, len(table_bytes[f]))
             for k in ks:
                 c = list(cur)
                 c[f] = k
-                out.append((f, k, abs(table_bytes[f][k] - table_bytes[f][k_cur]), c, scores(c)))
+                out.append((f, k, abs(table_bytes[f][k] - table_bytes[f][k_cur]), c))
         return out
 
-    def cost(c: list[int]) -> int:
-        return sum(table_bytes[f][k] for f, k in enumerate(c))
-
-    def is_free(s: tuple[float, float]) -> bool:
-        if confirm is None:
-            return s[0] >= cur_score[0]
-        tol = min_gain if tolerance is None else tolerance
-        return s[0] >= cur_score[0] - tol and s[1] >= cur_score[1] - tol
-
     while True:  # 1. free shrink
-        free = [o for o in options(smaller=True) if is_free(o[4])]
+        free = []
+        for f, k, saved, c in neighbours(smaller=True):
+            gain, se = judge.compare(cur, c, "all")
+            if gain >= -z * se:
+                free.append((saved, gain, f, k, c))
         if not free:
             break
-        f, k, _, cur, cur_score = max(free, key=lambda o: (o[2], o[4][0] + o[4][1]))
-        moves.append(f"free-shrink {f} -> {k}")
+        _, gain, f, k, cur = max(free, key=lambda o: (o[0], o[1]))
+        moves.append(f"free-shrink {f} -> {k} ({gain:+.5f})")
     while cost(cur) > budget:  # 2. shrink while over budget
-        f, k, _, cur, cur_score = min(
-            options(smaller=True),
-            key=lambda o: (cur_score[0] + cur_score[1] - o[4][0] - o[4][1]) / max(o[2], 1),
+        base = judge.score(cur, "all")
+        f, k, saved, c = min(
+            neighbours(smaller=True), key=lambda o: (base - judge.score(o[3], "all")) / max(o[2], 1)
         )
+        cur = c
         moves.append(f"shrink {f} -> {k}")
     while True:  # 3. grow while there is slack
         total = cost(cur)
-        grows = [
-            o for o in options(smaller=False) if total + o[2] <= budget and o[4][0] - cur_score[0] > min_gain
-        ]
-        grows.sort(key=lambda o: -(o[4][0] - cur_score[0]) / max(o[2], 1))
-        confirmed = next((o for o in grows if o[4][1] - cur_score[1] > min_gain), None)
-        if confirmed is None:
+        base = judge.score(cur, "select")
+        grows = []
+        for f, k, added, c in neighbours(smaller=False):
+            gain = judge.score(c, "select") - base
+            if total + added <= budget and gain > 0:
+                grows.append((gain / max(added, 1), f, k, c))
+        grows.sort(key=lambda o: -o[0])
+        accepted = None
+        for tries, (_, f, k, c) in enumerate(grows[:1] if fill else grows, start=1):
+            if fill:
+                accepted = (f, k, c, "")
+                break
+            gain, se = judge.compare(cur, c, "confirm")
+            if gain > 0 and gain > z_for(1 - (1 - confidence) / tries) * se:
+                accepted = (f, k, c, f" ({gain:+.5f} ± {se:.5f})")
+                break
+        if accepted is None:
             break
-        f, k, _, cur, cur_score = confirmed
-        moves.append(f"grow {f} -> {k}")
+        f, k, cur, note = accepted
+        moves.append(f"grow {f} -> {k}{note}")
     return cur, moves

@@ -17,6 +17,7 @@ from torchrec_aes.search.adass.config import check_config
 from torchrec_aes.search.adass.policy import PolicySearch
 from torchrec_aes.search.adass.supernet import SupernetTrainer, model_factory
 from torchrec_aes.search.base import SearchContext, SearchResult, register
+from torchrec_aes.search.finalists import Finalist
 from torchrec_aes.supernet.scorer import SupernetEvaluator
 from torchrec_aes.train.distributed import broadcast_object, init_distributed
 
@@ -58,7 +59,7 @@ def adass(ctx: SearchContext) -> SearchResult:
             # A resume starts from the evaluator from now on; the supernet's DCP checkpoint (every table
             # at d_max plus optimizer state: the largest file of the run) is no longer needed.
             remove_tree(join(ckpt_dir, "supernet"))
-    result: tuple[list[int], dict[str, Any], dict[str, Any]] | None = None
+    result: tuple[list[int], list[int], dict[str, Any], dict[str, Any]] | None = None
     if env.is_main:
         assert evaluator is not None
         t0 = time.perf_counter()
@@ -74,18 +75,12 @@ def adass(ctx: SearchContext) -> SearchResult:
             cfg.train.progress,
         )
         argmax = search.run()
-        if acfg.confirm_moves:  # select on the even rows, confirm on the odd ones (fit_to_budget's doc)
-            final, moves = fit_to_budget(
-                argmax,
-                costs,
-                ctx.budget.bytes,
-                lambda c: evaluator.half_auc(c, 0),
-                acfg.min_gain,
-                confirm=lambda c: evaluator.half_auc(c, 1),
-                tolerance=acfg.shrink_tolerance,
-            )
-        else:
-            final, moves = fit_to_budget(argmax, costs, ctx.budget.bytes, evaluator.auc, acfg.min_gain)
+        # Select on the even rows, confirm on the odd ones, every decision against its standard error
+        # (fit_to_budget's doc); the budget-filling variant is the second finalist.
+        final, moves = fit_to_budget(argmax, costs, ctx.budget.bytes, evaluator, acfg.confidence)
+        filled, fill_moves = fit_to_budget(
+            final, costs, ctx.budget.bytes, evaluator, acfg.confidence, fill=True
+        )
         names = evaluator.table_names
         rl_log = {
             "seconds": time.perf_counter() - t0,
@@ -95,22 +90,33 @@ def adass(ctx: SearchContext) -> SearchResult:
             "argmax_val_auc": evaluator.auc(argmax),
             "argmax_bytes": sum(costs[f][k] for f, k in enumerate(argmax)),
             "final_val_auc": evaluator.auc(final),
+            "final_bytes": sum(costs[f][k] for f, k in enumerate(final)),
             "budget_moves": [_name_move(m, names, ctx.candidates) for m in moves],
+            "fill_dims": {n: ctx.candidates[k] for n, k in zip(names, filled, strict=True)},
+            "fill_val_auc": evaluator.auc(filled),
+            "fill_moves": [_name_move(m, names, ctx.candidates) for m in fill_moves],
             "evaluations": evaluator.evaluations,
         }
         landscape = _landscape(evaluator, costs, argmax, final, ctx.candidates)
-        result = ([ctx.candidates[k] for k in final], rl_log, landscape)
+        landscape["named"]["budget-filling"] = [
+            sum(costs[f][k] for f, k in enumerate(filled)),
+            round(evaluator.auc(filled), 5),
+        ]
+        result = ([ctx.candidates[k] for k in final], [ctx.candidates[k] for k in filled], rl_log, landscape)
         if writer:
             writer.add_scalar("rl/final_val_auc", rl_log["final_val_auc"], search.update)
             writer.flush()
-    dims, log["rl"], landscape = broadcast_object(result)
+    dims, fill_dims, log["rl"], landscape = broadcast_object(result)
     arch = Architecture.from_dims(ctx.schema, dims, method="adass")
-    if not ctx.budget.fits(arch):  # fit_to_budget's sums are the same estimates: an internal error
-        raise AssertionError(f"adass: {ctx.budget.used(arch)} > budget {ctx.budget.bytes}")
+    filled_arch = Architecture.from_dims(ctx.schema, fill_dims, method="adass")
+    for a in (arch, filled_arch):  # fit_to_budget's sums are the same estimates: an internal error
+        if not ctx.budget.fits(a):
+            raise AssertionError(f"adass: {ctx.budget.used(a)} > budget {ctx.budget.bytes}")
     log["seconds"] = time.perf_counter() - start
     if writer:
         writer.close()
-    return SearchResult(arch, log, landscape=landscape)
+    finalists = [Finalist("adass", arch), Finalist("adass_fill", filled_arch)]
+    return SearchResult(arch, log, finalists=finalists, landscape=landscape)
 
 
 def _landscape(
@@ -143,5 +149,5 @@ def _landscape(
 
 
 def _name_move(move: str, names: list[str], candidates: list[int]) -> str:
-    kind, f, _, k = move.split()
-    return f"{kind} {names[int(f)]} -> {candidates[int(k)]}"
+    kind, f, _, k, *note = move.split(maxsplit=4)
+    return f"{kind} {names[int(f)]} -> {candidates[int(k)]}" + (f" {note[0]}" if note else "")

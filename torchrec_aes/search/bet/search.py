@@ -1,4 +1,5 @@
-"""BET's search loop, its baselines (SU, SR) and the final retraining of the top candidates."""
+"""BET's search loop, its baselines (SU, SR) and its finalists (the top candidates and SU), which the
+shared final pick trains from scratch (`search/finalists.py`)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from torchrec_aes.planning.memory import Budget
 from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.bet.predictor import FitnessPredictor, PredictorTrainer, normalised_frequency
 from torchrec_aes.search.bet.sampler import Action, ActionSampler
+from torchrec_aes.search.finalists import Finalist
 from torchrec_aes.tasks.cf import CFTask, TableHooks
 from torchrec_aes.train.distributed import broadcast_object, init_distributed
 from torchrec_aes.train.trainer import Trainer
@@ -41,56 +43,39 @@ def _with_epochs(cfg: Config, epochs: int) -> Config:
     return out
 
 
-def _finish(
-    cfg: Config,
-    task: CFTask,
-    run_dir: str,
-    method: str,
-    candidates: list[Action],
-    log: dict[str, Any],
+def _finalists(
+    cfg: Config, task: CFTask, method: str, candidates: list[Action], log: dict[str, Any]
 ) -> SearchResult:
-    """Retrains `candidates` from scratch, keeps the best on validation, writes its row sizes, returns
-    its bucket architecture with its val/test metrics as the result's `final`."""
-    ks = list(cfg.train.ranking_k)
+    """The candidates as finalists for the final pick (`search/finalists.py`): each row-wise candidate is
+    deployed as size buckets and trained in its masked form; the same-budget uniform (SU) is an ordinary
+    uniform architecture. `run_search` trains them from scratch and keeps the best on validation."""
     schema = task.schema
     full_arch = Architecture.uniform(schema, cfg.search.bet.max_dim)
-    results = []
+    finalists = []
     for j, action in enumerate(candidates):
-        tag = f"{method}/final_{j}"
         uniform_dim = action.info.get("uniform_dim")
         if uniform_dim:  # SU: a physical uniform table is the same model, without the mask
-            res = Trainer(cfg, task, Architecture.uniform(schema, uniform_dim), run_dir, tag).fit()
-        else:
-            hooks = TableHooks(row_dims=action.as_dict())
-            res = Trainer(cfg, task, full_arch, run_dir, tag, hooks=hooks).fit()
-        results.append(res)
-        logger.info("%s final candidate %d: val quality %.4f", method, j, quality(res["val"], ks))
-    best = max(range(len(candidates)), key=lambda j: quality(results[j]["val"], ks))
-    action = candidates[best]
-    layout = BucketLayout.from_row_dims(action.as_dict())
-    arch = bucket_architecture(layout, method)
-    if run_dir:
-        if init_distributed().is_main:
-            layout.save(run_dir)
+            finalists.append(Finalist("bet_su", Architecture.uniform(schema, uniform_dim)))
+            continue
+        layout = BucketLayout.from_row_dims(action.as_dict())
+        arch = bucket_architecture(layout, method)
         arch.extra.update(layout.extra())
-    arch.extra["max_dim"] = cfg.search.bet.max_dim
-    res = results[best]
-    log.update(
+        arch.extra["max_dim"] = cfg.search.bet.max_dim
+        label = method if len(candidates) == 1 else f"{method}_{j}"
+        hooks = TableHooks(row_dims=action.as_dict())
+        finalists.append(Finalist(label, arch, full_arch, hooks, save=layout.save))
+    log["candidates"] = [
         {
-            "final_candidates": [
-                {"val_quality": quality(r["val"], ks), "info": c.info}
-                for r, c in zip(results, candidates, strict=True)
-            ],
-            "chosen": best,
+            "label": f.label,
+            "info": c.info,
             "row_dims": {
-                f: {"mean": float(d.float().mean()), "min": int(d.min()), "max": int(d.max())}
-                for f, d in action.as_dict().items()
+                feat: {"mean": float(d.float().mean()), "min": int(d.min()), "max": int(d.max())}
+                for feat, d in c.as_dict().items()
             },
-            "buckets": [[f, d, n] for f, d, n in layout.buckets],
         }
-    )
-    final = {"val": res["val"], "test": res["test"], "best_epoch": res["best_epoch"]}
-    return SearchResult(arch, log, final=final)
+        for f, c in zip(finalists, candidates, strict=False)
+    ]
+    return SearchResult(finalists[0].arch, log, finalists=finalists, add_baselines=method == "bet")
 
 
 def _sampler(cfg: Config, data: InteractionData, budget: Budget) -> ActionSampler:
@@ -110,12 +95,12 @@ def bet_search(
         cfg: run config (`search.bet`, `model.type` mf|lightgcn, `train.*`).
         task: the CF task (interactions with per-user train/val/test).
         budget: bytes of the bucket tables by TorchRec's estimate, or parameters.
-        run_dir: where `row_dims.npy`, `row_remap.npy`, `bet/` state and `tb/bet` go ("" = nowhere; no
-            resume).
+        run_dir: where the `bet/` state and `tb/bet` go ("" = nowhere; no resume).
         variant: "bet" | "bet_su" | "bet_sr".
 
     Returns:
-        The bucket architecture, a log, and the chosen candidate's val/test metrics as `final`.
+        A log and the finalists: the top `search.bet.top_k` candidates (and, for "bet", SU), or the one
+        baseline action; `run_search` trains them from scratch and keeps the best on validation.
     """
     data = task.data
     bc = cfg.search.bet
@@ -128,9 +113,9 @@ def bet_search(
     gen = torch.Generator().manual_seed(cfg.train.seed)
     log: dict[str, Any] = {"variant": variant, "free_quanta": sampler.free}
     if variant == "bet_su":
-        return _finish(cfg, task, run_dir, variant, [sampler.uniform()], log)
+        return _finalists(cfg, task, variant, [sampler.uniform()], log)
     if variant == "bet_sr":
-        return _finish(cfg, task, run_dir, variant, [sampler.sample(gen)], log)
+        return _finalists(cfg, task, variant, [sampler.sample(gen)], log)
     if variant != "bet":
         raise ValueError(f"BET variant '{variant}' is not one of bet, bet_su, bet_sr")
 
@@ -244,7 +229,8 @@ def bet_search(
         for r in ranked
     ]
     log["iterations"] = [{k: r[k] for k in ("iteration", "rule", "fitness", "predicted")} for r in replay]
-    return _finish(cfg, task, run_dir, variant, candidates, log)
+    # SU joins the finalists: with MF on Gowalla it beat BET at 80/90% sparsity.
+    return _finalists(cfg, task, variant, [*candidates, sampler.uniform()], log)
 
 
 def _registered(variant: str):

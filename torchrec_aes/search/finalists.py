@@ -1,0 +1,159 @@
+"""The final pick of every search, in the shared search layer: a search's best architectures *and* the
+zero-cost baselines at the same budget (same-memory uniform, power_rule) are trained from scratch with the
+one `Trainer`, and the best on validation is kept. A search result therefore cannot lose to the baselines
+on validation; on test it still can, and the report says so plainly.
+
+Schedule (`search.halving`, on by default when checkpoints are on): successive halving over epochs. Every
+finalist trains its first epoch; the better half by validation continues one more epoch (resuming from its
+checkpoint, exactly); and so on until one is left, which trains to the end of its normal schedule
+(`train.epochs` with early stopping). With n finalists and E epochs this costs about
+E + n + n/2 + ... - log2(n) epochs instead of n * E. Without checkpoints every finalist trains fully.
+
+Test metrics are computed for every finalist at the point it stopped (for the report); the choice uses
+validation only.
+
+Example::
+
+    chosen, table = pick_finalist(ctx, [Finalist("adass", arch)] + baseline_finalists(ctx))
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from torchrec_aes.architecture import Architecture
+from torchrec_aes.search.base import SearchContext
+from torchrec_aes.search.baselines import fit_power_rule, largest_uniform
+from torchrec_aes.train.hooks import TrainHooks
+from torchrec_aes.train.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Finalist:
+    """One architecture of the final pick.
+
+    Args:
+        label: its name in reports ("adass", "uniform", "power_rule", ...).
+        arch: the architecture as deployed (what the budget counts).
+        train_arch: its training form, if different (e.g. BET's d_max tables under row masks).
+        hooks: trainer hooks of the training form (e.g. `TableHooks(row_dims=...)`).
+        save: writes its side files into a run directory and returns the `arch.extra` entries naming them
+            (row-wise architectures), or None.
+    """
+
+    label: str
+    arch: Architecture
+    train_arch: Architecture | None = None
+    hooks: TrainHooks | None = None
+    save: Any = None
+
+
+BASELINES = ("uniform", "power_rule")
+
+
+def baseline_finalists(ctx: SearchContext) -> list[Finalist]:
+    """Same-memory uniform (the largest uniform multiple of 4 that fits) and the power rule, at ctx's
+    budget; a baseline that cannot fit the budget is left out."""
+    out = []
+    try:
+        out.append(Finalist("uniform", largest_uniform(ctx)))
+    except ValueError:
+        pass
+    rows = [f.num_embeddings for f in ctx.schema.sparse]
+    low, high = min(ctx.candidates), max(ctx.candidates)
+    try:
+        arch0 = Architecture.uniform(ctx.schema, low)
+        out.append(
+            Finalist(
+                "power_rule", fit_power_rule(rows, ctx.budget, arch0, ctx.cfg.search.power_alpha, low, high)
+            )
+        )
+    except ValueError:
+        pass
+    return out
+
+
+def _dedupe(finalists: list[Finalist]) -> list[Finalist]:
+    """Drops later finalists whose (table-kind) architecture equals an earlier one's."""
+    seen: set[tuple] = set()
+    out = []
+    for f in finalists:
+        key = (
+            (f.arch.kind, tuple((t.name, t.embedding_dim) for t in f.arch.tables))
+            if f.train_arch is None
+            else (id(f),)
+        )
+        if key not in seen:
+            seen.add(key)
+            out.append(f)
+    return out
+
+
+def pick_finalist(
+    ctx: SearchContext, finalists: list[Finalist]
+) -> tuple[Finalist, dict[str, Any], list[dict[str, Any]]]:
+    """Trains the finalists from scratch and keeps the best on validation.
+
+    Args:
+        ctx: the search context (task, budget, config, run directory).
+        finalists: the method's best architectures first, then the baselines (duplicates are dropped).
+
+    Returns:
+        (the chosen finalist, its training result, one row per finalist for metrics and the report:
+        label, bytes, val and test metrics, epochs trained, chosen).
+
+    Raises:
+        RuntimeError: a finalist is over the budget (an internal error of the method).
+    """
+    cfg, task = ctx.cfg, ctx.task
+    finalists = _dedupe(finalists)
+    for f in finalists:
+        if not ctx.budget.fits(f.arch):
+            raise RuntimeError(
+                f"finalist '{f.label}' costs {ctx.budget.used(f.arch)} > budget {ctx.budget.bytes}"
+            )
+    key = task.stop_metric
+    results: dict[int, dict[str, Any]] = {}
+
+    def train(i: int, epochs: int | None) -> None:
+        f = finalists[i]
+        trainer = Trainer(
+            cfg, task, f.train_arch or f.arch, ctx.run_dir, f"finalists/{f.label}", hooks=f.hooks
+        )
+        results[i] = trainer.fit(epochs=epochs)
+
+    alive = list(range(len(finalists)))
+    halving = cfg.search.halving and bool(ctx.run_dir) and cfg.train.checkpoint and len(alive) > 1
+    if halving:
+        epoch = 0
+        while len(alive) > 1 and epoch < cfg.train.epochs:
+            epoch += 1
+            for i in alive:
+                train(i, epoch)
+            alive.sort(key=lambda i: -results[i]["val"].get(key, -math.inf))
+            alive = alive[: max(1, math.ceil(len(alive) / 2))]
+            logger.info("finalists after epoch %d: %s", epoch, ", ".join(finalists[i].label for i in alive))
+        best = alive[0]
+        train(best, None)  # the survivor finishes its normal schedule
+    else:
+        for i in alive:
+            train(i, None)
+        best = max(alive, key=lambda i: results[i]["val"].get(key, -math.inf))
+    rows = [
+        {
+            "label": f.label,
+            "bytes": ctx.budget.used(f.arch),
+            "val": results[i]["val"],
+            "test": results[i].get("test", {}),
+            "epochs": results[i]["epochs_run"],
+            "chosen": i == best,
+            "baseline": f.label in BASELINES,
+        }
+        for i, f in enumerate(finalists)
+    ]
+    return finalists[best], results[best], rows
