@@ -88,7 +88,7 @@ def main() -> None:
                         ],
                     )
                     budget = Budget.parse(
-                        cfg.search.budget, data.schema, cfg.train.embedding_optimizer, "params"
+                        cfg.search.budget[0], data.schema, cfg.train.embedding_optimizer, "params"
                     )
                     start = time.perf_counter()
                     result = bet_search(cfg, CFTask(cfg, data), budget, str(run_dir), method)

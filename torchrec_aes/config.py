@@ -201,8 +201,10 @@ class SearchConfig:
     method: str = "uniform"
     """A registered search method: uniform | power_rule | adass | bet | bet_su | bet_sr (`torchrec-aes
     search --help` lists them)."""
-    budget: str = "0.25 x uniform-64"
-    """Bytes ("800MB", "1.5GiB", "123456") or a fraction of a reference ("0.5 x uniform-64")."""
+    budget: list[str] = field(default_factory=lambda: ["0.25 x uniform-64"])
+    """Bytes ("800MB", "1.5GiB", "123456") or a fraction of a reference ("0.5 x uniform-64"); a list (YAML
+    list, or comma-separated) runs one search per budget sharing what does not depend on it (AdaS&S trains
+    its supernet once), each in a sub-run `RUN/budget_<i>/`, plus a quality-vs-bytes frontier in `RUN/`."""
     candidates: list[int] = field(default_factory=lambda: [4, 8, 16, 24, 32, 48, 64])
     """Candidate table dims (multiples of 4 for FBGEMM's fused kernels)."""
     count: str = "bytes"

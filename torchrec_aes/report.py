@@ -186,3 +186,57 @@ def write_report(
             row += f" {planted[i]} |"
         lines.append(row)
     write_text_atomic(join(run_dir, "report.md"), "\n".join(lines) + "\n")
+
+
+def write_frontier(run_dir: str, method: str, summary: dict[str, Any], frontier: dict[str, Any]) -> None:
+    """`frontier.png` and `report.md` of a budget list: test quality vs bytes of each budget's pick, with
+    the other finalists of its final pick (the zero-cost baselines at the same budget among them)."""
+    metric = frontier["metric"]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors: dict[str, Any] = {}
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for point in frontier["points"]:
+        for p in point["picks"]:
+            if p["test"] is None:
+                continue
+            color = colors.setdefault(p["label"], cycle[len(colors) % len(cycle)])
+            ax.scatter(
+                [p["bytes"] / 2**20],
+                [p["test"]],
+                s=80 if p["chosen"] else 30,
+                facecolors=color if p["chosen"] else "none",
+                edgecolors=color,
+                label=p["label"] if p["label"] not in ax.get_legend_handles_labels()[1] else None,
+            )
+        ax.axvline(point["budget_bytes"] / 2**20, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("embedding bytes (MiB, TorchRec estimate); dotted: budgets")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(
+        f"{method}: filled = chosen on validation; hollow = other finalists (may have trained fewer epochs)"
+    )
+    ax.title.set_fontsize(8)
+    ax.legend(fontsize=7)
+    _save_png(fig, join(run_dir, "frontier.png"))
+    lines = [f"# Budget list: {method}", "", f"![test {metric} vs bytes](frontier.png)", ""]
+    lines += [
+        f"| budget | bytes used / budget | winner | test {metric} | finalists (test {metric}, epochs) "
+        "| run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for b in summary["budgets"]:
+        used = b["budget_used"] / max(b["budget_bytes"], 1)
+        test = (b.get("test") or {}).get(metric, float("nan"))
+        others = ", ".join(
+            f"{r['label']} {r['test'].get(metric, float('nan')):.4f} ({r['epochs']})"
+            for r in b.get("finalists") or []
+        )
+        lines.append(
+            f"| {b['budget']} | {used:.1%} | {b.get('winner', method)} | {test:.4f} | {others} "
+            f"| {b['run_dir']} |"
+        )
+    seconds = [b["seconds"] for b in summary["budgets"]]
+    lines += [
+        "",
+        f"- seconds per budget: {', '.join(f'{s:.0f}' for s in seconds)} (the first includes what is shared)",
+    ]
+    write_text_atomic(join(run_dir, "report.md"), "\n".join(lines) + "\n")

@@ -11,6 +11,8 @@ RUN/
   tb/<tag>/            TensorBoard events of each training / search phase
   checkpoints/<tag>/   DCP checkpoints of each training / search phase (resume)
   <method>/            a method's own state (e.g. bet/)
+  budget_<i>/          with a list of budgets: one complete run directory per budget, and in RUN/ the
+                       summary metrics.json, frontier.json / frontier.png and report.md
 ```
 
 Every rank computes; rank 0 writes, through a temporary file and a rename (`io.write_*_atomic`).
@@ -33,6 +35,7 @@ ARCHITECTURE = "architecture.yaml"
 PLAN = "plan.json"
 METRICS = "metrics.json"
 LANDSCAPE = "landscape.json"
+FRONTIER = "frontier.json"
 REPORT = "report.md"
 
 
@@ -49,6 +52,11 @@ def tb_dir(run_dir: str, tag: str) -> str:
 def checkpoint_dir(run_dir: str, tag: str) -> str:
     """Checkpoints of one phase: `RUN/checkpoints/<tag>`."""
     return join(run_dir, "checkpoints", tag)
+
+
+def budget_dir(run_dir: str, index: int) -> str:
+    """The sub-run of the `index`-th budget of a budget list: `RUN/budget_<index>`."""
+    return join(run_dir, f"budget_{index}")
 
 
 def method_dir(run_dir: str, method: str) -> str:
@@ -121,3 +129,44 @@ def write_run(
     if landscape:
         write_text_atomic(path(run_dir, LANDSCAPE), json.dumps(landscape))
     write_report(run_dir, arch, metrics, budget, planted, landscape)
+
+
+def write_budgets(cfg: Config, summary: dict[str, Any], metric: str) -> None:
+    """The parent of a budget list: config, summary metrics, the frontier (JSON + plot) and a report.
+    Call on rank 0 only."""
+    from torchrec_aes.config import save_config
+    from torchrec_aes.report import write_frontier
+
+    run_dir = cfg.run_dir
+    makedirs(run_dir)
+    save_config(cfg, path(run_dir, CONFIG))
+    write_text_atomic(path(run_dir, METRICS), json.dumps(summary, indent=1, sort_keys=True))
+    points: list[dict[str, Any]] = []
+    frontier = {"metric": metric, "points": points}
+    for b in summary["budgets"]:
+        points.append(
+            {
+                "budget": b["budget"],
+                "budget_bytes": b["budget_bytes"],
+                "picks": [
+                    {
+                        "label": r["label"],
+                        "bytes": r["bytes"],
+                        "test": r["test"].get(metric),
+                        "epochs": r["epochs"],
+                        "chosen": r["chosen"],
+                    }
+                    for r in b.get("finalists") or []
+                ]
+                or [
+                    {
+                        "label": cfg.search.method,
+                        "bytes": b["budget_used"],
+                        "test": (b.get("test") or {}).get(metric),
+                        "chosen": True,
+                    }
+                ],
+            }
+        )
+    write_text_atomic(path(run_dir, FRONTIER), json.dumps(frontier, indent=1))
+    write_frontier(run_dir, cfg.search.method, summary, frontier)

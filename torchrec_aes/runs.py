@@ -7,6 +7,7 @@ the method. Nothing here depends on the task (CTR or CF) or on an architecture's
 
 from __future__ import annotations
 
+import copy
 import os
 import time
 from typing import Any
@@ -87,20 +88,84 @@ def run_search(cfg: Config) -> dict[str, Any]:
 
     A method that returns finalists has them trained from scratch with the zero-cost baselines at the same
     budget (`search/finalists.py`), keeping the best on validation; otherwise its architecture is retrained.
-    Whatever is chosen is checked against the budget here, the one place it is enforced.
+    Whatever is chosen is checked against the budget here, the one place it is enforced. With a list of
+    budgets, one search per budget (`run_budgets`).
     """
+    from torchrec_aes.search.base import get_method
+
+    get_method(cfg.search.method, task_of(cfg).name)  # a one-line error before any data is read
+    if not cfg.search.budget:
+        raise ValueError("search.budget: give at least one budget")
+    if len(cfg.search.budget) > 1:
+        return run_budgets(cfg)
+    return _search_one(cfg, get_task(cfg))
+
+
+def run_budgets(cfg: Config) -> dict[str, Any]:
+    """One search per budget of `cfg.search.budget`, in sub-runs `RUN/budget_<i>/`, sharing the data and
+    what does not depend on the budget (AdaS&S's supernet, under `RUN/checkpoints/`); writes a summary
+    `metrics.json`, `frontier.json` and `frontier.png` (test quality vs bytes of each budget's pick, with the
+    zero-cost baselines the final pick trained at the same budget) into `RUN/`."""
+    start = time.perf_counter()
+    env = init_distributed()
+    task = get_task(cfg)
+    cache: dict[str, Any] = {}
+    per_budget = []
+    for i, text in enumerate(cfg.search.budget):
+        sub = copy.deepcopy(cfg)
+        sub.search.budget = [text]
+        sub.run_dir = rundir.budget_dir(cfg.run_dir, i)
+        t0 = time.perf_counter()
+        metrics = _search_one(sub, task, shared_dir=cfg.run_dir, cache=cache)
+        per_budget.append(
+            {"budget": text, "run_dir": sub.run_dir, "seconds": time.perf_counter() - t0, **metrics}
+        )
+    summary = {
+        "method": cfg.search.method,
+        "budgets": [
+            {
+                k: m.get(k)
+                for k in (
+                    "budget",
+                    "run_dir",
+                    "seconds",
+                    "budget_bytes",
+                    "budget_used",
+                    "embedding_bytes",
+                    "dims",
+                    "val",
+                    "test",
+                    "winner",
+                    "finalists",
+                    "search_seconds",
+                    "final_seconds",
+                )
+            }
+            for m in per_budget
+        ],
+        "world_size": env.world_size,
+        "wall_seconds": time.perf_counter() - start,
+    }
+    if env.is_main:
+        rundir.write_budgets(cfg, summary, task.stop_metric)
+    return summary
+
+
+def _search_one(
+    cfg: Config, task: Task, shared_dir: str = "", cache: dict[str, Any] | None = None
+) -> dict[str, Any]:
     from torchrec_aes.search.base import SearchContext, get_method
     from torchrec_aes.search.finalists import baseline_finalists, pick_finalist
 
     start = time.perf_counter()
-    method = get_method(cfg.search.method, task_of(cfg).name)
+    method = get_method(cfg.search.method, task.name)
     env = init_distributed()
-    task = get_task(cfg)
     schema = task.schema
-    budget = Budget.parse(cfg.search.budget, schema, cfg.train.embedding_optimizer, cfg.search.count)
+    (text,) = cfg.search.budget
+    budget = Budget.parse(text, schema, cfg.train.embedding_optimizer, cfg.search.count)
     budget.check_feasible(schema, cfg.search.candidates)
     section = getattr(cfg.search, method.section) if method.section else None
-    ctx = SearchContext(cfg, task, budget, cfg.run_dir, section)
+    ctx = SearchContext(cfg, task, budget, cfg.run_dir, section, shared_dir, {} if cache is None else cache)
     t0 = time.perf_counter()
     result = method(ctx)
     search_seconds = time.perf_counter() - t0

@@ -255,7 +255,7 @@ def test_search_gives_signal_free_tables_the_smallest_candidate_on_planted_data(
     )
     task = CTRTask.load(cfg)
     planted = task.planted
-    budget = Budget.parse(cfg.search.budget, task.schema)
+    budget = Budget.parse(cfg.search.budget[0], task.schema)
     result = adass(SearchContext(cfg, task, budget, "", cfg.search.adass))
     dims = result.arch.dims
     assert budget.fits(result.arch)
@@ -337,3 +337,30 @@ def test_evaluator_scores_like_the_supernet_itself(model_type):
 def test_tiny_schema_has_the_expected_tables():
     # Guards the constants the tests above rely on.
     assert len(CARDINALITIES) == 5
+
+
+def test_a_budget_list_trains_one_supernet_and_writes_a_sub_run_and_frontier_per_budget(tmp_path):
+    from torchrec_aes.runs import run_search
+
+    run = tmp_path / "run"
+    cfg = load_config(
+        str(REPO / "configs" / "tests" / "adass_tiny.yaml"),
+        [
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"run_dir={run}",
+            "search.budget=[0.6 x uniform-16, 0.35 x uniform-16]",
+            "search.adass.rl_updates=10",
+        ],
+    )
+    summary = run_search(cfg)
+    first, second = summary["budgets"]
+    assert first["budget_used"] <= first["budget_bytes"] and second["budget_used"] <= second["budget_bytes"]
+    assert second["budget_bytes"] < first["budget_bytes"]
+    logs = [json.loads((run / f"budget_{i}" / "metrics.json").read_text())["search_log"] for i in (0, 1)]
+    assert "history" in logs[0]["supernet"] and logs[1]["supernet"] == {"shared": True}  # trained once
+    assert (run / "checkpoints" / "adass" / "supernet_eval.pt").exists()
+    assert (run / "budget_1" / "architecture.yaml").exists() and (run / "budget_1" / "plan.json").exists()
+    frontier = json.loads((run / "frontier.json").read_text())
+    assert [p["budget_bytes"] for p in frontier["points"]] == [first["budget_bytes"], second["budget_bytes"]]
+    assert {"uniform", "power_rule"} <= {p["label"] for p in frontier["points"][0]["picks"]}
+    assert (run / "frontier.png").stat().st_size > 0 and "frontier.png" in (run / "report.md").read_text()

@@ -160,7 +160,7 @@ def test_bet_search_finds_buckets_within_budget_and_resumes(tmp_path) -> None:
     overrides = [f"data.path={data_file}", f"run_dir={run_dir}"]
     cfg = load_config("configs/tests/bet_tiny.yaml", overrides + ["search.bet.iterations=3"])
     data = load_interactions(cfg.data)
-    budget = Budget.parse(cfg.search.budget, data.schema, cfg.train.embedding_optimizer, cfg.search.count)
+    budget = Budget.parse(cfg.search.budget[0], data.schema, cfg.train.embedding_optimizer, cfg.search.count)
     result = bet_search(cfg, CFTask(cfg, data), budget, str(run_dir))
     assert [r["iteration"] for r in result.log["iterations"]] == [0, 1, 2]
     # Finalists for the shared final pick: the top-k candidates (bucket tables, trained masked) and SU.

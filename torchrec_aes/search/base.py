@@ -42,6 +42,9 @@ class SearchContext:
         budget: the memory budget the result must meet.
         run_dir: the run directory (for method state, logs and checkpoints; "" = none).
         section: the method's config section (`search.<section>`), or None if it has none.
+        shared_dir: where budget-independent state goes (e.g. a supernet) when one search serves a list of
+            budgets: the parent run directory; "" = `run_dir`.
+        cache: in-memory state shared by the searches of a budget list (e.g. the trained supernet).
     """
 
     cfg: Config
@@ -49,6 +52,13 @@ class SearchContext:
     budget: Budget
     run_dir: str = ""
     section: Any = None
+    shared_dir: str = ""
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def state_dir(self) -> str:
+        """Where budget-independent state goes: `shared_dir`, else `run_dir`."""
+        return self.shared_dir or self.run_dir
 
     @property
     def schema(self) -> Schema:

@@ -38,14 +38,20 @@ def adass(ctx: SearchContext) -> SearchResult:
     check_config(acfg)
     env = init_distributed()
     start = time.perf_counter()
-    ckpt_dir = rundir.checkpoint_dir(ctx.run_dir, "adass") if ctx.run_dir and cfg.train.checkpoint else ""
+    # The supernet does not depend on the budget: with a budget list it is trained once, under the parent
+    # run directory (and kept in memory for the other budgets); the RL state is per budget.
+    ckpt_dir = rundir.checkpoint_dir(ctx.state_dir, "adass") if ctx.state_dir and cfg.train.checkpoint else ""
+    rl_dir = rundir.checkpoint_dir(ctx.run_dir, "adass") if ctx.run_dir and cfg.train.checkpoint else ""
     eval_path = join(ckpt_dir, "supernet_eval.pt") if ckpt_dir else ""
     writer = SummaryWriter(rundir.tb_dir(ctx.run_dir, "adass")) if ctx.run_dir and env.is_main else None
     build_model = model_factory(cfg, ctx.candidates, ctx.schema.num_dense)
     log: dict[str, Any] = {}
     # Rank 0 decides, so every rank takes the same branch (the run directory may be rank 0's only).
     resume = bool(broadcast_object(bool(eval_path) and env.is_main and exists(eval_path)))
-    if resume:
+    if "adass_evaluator" in ctx.cache:
+        evaluator = ctx.cache["adass_evaluator"]
+        log["supernet"] = {"shared": True}
+    elif resume:
         configs = Architecture.uniform(ctx.schema, max(ctx.candidates)).to_ebc_configs()
         evaluator = SupernetEvaluator.load(eval_path, build_model, configs) if env.is_main else None
         log["supernet"] = {"resumed": True}
@@ -59,6 +65,7 @@ def adass(ctx: SearchContext) -> SearchResult:
             # A resume starts from the evaluator from now on; the supernet's DCP checkpoint (every table
             # at d_max plus optimizer state: the largest file of the run) is no longer needed.
             remove_tree(join(ckpt_dir, "supernet"))
+    ctx.cache["adass_evaluator"] = evaluator
     result: tuple[list[int], list[int], dict[str, Any], dict[str, Any]] | None = None
     if env.is_main:
         assert evaluator is not None
@@ -71,7 +78,7 @@ def adass(ctx: SearchContext) -> SearchResult:
             acfg,
             cfg.train.seed,
             writer,
-            join(ckpt_dir, "rl_state.pt") if ckpt_dir else "",
+            join(rl_dir, "rl_state.pt") if rl_dir else "",
             cfg.train.progress,
         )
         argmax = search.run()

@@ -207,7 +207,7 @@ class SupernetTrainer:
             self.cfg,
             task,
             Architecture.uniform(ctx.schema, max(self.candidates)),
-            run_dir=ctx.run_dir,
+            run_dir=ctx.state_dir,
             tag="adass/supernet",
             hooks=self.hooks,
             build_model=self.build_model,
