@@ -11,8 +11,20 @@ Prints a markdown table (test AUC / logloss mean ± std over seeds, bytes, wall 
     .venv/bin/python tools/bench_quality.py --config configs/quickstart.yaml \\
         --methods uniform power_rule --budgets 0.25 0.5 --seeds 0 1 2 --out runs/bench_synth
 
+    # AdaS&S at two budgets (one supernet per seed serves both) against the baselines, paired
+    .venv/bin/python tools/bench_quality.py --config configs/frappe_dlrm.yaml --uniform 64 \\
+        --methods uniform power_rule adass --budgets 0.5 0.2 --seeds 0 1 2 --out runs/bench_adass_frappe
+
 Seeds change `train.seed` (initialisation, shuffling, search randomness); the data split stays fixed
 (`data.split_seed`), so the spread is that of training and search, on one split.
+
+Paired comparisons: every training writes its test logits row by row (`scores/<tag>.npy`), so each search
+method is compared with each baseline at the same budget (and with uniform-64) on the same test rows of the
+same seed: the AUC difference with a 95% interval from a paired Poisson bootstrap over test rows
+(`--bootstrap` resamples; both models get the same row weights), per seed and for the mean over seeds
+(rows resampled independently per seed). A difference whose interval contains 0 is a tie. Methods in
+`--list-methods` (default adass) run once per seed with the whole budget list (`search.budget=[...]`),
+so one supernet serves every budget.
 """
 
 from __future__ import annotations
@@ -53,8 +65,22 @@ def run_one(
         raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     print(f"  {run_dir.name}: {time.perf_counter() - start:.0f}s", flush=True)
     if not keep_checkpoints:  # a finished run needs only its metrics; checkpoints are GBs per run
-        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+        for ckpt in [run_dir / "checkpoints", *run_dir.glob("budget_*/checkpoints")]:
+            shutil.rmtree(ckpt, ignore_errors=True)
     return json.loads(metrics_file.read_text())
+
+
+def with_dir(metrics: dict, run_dir: Path) -> dict:
+    return {**metrics, "_run_dir": str(run_dir)}
+
+
+def budget_runs(summary: dict, run_dir: Path) -> list[dict]:
+    """The per-budget sub-runs of a budget-list search, as full metrics dicts."""
+    out = []
+    for i, _ in enumerate(summary["budgets"]):
+        sub = run_dir / f"budget_{i}"
+        out.append(with_dir(json.loads((sub / "metrics.json").read_text()), sub))
+    return out
 
 
 def mean_std(values: list[float]) -> str:
@@ -76,43 +102,77 @@ def main() -> None:
     parser.add_argument(
         "--keep-checkpoints", action="store_true", help="keep each finished run's checkpoints/ (large)"
     )
+    parser.add_argument(
+        "--list-methods", nargs="*", default=["adass"], help="methods run once per seed with the budget list"
+    )
+    parser.add_argument("--bootstrap", type=int, default=1000, help="paired bootstrap resamples")
+    parser.add_argument(
+        "--baselines", nargs="*", default=["uniform", "power_rule", "uniform-64"], help="compared against"
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    jobs = []  # (label, command, config, overrides)
+    rows = []
     for config in args.config:
         name = Path(config).stem
         for dim in args.uniform:
-            jobs.append((f"{name} uniform-{dim}", "train", config, [f"model.embedding_dim={dim}"]))
-        for budget in args.budgets:
-            for method in args.methods:
-                label = f"{name} {method} @{budget:g}"
-                jobs.append(
-                    (
-                        label,
-                        "search",
-                        config,
-                        [f"search.method={method}", f"search.budget={budget} x uniform-64"],
-                    )
+            label = f"{name} uniform-{dim}"
+            print(label, flush=True)
+            runs = []
+            for seed in args.seeds:
+                run_dir = out / (label.replace(" ", "_") + f"_s{seed}")
+                overrides = [f"model.embedding_dim={dim}", f"train.seed={seed}", *args.overrides]
+                runs.append(
+                    with_dir(run_one("train", config, run_dir, overrides, args.keep_checkpoints), run_dir)
                 )
-    rows = []
-    for label, command, config, overrides in jobs:
-        print(label, flush=True)
-        per_seed = []
-        for seed in args.seeds:
-            run_dir = out / (label.replace(" ", "_").replace("@", "b") + f"_s{seed}")
-            per_seed.append(
-                run_one(
-                    command,
-                    config,
-                    run_dir,
-                    [*overrides, f"train.seed={seed}", *args.overrides],
-                    keep_checkpoints=args.keep_checkpoints,
-                )
+            rows.append(
+                {"label": label, "config": name, "kind": f"uniform-{dim}", "budget": None, "runs": runs}
             )
-        rows.append({"label": label, "runs": per_seed})
+        for method in args.methods:
+            budgets = [f"{b} x uniform-64" for b in args.budgets]
+            if method in args.list_methods and len(budgets) > 1:
+                label = f"{name} {method} @" + "+".join(f"{b:g}" for b in args.budgets)
+                print(label, flush=True)
+                per_budget: list[list[dict]] = [[] for _ in budgets]
+                for seed in args.seeds:
+                    run_dir = out / (
+                        label.replace(" ", "_").replace("@", "b").replace("+", "_") + f"_s{seed}"
+                    )
+                    overrides = [
+                        f"search.method={method}",
+                        f"search.budget=[{', '.join(budgets)}]",
+                        f"train.seed={seed}",
+                    ]
+                    summary = run_one(
+                        "search", config, run_dir, [*overrides, *args.overrides], args.keep_checkpoints
+                    )
+                    for i, m in enumerate(budget_runs(summary, run_dir)):
+                        per_budget[i].append(m)
+                for b, runs in zip(args.budgets, per_budget, strict=True):
+                    rows.append(
+                        {
+                            "label": f"{name} {method} @{b:g}",
+                            "config": name,
+                            "kind": method,
+                            "budget": b,
+                            "runs": runs,
+                        }
+                    )
+                continue
+            for b, budget in zip(args.budgets, budgets, strict=True):
+                label = f"{name} {method} @{b:g}"
+                print(label, flush=True)
+                runs = []
+                for seed in args.seeds:
+                    run_dir = out / (label.replace(" ", "_").replace("@", "b") + f"_s{seed}")
+                    overrides = [f"search.method={method}", f"search.budget={budget}", f"train.seed={seed}"]
+                    m = run_one(
+                        "search", config, run_dir, [*overrides, *args.overrides], args.keep_checkpoints
+                    )
+                    runs.append(with_dir(m, run_dir))
+                rows.append({"label": label, "config": name, "kind": method, "budget": b, "runs": runs})
 
     lines = [
         f"seeds {args.seeds}; overrides {args.overrides or 'none'}",
@@ -133,7 +193,7 @@ def main() -> None:
             f"| {row['label']} | {auc} | {logloss} | {size / 2**20:.2f} MiB | {search:.1f} | {train:.1f} "
             f"| {dims_text} |"
         )
-    lines += ["", *planted_lines(rows)]
+    lines += ["", *planted_lines(rows), "", *paired_lines(rows, args.bootstrap, args.baselines)]
     table = "\n".join(lines)
     print(table)
     (out / "summary.md").write_text(table + "\n")
@@ -169,7 +229,7 @@ def planted_lines(rows: list[dict]) -> list[str]:
     the planted ranks (Spearman), and are the dims the same across seeds?"""
     lines = []
     for row in rows:
-        runs = [r for r in row["runs"] if "dims" in r]
+        runs = [r for r in row["runs"] if "dims" in r and row["kind"] not in ("uniform", "power_rule")]
         if not runs:
             continue
         names = list(runs[0]["dims"])
@@ -186,6 +246,95 @@ def planted_lines(rows: list[dict]) -> list[str]:
             )
         same = sum(len({r["dims"][n] for r in runs}) == 1 for n in names)
         lines.append(f"{text} identical dims across seeds for {same}/{len(names)} tables")
+    return lines
+
+
+def _scores(run: dict):
+    import numpy as np
+
+    rel = run.get("test_scores")
+    return None if rel is None else np.load(Path(run["_run_dir"]) / rel)
+
+
+def _weighted_auc(order, labels, weights):
+    """AUC of scores sorted by `order` under row weights [B, N] (ties between scores ignored)."""
+    import numpy as np
+
+    y = labels[order]
+    w = weights[:, order]
+    wpos, wneg = w * y, w * (1 - y)
+    below = np.cumsum(wneg, axis=1) - wneg  # negative weight strictly before each row
+    return (wpos * below).sum(1) / np.maximum(wpos.sum(1) * wneg.sum(1), 1e-12)
+
+
+def paired_bootstrap(pairs: list[tuple], resamples: int, seed: int = 0) -> dict:
+    """AUC(method) - AUC(baseline) per seed and for the mean over seeds, with 95% intervals from a paired
+    Poisson bootstrap over test rows. `pairs`: per seed (method scores [2, N], baseline scores [2, N])."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    per_seed, draws = [], []
+    for a, b in pairs:
+        if a.shape != b.shape or not np.array_equal(a[1], b[1]):
+            raise SystemExit("paired comparison: the two runs' test rows differ (split or world size?)")
+        labels = a[1]
+        oa, ob = np.argsort(a[0], kind="stable"), np.argsort(b[0], kind="stable")
+        ones = np.ones((1, labels.size))
+        point = float(_weighted_auc(oa, labels, ones)[0] - _weighted_auc(ob, labels, ones)[0])
+        d = []
+        for start in range(0, resamples, 50):
+            w = rng.poisson(1.0, size=(min(50, resamples - start), labels.size)).astype(np.float64)
+            d.append(_weighted_auc(oa, labels, w) - _weighted_auc(ob, labels, w))
+        d = np.concatenate(d)
+        draws.append(d)
+        per_seed.append((point, float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))))
+    mean = np.mean(draws, axis=0)
+    point = float(np.mean([p[0] for p in per_seed]))
+    return {
+        "per_seed": per_seed,
+        "mean": (point, float(np.quantile(mean, 0.025)), float(np.quantile(mean, 0.975))),
+    }
+
+
+def _verdict(lo: float, hi: float) -> str:
+    return "better" if lo > 0 else ("worse" if hi < 0 else "tie")
+
+
+def paired_lines(rows: list[dict], resamples: int, baselines: list[str]) -> list[str]:
+    """Each search method against each baseline at the same budget (and uniform-64), paired per seed."""
+    lines = [
+        "Paired test-AUC differences (method - baseline; 95% paired bootstrap over test rows; a tie when the "
+        "interval contains 0):",
+        "",
+        "| data | method | vs | per seed: diff [interval] | mean over seeds [interval] | verdict |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        if row["budget"] is None or row["kind"] in ("uniform", "power_rule"):
+            continue
+        for base in baselines:
+            other = next(
+                (
+                    r
+                    for r in rows
+                    if r["config"] == row["config"]
+                    and (r["kind"] == base and (r["budget"] == row["budget"] or base.startswith("uniform-")))
+                ),
+                None,
+            )
+            if other is None:
+                continue
+            seeds = min(len(row["runs"]), len(other["runs"]))
+            pairs = [(_scores(row["runs"][i]), _scores(other["runs"][i])) for i in range(seeds)]
+            if any(a is None or b is None for a, b in pairs):
+                continue
+            result = paired_bootstrap(pairs, resamples)
+            seeds_text = "; ".join(f"{p:+.4f} [{lo:+.4f}, {hi:+.4f}]" for p, lo, hi in result["per_seed"])
+            p, lo, hi = result["mean"]
+            lines.append(
+                f"| {row['config']} | {row['kind']} @{row['budget']:g} | {other['label'].split(' ', 1)[1]} "
+                f"| {seeds_text} | {p:+.4f} [{lo:+.4f}, {hi:+.4f}] | {_verdict(lo, hi)} |"
+            )
     return lines
 
 

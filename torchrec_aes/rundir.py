@@ -10,6 +10,7 @@ RUN/
   report.md, *.png     the report and its plots
   tb/<tag>/            TensorBoard events of each training / search phase
   checkpoints/<tag>/   DCP checkpoints of each training / search phase (resume)
+  scores/<tag>.npy     each training's test logits and labels, row by row ([2, N]; CTR)
   <method>/            a method's own state (e.g. bet/)
   budget_<i>/          with a list of budgets: one complete run directory per budget, and in RUN/ the
                        summary metrics.json, frontier.json / frontier.png and report.md
@@ -52,6 +53,16 @@ def tb_dir(run_dir: str, tag: str) -> str:
 def checkpoint_dir(run_dir: str, tag: str) -> str:
     """Checkpoints of one phase: `RUN/checkpoints/<tag>`."""
     return join(run_dir, "checkpoints", tag)
+
+
+def write_scores(run_dir: str, tag: str, scores: Any) -> str:
+    """Saves a training's per-row test scores as `RUN/scores/<tag>.npy`; returns that path relative to RUN
+    (what metrics.json records, so benchmarks can compare models on the same rows)."""
+    from torchrec_aes.io import save_numpy_atomic
+
+    relative = f"scores/{tag}.npy"
+    save_numpy_atomic(join(run_dir, relative), scores)
+    return relative
 
 
 def budget_dir(run_dir: str, index: int) -> str:

@@ -133,6 +133,11 @@ class Task(ABC):
     def test(self, dmp: DistributedModelParallel, env: DistEnv, snapshot: Any) -> dict[str, float]:
         """Test metrics of the best epoch: from its snapshot, or (snapshot None) of the current model."""
 
+    def test_scores(self) -> Any:
+        """Per-row scores of the last test pass for paired comparisons (rank 0; e.g. CTR: [2, N] logits and
+        labels as a numpy array), or None."""
+        return None
+
     def describe(self, plan: ShardingPlan) -> dict[str, Any]:
         """Task-specific fields for the training result."""
         return {}

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torchrec.datasets.utils import Batch
@@ -99,6 +100,7 @@ class CTRTask(Task):
         super().__init__(cfg, data, planted)
         self.keys: list[str] = list(data.schema.sparse_names)
         self.rows: dict[str, CTRData] = {"train": data.train, "val": data.val, "test": data.test}
+        self.scores: Any = None  # [2, N] logits and labels of the last test pass (rank 0)
 
     @classmethod
     def load(cls, cfg: Config) -> CTRTask:
@@ -193,19 +195,35 @@ class CTRTask(Task):
         )
 
     @torch.no_grad()
-    def metrics(self, dmp: DistributedModelParallel, env: DistEnv, split: str) -> dict[str, float]:
-        """AUC, logloss and NE of the current model on all ranks' shares of `split`."""
+    def metrics(
+        self, dmp: DistributedModelParallel, env: DistEnv, split: str, keep_scores: bool = False
+    ) -> dict[str, float]:
+        """AUC, logloss and NE of the current model on all ranks' shares of `split`; with `keep_scores`,
+        rank 0 also keeps every row's logit and label in `scores` (for paired comparisons of models)."""
         tc = self.cfg.train
         dmp.eval()
         metrics = BinaryMetrics(env.world_size, env.rank, tc.eval_batch_size, env.device)
+        kept: list[torch.Tensor] = []
         for batch in self.batches(split, env, tc.eval_batch_size):
             _, (_, logits, labels) = dmp(batch.to(env.device))
             metrics.update(logits, labels)
+            if keep_scores:
+                kept.append(torch.stack([logits.float(), labels.float()]).cpu())
         dmp.train()
+        if keep_scores:
+            local = torch.cat(kept, dim=1) if kept else torch.zeros(2, 0)
+            if env.world_size > 1:  # every rank holds the same number of rows (iter_batches)
+                parts = [torch.empty_like(local) for _ in range(env.world_size)]
+                dist.all_gather(parts, local.contiguous())
+                local = torch.cat(parts, dim=1)
+            self.scores = local.numpy() if env.is_main else None
         return metrics.compute()
 
     def evaluate(self, dmp: DistributedModelParallel, env: DistEnv) -> tuple[dict[str, float], Any]:
         return self.metrics(dmp, env, "val"), None
 
     def test(self, dmp: DistributedModelParallel, env: DistEnv, snapshot: Any) -> dict[str, float]:
-        return self.metrics(dmp, env, "test")
+        return self.metrics(dmp, env, "test", keep_scores=True)
+
+    def test_scores(self) -> Any:
+        return self.scores

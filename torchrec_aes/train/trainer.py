@@ -242,6 +242,9 @@ class Trainer:
                     hooks.on_best(self.model)
                 self.best_snapshot = None
             result["test"] = task.test(self.model, env, self.best_snapshot)
+            scores = task.test_scores()
+            if scores is not None and self.run_dir and env.is_main:
+                result["test_scores"] = rundir.write_scores(self.run_dir, self.tag, scores)
             if self.writer:
                 for k, v in result["test"].items():
                     self.writer.add_scalar(f"test/{k}", v, best)
