@@ -53,14 +53,16 @@ def _search(args: argparse.Namespace) -> None:
     cfg = _load(args)
     metrics = run_search(cfg)
     if _rank() == 0:
-        dims = " ".join(f"{k.removeprefix('t_')}={v}" for k, v in metrics["dims"].items())
-        print(f"{metrics['method']}: dims {dims}")
-        print(
-            f"embedding bytes {format_bytes(metrics['embedding_bytes'])} "
-            f"<= budget {format_bytes(metrics['budget_bytes'])}"
-        )
-        if "test" in metrics:
-            print("test " + " ".join(f"{k}={v:.4f}" for k, v in sorted(metrics["test"].items())))
+        for m in metrics.get("budgets", [metrics]):  # a budget list: one line block per budget
+            dims = " ".join(f"{k.removeprefix('t_')}={v}" for k, v in m["dims"].items())
+            winner = f" (final pick: {m['winner']})" if "winner" in m else ""
+            print(f"{metrics['method']}{winner}: dims {dims}")
+            print(
+                f"embedding bytes {format_bytes(m['embedding_bytes'])} "
+                f"<= budget {format_bytes(m['budget_bytes'])}"
+            )
+            if m.get("test"):
+                print("test " + " ".join(f"{k}={v:.4f}" for k, v in sorted(m["test"].items())))
         print(f"run directory: {cfg.run_dir} (report.md, architecture.yaml, plan.json, metrics.json, tb/)")
 
 
