@@ -1,18 +1,31 @@
 """`torchrec-aes {train,search,plan}`: thin argument parsing over torchrec_aes.runs.
 
-Every command runs unchanged under `torchrun --nproc_per_node N` (gloo on CPU, nccl on GPU). User errors
-(bad config key, malformed data row, infeasible budget, a plan that does not fit) print one line and exit 2.
+Every command runs unchanged under `torchrun --nproc_per_node N` (gloo on CPU, nccl on GPU).
+
+Exit codes: 0 done; 2 a user error (bad config key or value, missing or unreadable file, malformed data
+row, infeasible budget, a plan that does not fit, a checkpoint of another run): one line
+`torchrec-aes <cmd>: error: ...` on stderr (from rank 0; every rank exits 2); 1 a bug: the traceback and a
+line saying so. What counts as a user error is `torchrec_aes.errors.user_error_message`.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
+import tempfile
+import traceback
 import warnings
 
-from torchrec_aes.config import ConfigError, load_config
+from torchrec_aes.config import load_config
+from torchrec_aes.errors import UserError, user_error_message
+from torchrec_aes.io import is_local
+
+# Libraries whose warnings are noise to a user (TorchRec and FBGEMM warn a lot on CPU, about their own
+# deprecations); warnings issued from torchrec_aes itself stay visible.
+_NOISY_MODULES = r"(torch|torchrec|fbgemm_gpu|torchmetrics|torchx|tensorboard|iopath)(\.|$)"
 
 
 def _rank() -> int:
@@ -20,18 +33,35 @@ def _rank() -> int:
 
 
 def _quiet() -> None:
-    """TorchRec and FBGEMM warn a lot on CPU; keep the output to what a user needs."""
-    warnings.filterwarnings("ignore")
+    """Keeps the output to what a user needs: library warnings and logs below ERROR are dropped."""
+    warnings.filterwarnings("ignore", module=_NOISY_MODULES)
     logging.basicConfig(level=logging.ERROR, format="%(message)s")
     for name in ("torchrec", "fbgemm_gpu", "torch", "torch.fx._symbolic_trace"):
         logging.getLogger(name).setLevel(logging.ERROR)
     logging.getLogger("torchrec_aes").setLevel(logging.INFO if _rank() == 0 else logging.ERROR)
 
 
+def _check_run_dir(path: str) -> None:
+    """Fails fast (before any data is read) if the run directory cannot be created or written."""
+    if not is_local(path):
+        return
+    local = path.removeprefix("file://")
+    if os.path.exists(local) and not os.path.isdir(local):
+        raise UserError(f"run_dir: {local}: is a file (expected a directory)")
+    try:
+        os.makedirs(local, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=local, prefix=".write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(f"run_dir: {local}: cannot write there ({e.strerror or e})") from None
+
+
 def _load(args: argparse.Namespace):
-    cfg = load_config(args.config, args.overrides)
-    if args.run_dir:
-        cfg.run_dir = args.run_dir
+    # --run-dir goes through the config's own validation (a JSON string is a quoted YAML scalar).
+    overrides = list(args.overrides) + ([f"run_dir={json.dumps(args.run_dir)}"] if args.run_dir else [])
+    cfg = load_config(args.config, overrides)
+    _check_run_dir(cfg.run_dir)
     return cfg
 
 
@@ -77,6 +107,14 @@ def _plan(args: argparse.Namespace) -> None:
     )
     from torchrec_aes.planning.plan_io import save_plan
 
+    for flag, value, ok in (
+        ("--world-size", args.world_size, args.world_size >= 1),
+        ("--hbm-gb", args.hbm_gb, 0 <= args.hbm_gb < float("inf")),
+        ("--ddr-gb", args.ddr_gb, 0 <= args.ddr_gb < float("inf")),
+        ("--batch-size", args.batch_size, args.batch_size >= 1),
+    ):
+        if not ok:
+            raise UserError(f"{flag}: {value} is out of range; expected {'>= 0' if 'gb' in flag else '>= 1'}")
     path = rundir.architecture_file(args.arch)
     arch = Architecture.load(path)
     plan = plan_architecture(
@@ -141,9 +179,19 @@ def main(argv: list[str] | None = None) -> None:
     _quiet()
     try:
         args.fn(args)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except Exception as e:
+        message = user_error_message(e)
+        if message is None:
+            traceback.print_exc()
+            print(
+                f"torchrec-aes {args.command}: internal error: {type(e).__name__} (a bug in torchrec-aes or "
+                "a library it calls, not in your input; please report it with the traceback above)",
+                file=sys.stderr,
+            )
+            sys.exit(1)
+        # Every rank holds the same config and data, so they fail alike: one line, from rank 0.
         if _rank() == 0:
-            print(f"torchrec-aes {args.command}: error: {e}", file=sys.stderr)
+            print(f"torchrec-aes {args.command}: error: {message}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -13,18 +13,27 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
 
-from torchrec_aes.io import read_text, write_text_atomic
+from torchrec_aes.errors import UserError, yaml_error
+from torchrec_aes.io import is_local, read_text, write_text_atomic
 
 
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the dotted key."""
+class ConfigError(UserError):
+    """A config file or override is invalid; the message names the dotted key, the value and what is
+    allowed."""
+
+
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """The config file does not exist (a user error that callers catching `FileNotFoundError` still see)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -143,6 +152,9 @@ class TrainConfig:
     """Dense weight decay."""
     checkpoint: bool = True
     """Write a DCP checkpoint each epoch and resume from the last one."""
+    resume: bool = True
+    """Resume from the run directory's checkpoints (they must belong to the same config, data and seed).
+    false: start fresh: ignore and replace existing checkpoints."""
     log_every: int = 50
     """TensorBoard scalar interval in steps."""
     progress: bool = True
@@ -288,18 +300,23 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
     if tp is int:
         if isinstance(value, bool):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
         try:
             as_float = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{path}: expected an integer, got {value!r}") from None
-        if as_float != int(as_float):
+        if not math.isfinite(as_float) or as_float != int(as_float):
             raise ConfigError(f"{path}: expected an integer, got {value!r}")
         return int(as_float)
     if tp is float:
         try:
-            return float(value)
-        except (TypeError, ValueError):
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{path}: expected a number, got {value!r}") from None
+        if isinstance(value, bool) or not math.isfinite(number):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, dict | list):
             raise ConfigError(f"{path}: expected a string, got {value!r}")
@@ -367,17 +384,31 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         overrides: `a.b.c=value` strings.
 
     Raises:
-        ConfigError: unknown key, wrong type, or invalid value (message names the key).
+        ConfigError: unknown key, wrong type, or invalid value (message names the key); a file that is
+            not a readable YAML mapping (message names the file, and the line of a syntax error).
+        ConfigFileNotFoundError: `path` does not exist.
     """
     data: dict = {}
     if path:
+        if is_local(path) and os.path.isdir(path.removeprefix("file://")):
+            raise ConfigError(f"{path}: is a directory (expected a YAML config file)")
         try:
-            data = yaml.safe_load(read_text(path)) or {}
+            text = read_text(path)
+        except FileNotFoundError:
+            raise ConfigFileNotFoundError(f"{path}: no such config file") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        try:
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+            raise ConfigError(str(yaml_error(path, e))) from None
         if not isinstance(data, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-    data = apply_overrides(data, overrides or [])
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {data!r}")
+    for override in overrides or []:
+        try:
+            apply_overrides(data, [override])
+        except yaml.YAMLError as e:
+            raise ConfigError(str(yaml_error(f"override '{override}'", e))) from None
     try:
         cfg = config_from_dict(data)
     except ConfigError as e:
@@ -386,8 +417,68 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
     return cfg
 
 
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _non_negative(v: Any) -> bool:
+    return v >= 0
+
+
+_POSITIVE, _NON_NEGATIVE = "> 0", ">= 0"
+
+# Range of every numeric field of the core sections: (dotted key, check, what is allowed). Method sections
+# (`search.adass`, `search.bet`, ...) check their own fields in their packages.
+_RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("data.split_seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2^32)"),
+    ("data.min_count", _non_negative, _NON_NEGATIVE),
+    ("data.hash_size", _non_negative, ">= 0 (0 = build a vocabulary)"),
+    ("data.max_rows", _non_negative, ">= 0 (0 = all rows)"),
+    ("data.field_offsets", lambda v: all(x >= 0 for x in v) and v == sorted(set(v)), "ascending, >= 0"),
+    ("data.synthetic.num_examples", lambda v: v >= 10, ">= 10 (the 8:1:1 split needs rows in each part)"),
+    ("data.synthetic.num_dense", _non_negative, _NON_NEGATIVE),
+    ("data.synthetic.cardinalities", lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of sizes > 0"),
+    ("data.synthetic.true_ranks", lambda v: v is None or all(0 <= r < 2**15 for r in v), "in [0, 2^15)"),
+    ("data.synthetic.zipf_exponent", _positive, _POSITIVE),
+    ("data.synthetic.signal_scale", _non_negative, _NON_NEGATIVE),
+    ("model.embedding_dim", _positive, _POSITIVE),
+    ("model.dense_arch", lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of layer sizes > 0"),
+    ("model.over_arch", lambda v: min(v, default=1) > 0, "layer sizes > 0 (a 1-unit layer is appended)"),
+    ("model.cross_layers", _non_negative, _NON_NEGATIVE),
+    ("model.cross_rank", _positive, _POSITIVE),
+    ("model.num_layers", _non_negative, _NON_NEGATIVE),
+    ("train.seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2^32)"),
+    ("train.batch_size", _positive, _POSITIVE),
+    ("train.eval_batch_size", _positive, _POSITIVE),
+    ("train.epochs", _positive, _POSITIVE),
+    ("train.max_steps", _non_negative, ">= 0 (0 = whole epochs)"),
+    ("train.patience", _non_negative, ">= 0 (epochs without a new best before stopping)"),
+    ("train.embedding_lr", _positive, _POSITIVE),
+    ("train.dense_lr", _positive, _POSITIVE),
+    ("train.weight_decay", _non_negative, _NON_NEGATIVE),
+    ("train.log_every", _positive, "> 0 (steps between TensorBoard scalars)"),
+    ("train.ranking_k", lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of K > 0"),
+    ("plan.world_size", _non_negative, ">= 0 (0 = the current world size)"),
+    ("plan.hbm_gb", _non_negative, ">= 0 (0 = TorchRec's default)"),
+    ("plan.ddr_gb", _non_negative, ">= 0 (0 = TorchRec's default)"),
+    ("search.power_alpha", _non_negative, _NON_NEGATIVE),
+]
+
+
+def _get(cfg: Config, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
+
+
 def validate(cfg: Config) -> None:
-    """Checks values that types alone do not constrain."""
+    """Checks values that types alone do not constrain: choices, ranges, and the forms of composite
+    fields (split, candidates, budget); every error names the dotted key, the value and what is allowed.
+
+    Raises:
+        ConfigError: the first invalid value.
+    """
     choices = {
         "data.type": (cfg.data.type, ("synthetic", "criteo", "tabular", "libfm", "interactions")),
         "model.type": (cfg.model.type, ("dlrm", "dcn", "mf", "lightgcn")),
@@ -399,6 +490,10 @@ def validate(cfg: Config) -> None:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise ConfigError(f"{key}: '{value}' is not one of {', '.join(allowed)}")
+    for key, ok, expected in _RANGES:
+        value = _get(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}: {value!r} is out of range; expected {expected}")
     if len(cfg.data.split) != 3 or abs(sum(cfg.data.split) - 1.0) > 1e-6 or min(cfg.data.split) <= 0:
         raise ConfigError(f"data.split: expected three positive fractions summing to 1, got {cfg.data.split}")
     bad = [d for d in cfg.search.candidates if d <= 0 or d % 4]
@@ -407,11 +502,32 @@ def validate(cfg: Config) -> None:
             f"search.candidates: {cfg.search.candidates} must be non-empty multiples of 4 "
             "(FBGEMM's fused kernels need dims divisible by 4)"
         )
-    if cfg.model.embedding_dim <= 0:
-        raise ConfigError(f"model.embedding_dim: must be positive, got {cfg.model.embedding_dim}")
-    for key in ("batch_size", "eval_batch_size", "epochs"):
-        if getattr(cfg.train, key) <= 0:
-            raise ConfigError(f"train.{key}: must be positive, got {getattr(cfg.train, key)}")
+    if not cfg.run_dir.strip():
+        raise ConfigError("run_dir: must not be empty (the directory every artifact of the run goes to)")
+    if cfg.arch and is_local(cfg.arch):
+        from torchrec_aes import rundir
+
+        path = rundir.architecture_file(cfg.arch).removeprefix("file://")
+        if not os.path.isfile(path):
+            what = "is a directory" if os.path.isdir(path) else "no such file"
+            raise ConfigError(f"arch: {path}: {what} (expected an architecture.yaml or a run directory)")
+    _check_budget_form(cfg)
+
+
+def _check_budget_form(cfg: Config) -> None:
+    """Parses each `search.budget` against an empty schema: its form and number are checked at load; what
+    it amounts to needs the data (`Budget.parse` again, with the schema)."""
+    from torchrec_aes.data.schema import Schema
+    from torchrec_aes.planning.memory import Budget
+
+    if not cfg.search.budget:
+        raise ConfigError("search.budget: [] is empty; expected at least one budget, e.g. '0.5 x uniform-64'")
+    for i, text in enumerate(cfg.search.budget):
+        key = "search.budget" if len(cfg.search.budget) == 1 else f"search.budget[{i}]"
+        try:
+            Budget.parse(text, Schema(), cfg.train.embedding_optimizer, cfg.search.count)
+        except ValueError as e:
+            raise ConfigError(f"{key}: {e}") from None
 
 
 def save_config(cfg: Config, path: str) -> None:

@@ -227,16 +227,32 @@ def format_amount(n: int, count: str = "bytes") -> str:
     return f"{n} B ({format_bytes(n)})"
 
 
+_MAX_AMOUNT = 2**63 - 1
+"""Larger sizes are typos (an int64 holds every real memory size)."""
+
+
+def _amount(number: str, unit_size: int, text: str) -> int:
+    """`number` x `unit_size` as an int; a ValueError for infinite or absurdly large values (e.g. 1e400)."""
+    value = float(number) * unit_size
+    if not math.isfinite(value) or value > _MAX_AMOUNT:
+        raise ValueError(f"'{text}' is too large (at most {_MAX_AMOUNT:.3g})")
+    return int(value)
+
+
 def parse_bytes(text: str) -> int:
-    """Parses "123456", "800MB" (decimal, 10^6), "64KiB", "1.5GiB" (binary, 2^30) into bytes."""
-    m = re.fullmatch(rf"\s*({_NUMBER})\s*([a-zA-Z]*)\s*", text)
+    """Parses "123456", "800MB" (decimal, 10^6), "64KiB", "1.5GiB" (binary, 2^30) into bytes.
+
+    Raises:
+        ValueError: not a number with a known unit, or too large (e.g. "1e400").
+    """
+    m = re.fullmatch(rf"\s*({_NUMBER})\s*([a-zA-Z]*)\s*", str(text))
     unit = m.group(3).lower() if m else ""
     if not m or unit not in _BYTE_UNITS:
         raise ValueError(
             f"'{text}' is not a byte size; expected a number with an optional unit "
             f"(B, KB, MB, GB, TB = powers of 1000; KiB, MiB, GiB, TiB = powers of 1024), e.g. '1.5GiB'"
         )
-    return int(float(m.group(1)) * _BYTE_UNITS[unit])
+    return _amount(m.group(1), _BYTE_UNITS[unit], str(text))
 
 
 def _parse_params(text: str) -> int:
@@ -244,7 +260,7 @@ def _parse_params(text: str) -> int:
     unit = m.group(3).lower() if m else ""
     if not m or unit not in _PARAM_UNITS:
         raise ValueError(f"'{text}' is not a parameter count; expected e.g. '123456', '500K', '1.5M'")
-    return int(float(m.group(1)) * _PARAM_UNITS[unit])
+    return _amount(m.group(1), _PARAM_UNITS[unit], text)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -320,10 +336,13 @@ class Budget:
                     return cls._of_reference(factor, rhs, schema, optimizer, count, s)
                 if count != "bytes":
                     raise ValueError("a topology budget needs count=bytes")
-                if not factor.is_integer() or factor < 1:
-                    raise ValueError(f"world size {m.group(1)} must be a positive integer")
-                return cls(int(factor) * parse_bytes(rhs), count, optimizer, s)
-            amount = parse_bytes(s) if count == "bytes" else _parse_params(s)
+                if not factor.is_integer() or not 1 <= factor <= 2**20:
+                    raise ValueError(f"world size {m.group(1)} must be an integer in [1, 2^20]")
+                amount = int(factor) * parse_bytes(rhs)
+            else:
+                amount = parse_bytes(s) if count == "bytes" else _parse_params(s)
+            if amount <= 0:
+                raise ValueError(f"{format_amount(amount, count)} must be positive")
             return cls(amount, count, optimizer, s)
         except ValueError as e:
             raise ValueError(f"budget '{text}': {e}. Accepted forms: {_BUDGET_FORMS}") from None
@@ -335,8 +354,8 @@ class Budget:
         arch = _reference_arch(ref, schema)
         if arch is None:
             raise ValueError(f"unknown reference architecture '{ref}' (use uniform-<dim> or a .yaml file)")
-        if factor <= 0:
-            raise ValueError(f"fraction {factor} must be positive")
+        if not 0 < factor <= 1e6:
+            raise ValueError(f"fraction {factor:g} must be positive and at most 1e6")
         return cls(math.floor(factor * arch_bytes(arch, optimizer, count)), count, optimizer, text)
 
     def used(self, arch: Architecture) -> int:
