@@ -29,6 +29,7 @@ import yaml
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 
 from torchrec_aes.data.schema import Schema
+from torchrec_aes.errors import UserError, yaml_error
 from torchrec_aes.io import read_text, write_text_atomic
 
 
@@ -118,8 +119,11 @@ class Architecture:
         ]
 
     def check_schema(self, schema: Schema, source: str = "architecture") -> None:
-        """Raises ValueError if the tables do not match the data's features and table sizes."""
+        """Raises ValueError if the tables do not match the data: a feature the data does not have, a
+        feature of the data without a table (a dropped feature is a table of dim 0), a feature in two
+        tables, or a table with fewer rows than the feature's ids."""
         known = {f.name: f.num_embeddings for f in schema.sparse}
+        seen: dict[str, str] = {}
         for t in self.tables:
             for name in t.feature_names:
                 if name not in known:
@@ -127,6 +131,12 @@ class Architecture:
                         f"{source}: table '{t.name}' uses feature '{name}', which the data does not have "
                         f"(features: {', '.join(known)})"
                     )
+                if name in seen:
+                    raise ValueError(
+                        f"{source}: feature '{name}' is in two tables, '{seen[name]}' and '{t.name}'; "
+                        "expected exactly one table per feature"
+                    )
+                seen[name] = t.name
                 if t.num_embeddings < known[name]:
                     raise ValueError(
                         f"{source}: table '{t.name}' has {t.num_embeddings} rows but feature '{name}' "
@@ -134,35 +144,67 @@ class Architecture:
                     )
             if t.embedding_dim < 0:
                 raise ValueError(f"{source}: table '{t.name}' has negative embedding_dim {t.embedding_dim}")
+        missing = [name for name in known if name not in seen]
+        if missing:
+            raise ValueError(
+                f"{source}: no table for data feature(s) {', '.join(missing)} "
+                f"({len(self.tables)} tables for {len(known)} features); expected one table per feature "
+                "(embedding_dim 0 drops a feature)"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "architecture") -> Architecture:
-        if not isinstance(data, dict) or "tables" not in data:
+        """The inverse of `to_dict`; every error is a one-line ValueError naming `source` and the key.
+
+        `num_tables` (written by `save`) is checked against the tables read, so a file cut at a table
+        boundary is refused; dicts without it (older files, hand-made ones) are accepted.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("tables"), list):
             raise ValueError(f"{source}: expected a mapping with a 'tables' list")
         allowed = {"name", "feature_names", "num_embeddings", "embedding_dim"}
         tables = []
         for i, t in enumerate(data["tables"]):
-            unknown = set(t) - allowed
-            missing = allowed - set(t)
-            if unknown or missing:
-                raise ValueError(
-                    f"{source}: tables[{i}] has keys {sorted(t)}; expected exactly {sorted(allowed)}"
-                )
+            where = f"{source}: tables[{i}]"
+            if not isinstance(t, dict) or set(t) != allowed:
+                keys = sorted(t) if isinstance(t, dict) else repr(t)
+                raise ValueError(f"{where} has keys {keys}; expected exactly {sorted(allowed)}")
+            names = t["feature_names"]
+            if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+                raise ValueError(f"{where}.feature_names: {names!r}; expected a non-empty list of names")
             tables.append(
                 TableArch(
-                    str(t["name"]),
-                    list(t["feature_names"]),
-                    int(t["num_embeddings"]),
-                    int(t["embedding_dim"]),
+                    _text(t["name"], f"{where}.name"),
+                    list(names),
+                    _integer(t["num_embeddings"], f"{where}.num_embeddings", minimum=1),
+                    _integer(t["embedding_dim"], f"{where}.embedding_dim", minimum=0),
                 )
             )
-        top = {k: v for k, v in data.items() if k != "tables"}
+        names = [t.name for t in tables]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"{source}: table names {twice} appear more than once; expected unique names")
+        top = {k: v for k, v in data.items() if k not in ("tables", "num_tables")}
         allowed_top = {"method", "budget_bytes", "embedding_bytes", "seed", "schema_hash", "extra", "kind"}
         if set(top) - allowed_top:
-            raise ValueError(f"{source}: unknown keys {sorted(set(top) - allowed_top)}")
+            raise ValueError(
+                f"{source}: unknown keys {sorted(set(top) - allowed_top)}; allowed: "
+                f"{', '.join(sorted(allowed_top | {'tables', 'num_tables'}))}"
+            )
+        if "num_tables" in data:
+            count = _integer(data["num_tables"], f"{source}: num_tables", minimum=0)
+            if count != len(tables):
+                raise ValueError(
+                    f"{source}: has {len(tables)} tables but num_tables says {count}; the file is truncated "
+                    "or was edited (after editing tables by hand, fix or delete num_tables)"
+                )
+        for key in ("budget_bytes", "embedding_bytes", "seed"):
+            if top.get(key) is not None:
+                top[key] = _integer(top[key], f"{source}: {key}", minimum=0)
+        if not isinstance(top.get("extra") or {}, dict):
+            raise ValueError(f"{source}: extra: {top['extra']!r}; expected a mapping")
         if "kind" not in top:  # files written before kinds existed: BET's were the row-wise ones
             top["kind"] = "rowwise" if "row_dims" in (top.get("extra") or {}) else "tables"
         if top["kind"] not in KINDS:
@@ -170,11 +212,46 @@ class Architecture:
         return cls(tables=tables, **top)
 
     def save(self, path: str) -> None:
-        write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Writes `architecture.yaml` atomically: `num_tables` and the provenance first and the tables
+        last, so that `load` detects a file cut short (a missing table, or a last line cut mid-way)."""
+        data = self.to_dict()
+        tables = data.pop("tables")
+        text = yaml.safe_dump({"num_tables": len(tables), **data, "tables": tables}, sort_keys=False)
+        write_text_atomic(path, text)
 
     @classmethod
     def load(cls, path: str) -> Architecture:
-        return cls.from_dict(yaml.safe_load(read_text(path)), source=path)
+        """Reads a file written by `save` (or by hand, without `num_tables`).
+
+        Raises:
+            FileNotFoundError: no such file.
+            ValueError: not UTF-8, not valid YAML (naming the line), truncated, or not an architecture.
+        """
+        try:
+            text = read_text(path)
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        except IsADirectoryError:
+            raise UserError(f"{path}: is a directory (expected an architecture.yaml)") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise yaml_error(path, e) from None
+        if isinstance(data, dict) and "num_tables" in data and not text.endswith("\n"):
+            raise UserError(f"{path}: truncated (the last line is cut short)")
+        return cls.from_dict(data, source=path)
+
+
+def _integer(value: Any, where: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{where}: {value!r}; expected an integer >= {minimum}")
+    return value
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{where}: {value!r}; expected a non-empty name")
+    return value
 
 
 # ---------------------------------------------------------------------------------------------------------
