@@ -36,7 +36,7 @@ from torchrec_aes.config import Config
 from torchrec_aes.planning.memory import attach_table_optimizer
 from torchrec_aes.planning.plan import default_sharders, make_topology, plan_model
 from torchrec_aes.tasks.base import Task
-from torchrec_aes.train.checkpoint import Checkpointer
+from torchrec_aes.train.checkpoint import Checkpointer, run_identity
 from torchrec_aes.train.distributed import DistEnv, init_distributed
 from torchrec_aes.train.hooks import NO_HOOKS, TrainHooks
 
@@ -95,11 +95,13 @@ class Trainer:
         self.optimizer = CombinedOptimizer(parts)
         self.hooks.on_model(self.model)
         self.writer = SummaryWriter(rundir.tb_dir(run_dir, tag)) if run_dir and self.env.is_main else None
-        self.checkpointer = (
-            Checkpointer(rundir.checkpoint_dir(run_dir, tag), self.env.is_main)
-            if run_dir and tc.checkpoint
-            else None
-        )
+        self.checkpointer = None
+        if run_dir and tc.checkpoint:
+            tables = {t.name: [t.num_embeddings, t.embedding_dim] for t in arch.active_tables}
+            identity = run_identity(tc, cfg.model, task.schema.hash(), task.num_examples(), tables)
+            self.checkpointer = Checkpointer(
+                rundir.checkpoint_dir(run_dir, tag), self.env.is_main, identity, resume=tc.resume
+            )
         self.global_step = 0
         self.best_snapshot: Any = None
 
@@ -171,7 +173,6 @@ class Trainer:
         tc, task, env, hooks = self.cfg.train, self.task, self.env, self.hooks
         epochs = tc.epochs if epochs is None else epochs
         key = hooks.score_key or task.stop_metric
-        tables = {t.name: [t.num_embeddings, t.embedding_dim] for t in self.arch.active_tables}
         state: dict[str, Any] = {
             "epoch": -1,
             "best_epoch": -1,
@@ -181,14 +182,10 @@ class Trainer:
             "train_seconds": 0.0,
             "examples": 0,
             "global_step": 0,
-            "tables": tables,
         }
-        if self.checkpointer and (saved := self.checkpointer.state()) is not None:
-            if saved.get("tables") != tables:
-                raise ValueError(
-                    f"{self.checkpointer.directory} holds a checkpoint of another architecture; "
-                    "use a new run directory (or delete that checkpoint) to train this one"
-                )
+        # The newest intact checkpoint of this run (corrupt newer ones are skipped; one of another config,
+        # data, seed or architecture is refused unless train.resume=false).
+        if self.checkpointer and (saved := self.checkpointer.resume()) is not None:
             state = {**state, **saved}
             self.checkpointer.load(state["epoch"], self.model, self.optimizer)
             hooks.load_state_dict(state.get("hooks", {}))
