@@ -4,8 +4,13 @@ Every command runs unchanged under `torchrun --nproc_per_node N` (gloo on CPU, n
 
 Exit codes: 0 done; 2 a user error (bad config key or value, missing or unreadable file, malformed data
 row, infeasible budget, a plan that does not fit, a checkpoint of another run): one line
-`torchrec-aes <cmd>: error: ...` on stderr (from rank 0; every rank exits 2); 1 a bug: the traceback and a
-line saying so. What counts as a user error is `torchrec_aes.errors.user_error_message`.
+`torchrec-aes <cmd>: error: ...` on stderr; 1 a bug: the traceback and a line saying so. What counts as a
+user error is `torchrec_aes.errors.user_error_message`.
+
+Under torchrun every rank that meets a user error exits 2 and rank 0 prints the line (the others, which
+normally fail alike, are stopped by torchrun meanwhile; a rank that failed alone prints it naming itself).
+torchrun itself then exits 1 (its `ChildFailedError`) with a summary naming the first failed rank and its
+exit code 2.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import logging
 import os
 import sys
 import tempfile
+import time
 import traceback
 import warnings
+from typing import NoReturn
 
 from torchrec_aes.config import load_config
 from torchrec_aes.errors import UserError, user_error_message
@@ -26,6 +33,9 @@ from torchrec_aes.io import is_local
 # Libraries whose warnings are noise to a user (TorchRec and FBGEMM warn a lot on CPU, about their own
 # deprecations); warnings issued from torchrec_aes itself stay visible.
 _NOISY_MODULES = r"(torch|torchrec|fbgemm_gpu|torchmetrics|torchx|tensorboard|iopath)(\.|$)"
+
+_PEER_GRACE_SECONDS = 3.0
+"""How long a rank other than 0 waits before reporting a user error itself (see `main`)."""
 
 
 def _rank() -> int:
@@ -136,8 +146,15 @@ def _plan(args: argparse.Namespace) -> None:
     print(f"plan written to {out}")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (exit 2); `--help` shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="torchrec-aes", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="torchrec-aes", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, fn, text in (
         ("train", _train, "train an architecture (uniform dims, or arch=RUN/architecture.yaml)"),
@@ -173,7 +190,11 @@ def main(argv: list[str] | None = None) -> None:
     args, extra = parser.parse_known_args(argv)
     bad = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
     if bad:
-        parser.error(f"unrecognized arguments: {' '.join(bad)}")
+        parser.exit(
+            2,
+            f"torchrec-aes {args.command}: error: unrecognized arguments: {' '.join(bad)} (overrides look "
+            f"like a.b.c=value; see torchrec-aes {args.command} --help)\n",
+        )
     if extra:
         args.overrides = list(args.overrides) + extra
     _quiet()
@@ -189,9 +210,14 @@ def main(argv: list[str] | None = None) -> None:
                 file=sys.stderr,
             )
             sys.exit(1)
-        # Every rank holds the same config and data, so they fail alike: one line, from rank 0.
-        if _rank() == 0:
-            print(f"torchrec-aes {args.command}: error: {message}", file=sys.stderr)
+        # Every rank holds the same config and data, so they normally fail alike: rank 0 prints the line.
+        # The others wait first: torchrun stops them once rank 0 has exited, so only a rank that failed
+        # alone gets to print (naming itself), and rank 0 is not killed before its line is out.
+        prefix = ""
+        if _rank() != 0:
+            time.sleep(_PEER_GRACE_SECONDS)
+            prefix = f"(rank {_rank()}) "
+        print(f"torchrec-aes {args.command}: error: {prefix}{message}", file=sys.stderr)
         sys.exit(2)
 
 

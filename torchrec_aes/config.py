@@ -506,11 +506,16 @@ def validate(cfg: Config) -> None:
         raise ConfigError("run_dir: must not be empty (the directory every artifact of the run goes to)")
     if cfg.arch and is_local(cfg.arch):
         from torchrec_aes import rundir
+        from torchrec_aes.architecture import Architecture
 
         path = rundir.architecture_file(cfg.arch).removeprefix("file://")
         if not os.path.isfile(path):
             what = "is a directory" if os.path.isdir(path) else "no such file"
             raise ConfigError(f"arch: {path}: {what} (expected an architecture.yaml or a run directory)")
+        try:  # its form (syntax, keys, truncation) now; whether it fits the data once that is read
+            Architecture.load(path)
+        except ValueError as e:
+            raise ConfigError(f"arch: {e}") from None
     _check_budget_form(cfg)
 
 

@@ -41,6 +41,7 @@ from torchrec.distributed.types import (
     ShardingType,
 )
 
+from torchrec_aes.errors import UserError
 from torchrec_aes.io import read_text, write_text_atomic
 
 PLAN_FORMAT = "torchrec_aes.sharding_plan"
@@ -163,6 +164,17 @@ def _check_keys(data: Any, allowed: set[str], where: str, required: set[str] | N
         raise ValueError(f"{where}: missing keys {sorted(missing)}")
 
 
+_PLACEMENT = re.compile(r"rank:\d+/[a-z]+(:\d+)?")
+
+
+def _int_list(value: Any, where: str, minimum: int) -> list[int]:
+    if not isinstance(value, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) and x >= minimum for x in value
+    ):
+        raise ValueError(f"{where}: {value!r}; expected a list of integers >= {minimum}")
+    return value
+
+
 def _param_from_dict(d: dict, where: str) -> ParameterSharding:
     _check_keys(d, _PARAM_KEYS, where, required={"sharding_type", "compute_kernel"})
     sharding_types = [t.value for t in ShardingType]
@@ -171,22 +183,33 @@ def _param_from_dict(d: dict, where: str) -> ParameterSharding:
     kernels = [k.value for k in EmbeddingComputeKernel]
     if d["compute_kernel"] not in kernels:
         raise ValueError(f"{where}: compute_kernel '{d['compute_kernel']}' is not one of {kernels}")
+    ranks = d.get("ranks")
+    if ranks is not None:
+        ranks = _int_list(ranks, f"{where}.ranks", minimum=0)
     spec = None
     if d.get("shards") is not None:
+        if not isinstance(d["shards"], list) or not d["shards"]:
+            raise ValueError(f"{where}.shards: {d['shards']!r}; expected a non-empty list of shards or null")
         shards = []
         for i, s in enumerate(d["shards"]):
             sw = f"{where}.shards[{i}]"
             _check_keys(s, {"offsets", "sizes", "placement"}, sw, required={"offsets", "sizes", "placement"})
-            try:
-                shards.append(
-                    ShardMetadata(
-                        [int(x) for x in s["offsets"]], [int(x) for x in s["sizes"]], str(s["placement"])
-                    )
-                )
-            except (TypeError, ValueError, RuntimeError) as e:
+            offsets = _int_list(s["offsets"], f"{sw}.offsets", minimum=0)
+            sizes = _int_list(s["sizes"], f"{sw}.sizes", minimum=0)
+            placement = str(s["placement"])
+            if not _PLACEMENT.fullmatch(placement):
                 raise ValueError(
-                    f"{sw}: {e} (placement looks like 'rank:0/cpu' or 'rank:1/cuda:1')"
-                ) from None
+                    f"{sw}.placement: {placement!r}; expected 'rank:<r>/<device>', e.g. 'rank:0/cpu' or "
+                    "'rank:1/cuda:1'"
+                )
+            try:
+                shards.append(ShardMetadata(offsets, sizes, placement))
+            except (TypeError, ValueError, RuntimeError) as e:
+                raise ValueError(f"{sw}: {' '.join(str(e).split())}") from None
+        if ranks is not None and len(ranks) != len(shards):
+            raise ValueError(
+                f"{where}: {len(ranks)} ranks but {len(shards)} shards; expected one rank per shard"
+            )
         spec = EnumerableShardingSpec(shards)
     cache_params = None
     if d.get("cache_params") is not None:
@@ -194,6 +217,8 @@ def _param_from_dict(d: dict, where: str) -> ParameterSharding:
         cw = f"{where}.cache_params"
         _check_keys(c, _CACHE_KEYS, cw)
         mpp = c.get("multipass_prefetch_config")
+        if mpp is not None:
+            _check_keys(mpp, set(MultiPassPrefetchConfig._fields), cw + ".multipass_prefetch_config")
         cache_params = CacheParams(
             algorithm=_enum(CacheAlgorithm, c.get("algorithm"), cw + ".algorithm"),
             load_factor=c.get("load_factor"),
@@ -207,11 +232,10 @@ def _param_from_dict(d: dict, where: str) -> ParameterSharding:
         allowed_kv = {f.name for f in fields(KeyValueParams)}
         _check_keys(kv, allowed_kv, f"{where}.key_value_params")
         kv = KeyValueParams(**kv)
-    ranks = d.get("ranks")
     return ParameterSharding(
         sharding_type=d["sharding_type"],
         compute_kernel=d["compute_kernel"],
-        ranks=None if ranks is None else [int(r) for r in ranks],
+        ranks=ranks,
         sharding_spec=spec,
         cache_params=cache_params,
         enforce_hbm=d.get("enforce_hbm"),
@@ -261,9 +285,18 @@ def save_plan(plan: ShardingPlan, path: str, metadata: dict | None = None) -> No
 
 
 def load_plan(path: str) -> ShardingPlan:
-    """Reads a plan written by `save_plan`."""
+    """Reads a plan written by `save_plan`.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not UTF-8, not JSON (naming the line), or not a plan (naming the key); one line.
+    """
     try:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        raise UserError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory (expected a plan .json file)") from None
     return plan_from_dict(data, source=path)
