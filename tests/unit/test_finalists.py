@@ -1,0 +1,97 @@
+"""The shared final pick: finalists and the zero-cost baselines trained from scratch, the best on validation
+kept; a search whose own finalist is worse loses to a baseline, and the run says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch.nn.functional as F
+
+from tests.helpers import tiny_config, tiny_splits
+from torchrec_aes.architecture import Architecture
+from torchrec_aes.config import load_config
+from torchrec_aes.planning.memory import Budget
+from torchrec_aes.report import write_report
+from torchrec_aes.runs import run_search
+from torchrec_aes.search.base import SearchContext, SearchResult, register
+from torchrec_aes.search.finalists import Finalist, baseline_finalists, pick_finalist
+from torchrec_aes.tasks.ctr import CTRTask
+from torchrec_aes.train.hooks import TrainHooks
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Backwards(TrainHooks):
+    """Makes a finalist learn the labels reversed (its loss is -2 BCE): a search result that is clearly
+    worse than the baselines on validation."""
+
+    def extra_loss(self, batch, outputs):
+        return -3 * F.binary_cross_entropy_with_logits(outputs, batch.labels)
+
+
+def backwards(ctx: SearchContext) -> SearchResult:
+    arch = Architecture.from_dims(ctx.schema, [min(ctx.candidates)] * len(ctx.schema.sparse))
+    return SearchResult(arch, finalists=[Finalist("backwards", arch, arch, Backwards())])
+
+
+@pytest.fixture
+def registered():
+    from torchrec_aes.search import base
+
+    register("backwards", tasks=("ctr",))(backwards)
+    yield
+    base._METHODS.pop("backwards")
+
+
+def _run(tmp_path: Path, *overrides: str) -> dict:
+    cfg = load_config(
+        str(REPO / "configs" / "tests" / "tiny.yaml"),
+        [
+            "search.method=backwards",
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"run_dir={tmp_path / 'run'}",
+            "train.epochs=3",
+            *overrides,
+        ],
+    )
+    return run_search(cfg)
+
+
+def test_a_worse_search_result_loses_to_a_baseline_trained_from_scratch(tmp_path) -> None:
+    splits = tiny_splits(n=3000)  # learnable: feature 1's parity and dense 0 decide the label
+    cfg = tiny_config()
+    cfg.train.epochs = 3
+    task = CTRTask(cfg, splits)
+    ctx = SearchContext(cfg, task, Budget.parse("0.5 x uniform-16", splits.schema), str(tmp_path))
+    mine = Architecture.from_dims(splits.schema, [4] * len(splits.schema.sparse))
+    chosen, result, rows = pick_finalist(
+        ctx, [Finalist("backwards", mine, mine, Backwards())] + baseline_finalists(ctx)
+    )
+    by_label = {r["label"]: r for r in rows}
+    assert set(by_label) == {"backwards", "uniform", "power_rule"}
+    assert chosen.label in ("uniform", "power_rule") and by_label[chosen.label]["chosen"]
+    assert by_label["backwards"]["val"]["auc"] < 0.5 < result["val"]["auc"]
+    # Successive halving: the worse half stops after the first epoch; the survivor trains on.
+    assert by_label["backwards"]["epochs"] == 1 and by_label[chosen.label]["epochs"] >= 2
+    assert all(ctx.budget.used(f.arch) <= ctx.budget.bytes for f in baseline_finalists(ctx))
+
+
+def test_the_report_says_plainly_when_a_baseline_won(tmp_path) -> None:
+    schema = tiny_splits(n=10).schema
+    arch = Architecture.uniform(schema, 8)
+    row = {"bytes": 1000, "epochs": 1, "val": {"auc": 0.6}, "test": {"auc": 0.6}}
+    metrics = {
+        "finalists": [
+            {**row, "label": "adass", "chosen": False, "baseline": False},
+            {**row, "label": "uniform", "chosen": True, "baseline": True},
+        ]
+    }
+    write_report(str(tmp_path), arch, metrics)
+    text = (tmp_path / "report.md").read_text()
+    assert "| uniform | " in text and "**A zero-cost baseline won: uniform.**" in text
+
+
+def test_without_baselines_the_methods_own_finalist_is_kept(registered, tmp_path) -> None:
+    metrics = _run(tmp_path, "search.final_baselines=false")
+    assert [r["label"] for r in metrics["finalists"]] == ["backwards"] and metrics["winner"] == "backwards"
