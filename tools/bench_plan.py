@@ -4,8 +4,13 @@ Plans the 26 Criteo-1TB tables (mixed dims) for 8, 64 and 512 simulated cuda dev
 without materialising any weight, and prints planning time and peak host memory per topology. Each
 topology runs in a fresh child process, so its peak RSS (`ru_maxrss`) is its own.
 
-    .venv/bin/python tools/bench_plan.py                     # power-rule dims, 8/64/512 devices
+Then it plans the AdaS&S supernet of Criteo-1TB for 64 devices: AdaS&S trains one elastic EBC with every
+table at the largest candidate dim (64 by default, `search.candidates`) and samples prefixes of it, so the
+supernet's tables are uniform-64 over the 26 Criteo-1TB cardinalities (`--dims supernet`).
+
+    .venv/bin/python tools/bench_plan.py                     # power-rule dims, 8/64/512 devices + supernet
     .venv/bin/python tools/bench_plan.py --dims pattern --world-sizes 8 64
+    .venv/bin/python tools/bench_plan.py --world-sizes --supernet-world-size 64   # the supernet only
 """
 
 from __future__ import annotations
@@ -26,11 +31,17 @@ PATTERN = [16, 32, 64, 128, 48, 96, 24, 80]
 
 
 def criteo_dims(kind: str, alpha: float = 0.3) -> list[int]:
-    """Mixed dims in 16..128 (multiples of 4).
+    """Dims of the 26 tables.
 
-    "power": the mixed-dimension power rule d ∝ n^-alpha (Ginart et al.), the largest table at 16.
+    "power": the mixed-dimension power rule d ∝ n^-alpha (Ginart et al.), the largest table at 16; dims
+    in 16..128 (multiples of 4).
     "pattern": a fixed cycle of `PATTERN` over the tables.
+    "supernet": the AdaS&S supernet: every table at the largest default candidate (64).
     """
+    if kind == "supernet":
+        from torchrec_aes.config import SearchConfig
+
+        return [max(SearchConfig().candidates)] * len(CRITEO_1TB_ROWS)
     if kind == "pattern":
         return [PATTERN[i % len(PATTERN)] for i in range(len(CRITEO_1TB_ROWS))]
     n_max = max(CRITEO_1TB_ROWS)
@@ -81,8 +92,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--world-sizes", type=int, nargs="+", default=[8, 64, 512])
-    parser.add_argument("--dims", choices=["power", "pattern"], default="power")
+    parser.add_argument("--world-sizes", type=int, nargs="*", default=[8, 64, 512])
+    parser.add_argument("--dims", choices=["power", "pattern", "supernet"], default="power")
+    parser.add_argument(
+        "--supernet-world-size", type=int, default=64, help="devices for the AdaS&S supernet (0 = skip)"
+    )
     parser.add_argument("--hbm-gb", type=float, default=80.0)
     parser.add_argument("--local-world-size", type=int, default=8, help="GPUs per host")
     parser.add_argument("--batch-size", type=int, default=512, help="per-rank batch size")
@@ -93,16 +107,28 @@ def main() -> None:
         print(json.dumps(result))
         return
 
+    if args.world_sizes:
+        _report(args, args.dims, args.world_sizes)
+    if args.supernet_world_size:
+        print("\nAdaS&S supernet of Criteo-1TB (every table at the largest candidate)")
+        _report(args, "supernet", [args.supernet_world_size])
+
+
+def _plan_in_child(args: argparse.Namespace, dims: str, world_size: int) -> dict:
+    lws = min(args.local_world_size, world_size)
+    cmd = [sys.executable, __file__, "--one", str(world_size), "--dims", dims, "--hbm-gb", str(args.hbm_gb)]
+    cmd += ["--local-world-size", str(lws), "--batch-size", str(args.batch_size)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _report(args: argparse.Namespace, dims: str, world_sizes: list[int]) -> None:
     from torchrec_aes.planning.memory import format_bytes
 
-    print(f"dims ({args.dims}): {criteo_dims(args.dims)}")
+    print(f"dims ({dims}): {criteo_dims(dims)}")
     results = []
-    for ws in args.world_sizes:
-        lws = min(args.local_world_size, ws)
-        cmd = [sys.executable, __file__, "--one", str(ws), "--dims", args.dims, "--hbm-gb", str(args.hbm_gb)]
-        cmd += ["--local-world-size", str(lws), "--batch-size", str(args.batch_size)]
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-        results.append(json.loads(out.strip().splitlines()[-1]))
+    for ws in world_sizes:
+        results.append(_plan_in_child(args, dims, ws))
         r = results[-1]
         print(f"  planned {ws} devices in {r['plan_s']:.1f} s", flush=True)
     print(f"\ntables: {format_bytes(results[0]['table_bytes'])} (weights + row-wise Adagrad state), "
