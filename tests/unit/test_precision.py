@@ -112,3 +112,57 @@ def test_fp16_tables_train_with_the_fused_rowwise_adagrad_on_cpu() -> None:
     cfg = tiny_config()
     result = Trainer(cfg, CTRTask(cfg, splits), Architecture.uniform(splits.schema, 8, "fp16")).fit()
     assert result["test"]["auc"] > 0.75  # the toy task is learnable (fp32 reaches ~0.86)
+
+
+def test_simulated_fp16_rounds_the_forward_pass_and_passes_gradients_straight_through() -> None:
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    from torchrec_aes.data.dataset import make_batch
+    from torchrec_aes.supernet.elastic import ElasticEmbeddingBagCollection
+
+    splits = tiny_splits(n=64)
+    configs = Architecture.uniform(splits.schema, 16).to_ebc_configs()
+    elastic = ElasticEmbeddingBagCollection(EmbeddingBagCollection(tables=configs), [8, 16])
+    batch = make_batch(splits.train, torch.arange(8), splits.schema.sparse_names)
+    exact = elastic(batch.sparse_features).values()
+    elastic.set_half([True] + [False] * (len(configs) - 1))
+    rounded = elastic(batch.sparse_features).values()
+    torch.testing.assert_close(rounded[:, :16], exact[:, :16].half().float(), rtol=0, atol=0)
+    torch.testing.assert_close(rounded[:, 16:], exact[:, 16:], rtol=0, atol=0)
+    assert not torch.equal(rounded[:, :16], exact[:, :16])
+    rounded.sum().backward()
+    grad = elastic.ebc.embedding_bags["t_c0"].weight.grad
+    assert grad is not None and grad.abs().sum() > 0  # straight through: rounding does not stop learning
+
+
+def test_adass_with_a_precision_choice_meets_the_byte_budget_with_mixed_precision_tables(tmp_path) -> None:
+    from pathlib import Path
+
+    from torchrec_aes.config import load_config
+    from torchrec_aes.runs import run_search
+
+    repo = Path(__file__).resolve().parents[2]
+    cfg = load_config(
+        str(repo / "configs" / "tests" / "adass_tiny.yaml"),
+        [
+            f"data.cache_dir={tmp_path / 'cache'}",
+            f"run_dir={tmp_path / 'run'}",
+            "search.adass.precisions=[fp32, fp16]",
+            "search.adass.rl_updates=10",
+        ],
+    )
+    metrics = run_search(cfg)
+    assert metrics["budget_used"] <= metrics["budget_bytes"]
+    labels = set(metrics["search_log"]["rl"]["argmax_dims"].values()) | set(
+        metrics["search_log"]["rl"]["fill_dims"].values()
+    )
+    assert any(label.endswith("/fp16") for label in labels)  # fp16 options were on the table
+    rows = {r["label"]: r for r in metrics["finalists"]}
+    assert {"adass", "uniform_fp16"} <= set(rows)
+    assert all(r["bytes"] <= metrics["budget_bytes"] for r in rows.values())
+    saved = Architecture.load(str(tmp_path / "run" / "architecture.yaml"))
+    assert metrics["budget_used"] == Budget.parse(cfg.search.budget[0], saved_schema(cfg)).used(saved)
+
+
+def saved_schema(cfg):
+    return CTRTask.load(cfg).schema
