@@ -36,7 +36,7 @@ from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_aes import rundir
-from torchrec_aes.architecture import Architecture, TableArch  # noqa: F401  (TableArch re-exported)
+from torchrec_aes.architecture import TORCHREC_DATA_TYPES, Architecture, TableArch  # noqa: F401
 from torchrec_aes.planning import plan as planning
 from torchrec_aes.planning import plan_io
 from torchrec_aes.planning.plan_io import save_plan  # noqa: F401  (re-exported)
@@ -96,7 +96,8 @@ def _match(configs: Sequence[EmbeddingBagConfig], arch: Architecture) -> list[Ta
 
 
 def resize_configs(configs: Sequence[EmbeddingBagConfig], arch: Architecture) -> list[EmbeddingBagConfig]:
-    """Your tables with the architecture's embedding dims; everything else (names, pooling, init) kept.
+    """Your tables with the architecture's embedding dims and precisions (`data_type`); everything else
+    (names, pooling, init) kept.
 
     Each config is matched to an architecture table by name, or by feature names when the names differ.
     Architecture tables that match no config are ignored (e.g. the tables of another EBC of your model).
@@ -106,14 +107,15 @@ def resize_configs(configs: Sequence[EmbeddingBagConfig], arch: Architecture) ->
         arch: a searched architecture (`load_architecture`).
 
     Returns:
-        The configs in the same order with `embedding_dim` from `arch`; a table whose searched dim is 0 is
-        left out (its features are unused: the model must not expect their pooled embeddings).
+        The configs in the same order with `embedding_dim` and `data_type` from `arch`; a table whose
+        searched dim is 0 is left out (its features are unused: the model must not expect their pooled
+        embeddings).
 
     Raises:
         ValueError: a config that the architecture does not cover, or whose rows differ (names the table).
     """
     return [
-        dataclasses.replace(c, embedding_dim=t.embedding_dim)
+        dataclasses.replace(c, embedding_dim=t.embedding_dim, data_type=TORCHREC_DATA_TYPES[t.data_type])
         for c, t in zip(configs, _match(configs, arch), strict=True)
         if t.embedding_dim > 0
     ]

@@ -26,11 +26,31 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import yaml
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
 
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.errors import UserError, yaml_error
 from torchrec_aes.io import read_text, write_text_atomic
+
+DATA_TYPES = ("fp32", "fp16")
+"""Table precisions that train (FBGEMM's fused kernels, CPU and GPU)."""
+
+INFERENCE_ONLY = ("int8", "int4")
+"""Quantized precisions that only TorchRec's inference path serves; not supported here yet."""
+
+TORCHREC_DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16}
+
+
+def check_data_type(value: object, where: str) -> str:
+    """`value` if it is a supported table precision, else a one-line ValueError naming `where`."""
+    if value in DATA_TYPES:
+        return str(value)
+    if value in INFERENCE_ONLY:
+        raise ValueError(
+            f"{where}: '{value}' is an inference-only precision (TorchRec's quantized serving path); "
+            f"tables that train are one of {', '.join(DATA_TYPES)}"
+        )
+    raise ValueError(f"{where}: '{value}' is not one of {', '.join(DATA_TYPES)}")
 
 
 @dataclass
@@ -42,12 +62,15 @@ class TableArch:
         feature_names: features looked up in this table.
         num_embeddings: rows.
         embedding_dim: columns; 0 drops the table (its features are not used).
+        data_type: storage precision of the weights: "fp32" or "fp16" (`EmbeddingBagConfig.data_type`;
+            the fused optimizer's state stays fp32).
     """
 
     name: str
     feature_names: list[str]
     num_embeddings: int
     embedding_dim: int
+    data_type: str = "fp32"
 
 
 @dataclass
@@ -75,18 +98,27 @@ class Architecture:
     kind: str = "tables"
 
     @classmethod
-    def uniform(cls, schema: Schema, dim: int) -> Architecture:
-        """Every sparse feature in its own table at `dim`."""
-        return cls.from_dims(schema, [dim] * len(schema.sparse), method="uniform")
+    def uniform(cls, schema: Schema, dim: int, data_type: str = "fp32") -> Architecture:
+        """Every sparse feature in its own table at `dim` (all tables in `data_type`)."""
+        return cls.from_dims(schema, [dim] * len(schema.sparse), method="uniform", data_types=data_type)
 
     @classmethod
-    def from_dims(cls, schema: Schema, dims: list[int], method: str = "uniform") -> Architecture:
-        """One table per sparse feature with the given dims (schema order)."""
+    def from_dims(
+        cls,
+        schema: Schema,
+        dims: list[int],
+        method: str = "uniform",
+        data_types: str | list[str] = "fp32",
+    ) -> Architecture:
+        """One table per sparse feature with the given dims (schema order) and precision(s)."""
         if len(dims) != len(schema.sparse):
             raise ValueError(f"got {len(dims)} dims for {len(schema.sparse)} sparse features")
+        types = [data_types] * len(dims) if isinstance(data_types, str) else list(data_types)
+        for t in types:
+            check_data_type(t, "data_type")
         tables = [
-            TableArch(f"t_{f.name}", [f.name], f.num_embeddings, int(d))
-            for f, d in zip(schema.sparse, dims, strict=True)
+            TableArch(f"t_{f.name}", [f.name], f.num_embeddings, int(d), dt)
+            for f, d, dt in zip(schema.sparse, dims, types, strict=True)
         ]
         return cls(tables=tables, method=method, schema_hash=schema.hash())
 
@@ -105,8 +137,12 @@ class Architecture:
         tables = [replace(t, embedding_dim=int(d)) for t, d in zip(self.tables, dims, strict=True)]
         return replace(self, tables=tables, **changes)
 
+    @property
+    def data_types(self) -> list[str]:
+        return [t.data_type for t in self.tables]
+
     def to_ebc_configs(self) -> list[EmbeddingBagConfig]:
-        """`EmbeddingBagConfig`s of the active tables (dim > 0), sum pooling."""
+        """`EmbeddingBagConfig`s of the active tables (dim > 0), sum pooling, each in its precision."""
         return [
             EmbeddingBagConfig(
                 name=t.name,
@@ -114,6 +150,7 @@ class Architecture:
                 num_embeddings=t.num_embeddings,
                 feature_names=list(t.feature_names),
                 pooling=PoolingType.SUM,
+                data_type=TORCHREC_DATA_TYPES[t.data_type],
             )
             for t in self.active_tables
         ]
@@ -168,9 +205,11 @@ class Architecture:
         tables = []
         for i, t in enumerate(data["tables"]):
             where = f"{source}: tables[{i}]"
-            if not isinstance(t, dict) or set(t) != allowed:
+            if not isinstance(t, dict) or not allowed <= set(t) <= allowed | {"data_type"}:
                 keys = sorted(t) if isinstance(t, dict) else repr(t)
-                raise ValueError(f"{where} has keys {keys}; expected exactly {sorted(allowed)}")
+                raise ValueError(
+                    f"{where} has keys {keys}; expected {sorted(allowed)} and optionally 'data_type'"
+                )
             names = t["feature_names"]
             if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
                 raise ValueError(f"{where}.feature_names: {names!r}; expected a non-empty list of names")
@@ -180,6 +219,7 @@ class Architecture:
                     list(names),
                     _integer(t["num_embeddings"], f"{where}.num_embeddings", minimum=1),
                     _integer(t["embedding_dim"], f"{where}.embedding_dim", minimum=0),
+                    check_data_type(t.get("data_type", "fp32"), f"{where}.data_type"),
                 )
             )
         names = [t.name for t in tables]

@@ -112,6 +112,8 @@ class ModelConfig:
     """dlrm | dcn (CTR) | mf | lightgcn (collaborative filtering)."""
     embedding_dim: int = 16
     """Uniform table dim used when no architecture file is given."""
+    data_type: str = "fp32"
+    """Precision of the uniform tables used when no architecture file is given: fp32 | fp16."""
     dense_arch: list[int] = field(default_factory=lambda: [64, 16])
     """DLRM bottom MLP layer sizes; the last one is the common interaction dim D."""
     over_arch: list[int] = field(default_factory=lambda: [64, 32])
@@ -223,6 +225,9 @@ class SearchConfig:
     """What the budget counts: bytes (TorchRec storage estimate) | params (the papers' convention)."""
     power_alpha: float = 0.3
     """power_rule: exponent alpha in d_f ~ n_f^-alpha."""
+    precision: str = "fp32"
+    """Table precision of the zero-cost baselines (uniform, power_rule): fp32 | fp16. fp16 halves a
+    table's bytes (TorchRec's estimate), so at the same budget the baselines get about twice the dims."""
     retrain: bool = True
     """Retrain the found architecture from scratch and report test metrics (methods without finalists)."""
     final_baselines: bool = True
@@ -482,6 +487,8 @@ def validate(cfg: Config) -> None:
     choices = {
         "data.type": (cfg.data.type, ("synthetic", "criteo", "tabular", "libfm", "interactions")),
         "model.type": (cfg.model.type, ("dlrm", "dcn", "mf", "lightgcn")),
+        "model.data_type": (cfg.model.data_type, ("fp32", "fp16")),
+        "search.precision": (cfg.search.precision, ("fp32", "fp16")),
         "train.embedding_optimizer": (cfg.train.embedding_optimizer, ("rowwise_adagrad", "adagrad", "sgd")),
         "train.dense_optimizer": (cfg.train.dense_optimizer, ("adam", "adagrad", "sgd")),
         "plan.device": (cfg.plan.device, ("cpu", "cuda")),

@@ -31,7 +31,7 @@ def resolve_arch(cfg: Config, task: Task) -> tuple[Architecture, Architecture, A
         architecture trains as d_max tables under per-row masks).
     """
     if not cfg.arch:
-        arch = Architecture.uniform(task.schema, cfg.model.embedding_dim)
+        arch = Architecture.uniform(task.schema, cfg.model.embedding_dim, cfg.model.data_type)
         return arch, arch, None, ""
     path = rundir.architecture_file(cfg.arch)
     arch = Architecture.load(path)

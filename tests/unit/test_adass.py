@@ -92,7 +92,7 @@ def test_budget_step_meets_torchrec_budgets_on_a_real_schema():
     for _ in range(40):
         fraction = rng.uniform(0.13, 1.1)
         budget = Budget.parse(f"{fraction} x uniform-32", splits.schema)
-        ctx = SearchContext(cfg, CTRTask(cfg, splits), budget)
+        ctx = SearchContext(cfg, CTRTask(cfg, splits), budget, section=cfg.search.adass)
         costs = candidate_bytes(ctx)
         if sum(r[0] for r in costs) > budget.bytes:
             with pytest.raises(ValueError, match="below the smallest"):
@@ -288,7 +288,11 @@ def test_cli_search_runs_end_to_end_and_a_rerun_resumes_from_the_saved_phases(tm
     assert named["final"][0] <= metrics["budget_bytes"]
     # The final pick: the search's two variants and both baselines, trained from scratch, best on val.
     finalists = {r["label"]: r for r in metrics["finalists"]}
-    assert {"adass", "adass_fill", "uniform", "power_rule"} >= set(finalists) >= {"adass", "uniform"}
+    assert (
+        {"adass", "adass_fill", "uniform", "power_rule", "uniform_fp16"}
+        >= set(finalists)
+        >= {"adass", "uniform"}
+    )
     assert finalists["adass"]["bytes"] == named["final"][0]
     assert finalists[metrics["winner"]]["val"]["auc"] == max(r["val"]["auc"] for r in finalists.values())
     assert finalists[metrics["winner"]]["bytes"] == metrics["budget_used"] <= metrics["budget_bytes"]

@@ -56,7 +56,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 
-from torchrec_aes.architecture import Architecture, kind_of
+from torchrec_aes.architecture import TORCHREC_DATA_TYPES, Architecture, kind_of
 from torchrec_aes.data.schema import Schema
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -112,20 +112,26 @@ def _canonical_topology() -> Topology:
     )
 
 
-# (rows, dim, optimizer) -> bytes, filled by `_estimate`.
-_CACHE: dict[tuple[int, int, str], int] = {}
+# (rows, dim, optimizer, data type) -> bytes, filled by `_estimate`.
+_CACHE: dict[tuple[int, int, str, str], int] = {}
 
 
-def _estimate(keys: Iterable[tuple[int, int]], optimizer: str) -> None:
-    """Asks TorchRec for the storage of every (rows, dim) not cached yet, in one enumeration."""
-    missing = sorted({(r, d) for r, d in keys if d > 0 and (r, d, optimizer) not in _CACHE})
+def _estimate(keys: Iterable[tuple[int, int] | tuple[int, int, str]], optimizer: str) -> None:
+    """Asks TorchRec for the storage of every (rows, dim[, data type]) not cached yet, in one enumeration."""
+    full = {(k[0], k[1], k[2] if len(k) > 2 else "fp32") for k in keys}  # type: ignore[misc]
+    missing = sorted(k for k in full if k[1] > 0 and (k[0], k[1], optimizer, k[2]) not in _CACHE)
     if not missing:
         return
     configs = [
         EmbeddingBagConfig(
-            name=f"t{i}", embedding_dim=d, num_embeddings=r, feature_names=[f"f{i}"], pooling=PoolingType.SUM
+            name=f"t{i}",
+            embedding_dim=d,
+            num_embeddings=r,
+            feature_names=[f"f{i}"],
+            pooling=PoolingType.SUM,
+            data_type=TORCHREC_DATA_TYPES[dt],
         )
-        for i, (r, d) in enumerate(missing)
+        for i, (r, d, dt) in enumerate(missing)
     ]
     ebc = meta_ebc(configs, optimizer)
     topology = _canonical_topology()
@@ -145,32 +151,44 @@ def _estimate(keys: Iterable[tuple[int, int]], optimizer: str) -> None:
     )
     options = enumerator.enumerate(ebc, [EmbeddingBagCollectionSharder()])
     by_name = {o.name: o for o in options}
-    for c, (r, d) in zip(configs, missing, strict=True):
+    for c, (r, d, dt) in zip(configs, missing, strict=True):
         (shard,) = by_name[c.name].shards
         assert shard.storage is not None and shard.storage.hbm == 0
-        _CACHE[(r, d, optimizer)] = int(shard.storage.ddr)
+        _CACHE[(r, d, optimizer, dt)] = int(shard.storage.ddr)
 
 
-def warm_cache(rows: Iterable[int], dims: Iterable[int], optimizer: str = "rowwise_adagrad") -> None:
-    """Estimates every (rows, dim) combination in one TorchRec call, e.g. a schema x candidate grid."""
+def warm_cache(
+    rows: Iterable[int],
+    dims: Iterable[int],
+    optimizer: str = "rowwise_adagrad",
+    data_types: Sequence[str] = ("fp32",),
+) -> None:
+    """Estimates every (rows, dim, data type) combination in one TorchRec call, e.g. a schema x candidate
+    grid."""
     _check_optimizer(optimizer)
     dims = list(dims)
-    _estimate([(r, d) for r in rows for d in dims], optimizer)
+    _estimate([(r, d, dt) for r in rows for d in dims for dt in data_types], optimizer)
 
 
 def table_storage(
-    num_embeddings: int, embedding_dim: int, optimizer: str = "rowwise_adagrad", count: str = "bytes"
+    num_embeddings: int,
+    embedding_dim: int,
+    optimizer: str = "rowwise_adagrad",
+    count: str = "bytes",
+    data_type: str = "fp32",
 ) -> int:
-    """Bytes (or parameters) of one table of `num_embeddings` x `embedding_dim`; 0 for dim 0."""
+    """Bytes (or parameters) of one table of `num_embeddings` x `embedding_dim` stored in `data_type`;
+    0 for dim 0. TorchRec counts the weights at the element size of `data_type` (fp16: 2 bytes) and the
+    fused optimizer's state as it keeps it (row-wise Adagrad: one fp32 per row)."""
     _check_count(count)
     _check_optimizer(optimizer)
     if embedding_dim <= 0:
         return 0
     if count == "params":
         return num_embeddings * embedding_dim
-    key = (num_embeddings, embedding_dim, optimizer)
+    key = (num_embeddings, embedding_dim, optimizer, data_type)
     if key not in _CACHE:
-        _estimate([(num_embeddings, embedding_dim)], optimizer)
+        _estimate([(num_embeddings, embedding_dim, data_type)], optimizer)
     return _CACHE[key]
 
 
@@ -181,8 +199,11 @@ def table_bytes(
     _check_count(count)
     _check_optimizer(optimizer)
     if count == "bytes":
-        _estimate([(t.num_embeddings, t.embedding_dim) for t in arch.tables], optimizer)
-    return {t.name: table_storage(t.num_embeddings, t.embedding_dim, optimizer, count) for t in arch.tables}
+        _estimate([(t.num_embeddings, t.embedding_dim, t.data_type) for t in arch.tables], optimizer)
+    return {
+        t.name: table_storage(t.num_embeddings, t.embedding_dim, optimizer, count, t.data_type)
+        for t in arch.tables
+    }
 
 
 def arch_bytes(arch: Architecture, optimizer: str = "rowwise_adagrad", count: str = "bytes") -> int:

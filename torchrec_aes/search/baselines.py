@@ -1,4 +1,4 @@
-"""Zero-cost baselines every search must beat.
+"""Zero-cost baselines every search must beat, in the precision `search.precision` (fp32 or fp16).
 
 - `uniform`: every table at the largest dim (a multiple of 4, up to the largest candidate) that fits.
 - `power_rule`: Ginart et al. 2019, "Mixed Dimension Embeddings": d_f proportional to n_f^-alpha, scaled to
@@ -12,11 +12,13 @@ from torchrec_aes.planning.memory import Budget
 from torchrec_aes.search.base import SearchContext, SearchResult, register
 
 
-def largest_uniform(ctx: SearchContext) -> Architecture:
-    """The same-memory uniform architecture: the largest uniform multiple of 4 that fits."""
+def largest_uniform(ctx: SearchContext, data_type: str | None = None) -> Architecture:
+    """The same-memory uniform architecture: the largest uniform multiple of 4 (up to the largest
+    candidate) that fits, every table in `data_type` (default `search.precision`)."""
+    data_type = data_type or ctx.cfg.search.precision
     best = None
     for dim in range(4, max(ctx.candidates) + 1, 4):
-        arch = Architecture.uniform(ctx.schema, dim)
+        arch = Architecture.uniform(ctx.schema, dim, data_type)
         if not ctx.budget.fits(arch):
             break
         best = arch
@@ -28,7 +30,7 @@ def largest_uniform(ctx: SearchContext) -> Architecture:
 @register("uniform", tasks=("ctr", "cf"))
 def uniform(ctx: SearchContext) -> SearchResult:
     arch = largest_uniform(ctx)
-    return SearchResult(arch, {"dim": arch.dims[0]})
+    return SearchResult(arch, {"dim": arch.dims[0], "data_type": arch.tables[0].data_type})
 
 
 def power_rule_dims(num_embeddings: list[int], alpha: float, scale: float, low: int, high: int) -> list[int]:
@@ -67,7 +69,7 @@ def fit_power_rule(
 @register("power_rule", tasks=("ctr", "cf"))
 def power_rule(ctx: SearchContext) -> SearchResult:
     rows = [f.num_embeddings for f in ctx.schema.sparse]
-    arch0 = Architecture.uniform(ctx.schema, min(ctx.candidates))
+    arch0 = Architecture.uniform(ctx.schema, min(ctx.candidates), ctx.cfg.search.precision)
     alpha = ctx.cfg.search.power_alpha
     arch = fit_power_rule(rows, ctx.budget, arch0, alpha, min(ctx.candidates), max(ctx.candidates))
-    return SearchResult(arch, {"alpha": alpha})
+    return SearchResult(arch, {"alpha": alpha, "data_type": ctx.cfg.search.precision})

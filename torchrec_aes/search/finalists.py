@@ -53,12 +53,13 @@ class Finalist:
     save: Any = None
 
 
-BASELINES = ("uniform", "power_rule")
+BASELINES = ("uniform", "power_rule", "uniform_fp16")
 
 
 def baseline_finalists(ctx: SearchContext) -> list[Finalist]:
-    """Same-memory uniform (the largest uniform multiple of 4 that fits) and the power rule, at ctx's
-    budget; a baseline that cannot fit the budget is left out."""
+    """Same-memory uniform (the largest uniform multiple of 4 that fits), the power rule, and same-memory
+    uniform with fp16 tables (what a TorchRec user gets for free by halving precision), at ctx's budget;
+    a baseline that cannot fit the budget is left out."""
     out = []
     try:
         out.append(Finalist("uniform", largest_uniform(ctx)))
@@ -67,7 +68,7 @@ def baseline_finalists(ctx: SearchContext) -> list[Finalist]:
     rows = [f.num_embeddings for f in ctx.schema.sparse]
     low, high = min(ctx.candidates), max(ctx.candidates)
     try:
-        arch0 = Architecture.uniform(ctx.schema, low)
+        arch0 = Architecture.uniform(ctx.schema, low, ctx.cfg.search.precision)
         out.append(
             Finalist(
                 "power_rule", fit_power_rule(rows, ctx.budget, arch0, ctx.cfg.search.power_alpha, low, high)
@@ -75,6 +76,11 @@ def baseline_finalists(ctx: SearchContext) -> list[Finalist]:
         )
     except ValueError:
         pass
+    if ctx.cfg.search.precision != "fp16":
+        try:
+            out.append(Finalist("uniform_fp16", largest_uniform(ctx, "fp16")))
+        except ValueError:
+            pass
     return out
 
 
@@ -84,7 +90,7 @@ def _dedupe(finalists: list[Finalist]) -> list[Finalist]:
     out = []
     for f in finalists:
         key = (
-            (f.arch.kind, tuple((t.name, t.embedding_dim) for t in f.arch.tables))
+            (f.arch.kind, tuple((t.name, t.embedding_dim, t.data_type) for t in f.arch.tables))
             if f.train_arch is None
             else (id(f),)
         )

@@ -91,6 +91,7 @@ class ElasticEmbeddingBagCollection(nn.Module):
         self.feature_names = [n for c in configs for n in c.feature_names]
         self._table_of = {n: c.name for c in configs for n in c.feature_names}
         self._dims: dict[str, int] = {name: self.max_dim for name in self.table_names}
+        self._half: dict[str, bool] = {}
         self.projections = nn.ModuleDict()
         if output_dim is not None:
             for feature in self.feature_names:
@@ -146,6 +147,15 @@ class ElasticEmbeddingBagCollection(nn.Module):
                 raise ValueError(f"table '{name}': dim {d} is not 0 or a candidate {self.candidates}")
         self._dims.update({name: int(d) for name, d in dims.items()})
 
+    def set_half(self, tables: Sequence[bool]) -> None:
+        """Per table (in `table_names` order): simulate fp16 storage of its chosen prefix in the next forward
+        passes -- values rounded to fp16, gradients passed straight through -- so a supernet trained in
+        fp32 scores what an fp16 table would lose in precision (exact for one id per bag, as in our CTR
+        data; for multi-id bags the pooled sum is rounded, an approximation)."""
+        if len(tables) != len(self.table_names):
+            raise ValueError(f"got {len(tables)} precision flags for {len(self.table_names)} tables")
+        self._half = {name: bool(h) for name, h in zip(self.table_names, tables, strict=True)}
+
     # -------------------------------------------------------------------------------------------------
     def mask(self, pooled: Mapping[str, torch.Tensor]) -> KeyedTensor:
         """Applies the current dims to pooled embeddings.
@@ -161,6 +171,9 @@ class ElasticEmbeddingBagCollection(nn.Module):
         for feature in self.feature_names:
             emb = pooled[feature]  # [B, d_max]
             d = self._dims[self._table_of[feature]]
+            if self._half.get(self._table_of[feature]):
+                # Straight-through fp16 rounding of the (used) prefix: forward sees fp16 values.
+                emb = emb + (emb.half().float() - emb).detach()
             if self.output_dim is None:
                 # Zero padding instead of a multiplicative mask: the same values, no [B, d_max] mask tensor.
                 out = F.pad(emb[:, :d], (0, self.max_dim - d)) if d < self.max_dim else emb

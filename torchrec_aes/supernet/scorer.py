@@ -122,7 +122,8 @@ class SupernetEvaluator:
         build_model: `lookup -> model`, the supernet's model around a stand-in for its EBC (e.g.
             `build_elastic_model` with the run's model config); its state must load `dense_state`.
         configs: the supernet's tables (at d_max).
-        candidates: candidate dims.
+        candidates: the options a choice indexes: candidate dims, or (dim, data type) pairs whose fp16
+            ones are scored with their prefix rounded to fp16 (`ElasticEmbeddingBagCollection.set_half`).
         pooled: feature -> [N, d_max] pooled embeddings of the slice (from the sharded tables).
         dense: [N, num_dense] dense features of the slice.
         labels: [N] labels.
@@ -133,7 +134,7 @@ class SupernetEvaluator:
         self,
         build_model: Callable[[nn.Module], nn.Module],
         configs: list[EmbeddingBagConfig],
-        candidates: Sequence[int],
+        candidates: Sequence[Any],
         pooled: dict[str, torch.Tensor],
         dense: torch.Tensor,
         labels: torch.Tensor,
@@ -141,7 +142,8 @@ class SupernetEvaluator:
     ) -> None:
         self.build_model = build_model
         self.configs = configs
-        self.candidates = sorted(candidates)
+        self.candidates = [c if isinstance(c, int) else (int(c[0]), str(c[1])) for c in candidates]
+        self.options = [(c, "fp32") if isinstance(c, int) else c for c in self.candidates]
         self.pooled, self.dense, self.labels, self.dense_state = pooled, dense, labels, dense_state
         self.model = build_model(_CachedLookup(configs, pooled))
         self.model.load_state_dict(dense_state)
@@ -161,8 +163,9 @@ class SupernetEvaluator:
         elastic = self.elastic
         num_tables = len(self.table_names)
         outputs: list[list[torch.Tensor]] = [[] for _ in elastic.feature_names]
-        for d in self.candidates:
+        for d, data_type in self.options:
             elastic.set_dims([d] * num_tables)
+            elastic.set_half([data_type == "fp16"] * num_tables)
             per_feature = elastic(None).to_dict()
             for i, name in enumerate(elastic.feature_names):
                 outputs[i].append(per_feature[name].contiguous())
@@ -198,7 +201,8 @@ class SupernetEvaluator:
         if self._choice_lookup is not None:
             self._choice_lookup.choice = list(key)
         else:
-            self.elastic.set_dims([self.candidates[k] if k >= 0 else 0 for k in key])
+            self.elastic.set_dims([self.options[k][0] if k >= 0 else 0 for k in key])
+            self.elastic.set_half([k >= 0 and self.options[k][1] == "fp16" for k in key])
         self.evaluations += 1
         return self.model(self.dense, None)  # [N]
 
@@ -276,7 +280,7 @@ def slice_evaluator(
     batch_size: int,
     env: DistEnv,
     build_model: Callable[[nn.Module], nn.Module],
-    candidates: Sequence[int],
+    candidates: Sequence[Any],
 ) -> SupernetEvaluator | None:
     """Looks `data` (the fixed slice) up through the sharded tables of a (DMP-wrapped) supernet on all
     ranks and gathers it; rank 0 gets the evaluator, the other ranks None (a collective).
@@ -288,7 +292,7 @@ def slice_evaluator(
         batch_size: rows per lookup per rank.
         env: the process group.
         build_model: `lookup -> model` for the evaluator (see `SupernetEvaluator`).
-        candidates: candidate dims.
+        candidates: the options a choice indexes (see `SupernetEvaluator`).
     """
     elastic = find_elastic(model)
     model.eval()

@@ -4,7 +4,7 @@ these defaults are)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torchrec_aes.config import register_section
 
@@ -65,6 +65,11 @@ class AdaSSConfig:
     the AUC difference (DeLong) -- a statistical level, not an AUC constant tuned to one data set. The
     fixed tolerances it replaces (0.0005 / 0.001 AUC) were replayed to fit the planted data and shrank
     nearly every Frappe field to the smallest dim."""
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    """Table precisions the search chooses from, with the dims: ["fp32"] (dims only) or ["fp32", "fp16"]
+    (each table gets a (dim, precision) pair under the one byte budget). The supernet trains in fp32; an fp16
+    choice is simulated by rounding its prefix to fp16 in the forward pass (straight-through gradient), so
+    scoring sees the loss of precision; the final tables are real fp16 TorchRec tables."""
     checkpoint_every: int = 10
     """Save the RL state every this many updates (the supernet is saved every epoch)."""
 
@@ -98,3 +103,8 @@ def check_config(acfg: AdaSSConfig) -> None:
     for key, (value, ok, allowed) in rules.items():
         if not ok(value):
             raise ValueError(f"search.adass.{key}: {value} is out of range; allowed: {allowed}")
+    bad = [p for p in acfg.precisions if p not in ("fp32", "fp16")]
+    if bad or not acfg.precisions or len(set(acfg.precisions)) != len(acfg.precisions):
+        raise ValueError(
+            f"search.adass.precisions: {acfg.precisions}; allowed: distinct values of fp32, fp16"
+        )

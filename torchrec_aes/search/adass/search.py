@@ -15,7 +15,7 @@ from torchrec_aes.planning.memory import table_storage, warm_cache
 from torchrec_aes.search.adass.budget_step import fit_to_budget
 from torchrec_aes.search.adass.config import check_config
 from torchrec_aes.search.adass.policy import PolicySearch
-from torchrec_aes.search.adass.supernet import SupernetTrainer, model_factory
+from torchrec_aes.search.adass.supernet import SupernetTrainer, model_factory, options
 from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.finalists import Finalist
 from torchrec_aes.supernet.scorer import SupernetEvaluator
@@ -27,8 +27,8 @@ def candidate_bytes(ctx: SearchContext) -> list[list[int]]:
     b = ctx.budget
     rows = [f.num_embeddings for f in ctx.schema.sparse]
     if b.count == "bytes":
-        warm_cache(rows, ctx.candidates, b.optimizer)
-    return [[table_storage(r, d, b.optimizer, b.count) for d in ctx.candidates] for r in rows]
+        warm_cache(rows, ctx.candidates, b.optimizer, ctx.section.precisions)
+    return [[table_storage(r, d, b.optimizer, b.count, p) for d, p in options(ctx)] for r in rows]
 
 
 @register("adass", tasks=("ctr",), section="adass")
@@ -36,6 +36,8 @@ def adass(ctx: SearchContext) -> SearchResult:
     """AdaS&S: supernet with adaptive sampling -> REINFORCE with resource competition -> budget step."""
     cfg, acfg = ctx.cfg, ctx.section
     check_config(acfg)
+    if "fp16" in acfg.precisions and ctx.budget.count == "params":
+        raise ValueError("search.adass.precisions: fp16 saves bytes, not parameters; use search.count=bytes")
     env = init_distributed()
     start = time.perf_counter()
     # The supernet does not depend on the budget: with a budget list it is trained once, under the parent
@@ -45,6 +47,9 @@ def adass(ctx: SearchContext) -> SearchResult:
     eval_path = join(ckpt_dir, "supernet_eval.pt") if ckpt_dir else ""
     writer = SummaryWriter(rundir.tb_dir(ctx.run_dir, "adass")) if ctx.run_dir and env.is_main else None
     build_model = model_factory(cfg, ctx.candidates, ctx.schema.num_dense)
+    opts = options(ctx)
+    # "64" for an fp32 option, "64/fp16" for an fp16 one (names in logs and the landscape).
+    labels = [f"{d}" if p == "fp32" else f"{d}/{p}" for d, p in opts]
     log: dict[str, Any] = {}
     # Rank 0 decides, so every rank takes the same branch (the run directory may be rank 0's only).
     resume = bool(broadcast_object(bool(eval_path) and env.is_main and exists(eval_path)))
@@ -54,6 +59,11 @@ def adass(ctx: SearchContext) -> SearchResult:
     elif resume:
         configs = Architecture.uniform(ctx.schema, max(ctx.candidates)).to_ebc_configs()
         evaluator = SupernetEvaluator.load(eval_path, build_model, configs) if env.is_main else None
+        if evaluator is not None and evaluator.options != opts:
+            raise ValueError(
+                f"{eval_path} was trained for the options {evaluator.options}, not {opts} "
+                "(search.candidates / search.adass.precisions changed); use a new run directory"
+            )
         log["supernet"] = {"resumed": True}
     else:
         supernet = SupernetTrainer(ctx, writer)
@@ -93,29 +103,31 @@ def adass(ctx: SearchContext) -> SearchResult:
             "seconds": time.perf_counter() - t0,
             "updates": search.update,
             "final_entropy": search.history[-1]["entropy"] if search.history else None,
-            "argmax_dims": {n: ctx.candidates[k] for n, k in zip(names, argmax, strict=True)},
+            "argmax_dims": {n: labels[k] for n, k in zip(names, argmax, strict=True)},
             "argmax_val_auc": evaluator.auc(argmax),
             "argmax_bytes": sum(costs[f][k] for f, k in enumerate(argmax)),
             "final_val_auc": evaluator.auc(final),
             "final_bytes": sum(costs[f][k] for f, k in enumerate(final)),
-            "budget_moves": [_name_move(m, names, ctx.candidates) for m in moves],
-            "fill_dims": {n: ctx.candidates[k] for n, k in zip(names, filled, strict=True)},
+            "budget_moves": [_name_move(m, names, labels) for m in moves],
+            "fill_dims": {n: labels[k] for n, k in zip(names, filled, strict=True)},
             "fill_val_auc": evaluator.auc(filled),
-            "fill_moves": [_name_move(m, names, ctx.candidates) for m in fill_moves],
+            "fill_moves": [_name_move(m, names, labels) for m in fill_moves],
             "evaluations": evaluator.evaluations,
         }
-        landscape = _landscape(evaluator, costs, argmax, final, ctx.candidates)
+        landscape = _landscape(evaluator, costs, argmax, final, labels)
         landscape["named"]["budget-filling"] = [
             sum(costs[f][k] for f, k in enumerate(filled)),
             round(evaluator.auc(filled), 5),
         ]
-        result = ([ctx.candidates[k] for k in final], [ctx.candidates[k] for k in filled], rl_log, landscape)
+        result = (final, filled, rl_log, landscape)
         if writer:
             writer.add_scalar("rl/final_val_auc", rl_log["final_val_auc"], search.update)
             writer.flush()
-    dims, fill_dims, log["rl"], landscape = broadcast_object(result)
-    arch = Architecture.from_dims(ctx.schema, dims, method="adass")
-    filled_arch = Architecture.from_dims(ctx.schema, fill_dims, method="adass")
+    final, filled, log["rl"], landscape = broadcast_object(result)
+    arch, filled_arch = (
+        Architecture.from_dims(ctx.schema, [opts[k][0] for k in c], "adass", [opts[k][1] for k in c])
+        for c in (final, filled)
+    )
     for a in (arch, filled_arch):  # fit_to_budget's sums are the same estimates: an internal error
         if not ctx.budget.fits(a):
             raise AssertionError(f"adass: {ctx.budget.used(a)} > budget {ctx.budget.bytes}")
@@ -131,7 +143,7 @@ def _landscape(
     costs: list[list[int]],
     argmax: list[int],
     final: list[int],
-    candidates: Sequence[int],
+    labels: Sequence[str],
     max_points: int = 4000,
 ) -> dict[str, Any]:
     """Quality vs bytes of every architecture the search scored, plus the uniform baselines at each
@@ -141,7 +153,7 @@ def _landscape(
         return [sum(costs[f][k] for f, k in enumerate(choice)), round(evaluator.auc(choice), 5)]
 
     num_tables = len(costs)
-    named = {f"uniform-{d}": point([k] * num_tables) for k, d in enumerate(candidates)}
+    named = {f"uniform-{label}": point([k] * num_tables) for k, label in enumerate(labels)}
     named.update({"policy argmax": point(argmax), "final": point(final)})
     scored = [
         [sum(costs[f][k] for f, k in enumerate(key)), round(v[0], 5)]
@@ -155,6 +167,6 @@ def _landscape(
     }
 
 
-def _name_move(move: str, names: list[str], candidates: list[int]) -> str:
+def _name_move(move: str, names: list[str], labels: Sequence[str]) -> str:
     kind, f, _, k, *note = move.split(maxsplit=4)
-    return f"{kind} {names[int(f)]} -> {candidates[int(k)]}" + (f" {note[0]}" if note else "")
+    return f"{kind} {names[int(f)]} -> {labels[int(k)]}" + (f" {note[0]}" if note else "")

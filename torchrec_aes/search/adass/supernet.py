@@ -22,6 +22,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config
 from torchrec_aes.data.dataset import CTRData, iter_batches
+from torchrec_aes.planning.memory import table_storage
 from torchrec_aes.search.adass.config import AdaSSConfig
 from torchrec_aes.search.adass.sampler import AdaptiveSampler
 from torchrec_aes.search.base import SearchContext
@@ -31,6 +32,14 @@ from torchrec_aes.tasks.ctr import CTRTask
 from torchrec_aes.train.distributed import DistEnv, all_reduce_sum, broadcast_object, init_distributed
 from torchrec_aes.train.hooks import TrainHooks
 from torchrec_aes.train.trainer import Trainer
+
+
+def options(ctx: SearchContext) -> list[tuple[int, str]]:
+    """What a table can be: every (candidate dim, precision in `search.adass.precisions`), cheapest first
+    by TorchRec's estimate per row (ties: smaller dim first). Choices index this list."""
+    b = ctx.budget
+    pairs = [(d, p) for p in ctx.section.precisions for d in ctx.candidates]
+    return sorted(pairs, key=lambda o: (table_storage(1000, o[0], b.optimizer, b.count, o[1]), o[0], o[1]))
 
 
 def model_factory(cfg: Config, candidates: Sequence[int], num_dense: int):
@@ -50,7 +59,7 @@ class AdaptiveSamplingHooks(TrainHooks):
         task: the CTR task (val rows for importance and the scoring slice).
         acfg: AdaS&S's knobs.
         seed: the sampling seed (same on every rank).
-        candidates: candidate dims.
+        candidates: the options a choice indexes: (dim, data type) pairs, cheapest first.
         build_model: `lookup -> model` for the slice evaluator.
         writer: TensorBoard writer (rank 0) or None.
     """
@@ -62,7 +71,7 @@ class AdaptiveSamplingHooks(TrainHooks):
         task: CTRTask,
         acfg: AdaSSConfig,
         seed: int,
-        candidates: Sequence[int],
+        candidates: Sequence[tuple[int, str]],
         build_model: Any,
         writer: SummaryWriter | None = None,
     ) -> None:
@@ -89,7 +98,8 @@ class AdaptiveSamplingHooks(TrainHooks):
 
     def set_choice(self, choice: Sequence[int]) -> None:
         """Candidate index per table (-1 = table zeroed)."""
-        self.elastic.set_dims([self.candidates[k] if k >= 0 else 0 for k in choice])
+        self.elastic.set_dims([self.candidates[k][0] if k >= 0 else 0 for k in choice])
+        self.elastic.set_half([k >= 0 and self.candidates[k][1] == "fp16" for k in choice])
 
     def before_step(self, step: int) -> None:
         assert self.sampler is not None
@@ -201,7 +211,7 @@ class SupernetTrainer:
         assert isinstance(task, CTRTask)
         self.build_model = model_factory(self.cfg, self.candidates, ctx.schema.num_dense)
         self.hooks = AdaptiveSamplingHooks(
-            task, ctx.section, self.cfg.train.seed, self.candidates, self.build_model, writer
+            task, ctx.section, self.cfg.train.seed, options(ctx), self.build_model, writer
         )
         self.trainer = Trainer(
             self.cfg,
