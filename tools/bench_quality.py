@@ -92,8 +92,16 @@ def mean_std(values: list[float]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", nargs="+", required=True, help="one or more configs")
-    parser.add_argument("--uniform", nargs="*", type=int, default=[], help="train uniform dims")
-    parser.add_argument("--methods", nargs="*", default=[], help="search methods")
+    parser.add_argument(
+        "--uniform", nargs="*", default=[], help="train uniform dims, e.g. 64 or 64:fp16 (fp16 tables)"
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=[],
+        help="search methods, or variants LABEL=key=value;key=value (e.g. "
+        "'adass16=search.method=adass;search.adass.precisions=[fp32, fp16]')",
+    )
     parser.add_argument(
         "--budgets", nargs="*", type=float, default=[0.5], help="fractions of uniform-64 bytes"
     )
@@ -117,22 +125,28 @@ def main() -> None:
     rows = []
     for config in args.config:
         name = Path(config).stem
-        for dim in args.uniform:
-            label = f"{name} uniform-{dim}"
+        for spec in args.uniform:
+            dim, _, data_type = spec.partition(":")
+            kind = f"uniform-{dim}" + (f"-{data_type}" if data_type else "")
+            label = f"{name} {kind}"
             print(label, flush=True)
             runs = []
             for seed in args.seeds:
                 run_dir = out / (label.replace(" ", "_") + f"_s{seed}")
                 overrides = [f"model.embedding_dim={dim}", f"train.seed={seed}", *args.overrides]
+                if data_type:
+                    overrides.append(f"model.data_type={data_type}")
                 runs.append(
                     with_dir(run_one("train", config, run_dir, overrides, args.keep_checkpoints), run_dir)
                 )
-            rows.append(
-                {"label": label, "config": name, "kind": f"uniform-{dim}", "budget": None, "runs": runs}
-            )
-        for method in args.methods:
+            rows.append({"label": label, "config": name, "kind": kind, "budget": None, "runs": runs})
+        for spec in args.methods:
+            # "adass" or a variant "LABEL=key=value;key=value" (e.g. adass16=search.method=adass;...).
+            method, _, rest = spec.partition("=")
+            variant = rest.split(";") if rest else [f"search.method={method}"]
+            base = next((o.split("=", 1)[1] for o in variant if o.startswith("search.method=")), method)
             budgets = [f"{b} x uniform-64" for b in args.budgets]
-            if method in args.list_methods and len(budgets) > 1:
+            if base in args.list_methods and len(budgets) > 1:
                 label = f"{name} {method} @" + "+".join(f"{b:g}" for b in args.budgets)
                 print(label, flush=True)
                 per_budget: list[list[dict]] = [[] for _ in budgets]
@@ -140,11 +154,7 @@ def main() -> None:
                     run_dir = out / (
                         label.replace(" ", "_").replace("@", "b").replace("+", "_") + f"_s{seed}"
                     )
-                    overrides = [
-                        f"search.method={method}",
-                        f"search.budget=[{', '.join(budgets)}]",
-                        f"train.seed={seed}",
-                    ]
+                    overrides = [*variant, f"search.budget=[{', '.join(budgets)}]", f"train.seed={seed}"]
                     summary = run_one(
                         "search", config, run_dir, [*overrides, *args.overrides], args.keep_checkpoints
                     )
@@ -167,7 +177,7 @@ def main() -> None:
                 runs = []
                 for seed in args.seeds:
                     run_dir = out / (label.replace(" ", "_").replace("@", "b") + f"_s{seed}")
-                    overrides = [f"search.method={method}", f"search.budget={budget}", f"train.seed={seed}"]
+                    overrides = [*variant, f"search.budget={budget}", f"train.seed={seed}"]
                     m = run_one(
                         "search", config, run_dir, [*overrides, *args.overrides], args.keep_checkpoints
                     )
@@ -310,9 +320,14 @@ def paired_lines(rows: list[dict], resamples: int, baselines: list[str]) -> list
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
-        if row["budget"] is None or row["kind"] in ("uniform", "power_rule"):
+        if row["budget"] is None and row["kind"].endswith("-fp16"):
+            # Half precision for free: uniform-d in fp16 against the same dims in fp32 (expect a tie).
+            pairs_with = [row["kind"].removesuffix("-fp16")]
+        elif row["budget"] is None or row["kind"] in baselines:
             continue
-        for base in baselines:
+        else:
+            pairs_with = baselines
+        for base in pairs_with:
             other = next(
                 (
                     r
@@ -329,10 +344,11 @@ def paired_lines(rows: list[dict], resamples: int, baselines: list[str]) -> list
             if any(a is None or b is None for a, b in pairs):
                 continue
             result = paired_bootstrap(pairs, resamples)
+            at = f" @{row['budget']:g}" if row["budget"] is not None else ""
             seeds_text = "; ".join(f"{p:+.4f} [{lo:+.4f}, {hi:+.4f}]" for p, lo, hi in result["per_seed"])
             p, lo, hi = result["mean"]
             lines.append(
-                f"| {row['config']} | {row['kind']} @{row['budget']:g} | {other['label'].split(' ', 1)[1]} "
+                f"| {row['config']} | {row['kind']}{at} | {other['label'].split(' ', 1)[1]} "
                 f"| {seeds_text} | {p:+.4f} [{lo:+.4f}, {hi:+.4f}] | {_verdict(lo, hi)} |"
             )
     return lines
