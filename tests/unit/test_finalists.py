@@ -15,7 +15,7 @@ from torchrec_aes.planning.memory import Budget
 from torchrec_aes.report import write_report
 from torchrec_aes.runs import run_search
 from torchrec_aes.search.base import SearchContext, SearchResult, register
-from torchrec_aes.search.finalists import Finalist, baseline_finalists, pick_finalist
+from torchrec_aes.search.finalists import Finalist, baseline_finalists, halving_epochs, pick_finalist
 from torchrec_aes.tasks.ctr import CTRTask
 from torchrec_aes.train.hooks import TrainHooks
 
@@ -69,8 +69,8 @@ def test_a_worse_search_result_loses_to_a_baseline_trained_from_scratch(tmp_path
         ctx, [Finalist("backwards", mine, mine, Backwards())] + baseline_finalists(ctx)
     )
     by_label = {r["label"]: r for r in rows}
-    assert set(by_label) == {"backwards", "uniform", "power_rule"}
-    assert chosen.label in ("uniform", "power_rule") and by_label[chosen.label]["chosen"]
+    assert set(by_label) == {"backwards", "uniform", "power_rule", "uniform_fp16"}
+    assert chosen.label in ("uniform", "power_rule", "uniform_fp16") and by_label[chosen.label]["chosen"]
     assert by_label["backwards"]["val"]["auc"] < 0.5 < result["val"]["auc"]
     # Successive halving: the worse half stops after the first epoch; the survivor trains on.
     assert by_label["backwards"]["epochs"] == 1 and by_label[chosen.label]["epochs"] >= 2
@@ -95,3 +95,9 @@ def test_the_report_says_plainly_when_a_baseline_won(tmp_path) -> None:
 def test_without_baselines_the_methods_own_finalist_is_kept(registered, tmp_path) -> None:
     metrics = _run(tmp_path, "search.final_baselines=false")
     assert [r["label"] for r in metrics["finalists"]] == ["backwards"] and metrics["winner"] == "backwards"
+
+
+def test_successive_halving_doubles_the_epochs_each_round_up_to_the_schedule() -> None:
+    assert halving_epochs(10, 3) == [2, 3, 5]  # 5 finalists, 10 epochs: then the survivor trains to 10
+    assert halving_epochs(3, 2) == [1, 2]
+    assert halving_epochs(1, 2) == [1]

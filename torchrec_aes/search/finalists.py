@@ -3,11 +3,14 @@ zero-cost baselines at the same budget (same-memory uniform, power_rule) are tra
 one `Trainer`, and the best on validation is kept. A search result therefore cannot lose to the baselines
 on validation; on test it still can, and the report says so plainly.
 
-Schedule (`search.halving`, on by default when checkpoints are on): successive halving over epochs. Every
-finalist trains its first epoch; the better half by validation continues one more epoch (resuming from its
-checkpoint, exactly); and so on until one is left, which trains to the end of its normal schedule
-(`train.epochs` with early stopping). With n finalists and E epochs this costs about
-E + n + n/2 + ... - log2(n) epochs instead of n * E. Without checkpoints every finalist trains fully.
+Schedule (`search.halving`, on by default when checkpoints are on): successive halving over epochs with
+a doubling budget. With n finalists there are R = ceil(log2 n) rounds; in round r = 1..R every finalist
+still in the race trains up to ceil(E * 2^(r-1-R)) epochs of its `train.epochs` = E (resuming from its
+checkpoint, exactly), then the better half by validation goes on; the last one trains to the end of its
+normal schedule (early stopping included). E.g. E = 10, n = 5: 2, 3 and 5 epochs, then 10 -- about
+2.2 full trainings instead of 5. Ours: the first version halved after every single epoch, and on Frappe
+(where models need ~10 epochs) the rank after one epoch eliminated the finalist that was best when
+trained fully. Without checkpoints every finalist trains fully.
 
 Test metrics are computed for every finalist at the point it stopped (for the report); the choice uses
 validation only.
@@ -100,6 +103,17 @@ def _dedupe(finalists: list[Finalist]) -> list[Finalist]:
     return out
 
 
+def halving_epochs(epochs: int, rounds: int) -> list[int]:
+    """Epochs reached in each round of successive halving (doubling, at least 1, increasing, below
+    `epochs`): e.g. (10, 3) -> [2, 3, 5]; (3, 3) -> [1, 2]."""
+    out: list[int] = []
+    for r in range(1, rounds + 1):
+        e = max(1, math.ceil(epochs * 2 ** (r - 1 - rounds)))
+        if e < epochs and (not out or e > out[-1]):
+            out.append(e)
+    return out or [1]
+
+
 def pick_finalist(
     ctx: SearchContext, finalists: list[Finalist]
 ) -> tuple[Finalist, dict[str, Any], list[dict[str, Any]]]:
@@ -136,14 +150,15 @@ def pick_finalist(
     alive = list(range(len(finalists)))
     halving = cfg.search.halving and bool(ctx.run_dir) and cfg.train.checkpoint and len(alive) > 1
     if halving:
-        epoch = 0
-        while len(alive) > 1 and epoch < cfg.train.epochs:
-            epoch += 1
+        rounds = math.ceil(math.log2(len(alive)))
+        for epochs in halving_epochs(cfg.train.epochs, rounds):
             for i in alive:
-                train(i, epoch)
+                train(i, epochs)
             alive.sort(key=lambda i: -results[i]["val"].get(key, -math.inf))
             alive = alive[: max(1, math.ceil(len(alive) / 2))]
-            logger.info("finalists after epoch %d: %s", epoch, ", ".join(finalists[i].label for i in alive))
+            logger.info("finalists after %d epochs: %s", epochs, ", ".join(finalists[i].label for i in alive))
+            if len(alive) == 1:
+                break
         best = alive[0]
         train(best, None)  # the survivor finishes its normal schedule
     else:
