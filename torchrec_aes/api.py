@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from torch.distributed._shard.sharding_spec import EnumerableShardingSpec
 from torchrec.distributed.planner import ParameterConstraints
 from torchrec.distributed.planner.constants import BATCH_SIZE
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
@@ -148,27 +147,6 @@ def planner_constraints(
     return planning.constraints_for(_as_named_by(arch, configs))
 
 
-def _check_shapes(plan: EmbeddingModuleShardingPlan, arch: Architecture, source: str) -> None:
-    """Every active table of `arch` has a sharding in `plan` whose shards tile a rows x dim table."""
-    for t in arch.active_tables:
-        if t.name not in plan:
-            raise ValueError(
-                f"{source}: no sharding for table '{t.name}' ({t.num_embeddings} x {t.embedding_dim}); "
-                f"the plan has {', '.join(plan) or 'no tables'}. Was it planned for another architecture?"
-            )
-        spec = plan[t.name].sharding_spec
-        if not isinstance(spec, EnumerableShardingSpec):
-            continue  # data parallel: a full replica on each rank, nothing to compare
-        # Table-, column- and row-wise shards all tile the table: its extent is the farthest shard corner.
-        rows = max(s.shard_offsets[0] + s.shard_sizes[0] for s in spec.shards)
-        dim = max(s.shard_offsets[1] + s.shard_sizes[1] for s in spec.shards)
-        if (rows, dim) != (t.num_embeddings, t.embedding_dim):
-            raise ValueError(
-                f"{source}: table '{t.name}' is planned as {rows} x {dim} but the architecture has "
-                f"{t.num_embeddings} x {t.embedding_dim}. Was the plan made for another architecture?"
-            )
-
-
 def load_plan(
     path_or_run_dir: str,
     module_path: str | None = None,
@@ -204,7 +182,7 @@ def load_plan(
         )
     ((old_path, module_plan),) = plan.plan.items()
     if arch is not None:
-        _check_shapes(module_plan, arch, path)  # type: ignore[arg-type]
+        plan_io.check_plan_covers(module_plan, arch, path)
         if configs is not None:
             names = {t.name: c.name for c, t in zip(configs, _match(configs, arch), strict=True)}
             module_plan = EmbeddingModuleShardingPlan(

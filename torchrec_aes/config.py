@@ -177,6 +177,10 @@ class PlanConfig:
     """Per-device HBM cap in GiB for cuda (0 = TorchRec's default)."""
     ddr_gb: float = 0.0
     """Per-host DDR cap in GiB (0 = TorchRec's default)."""
+    file: str = ""
+    """`train`: shard with this plan file (e.g. `torchrec-aes plan RUN --world-size N --out PLAN.json`)
+    instead of planning; it must cover the architecture's tables at their sizes, for this job's world size
+    and device, or the run stops with a one-line error naming what differs."""
 
 
 # ---------------------------------------------------------------------------------------------------------

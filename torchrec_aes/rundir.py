@@ -135,7 +135,13 @@ def write_run(
     makedirs(run_dir)
     save_config(cfg, path(run_dir, CONFIG))
     arch.save(path(run_dir, ARCHITECTURE))
-    metrics["plan_topology"] = write_plan(cfg, world_size, arch, module_path, run_dir)
+    if cfg.plan.file:  # the run was sharded with a given plan: keep that one
+        from torchrec_aes.io import read_text
+
+        write_text_atomic(path(run_dir, PLAN), read_text(cfg.plan.file))
+        metrics["plan_topology"] = {"file": cfg.plan.file, "world_size": world_size}
+    else:
+        metrics["plan_topology"] = write_plan(cfg, world_size, arch, module_path, run_dir)
     write_text_atomic(path(run_dir, METRICS), json.dumps(metrics, indent=1, sort_keys=True))
     if landscape:
         write_text_atomic(path(run_dir, LANDSCAPE), json.dumps(landscape))

@@ -67,7 +67,12 @@ def run_train(cfg: Config) -> dict[str, Any]:
     env = init_distributed()
     task = get_task(cfg)
     arch, train_arch, hooks, source = resolve_arch(cfg, task)
-    result = Trainer(cfg, task, train_arch, cfg.run_dir, "train", hooks=hooks).fit()
+    plan = None
+    if cfg.plan.file:
+        from torchrec_aes.planning.plan_io import plan_for_job
+
+        plan = plan_for_job(cfg.plan.file, train_arch, task.ebc_path, env.world_size, env.device.type)
+    result = Trainer(cfg, task, train_arch, cfg.run_dir, "train", hooks=hooks, plan=plan).fit()
     if source and env.is_main:
         kind_of(arch).carry(arch, source, cfg.run_dir)
     arch.embedding_bytes = arch_bytes(arch, cfg.train.embedding_optimizer)
@@ -94,6 +99,11 @@ def run_search(cfg: Config) -> dict[str, Any]:
     from torchrec_aes.search.base import get_method
 
     get_method(cfg.search.method, task_of(cfg).name)  # a one-line error before any data is read
+    if cfg.plan.file:
+        raise ValueError(
+            "plan.file: a plan drives `train` (a search decides the architecture a plan would be for); "
+            "search, then `torchrec-aes plan RUN ...`, then `train ... arch=RUN plan.file=PLAN.json`"
+        )
     if not cfg.search.budget:
         raise ValueError("search.budget: give at least one budget")
     if len(cfg.search.budget) > 1:

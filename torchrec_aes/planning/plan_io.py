@@ -300,3 +300,67 @@ def load_plan(path: str) -> ShardingPlan:
     except IsADirectoryError:
         raise UserError(f"{path}: is a directory (expected a plan .json file)") from None
     return plan_from_dict(data, source=path)
+
+
+def check_plan_covers(plan: Any, arch: Any, source: str) -> None:
+    """Raises ValueError if a module plan does not shard exactly `arch`'s active tables at their sizes.
+
+    Args:
+        plan: an `EmbeddingModuleShardingPlan` (table name -> `ParameterSharding`).
+        arch: the `Architecture` it should shard.
+        source: names the plan in messages (its file).
+    """
+    for t in arch.active_tables:
+        if t.name not in plan:
+            raise UserError(
+                f"{source}: no sharding for table '{t.name}' ({t.num_embeddings} x {t.embedding_dim}); "
+                f"the plan has {', '.join(plan) or 'no tables'}. Was it planned for another architecture?"
+            )
+        spec = plan[t.name].sharding_spec
+        if not isinstance(spec, EnumerableShardingSpec):
+            continue  # data parallel: a full replica on each rank, nothing to compare
+        # Table-, column- and row-wise shards all tile the table: its extent is the farthest shard corner.
+        rows = max(s.shard_offsets[0] + s.shard_sizes[0] for s in spec.shards)
+        dim = max(s.shard_offsets[1] + s.shard_sizes[1] for s in spec.shards)
+        if (rows, dim) != (t.num_embeddings, t.embedding_dim):
+            raise UserError(
+                f"{source}: table '{t.name}' is planned as {rows} x {dim} but the architecture has "
+                f"{t.num_embeddings} x {t.embedding_dim}. Was the plan made for another architecture?"
+            )
+
+
+def plan_for_job(path: str, arch: Any, module_path: str, world_size: int, device: str) -> ShardingPlan:
+    """A plan file (`torchrec-aes plan RUN ...`, `save_plan`) made usable for this job, or a one-line error
+    naming what differs: the tables and their sizes, the world size, the device.
+
+    Args:
+        path: the plan file.
+        arch: the architecture this job trains.
+        module_path: where this job's model holds its EBC (the plan's one module is moved there).
+        world_size: this job's ranks.
+        device: this job's compute device type ("cpu" | "cuda").
+    """
+    plan = load_plan(path)
+    if len(plan.plan) != 1:
+        raise UserError(f"{path}: plans {len(plan.plan)} modules ({', '.join(plan.plan)}); expected one EBC")
+    ((_, module_plan),) = plan.plan.items()
+    check_plan_covers(module_plan, arch, path)
+    extra = sorted(set(module_plan) - {t.name for t in arch.active_tables})  # type: ignore[arg-type]
+    if extra:
+        raise UserError(f"{path}: plans tables {extra} that this architecture does not have")
+    ranks = [r for ps in module_plan.values() for r in (ps.ranks or [])]  # type: ignore[attr-defined]
+    if ranks and max(ranks) + 1 != world_size:
+        raise UserError(
+            f"{path}: planned for {max(ranks) + 1} ranks (placements up to rank {max(ranks)}); this job has "
+            f"{world_size} (plan again with `torchrec-aes plan RUN --world-size {world_size}`)"
+        )
+    for name, ps in module_plan.items():  # type: ignore[attr-defined]
+        spec = ps.sharding_spec
+        if isinstance(spec, EnumerableShardingSpec):
+            for shard in spec.shards:
+                placed = shard.placement.device().type if shard.placement is not None else device
+                if placed != device:
+                    raise UserError(
+                        f"{path}: table '{name}' is placed on {placed}; this job runs on {device}"
+                    )
+    return ShardingPlan({module_path: module_plan})

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.types import ShardingPlan
 from torchrec.optim.keyed import CombinedOptimizer
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from tqdm import tqdm
@@ -55,6 +56,7 @@ class Trainer:
         hooks: per-step and per-epoch extension points (see `TrainHooks`).
         build_model: optional `ebc -> model` factory replacing `model.type` (supernets).
         sharding_types: restrict the planner to these sharding types (e.g. ["table_wise"]).
+        plan: shard with this plan instead of planning (`plan_io.plan_for_job` checks that it fits).
 
     Example::
 
@@ -72,6 +74,7 @@ class Trainer:
         hooks: TrainHooks | None = None,
         build_model: Any = None,
         sharding_types: list[str] | None = None,
+        plan: ShardingPlan | None = None,
     ) -> None:
         self.cfg, self.task, self.arch, self.run_dir, self.tag = cfg, task, arch, run_dir, tag
         self.hooks = hooks or NO_HOOKS
@@ -83,7 +86,7 @@ class Trainer:
         # Fused into backward, so DMP runs FBGEMM's fused optimizer and the planner counts its state.
         attach_table_optimizer(ebc, tc.embedding_optimizer, tc.embedding_lr)
         topology = make_topology(self.env.world_size, self.env.device.type, cfg.plan.hbm_gb, cfg.plan.ddr_gb)
-        self.plan = plan_model(
+        self.plan = plan or plan_model(
             module, arch, topology, tc.batch_size, pg=self.env.pg, sharding_types=sharding_types
         )
         self.model = DistributedModelParallel(

@@ -1,0 +1,49 @@
+"""The production loop (README): search on a small job -> plan for the production topology -> train with
+that plan on 2 processes; a plan that does not fit the job is a one-line error naming what differs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cli import BIN, REPO, TINY, _env, cli
+
+pytestmark = pytest.mark.e2e
+
+
+def test_an_exported_plan_drives_a_two_process_training_and_a_mismatch_is_one_line(tmp_path: Path) -> None:
+    run = tmp_path / "search"
+    cli(tmp_path, "search", TINY, "--run-dir", str(run), "search.method=power_rule")
+    plan = tmp_path / "plan2.json"
+    planned = subprocess.run(
+        [str(BIN / "torchrec-aes"), "plan", str(run), "--world-size", "2", "--device", "cpu",
+         "--out", str(plan)],
+        cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    train = tmp_path / "train2"
+    proc = subprocess.run(
+        [
+            str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "torchrec_aes.cli", "train",
+            TINY, "--run-dir", str(train), f"arch={run}", f"plan.file={plan}",
+            f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=1",
+        ],
+        cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((train / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["plan_topology"]["file"] == str(plan)
+    assert json.loads((train / "plan.json").read_text()) == json.loads(plan.read_text())
+    # The same plan on one process: refused before training, in one line naming the world sizes.
+    bad = cli(tmp_path, "train", TINY, "--run-dir", str(tmp_path / "bad"), f"arch={run}", f"plan.file={plan}",
+              check=False)  # fmt: skip
+    assert bad.returncode == 2
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "planned for 2 ranks" in lines[0] and "this job has 1" in lines[0]
+    # A plan of another architecture names the table that does not fit.
+    other = cli(tmp_path, "train", TINY, "--run-dir", str(tmp_path / "other"), "model.embedding_dim=12",
+                f"plan.file={plan}", check=False)  # fmt: skip
+    assert other.returncode == 2 and "is planned as 10 x 16 but the architecture has 10 x 12" in other.stderr
