@@ -87,7 +87,7 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from torchrec_aes.planning.memory import format_bytes
+    from torchrec_aes.planning.memory import format_amount, format_bytes
     from torchrec_aes.runs import run_search
 
     cfg = _load(args)
@@ -97,9 +97,11 @@ def _search(args: argparse.Namespace) -> None:
             dims = " ".join(f"{k.removeprefix('t_')}={v}" for k, v in m["dims"].items())
             winner = f" (final pick: {m['winner']})" if "winner" in m else ""
             print(f"{metrics['method']}{winner}: dims {dims}")
+            used, budget, count = m["budget_used"], m["budget_bytes"], m.get("budget_count", "bytes")
+            size = format_bytes(m["embedding_bytes"])
             print(
-                f"embedding bytes {format_bytes(m['embedding_bytes'])} "
-                f"<= budget {format_bytes(m['budget_bytes'])}"
+                f"embedding {count} {format_amount(used, count)} <= budget {format_amount(budget, count)} "
+                f"({used / max(budget, 1):.0%} used; {size} by TorchRec's storage estimate)"
             )
             if m.get("test"):
                 print("test " + " ".join(f"{k}={v:.4f}" for k, v in sorted(m["test"].items())))
