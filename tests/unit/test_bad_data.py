@@ -21,7 +21,7 @@ import pytest
 from torchrec_aes.config import DataConfig
 from torchrec_aes.data import load_data, read_raw
 from torchrec_aes.data.interactions import MAX_ID, MAX_ID_SPARSITY, load_interactions
-from torchrec_aes.data.preprocess import MAX_SKIPPED_SHARE, SKIPPED_ROWS_TOLERATED, DataFileNotFoundError
+from torchrec_aes.data.textfile import MAX_SKIPPED_SHARE, SKIPPED_ROWS_TOLERATED, DataFileNotFoundError
 
 CORPUS = Path(__file__).parents[1] / "data" / "bad"
 NUM_ROWS = 300

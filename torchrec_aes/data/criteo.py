@@ -15,8 +15,9 @@ from __future__ import annotations
 import csv
 
 from torchrec_aes.config import DataConfig
-from torchrec_aes.data.preprocess import RawTable, input_paths
+from torchrec_aes.data.preprocess import RawTable
 from torchrec_aes.data.tabular import Columns, read_delimited
+from torchrec_aes.data.textfile import input_paths
 
 NUM_DENSE = 13
 NUM_SPARSE = 26

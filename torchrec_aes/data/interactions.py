@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 import torch
 
 from torchrec_aes.config import DataConfig
-from torchrec_aes.data.preprocess import (
+from torchrec_aes.data.schema import Schema, SparseFeature
+from torchrec_aes.data.textfile import (
     STREAM_ERRORS,
     check_file,
     check_skipped_share,
@@ -37,7 +38,6 @@ from torchrec_aes.data.preprocess import (
     stream_error,
     undecodable_byte,
 )
-from torchrec_aes.data.schema import Schema, SparseFeature
 
 logger = logging.getLogger(__name__)
 

@@ -22,17 +22,15 @@ from __future__ import annotations
 import numpy as np
 
 from torchrec_aes.config import DataConfig
-from torchrec_aes.data.preprocess import (
+from torchrec_aes.data.preprocess import RawTable, parse_labels, str_array
+from torchrec_aes.data.textfile import (
     STREAM_ERRORS,
-    RawTable,
     TableBuilder,
     TextFile,
     drop_undecodable,
     input_paths,
     not_utf8,
     open_text,
-    parse_labels,
-    str_array,
     stream_error,
     undecodable_byte,
 )
