@@ -6,8 +6,8 @@ on validation; on test it still can, and the report says so plainly.
 Schedule (`search.halving`, on by default when checkpoints are on): successive halving over epochs with
 a doubling budget. With n finalists there are R = ceil(log2 n) rounds; in round r = 1..R every finalist
 still in the race trains up to ceil(E * 2^(r-1-R)) epochs of its `train.epochs` = E (resuming from its
-checkpoint, exactly), then the better half by validation goes on; the last one trains to the end of its
-normal schedule (early stopping included). E.g. E = 10, n = 5: 2, 3 and 5 epochs, then 10 -- about
+checkpoint, exactly), then the better half by validation goes on; after the last round the best by
+validation trains to the end of its normal schedule (early stopping included) and is the pick. E.g. E = 10, n = 5: 2, 3 and 5 epochs, then 10 -- about
 2.2 full trainings instead of 5. Ours: the first version halved after every single epoch, and on Frappe
 (where models need ~10 epochs) the rank after one epoch eliminated the finalist that was best when
 trained fully. Without checkpoints every finalist trains fully.
