@@ -152,7 +152,7 @@ class Checkpointer:
         self.is_main = is_main
         self.identity = identity
         self.resume_enabled = resume
-        self._verified: set[int] = set()
+        self._verified: set[int] = set()  # rank 0: epochs whose files it wrote or checked
 
     def _epoch_dir(self, epoch: int) -> str:
         return join(self.directory, f"epoch_{epoch}")
@@ -237,7 +237,8 @@ class Checkpointer:
         if kind == "none":
             return None
         epoch, state = value
-        self._verified.add(epoch)
+        if self.is_main:
+            self._verified.add(epoch)
         return {**state, "epoch": epoch}
 
     def _find(self) -> tuple[str, Any]:
@@ -333,18 +334,20 @@ class Checkpointer:
         Raises:
             CheckpointError: its files do not match its manifest.
         """
-        if epoch not in self._verified:
-            problem = None
-            if self.is_main:
-                try:
-                    with open(join(self._epoch_dir(epoch), MANIFEST), encoding="utf-8") as f:
-                        problem = self._check_files(epoch, json.load(f)["files"])
-                except (OSError, ValueError, KeyError, TypeError) as e:
-                    problem = f"{MANIFEST} unreadable ({_short(e)})"
-            problem = _broadcast(problem)
-            if problem:
-                raise CheckpointError(f"{self._epoch_dir(epoch)}: {problem}")
-            self._verified.add(epoch)
+        # Rank 0 decides (it alone tracks what it wrote or checked) and always broadcasts, so every rank
+        # takes the same path into the collective load.
+        problem = None
+        if self.is_main and epoch not in self._verified:
+            try:
+                with open(join(self._epoch_dir(epoch), MANIFEST), encoding="utf-8") as f:
+                    problem = self._check_files(epoch, json.load(f)["files"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                problem = f"{MANIFEST} unreadable ({_short(e)})"
+            if problem is None:
+                self._verified.add(epoch)
+        problem = _broadcast(problem)
+        if problem:
+            raise CheckpointError(f"{self._epoch_dir(epoch)}: {problem}")
         if optimizer is not None:
             # Optimizer state is created lazily on the first step: a fresh optimizer (e.g. Adam's) has
             # none, so DCP would have nothing to load into and its saved state would silently be lost.
