@@ -178,3 +178,19 @@ def test_keeps_the_last_two_epochs_and_the_best(tmp_path) -> None:
     for name in kept:
         manifest = json.loads((tmp_path / "run" / "checkpoints" / "train" / name / "state.json").read_text())
         assert manifest["files"] and all(len(f["sha256"]) == 64 for f in manifest["files"].values())
+
+
+def test_checkpoint_of_an_older_version_without_manifests_still_resumes(runs, tmp_path, caplog) -> None:
+    # Before manifests, state.json was the bare trainer state (with the tables) and epochs had none.
+    whole, part = runs
+    run, ckpt = _copy(part, tmp_path)
+    manifest = json.loads((ckpt / "state.json").read_text())
+    legacy = {**manifest["state"], "tables": manifest["identity"]["tables"]}
+    (ckpt / "state.json").write_text(json.dumps(legacy))
+    for epoch_manifest in ckpt.glob("epoch_*/state.json"):
+        epoch_manifest.unlink()
+    with caplog.at_level(logging.INFO, logger="torchrec_aes"):
+        resumed = _fit(run)
+    assert any("without checksums" in w for w in _our_warnings(caplog))
+    assert "resumed train after epoch 1" in caplog.text
+    _same_run(resumed, whole)

@@ -153,6 +153,7 @@ class Checkpointer:
         self.identity = identity
         self.resume_enabled = resume
         self._verified: set[int] = set()  # rank 0: epochs whose files it wrote or checked
+        self._legacy_run = False  # rank 0: resumed a checkpoint written before manifests existed
 
     def _epoch_dir(self, epoch: int) -> str:
         return join(self.directory, f"epoch_{epoch}")
@@ -321,6 +322,7 @@ class Checkpointer:
         if not os.path.isdir(self._epoch_dir(state["epoch"])):
             return None
         self._check_identity({"tables": state.get("tables")}, keys=["tables"])
+        self._legacy_run = True  # its epochs have no manifests to check against
         logger.warning(
             "%s: checkpoint without checksums (an older version wrote it); resuming from it", self.directory
         )
@@ -337,7 +339,7 @@ class Checkpointer:
         # Rank 0 decides (it alone tracks what it wrote or checked) and always broadcasts, so every rank
         # takes the same path into the collective load.
         problem = None
-        if self.is_main and epoch not in self._verified:
+        if self.is_main and epoch not in self._verified and not self._legacy_run:
             try:
                 with open(join(self._epoch_dir(epoch), MANIFEST), encoding="utf-8") as f:
                     problem = self._check_files(epoch, json.load(f)["files"])
