@@ -297,6 +297,8 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         (item_tp,) = typing.get_args(tp)
         if isinstance(value, str):
             value = [v for v in value.split(",") if v != ""]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            value = [value]  # one value where a list is allowed (e.g. search.budget=10)
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{path}: expected a list, got {value!r}")
         return [_convert(v, item_tp, f"{path}[{i}]") for i, v in enumerate(value)]
