@@ -10,7 +10,8 @@ checkpoint, exactly), then the better half by validation goes on; after the last
 validation trains to the end of its normal schedule (early stopping included) and is the pick. E.g.
 E = 10, n = 5: 2, 3 and 5 epochs, then 10 -- about 2.2 full trainings instead of 5. Ours: the first
 version halved after every single epoch, and on Frappe (where models need ~10 epochs) the rank after one
-epoch eliminated the finalist that was best when trained fully. Without checkpoints every finalist trains fully.
+epoch eliminated the finalist that was best when trained fully. Without checkpoints every finalist
+trains fully.
 
 Test metrics are computed for every finalist at the point it stopped (for the report); the choice uses
 validation only.
