@@ -35,8 +35,13 @@ def makedirs(path: str) -> None:
 
 
 def remove_tree(path: str) -> None:
-    """Deletes a local directory and everything in it, if it exists (DCP checkpoints are local files)."""
-    shutil.rmtree(_local(path), ignore_errors=True)
+    """Deletes a local directory and everything in it, or a local file, if it exists (DCP checkpoints
+    and saved search phases are local files)."""
+    local = _local(path)
+    if os.path.isfile(local):
+        os.remove(local)
+    else:
+        shutil.rmtree(local, ignore_errors=True)
 
 
 def read_text(path: str) -> str:

@@ -307,6 +307,10 @@ def test_cli_search_runs_end_to_end_and_a_rerun_resumes_from_the_saved_phases(tm
     again = json.loads((run / "metrics.json").read_text())
     assert again["search_log"]["supernet"] == {"resumed": True}
     assert again["dims"] == metrics["dims"]
+    # train.resume=false starts every phase fresh: the supernet trains again.
+    fresh = _cli(config, run, f"data.cache_dir={tmp_path / 'cache'}", "train.resume=false")
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    assert "history" in json.loads((run / "metrics.json").read_text())["search_log"]["supernet"]
 
 
 @pytest.mark.parametrize("model_type", ["dlrm", "dcn"])

@@ -52,6 +52,13 @@ def adass(ctx: SearchContext) -> SearchResult:
     labels = [f"{d}" if p == "fp32" else f"{d}/{p}" for d, p in opts]
     log: dict[str, Any] = {}
     # Rank 0 decides, so every rank takes the same branch (the run directory may be rank 0's only).
+    if not cfg.train.resume and env.is_main and "adass_evaluator" not in ctx.cache:
+        # train.resume=false: start fresh, replacing the saved phases (the supernet's, once per run).
+        for stale in (eval_path, join(rl_dir, "rl_state.pt") if rl_dir else ""):
+            if stale and exists(stale):
+                remove_tree(stale)
+    elif not cfg.train.resume and env.is_main and rl_dir and exists(join(rl_dir, "rl_state.pt")):
+        remove_tree(join(rl_dir, "rl_state.pt"))
     resume = bool(broadcast_object(bool(eval_path) and env.is_main and exists(eval_path)))
     if "adass_evaluator" in ctx.cache:
         evaluator = ctx.cache["adass_evaluator"]

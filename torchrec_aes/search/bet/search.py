@@ -128,7 +128,8 @@ def bet_search(
 
     # Pre-train the full-size model once (kept across resumes).
     pre_path = join(state_dir, "pretrained.pt") if state_dir else ""
-    if pre_path and bc.resume and exists(pre_path):
+    resume = bc.resume and cfg.train.resume  # train.resume=false starts every phase fresh
+    if pre_path and resume and exists(pre_path):
         pre = load_torch(pre_path, weights_only=False)
     else:
         keep = TableHooks(keep_tables=True)
@@ -144,7 +145,7 @@ def bet_search(
     replay: list[dict[str, Any]] = []
     start_iter = 0
     state_path = join(state_dir, "state.pt") if state_dir else ""
-    if state_path and bc.resume and exists(state_path):
+    if state_path and resume and exists(state_path):
         state = load_torch(state_path, weights_only=False)
         replay, start_iter = state["replay"], state["iteration"]
         trainer.load_state_dict(state["predictor"])
