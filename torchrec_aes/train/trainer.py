@@ -11,9 +11,12 @@ without a new best of the stop metric (the task's, or the hooks' `score_key`). T
 from its in-memory snapshot (CF keeps its score matrices), else restored from its checkpoint (with
 `train.checkpoint=false` and no snapshot, the last epoch is tested).
 
-Checkpoints (a run directory and `train.checkpoint`): a DCP checkpoint of the model, both optimizers and
-the loop's state (plus the hooks' state) after every epoch under `checkpoints/<tag>/`; a rerun with the
-same run directory resumes after the last complete epoch.
+Checkpoints (a run directory and `train.checkpoint`): a DCP checkpoint of the model, both optimizers
+(their lazy state created first, so a resume is exact) and the loop's state (plus the hooks' state) after
+every epoch under `checkpoints/<tag>/`, with checksums of its files and the identity of the run (tables,
+seed, data, training config; `train/checkpoint.py`). A rerun with the same run directory resumes after the
+last complete epoch; a corrupt latest checkpoint falls back to the previous one; a checkpoint of another
+run is refused in one line naming what differs; `train.resume=false` starts fresh.
 """
 
 from __future__ import annotations
