@@ -372,3 +372,32 @@ def test_a_budget_list_trains_one_supernet_and_writes_a_sub_run_and_frontier_per
     assert [p["budget_bytes"] for p in frontier["points"]] == [first["budget_bytes"], second["budget_bytes"]]
     assert {"uniform", "power_rule"} <= {p["label"] for p in frontier["points"][0]["picks"]}
     assert (run / "frontier.png").stat().st_size > 0 and "frontier.png" in (run / "report.md").read_text()
+
+
+def test_a_supernet_stopped_after_an_epoch_resumes_exactly(tmp_path):
+    # Stage 1 runs in the one Trainer: the sampler's state rides in its checkpoints, the optimizers' too.
+    from tests.helpers import tiny_config
+    from torchrec_aes.search.adass.supernet import SupernetTrainer
+
+    def supernet(epochs: int, run_dir: str) -> tuple[dict, list[float]]:
+        splits = tiny_splits(n=2000)
+        cfg = tiny_config()
+        cfg.search.candidates = [4, 8, 16]
+        cfg.search.adass.supernet_epochs = epochs
+        cfg.search.adass.importance_every = 7
+        cfg.train.patience = 5
+        budget = Budget.parse("0.5 x uniform-16", splits.schema)
+        ctx = SearchContext(cfg, CTRTask(cfg, splits), budget, run_dir, cfg.search.adass)
+        trainer = SupernetTrainer(ctx, writer=None)
+        log = trainer.train()
+        evaluator = trainer.evaluator()
+        return log, [evaluator.auc([k] * 5) for k in range(3)]
+
+    whole_log, whole_scores = supernet(3, str(tmp_path / "whole"))
+    supernet(1, str(tmp_path / "part"))  # "killed" after the first epoch
+    resumed_log, resumed_scores = supernet(3, str(tmp_path / "part"))
+    assert [h["train_loss"] for h in resumed_log["history"]] == [
+        h["train_loss"] for h in whole_log["history"]
+    ]
+    assert resumed_log["importance"] == whole_log["importance"]
+    assert resumed_scores == whole_scores
