@@ -166,3 +166,33 @@ def test_adass_with_a_precision_choice_meets_the_byte_budget_with_mixed_precisio
 
 def saved_schema(cfg):
     return CTRTask.load(cfg).schema
+
+
+def test_bet_with_fp16_tables_affords_twice_the_row_sizes_within_the_same_byte_budget(tmp_path) -> None:
+    from tests.unit.test_bet import _interaction_file
+    from torchrec_aes.config import load_config
+    from torchrec_aes.data.interactions import load_interactions
+    from torchrec_aes.models.rowwise import RowCost
+    from torchrec_aes.search.bet.search import bet_search
+    from torchrec_aes.tasks.cf import CFTask
+
+    assert RowCost.of("rowwise_adagrad", "bytes", "fp16").per_dim * 2 == RowCost.of("rowwise_adagrad").per_dim
+    _interaction_file(tmp_path / "train.txt")
+    results = {}
+    for precision in ("fp32", "fp16"):
+        cfg = load_config(
+            "configs/tests/bet_tiny.yaml",
+            [
+                f"data.path={tmp_path / 'train.txt'}",
+                "search.count=bytes",
+                "search.bet.iterations=2",
+                f"search.bet.precision={precision}",
+            ],
+        )
+        data = load_interactions(cfg.data)
+        budget = Budget.parse(cfg.search.budget[0], data.schema, cfg.train.embedding_optimizer, "bytes")
+        result = bet_search(cfg, CFTask(cfg, data), budget, "", "bet_su")
+        (su,) = result.finalists
+        assert budget.used(su.arch) <= budget.bytes and set(su.arch.data_types) == {precision}
+        results[precision] = su.arch.dims[0]
+    assert results["fp16"] >= 2 * results["fp32"] - 4  # sizes are multiples of 4

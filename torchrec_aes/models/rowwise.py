@@ -63,12 +63,12 @@ class RowCost:
     per_row: int
 
     @classmethod
-    def of(cls, optimizer: str = "rowwise_adagrad", count: str = "bytes") -> RowCost:
+    def of(cls, optimizer: str = "rowwise_adagrad", count: str = "bytes", data_type: str = "fp32") -> RowCost:
         """Asks TorchRec's estimator at three (rows, dim) points and checks that it is linear."""
-        base = table_storage(1000, 4, optimizer, count)
-        per_dim, rem = divmod(table_storage(1000, 8, optimizer, count) - base, 4000)
+        base = table_storage(1000, 4, optimizer, count, data_type)
+        per_dim, rem = divmod(table_storage(1000, 8, optimizer, count, data_type) - base, 4000)
         per_row, rem2 = divmod(base - 4000 * per_dim, 1000)
-        check = table_storage(3000, 12, optimizer, count)
+        check = table_storage(3000, 12, optimizer, count, data_type)
         if rem or rem2 or check != 3000 * (12 * per_dim + per_row):
             raise ValueError(
                 f"TorchRec's storage estimate for optimizer '{optimizer}' is not linear in rows and dim; "
@@ -187,10 +187,11 @@ class BucketLayout:
         return layout
 
 
-def bucket_architecture(layout: BucketLayout, method: str = "bet") -> Architecture:
-    """The deployment architecture: one table per bucket (what the planner shards and the budget counts)."""
+def bucket_architecture(layout: BucketLayout, method: str = "bet", data_type: str = "fp32") -> Architecture:
+    """The deployment architecture: one table per bucket (what the planner shards and the budget counts),
+    every bucket table stored in `data_type`."""
     tables = [
-        TableArch(c.name, list(c.feature_names), c.num_embeddings, c.embedding_dim)
+        TableArch(c.name, list(c.feature_names), c.num_embeddings, c.embedding_dim, data_type)
         for c in layout.ebc_configs()
     ]
     return Architecture(tables=tables, method=method, kind="rowwise")
@@ -272,4 +273,6 @@ def masked_form(
         raise ValueError(
             f"architecture: row sizes for features {sorted(missing)} that the data does not have"
         )
-    return Architecture.uniform(schema, max_dim), dict(layout.row_dims)
+    # The bucket tables' precision carries over to the training form (all buckets share one).
+    data_type = arch.tables[0].data_type if arch.tables else "fp32"
+    return Architecture.uniform(schema, max_dim, data_type), dict(layout.row_dims)

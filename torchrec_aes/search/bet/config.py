@@ -43,6 +43,9 @@ class BETConfig:
     freed budget is handed to rows with room (ours; the paper redraws without bound)."""
     resume: bool = True
     """Continue a search from RUN/bet/state.pt (replay set + predictor, saved every iteration)."""
+    precision: str = "fp32"
+    """Storage precision of every user/item table (the bucket tables, their masked training form and SU):
+    fp32 | fp16. fp16 halves a row's bytes, so the same budget affords about twice the sizes."""
 
 
 register_section("bet", BETConfig)

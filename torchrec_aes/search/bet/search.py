@@ -50,15 +50,16 @@ def _finalists(
     deployed as size buckets and trained in its masked form; the same-budget uniform (SU) is an ordinary
     uniform architecture. `run_search` trains them from scratch and keeps the best on validation."""
     schema = task.schema
-    full_arch = Architecture.uniform(schema, cfg.search.bet.max_dim)
+    precision = cfg.search.bet.precision
+    full_arch = Architecture.uniform(schema, cfg.search.bet.max_dim, precision)
     finalists = []
     for j, action in enumerate(candidates):
         uniform_dim = action.info.get("uniform_dim")
         if uniform_dim:  # SU: a physical uniform table is the same model, without the mask
-            finalists.append(Finalist("bet_su", Architecture.uniform(schema, uniform_dim)))
+            finalists.append(Finalist("bet_su", Architecture.uniform(schema, uniform_dim, precision)))
             continue
         layout = BucketLayout.from_row_dims(action.as_dict())
-        arch = bucket_architecture(layout, method)
+        arch = bucket_architecture(layout, method, precision)
         arch.extra.update(layout.extra())
         arch.extra["max_dim"] = cfg.search.bet.max_dim
         label = method if len(candidates) == 1 else f"{method}_{j}"
@@ -80,7 +81,7 @@ def _finalists(
 
 def _sampler(cfg: Config, data: InteractionData, budget: Budget) -> ActionSampler:
     bc = cfg.search.bet
-    cost = RowCost.of(budget.optimizer, budget.count)
+    cost = RowCost.of(budget.optimizer, budget.count, bc.precision)
     return ActionSampler(
         data.user_freq, data.item_freq, budget.bytes, cost, bc.max_dim, bc.multiple, bc.max_redraws
     )
@@ -104,6 +105,10 @@ def bet_search(
     """
     data = task.data
     bc = cfg.search.bet
+    if bc.precision not in ("fp32", "fp16"):
+        raise ValueError(f"search.bet.precision: '{bc.precision}' is not one of fp32, fp16")
+    if bc.precision == "fp16" and budget.count == "params":
+        raise ValueError("search.bet.precision: fp16 saves bytes, not parameters; use search.count=bytes")
     unknown = [r for r in bc.schedule if r not in PICK_RULES]
     if unknown or not bc.schedule:
         raise ValueError(
@@ -124,7 +129,7 @@ def bet_search(
     state_dir = rundir.method_dir(run_dir, "bet") if run_dir else ""
     if state_dir and main:
         makedirs(state_dir)
-    full_arch = Architecture.uniform(data.schema, bc.max_dim)
+    full_arch = Architecture.uniform(data.schema, bc.max_dim, bc.precision)
 
     # Pre-train the full-size model once (kept across resumes).
     pre_path = join(state_dir, "pretrained.pt") if state_dir else ""
