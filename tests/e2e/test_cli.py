@@ -56,7 +56,7 @@ def test_train_writes_the_run_directory_contract(tmp_path):
     assert metrics["embedding_bytes"] > 0 and metrics["wall_seconds"] > 0
     arch = yaml.safe_load((run / "architecture.yaml").read_text())
     assert [t["embedding_dim"] for t in arch["tables"]] == [8] * 6
-    assert set(arch["tables"][0]) == {"name", "feature_names", "num_embeddings", "embedding_dim"}
+    assert set(arch["tables"][0]) == {"name", "feature_names", "num_embeddings", "embedding_dim", "data_type"}
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["train"]["epochs"] == 2 and config["run_dir"] == str(run)
     assert list((run / "tb" / "train").glob("events.out.tfevents.*"))
