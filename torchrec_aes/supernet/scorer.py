@@ -21,7 +21,7 @@ from torchrec.sparse.jagged_tensor import KeyedTensor
 from torchrec_aes.data.dataset import CTRData, iter_batches
 from torchrec_aes.io import load_torch, save_torch_atomic
 from torchrec_aes.supernet.elastic import find_elastic
-from torchrec_aes.supernet.stats import auc_difference
+from torchrec_aes.supernet.stats import placement_difference, placements
 from torchrec_aes.train.distributed import DistEnv
 
 KEEP_LOGITS = 512
@@ -152,6 +152,7 @@ class SupernetEvaluator:
         self.table_names = self.elastic.table_names
         self._cache: dict[tuple[int, ...], tuple[float, float, float]] = {}
         self._kept: dict[tuple[int, ...], torch.Tensor] = {}
+        self._placed: dict[tuple[tuple[int, ...], str], tuple[torch.Tensor, torch.Tensor]] = {}
         self.evaluations = 0
         self._choice_lookup: _ChoiceLookup | None = None
         if self.elastic.output_dim is not None and hasattr(self.model, "dense_arch"):
@@ -193,8 +194,17 @@ class SupernetEvaluator:
 
     def compare(self, a: Sequence[int], b: Sequence[int], part: str = "all") -> tuple[float, float]:
         """AUC(b) - AUC(a) on `part` and the standard error of that paired difference (DeLong)."""
-        rows = _rows(part)
-        return auc_difference(self._logits(a)[rows], self._logits(b)[rows], self.labels[rows])
+        return placement_difference(self._placements(a, part), self._placements(b, part))
+
+    def _placements(self, choice: Sequence[int], part: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """DeLong's components of `choice` on `part`, kept like the logits (bounded)."""
+        key = (tuple(int(k) for k in choice), part)
+        if key not in self._placed:
+            if len(self._placed) >= KEEP_LOGITS:
+                self._placed.pop(next(iter(self._placed)))
+            rows = _rows(part)
+            self._placed[key] = placements(self._logits(choice)[rows], self.labels[rows])
+        return self._placed[key]
 
     @torch.no_grad()
     def _forward(self, key: tuple[int, ...]) -> torch.Tensor:

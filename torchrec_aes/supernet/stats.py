@@ -50,13 +50,20 @@ def auc_difference(
         (difference, standard error); (0, 0) if a class is missing or has one row.
     """
     pos = labels > 0.5
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos < 2 or n_neg < 2:
+    if int(pos.sum()) < 2 or int((~pos).sum()) < 2:
         return 0.0, 0.0
-    a10, a01 = placements(scores_a, labels)
-    b10, b01 = placements(scores_b, labels)
-    d10, d01 = b10 - a10, b01 - a01
-    variance = float(d10.var() / n_pos + d01.var() / n_neg)
+    return placement_difference(placements(scores_a, labels), placements(scores_b, labels))
+
+
+def placement_difference(
+    a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]
+) -> tuple[float, float]:
+    """`auc_difference` from two models' `placements` on the same rows (callers that compare one model
+    with many others compute each model's placements once)."""
+    d10, d01 = b[0] - a[0], b[1] - a[1]
+    if d10.numel() < 2 or d01.numel() < 2:
+        return 0.0, 0.0
+    variance = float(d10.var() / d10.numel() + d01.var() / d01.numel())
     return float(d10.mean()), max(variance, 0.0) ** 0.5
 
 
