@@ -113,6 +113,7 @@ def adass(ctx: SearchContext) -> SearchResult:
             "argmax_dims": {n: labels[k] for n, k in zip(names, argmax, strict=True)},
             "argmax_val_auc": evaluator.auc(argmax),
             "argmax_bytes": sum(costs[f][k] for f, k in enumerate(argmax)),
+            "final_dims": {n: labels[k] for n, k in zip(names, final, strict=True)},
             "final_val_auc": evaluator.auc(final),
             "final_bytes": sum(costs[f][k] for f, k in enumerate(final)),
             "budget_moves": [_name_move(m, names, labels) for m in moves],
