@@ -59,6 +59,13 @@ class SyntheticConfig:
     """Exponent of the Zipf distribution that ids are drawn from."""
     signal_scale: float = 1.0
     """Multiplier on the hidden model's logit (higher = easier task)."""
+    populations: int = 1
+    """Number of hidden row populations, each with its own popular ids and informative fields (for
+    instance-wise searches); 1 = a single population, the plain generator."""
+    population_ranks: list[list[int]] | None = None
+    """Planted rank per sparse field for each population: `populations` lists of one rank per field (set
+    instead of `true_ranks`). None: population p uses `true_ranks` (or the default pattern) rotated left by
+    p * (F // populations) fields, F = number of sparse fields."""
 
 
 @dataclass
@@ -452,6 +459,12 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.synthetic.true_ranks", lambda v: v is None or all(0 <= r < 2**15 for r in v), "in [0, 2^15)"),
     ("data.synthetic.zipf_exponent", _positive, _POSITIVE),
     ("data.synthetic.signal_scale", _non_negative, _NON_NEGATIVE),
+    ("data.synthetic.populations", _positive, ">= 1 (1 = a single population)"),
+    (
+        "data.synthetic.population_ranks",
+        lambda v: v is None or all(0 <= r < 2**15 for ranks in v for r in ranks),
+        "null or lists of ranks in [0, 2^15)",
+    ),
     ("model.embedding_dim", _positive, _POSITIVE),
     ("model.dense_arch", lambda v: len(v) > 0 and min(v) > 0, "a non-empty list of layer sizes > 0"),
     ("model.over_arch", lambda v: min(v, default=1) > 0, "layer sizes > 0 (a 1-unit layer is appended)"),

@@ -1,7 +1,10 @@
-"""The synthetic generator: determinism, Criteo shape, Zipf ids, planted ranks, caching, learnability."""
+"""The synthetic generator: determinism, Criteo shape, Zipf ids, planted ranks, caching, learnability,
+hidden populations."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import subprocess
 import sys
@@ -11,12 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from torchrec_aes.config import DataConfig, SyntheticConfig
-from torchrec_aes.data.dataset import CTRData
+from torchrec_aes.config import ConfigError, DataConfig, SyntheticConfig, load_config
+from torchrec_aes.data.dataset import CTRData, split_rows
 from torchrec_aes.data.synthetic import (
     DEFAULT_RANK_PATTERN,
+    cache_key,
     generate,
+    load_populations,
     load_synthetic,
+    population_ids,
+    resolve_population_ranks,
     resolve_ranks,
     synthetic_cache_dir,
 )
@@ -274,3 +281,160 @@ def test_make_synthetic_tool_writes_the_cache_and_prints_the_ranks(tmp_path) -> 
     assert table["c2"][1:3] == ["100", "32"] and table["c0"][1:3] == ["10", "0"]
     (directory,) = tmp_path.iterdir()
     assert sorted(p.name for p in directory.iterdir()) == ["data.pt", "planted.json"]
+
+
+# --- Populations ---------------------------------------------------------------------------------------
+
+
+def _sha(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.numpy().tobytes()).hexdigest()[:16]
+
+
+def test_one_population_gives_the_bytes_of_the_generator_before_populations() -> None:
+    # Hashes recorded from the generator before populations existed: caches must keep their content/key.
+    cfg = SyntheticConfig(num_examples=2_000, num_dense=3, cardinalities=[10, 100, 1_000, 100_000])
+    _, data, ranks = generate(cfg, seed=5)
+    assert ranks == [0, 4, 32, 2]
+    assert _sha(data.sparse) == "fef9332fe19d7270"
+    assert _sha(data.dense) == "45b07a5317fd83e4"
+    assert _sha(data.labels) == "3274a3ec2a905a32"
+    assert cache_key(cfg, 5) == "e22c4f4b7afb0bd8"
+    assert population_ids(cfg, 5) is None
+    # population_ranks with one population is true_ranks by another name.
+    same = SyntheticConfig(
+        num_examples=2_000, num_dense=3, cardinalities=cfg.cardinalities, population_ranks=[ranks]
+    )
+    assert _tensor_bytes(generate(same, seed=5)[1]) == _tensor_bytes(data)
+    assert cache_key(same, 5) == cache_key(cfg, 5)
+
+
+def test_default_population_ranks_rotate_the_pattern_by_a_share_of_the_fields() -> None:
+    pattern = DEFAULT_RANK_PATTERN
+    assert resolve_population_ranks(SyntheticConfig()) == [pattern]
+    two = resolve_population_ranks(SyntheticConfig(populations=2))
+    assert two == [pattern, pattern[10:] + pattern[:10]]
+    three = resolve_population_ranks(SyntheticConfig(populations=3))
+    assert three[1] == pattern[6:] + pattern[:6] and three[2] == pattern[12:] + pattern[:12]
+    # Reports show the per-field maximum.
+    assert resolve_ranks(SyntheticConfig(populations=2)) == [max(a, b) for a, b in zip(*two, strict=True)]
+    cfg = SyntheticConfig(
+        num_examples=100, cardinalities=[10, 20, 30, 40], true_ranks=[8, 0, 2, 0], populations=2
+    )
+    assert resolve_population_ranks(cfg) == [[8, 0, 2, 0], [2, 0, 8, 0]]
+    assert generate(cfg, 0)[2] == [8, 0, 8, 0]
+
+
+def test_two_populations_split_rows_evenly_and_have_different_popular_ids() -> None:
+    cfg = SyntheticConfig(num_examples=4_000, num_dense=2, cardinalities=[100, 1_000, 10], populations=2)
+    _, data, ranks = generate(cfg, seed=0)
+    population = population_ids(cfg, seed=0)
+    assert population is not None and population.shape == (4_000,) and population.dtype == torch.int64
+    # The population is hidden: the columns are those of a single-population data set.
+    assert data.sparse.shape == (4_000, 3) and data.dense.shape == (4_000, 2)
+    share = float((population == 1).float().mean())
+    assert 0.45 < share < 0.55 and set(population.unique().tolist()) == {0, 1}
+    # Population 0 keeps the single-population ids; population 1 draws through its own permutation.
+    _, single, _ = generate(dataclasses.replace(cfg, populations=1), seed=0)
+    zero = population == 0
+    assert torch.equal(data.sparse[zero], single.sparse[zero])
+    assert not torch.equal(data.sparse[~zero, 0], single.sparse[~zero, 0])
+    # The population is recoverable from the ids: each has its own most popular id of the 100-id field.
+    top = [int(torch.bincount(data.sparse[population == p, 0]).argmax()) for p in (0, 1)]
+    assert top[0] != top[1]
+    assert torch.equal(generate(cfg, seed=0)[1].sparse, data.sparse)  # still deterministic
+
+
+def test_each_population_s_label_depends_only_on_its_own_informative_fields() -> None:
+    # Rotation by 3 of 6 fields: population 0 plants on c0-c2, population 1 on c3-c5.
+    cfg = SyntheticConfig(
+        num_examples=40_000,
+        num_dense=2,
+        cardinalities=[30, 100, 300, 30, 100, 300],
+        true_ranks=[32, 8, 4, 0, 0, 0],
+        populations=2,
+    )
+    _, data, ranks = generate(cfg, seed=0)
+    population = population_ids(cfg, seed=0)
+    assert population is not None
+    per_population = resolve_population_ranks(cfg)
+    assert per_population == [[32, 8, 4, 0, 0, 0], [0, 0, 0, 32, 8, 4]] and ranks == [32, 8, 4, 32, 8, 4]
+    ids, labels = data.sparse.numpy(), data.labels.numpy()
+    for p, stratifier in ((0, 0), (1, 3)):  # each population's 30-id rank-32 field
+        rows = (population == p).numpy()
+        for f, rank in enumerate(per_population[p]):
+            if f == stratifier:
+                continue
+            z = _dependence_z(ids[rows, f], ids[rows, stratifier], labels[rows])
+            if rank == 0:  # informative in the other population only
+                assert z < 4, f"population {p}: c{f} (rank 0 here) depends on the label: z = {z:.1f}"
+            else:
+                assert z > 10, f"population {p}: c{f} (rank {rank}) looks independent: z = {z:.1f}"
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"populations": 0}, "data.synthetic.populations"),
+        ({"populations": 2, "population_ranks": [[0, 4]]}, "data.synthetic.population_ranks"),
+        ({"populations": 2, "population_ranks": [[0, 4], [4]]}, "data.synthetic.population_ranks"),
+        ({"populations": 2, "population_ranks": [[0, 4], [4, -1]]}, "data.synthetic.population_ranks"),
+        ({"populations": 2, "population_ranks": [[0, 4], [4, 0]], "true_ranks": [0, 4]}, "population_ranks"),
+    ],
+)
+def test_invalid_population_settings_are_one_line_errors_naming_the_key(changes, key) -> None:
+    cfg = dataclasses.replace(SyntheticConfig(num_examples=10, cardinalities=[10, 10]), **changes)
+    with pytest.raises(ValueError, match=key) as info:
+        generate(cfg, 0)
+    assert "\n" not in str(info.value)
+
+
+def test_config_checks_populations_and_population_ranks_at_load() -> None:
+    cfg = load_config(None, ["data.synthetic.populations=2", "data.synthetic.population_ranks=[[0,4],[4,0]]"])
+    assert cfg.data.synthetic.populations == 2 and cfg.data.synthetic.population_ranks == [[0, 4], [4, 0]]
+    with pytest.raises(ConfigError, match="data.synthetic.population_ranks") as info:
+        load_config(None, ["data.synthetic.populations=2", "data.synthetic.population_ranks=[[0,4],[4,-1]]"])
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="data.synthetic.populations"):
+        load_config(None, ["data.synthetic.populations=0"])
+
+
+def test_load_populations_gives_the_ids_of_each_split_and_uses_the_cache(tmp_path) -> None:
+    synthetic = SyntheticConfig(num_examples=2_000, num_dense=2, cardinalities=[10, 100, 30], populations=2)
+    cfg = DataConfig(split_seed=4, synthetic=synthetic)
+    assert load_populations(DataConfig(synthetic=dataclasses.replace(synthetic, populations=1)), "") is None
+
+    populations = load_populations(cfg, str(tmp_path))  # no cache yet: generates and writes it
+    assert populations is not None
+    directory = Path(synthetic_cache_dir(str(tmp_path), synthetic, 4))
+    data_file = directory / "data.pt"
+    stamp = data_file.stat().st_mtime_ns
+    splits, ranks = load_synthetic(cfg, str(tmp_path))  # a cache hit
+    assert data_file.stat().st_mtime_ns == stamp
+    assert [len(populations[k]) for k in ("train", "val", "test")] == [1_600, 200, 200]
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (1_600, 200, 200)
+    assert all(t.dtype == torch.int64 for t in populations.values())
+
+    # The ids are those of the generator's rows, in the order of load_synthetic's splits.
+    full = population_ids(synthetic, 4)
+    assert full is not None
+    train, val, test = split_rows(2_000, cfg.split, 4)
+    assert torch.equal(populations["train"], full[train]) and torch.equal(populations["test"], full[test])
+    assert torch.equal(populations["val"], full[val])
+    blob = torch.load(data_file, weights_only=True)
+    assert blob["population"].dtype == torch.int8 and torch.equal(blob["population"].long(), full)
+    assert torch.equal(splits.train.sparse, generate(synthetic, 4)[1].sparse[train])
+
+    planted = json.loads((directory / "planted.json").read_text())
+    assert [entry["population"] for entry in planted["populations"]] == [0, 1]
+    assert sum(entry["share"] for entry in planted["populations"]) == pytest.approx(1.0)
+    assert planted["populations"][1]["share"] == pytest.approx(float(full.float().mean()))
+    per_population = resolve_population_ranks(synthetic)
+    for entry, expected in zip(planted["populations"], per_population, strict=True):
+        assert [field["true_rank"] for field in entry["fields"]] == expected
+    assert [field["true_rank"] for field in planted["fields"]] == ranks == resolve_ranks(synthetic)
+
+    again = load_populations(cfg, str(tmp_path))  # read, not regenerated
+    assert again is not None and data_file.stat().st_mtime_ns == stamp
+    assert all(torch.equal(again[k], populations[k]) for k in populations)
+    uncached = load_populations(cfg, "")
+    assert uncached is not None and all(torch.equal(uncached[k], populations[k]) for k in populations)

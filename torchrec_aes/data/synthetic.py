@@ -60,10 +60,33 @@ Default ranks (`true_ranks: null`) cycle `DEFAULT_RANK_PATTERN`; with the defaul
 i.e. 7 signal-free fields (10 to 10^6 rows), 4 wide fields (100, 300, 10k and 10^6 rows) and 9 fields
 of rank 2-8.
 
+Populations (`populations: P > 1`, for instance-wise searches such as iHAS): every row belongs to a hidden
+population p, drawn uniformly from [0, P) by its own random stream; p is not a column of the data. Two
+things differ between populations:
+
+- Popular ids: field f of population p maps Zipf popularity ranks to ids through its own seeded
+  permutation (population 0 keeps the single-population one), so the popular ids of a field differ
+  between populations and a row's ids reveal its population.
+- Informative fields: population p has its own planted ranks r_{p,f} (`population_ranks`; by default the
+  single-population ranks rotated by p * (F // P) fields, so with the default 20 fields population 1
+  plants the pattern's second half on c0..c9 and its first half on c10..c19) and its own latent vectors
+  (population 0 keeps the single-population ones; p > 0 folds p into the hash seed).
+
+The interaction score I of a row is computed as above within its population only, with that population's
+ranks and vectors centred over that population's rows; the scores of all rows are then standardised
+together and the dense term and label follow as above. `generate` returns the per-field maximum of the
+ranks over populations (the `fields` of `planted.json`); the rows' population ids are saved in the cache's
+`data.pt` under "population" (`load_populations` returns them per split) and `planted.json` gets a
+`populations` list of {population, share of rows, fields (the planted table of its ranks)}. A field's ids
+now also carry the row's population, so a field of rank 0 in one population is independent of the label
+only within that population (the label's mean may differ slightly between populations). With P = 1
+nothing of this happens: the output is byte-identical to the single-population generator.
+
 Example::
 
     splits, ranks = load_synthetic(cfg.data, cache_dir="data_cache")
     schema, data, ranks = generate(SyntheticConfig(num_examples=10_000), seed=0)
+    populations = load_populations(cfg.data, cache_dir="data_cache")  # {"train": [N_train] int64, ...}
 """
 
 from __future__ import annotations
@@ -99,10 +122,13 @@ _MASK64 = (1 << 64) - 1
 # Stream tags of the per-purpose random generators; each (seed, tag, field) gets its own stream, so adding
 # a field or a dense feature never changes the values drawn for the others.
 _TAG_IDS, _TAG_PERM, _TAG_DENSE, _TAG_LABEL, _TAG_LATENT, _TAG_WEIGHTS = 1, 2, 3, 4, 5, 6
+_TAG_POPULATION = 7
+_MAX_RANK = 2**15  # latent_vectors' counter gives each id 2^16 uniforms, two per entry
 
 
-def _rng(seed: int, tag: int, index: int = 0) -> np.random.Generator:
-    return np.random.default_rng([seed & _MASK64, tag, index])
+def _rng(seed: int, tag: int, index: int = 0, *more: int) -> np.random.Generator:
+    # `more` must not end in 0: SeedSequence pads short entropy with zeros, so [.., i, 0] = [.., i].
+    return np.random.default_rng([seed & _MASK64, tag, index, *more])
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
@@ -119,7 +145,9 @@ def _hash_uniform(key: np.ndarray) -> np.ndarray:
     return (bits.astype(np.float64) + 0.5) * 2.0**-53
 
 
-def latent_vectors(seed: int, field_index: int, ids: np.ndarray, rank: int) -> np.ndarray:
+def latent_vectors(
+    seed: int, field_index: int, ids: np.ndarray, rank: int, population: int = 0
+) -> np.ndarray:
     """The hidden model's latent vectors L_f[id] for the given ids, computed from a hash of the id.
 
     Args:
@@ -127,12 +155,15 @@ def latent_vectors(seed: int, field_index: int, ids: np.ndarray, rank: int) -> n
         field_index: f, the sparse field's position.
         ids: [U] int64 ids of field f.
         rank: r_f.
+        population: p; population 0 has the single-population vectors, p > 0 its own (p enters the hash).
 
     Returns:
         [U, r_f] float64 with iid N(0, 1) entries (Box-Muller on two hashed uniforms per entry).
     """
     base = int(_splitmix64(np.array([(seed & _MASK64) ^ (_TAG_LATENT << 56)], dtype=np.uint64))[0])
     base = int(_splitmix64(np.array([base ^ field_index], dtype=np.uint64))[0])
+    if population:
+        base = int(_splitmix64(np.array([base ^ ((population << 32) & _MASK64)], dtype=np.uint64))[0])
     # Counter (id, k) -> id * 2^16 + k: entry j uses uniforms k = 2j, 2j + 1, so a rank-r vector is the
     # prefix of the same id's rank-R vector for R > r (lower ranks are truncations, not new draws).
     counter = (ids.astype(np.uint64)[:, None] << np.uint64(16)) + np.arange(2 * rank, dtype=np.uint64)
@@ -141,11 +172,19 @@ def latent_vectors(seed: int, field_index: int, ids: np.ndarray, rank: int) -> n
 
 
 def resolve_ranks(cfg: SyntheticConfig) -> list[int]:
-    """The planted rank of each sparse field: `cfg.true_ranks`, or the default pattern cycled.
+    """The planted rank of each sparse field: `cfg.true_ranks`, or the default pattern cycled; with
+    populations, the per-field maximum over the populations' ranks (`resolve_population_ranks`).
 
     Raises:
-        ValueError: `true_ranks` does not have one non-negative entry per cardinality.
+        ValueError: `true_ranks` or `population_ranks` is invalid (the message names the key).
     """
+    if cfg.populations != 1 or cfg.population_ranks is not None:
+        return [max(column) for column in zip(*resolve_population_ranks(cfg), strict=True)]
+    return _single_ranks(cfg)
+
+
+def _single_ranks(cfg: SyntheticConfig) -> list[int]:
+    """`cfg.true_ranks`, or the default pattern cycled."""
     num_fields = len(cfg.cardinalities)
     if cfg.true_ranks is None:
         return [DEFAULT_RANK_PATTERN[f % len(DEFAULT_RANK_PATTERN)] for f in range(num_fields)]
@@ -154,10 +193,47 @@ def resolve_ranks(cfg: SyntheticConfig) -> list[int]:
             f"data.synthetic.true_ranks: has {len(cfg.true_ranks)} entries but data.synthetic.cardinalities "
             f"has {num_fields}; give one rank per field (0 = no signal) or null for the default pattern"
         )
-    bad = [r for r in cfg.true_ranks if not 0 <= r < 2**15]
+    bad = [r for r in cfg.true_ranks if not 0 <= r < _MAX_RANK]
     if bad:
         raise ValueError(f"data.synthetic.true_ranks: ranks must be in [0, 2^15), got {cfg.true_ranks}")
     return list(cfg.true_ranks)
+
+
+def resolve_population_ranks(cfg: SyntheticConfig) -> list[list[int]]:
+    """The planted rank of each sparse field for each population: [populations][F].
+
+    `cfg.population_ranks`, or the single-population ranks (`true_ranks` or the default pattern) rotated
+    left by p * (F // populations) fields for population p, so population 0 keeps them unchanged.
+
+    Raises:
+        ValueError: `populations` < 1, or `population_ranks` is not `populations` lists of one rank in
+            [0, 2^15) per field, or is given together with `true_ranks` (the message names the key).
+    """
+    num_pops, num_fields = cfg.populations, len(cfg.cardinalities)
+    if isinstance(num_pops, bool) or not isinstance(num_pops, int) or num_pops < 1:
+        raise ValueError(f"data.synthetic.populations: must be an integer >= 1, got {num_pops!r}")
+    given = cfg.population_ranks
+    if given is None:
+        base = _single_ranks(cfg)
+        shifts = [p * (num_fields // num_pops) for p in range(num_pops)]
+        return [base[s:] + base[:s] for s in shifts]
+    key = "data.synthetic.population_ranks"
+    if cfg.true_ranks is not None:
+        raise ValueError(f"{key}: give either it or data.synthetic.true_ranks, not both")
+    if not isinstance(given, list | tuple) or len(given) != num_pops:
+        count = len(given) if isinstance(given, list | tuple) else type(given).__name__
+        raise ValueError(
+            f"{key}: needs one list per population (data.synthetic.populations = {num_pops}), got {count}"
+        )
+    for p, ranks in enumerate(given):
+        if not isinstance(ranks, list | tuple) or len(ranks) != num_fields:
+            raise ValueError(
+                f"{key}[{p}]: needs one rank per field ({num_fields} = len(data.synthetic.cardinalities)), "
+                f"got {ranks!r}"
+            )
+        if not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < _MAX_RANK for r in ranks):
+            raise ValueError(f"{key}[{p}]: ranks must be integers in [0, 2^15), got {list(ranks)}")
+    return [list(ranks) for ranks in given]
 
 
 def _validate(cfg: SyntheticConfig) -> None:
@@ -174,12 +250,39 @@ def _validate(cfg: SyntheticConfig) -> None:
         raise ValueError(f"data.synthetic.zipf_exponent: must be positive, got {cfg.zipf_exponent}")
     if not cfg.signal_scale >= 0:
         raise ValueError(f"data.synthetic.signal_scale: must be >= 0, got {cfg.signal_scale}")
+    resolve_population_ranks(cfg)
+
+
+def _draw_populations(seed: int, populations: int, n: int) -> np.ndarray | None:
+    """[n] int64 hidden population of each row, uniform over [0, populations); None for one population."""
+    if populations == 1:
+        return None
+    return _rng(seed, _TAG_POPULATION).integers(0, populations, size=n, dtype=np.int64)
+
+
+def population_ids(cfg: SyntheticConfig, seed: int) -> torch.Tensor | None:
+    """[num_examples] int64 population of each row that `generate(cfg, seed)` makes (in its row order),
+    without generating the rows; None with one population.
+
+    Raises:
+        ValueError: an invalid synthetic config value (the message names the key).
+    """
+    _validate(cfg)
+    population = _draw_populations(seed, cfg.populations, cfg.num_examples)
+    return None if population is None else torch.from_numpy(population)
 
 
 def _zipf_ids(
-    seed: int, field_index: int, cardinality: int, exponent: float, n: int
+    seed: int,
+    field_index: int,
+    cardinality: int,
+    exponent: float,
+    n: int,
+    population: np.ndarray | None = None,
+    num_populations: int = 1,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Ids of one field: Zipf popularity ranks mapped through a seeded permutation.
+    """Ids of one field: Zipf popularity ranks mapped through a seeded permutation (one per population:
+    population 0 uses the single-population permutation, p > 0 its own).
 
     Returns:
         ids [n] int64 and their popularity ranks [n] int64 (0 = most popular).
@@ -190,7 +293,14 @@ def _zipf_ids(
     u = _rng(seed, _TAG_IDS, field_index).random(n)
     popularity_rank = np.minimum(np.searchsorted(cdf, u, side="right"), cardinality - 1)
     perm = _rng(seed, _TAG_PERM, field_index).permutation(cardinality)
-    return perm[popularity_rank].astype(np.int64), popularity_rank.astype(np.int64)
+    if population is None:
+        return perm[popularity_rank].astype(np.int64), popularity_rank.astype(np.int64)
+    ids = np.empty(n, dtype=np.int64)
+    for p in range(num_populations):
+        rows = population == p
+        perm_p = perm if p == 0 else _rng(seed, _TAG_PERM, field_index, p).permutation(cardinality)
+        ids[rows] = perm_p[popularity_rank[rows]]
+    return ids, popularity_rank.astype(np.int64)
 
 
 def head_amplitude(popularity: np.ndarray) -> np.ndarray:
@@ -215,14 +325,17 @@ def _dense_features(seed: int, num_dense: int, n: int) -> np.ndarray:
     return out
 
 
-def _interaction_score(seed: int, ids: np.ndarray, popularity: np.ndarray, ranks: list[int]) -> np.ndarray:
+def _interaction_score(
+    seed: int, ids: np.ndarray, popularity: np.ndarray, ranks: list[int], population: int = 0
+) -> np.ndarray:
     """[N] sum over field pairs of <v_f, v_g> with centred, zero-padded latent vectors (see module doc).
 
     Args:
         seed: generator seed.
-        ids: [N, F] ids.
+        ids: [N, F] ids (all rows of one population).
         popularity: [N, F] Zipf popularity rank (0 = most popular) of each id.
         ranks: r_f per field.
+        population: p, whose latent vectors are used.
     """
     n = ids.shape[0]
     r_max = max(ranks, default=0)
@@ -232,7 +345,7 @@ def _interaction_score(seed: int, ids: np.ndarray, popularity: np.ndarray, ranks
         if rank == 0:
             continue
         unique, inverse = np.unique(ids[:, f], return_inverse=True)
-        table = latent_vectors(seed, f, unique, rank)  # [U, r_f]: only ids that occur
+        table = latent_vectors(seed, f, unique, rank, population)  # [U, r_f]: only ids that occur
         unique_popularity = np.empty(len(unique))
         unique_popularity[inverse] = popularity[:, f]
         table *= head_amplitude(unique_popularity)[:, None]
@@ -267,27 +380,47 @@ def generate(cfg: SyntheticConfig, seed: int) -> tuple[Schema, CTRData, list[int
     """Generates all rows of the synthetic data set (see the module docstring for the model).
 
     Args:
-        cfg: sizes, cardinalities, planted ranks, Zipf exponent and signal scale.
+        cfg: sizes, cardinalities, planted ranks, Zipf exponent, signal scale and populations.
         seed: generator seed; the same (cfg, seed) gives the same bytes.
 
     Returns:
         The schema (dense `d0..`, sparse `c0..` with `num_embeddings` = cardinality, label "label"), the
         rows (dense [N, num_dense] float32, sparse [N, F] int64, labels [N] float32) and the planted rank
-        of each sparse field.
+        of each sparse field (with populations: the maximum over them; the rows' populations are
+        `population_ids(cfg, seed)`).
 
     Raises:
         ValueError: an invalid synthetic config value (the message names the key).
     """
+    schema, data, ranks, _ = _generate(cfg, seed)
+    return schema, data, ranks
+
+
+def _generate(cfg: SyntheticConfig, seed: int) -> tuple[Schema, CTRData, list[int], np.ndarray | None]:
+    """`generate`, plus the [N] int64 population of each row (None with one population)."""
     _validate(cfg)
+    pop_ranks = resolve_population_ranks(cfg)
     ranks = resolve_ranks(cfg)
     n = cfg.num_examples
-    drawn = [_zipf_ids(seed, f, card, cfg.zipf_exponent, n) for f, card in enumerate(cfg.cardinalities)]
+    population = _draw_populations(seed, cfg.populations, n)
+    drawn = [
+        _zipf_ids(seed, f, card, cfg.zipf_exponent, n, population, cfg.populations)
+        for f, card in enumerate(cfg.cardinalities)
+    ]
     ids = np.stack([d[0] for d in drawn], axis=1)  # [N, F]
     popularity = np.stack([d[1] for d in drawn], axis=1)  # [N, F]
     del drawn
     dense = _dense_features(seed, cfg.num_dense, n)  # [N, num_dense]
 
-    interaction = _standardised(_interaction_score(seed, ids, popularity, ranks))
+    if population is None:
+        score = _interaction_score(seed, ids, popularity, pop_ranks[0])
+    else:  # each population over its own rows: its ranks, its vectors, its centring
+        score = np.zeros(n)
+        for p, ranks_p in enumerate(pop_ranks):
+            rows = np.flatnonzero(population == p)
+            if rows.size:
+                score[rows] = _interaction_score(seed, ids[rows], popularity[rows], ranks_p, p)
+    interaction = _standardised(score)
     dense_term = np.zeros(n)
     if cfg.num_dense:
         weights = _rng(seed, _TAG_WEIGHTS).standard_normal(cfg.num_dense)
@@ -306,13 +439,27 @@ def generate(cfg: SyntheticConfig, seed: int) -> tuple[Schema, CTRData, list[int
         label="label",
     )
     data = CTRData(torch.from_numpy(dense), torch.from_numpy(ids), torch.from_numpy(labels))
-    return schema, data, ranks
+    return schema, data, ranks, population
+
+
+def _config_spec(cfg: SyntheticConfig) -> dict:
+    """`cfg` as a dict; without the population keys when they are at their defaults (one population), so
+    single-population cache keys and `planted.json` files are those of the generator before populations."""
+    spec = dataclasses.asdict(cfg)
+    if cfg.populations == 1 and cfg.population_ranks is None:
+        del spec["populations"], spec["population_ranks"]
+    return spec
 
 
 def cache_key(cfg: SyntheticConfig, seed: int) -> str:
     """A short hash of everything that determines the generated bytes (config, resolved ranks, seed)."""
     spec = dataclasses.asdict(cfg)
     spec["true_ranks"] = resolve_ranks(cfg)
+    # One population: population_ranks [r] gives the bytes of true_ranks r, and keys stay as before.
+    del spec["populations"], spec["population_ranks"]
+    if cfg.populations > 1:
+        spec["populations"] = cfg.populations
+        spec["population_ranks"] = resolve_population_ranks(cfg)
     payload = json.dumps({"synthetic": spec, "seed": seed, "version": _GENERATOR_VERSION}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -332,33 +479,52 @@ def planted_table(schema: Schema, ranks: list[int]) -> list[dict]:
 
 
 def _save(
-    directory: str, cfg: SyntheticConfig, seed: int, schema: Schema, data: CTRData, ranks: list[int]
+    directory: str,
+    cfg: SyntheticConfig,
+    seed: int,
+    schema: Schema,
+    data: CTRData,
+    ranks: list[int],
+    population: np.ndarray | None,
 ) -> None:
-    save_torch_atomic(
-        join(directory, "data.pt"),
-        {
-            "schema": schema.to_dict(),
-            "dense": data.dense,
-            "sparse": data.sparse,
-            "labels": data.labels,
-            "true_ranks": ranks,
-        },
-    )
+    blob = {
+        "schema": schema.to_dict(),
+        "dense": data.dense,
+        "sparse": data.sparse,
+        "labels": data.labels,
+        "true_ranks": ranks,
+    }
+    if population is not None:
+        dtype = np.int8 if cfg.populations <= np.iinfo(np.int8).max + 1 else np.int64
+        blob["population"] = torch.from_numpy(population.astype(dtype))
+    save_torch_atomic(join(directory, "data.pt"), blob)
     # planted.json goes last: a cache entry counts as complete only when both files exist.
     planted = {
         "seed": seed,
         "num_examples": len(data),
         "positive_rate": float(data.labels.mean()),
-        "synthetic": dataclasses.asdict(cfg),
+        "synthetic": _config_spec(cfg),
         "fields": planted_table(schema, ranks),
     }
+    if population is not None:
+        shares = np.bincount(population, minlength=cfg.populations) / len(population)
+        planted["populations"] = [
+            {"population": p, "share": float(shares[p]), "fields": planted_table(schema, ranks_p)}
+            for p, ranks_p in enumerate(resolve_population_ranks(cfg))
+        ]
     write_text_atomic(join(directory, "planted.json"), json.dumps(planted, indent=2) + "\n")
 
 
-def _load(directory: str) -> tuple[Schema, CTRData, list[int]]:
+def _load(directory: str) -> tuple[Schema, CTRData, list[int], torch.Tensor | None]:
     blob = load_torch(join(directory, "data.pt"))
     data = CTRData(blob["dense"], blob["sparse"], blob["labels"])
-    return Schema.from_dict(blob["schema"]), data, list(blob["true_ranks"])
+    population = blob.get("population")
+    population = None if population is None else population.to(torch.int64)
+    return Schema.from_dict(blob["schema"]), data, list(blob["true_ranks"]), population
+
+
+def _is_cached(directory: str) -> bool:
+    return bool(directory) and exists(join(directory, "data.pt")) and exists(join(directory, "planted.json"))
 
 
 def synthetic_cache_dir(cache_dir: str, cfg: SyntheticConfig, seed: int) -> str:
@@ -370,8 +536,9 @@ def load_synthetic(cfg: DataConfig, cache_dir: str) -> tuple[Splits, list[int]]:
     """The synthetic data set of `cfg.synthetic` with seed `cfg.split_seed`, split by `cfg.split`.
 
     Generated rows are cached in `synthetic_cache_dir(cache_dir, ...)` together with `planted.json`
-    (per field: name, cardinality, true rank); a later call with the same synthetic config and seed reads
-    the cache instead of generating. Both files are written atomically.
+    (per field: name, cardinality, true rank; with populations also per population, and the rows'
+    population ids in `data.pt`, see `load_populations`); a later call with the same synthetic config and
+    seed reads the cache instead of generating. Both files are written atomically.
 
     Args:
         cfg: the data config (`synthetic`, `split`, `split_seed` are used).
@@ -382,14 +549,48 @@ def load_synthetic(cfg: DataConfig, cache_dir: str) -> tuple[Splits, list[int]]:
     """
     seed = cfg.split_seed
     directory = synthetic_cache_dir(cache_dir, cfg.synthetic, seed) if cache_dir else ""
-    if directory and exists(join(directory, "data.pt")) and exists(join(directory, "planted.json")):
-        schema, data, ranks = _load(directory)
+    if _is_cached(directory):
+        schema, data, ranks, _ = _load(directory)
     else:
-        schema, data, ranks = generate(cfg.synthetic, seed)
+        schema, data, ranks, population = _generate(cfg.synthetic, seed)
         if directory:
-            _save(directory, cfg.synthetic, seed, schema, data, ranks)
+            _save(directory, cfg.synthetic, seed, schema, data, ranks, population)
     train, val, test = split_rows(len(data), cfg.split, cfg.split_seed)
     return Splits(schema, data.subset(train), data.subset(val), data.subset(test)), ranks
+
+
+def load_populations(cfg: DataConfig, cache_dir: str) -> dict[str, torch.Tensor] | None:
+    """The hidden population of every row of the splits of `load_synthetic(cfg, cache_dir)`.
+
+    Reads the cache entry of `load_synthetic` (`data.pt`, key "population"); without one, generates the
+    rows and writes the entry exactly as `load_synthetic` does, so a later `load_synthetic` reads it.
+    With `cache_dir` "" only the population stream is drawn (no rows are generated).
+
+    Args:
+        cfg: the data config (`synthetic`, `split`, `split_seed` are used).
+        cache_dir: local directory or iopath URI; "" disables caching.
+
+    Returns:
+        {"train", "val", "test"}: [rows of the split] int64 population ids, in the splits' row order; None
+        when `cfg.synthetic.populations` is 1.
+
+    Raises:
+        ValueError: an invalid synthetic config value (the message names the key).
+    """
+    if cfg.synthetic.populations == 1:
+        return None
+    seed = cfg.split_seed
+    directory = synthetic_cache_dir(cache_dir, cfg.synthetic, seed) if cache_dir else ""
+    population = _load(directory)[3] if _is_cached(directory) else None
+    if population is None and directory:  # no entry (or one without populations): write it
+        schema, data, ranks, drawn = _generate(cfg.synthetic, seed)
+        _save(directory, cfg.synthetic, seed, schema, data, ranks, drawn)
+        population = population_ids(cfg.synthetic, seed)  # the same stream as `drawn`, as int64
+    elif population is None:
+        population = population_ids(cfg.synthetic, seed)
+    assert population is not None  # populations > 1
+    train, val, test = split_rows(len(population), cfg.split, cfg.split_seed)
+    return {"train": population[train], "val": population[val], "test": population[test]}
 
 
 def read_planted(cache_dir: str, cfg: DataConfig) -> list[dict]:
