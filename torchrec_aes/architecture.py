@@ -9,6 +9,8 @@ Its `kind` says how it deploys, and every consumer dispatches on it (never on `e
 * `tables` -- one table per feature at its dim (uniform, power_rule, AdaS&S); trained as listed.
 * `rowwise` -- per-row sizes (BET): the tables are size buckets with an id remap (`row_dims.npy`,
   `row_remap.npy` beside the file); trained in the masked form (d_max tables + per-row prefix masks).
+* `grouped` -- instance-wise groups (iHAS, `models/grouped.py`): group tables + a router's tables
+  (`router.pt` beside the file), the groups' dims under `extra.groups`; trained as one `GroupedModel`.
 
 A kind (`ArchKind`) checks an architecture against the data, gives its training form, counts its bytes
 (everything serving needs; for these two kinds the tables) and carries its side files into a new run.
@@ -247,7 +249,7 @@ class Architecture:
             raise ValueError(f"{source}: extra: {top['extra']!r}; expected a mapping")
         if "kind" not in top:  # files written before kinds existed: BET's were the row-wise ones
             top["kind"] = "rowwise" if "row_dims" in (top.get("extra") or {}) else "tables"
-        if top["kind"] not in KINDS:
+        if top["kind"] not in _kinds():
             raise ValueError(f"{source}: kind '{top['kind']}' is not one of {', '.join(KINDS)}")
         return cls(tables=tables, **top)
 
@@ -348,6 +350,12 @@ KINDS: dict[str, ArchKind] = {k.name: k for k in (ArchKind(), RowwiseKind())}
 """Every architecture kind by name."""
 
 
+def _kinds() -> dict[str, ArchKind]:
+    import torchrec_aes.models.grouped  # noqa: F401  (registers `grouped`; it imports this module)
+
+    return KINDS
+
+
 def kind_of(arch: Architecture) -> ArchKind:
     """The kind of `arch`."""
-    return KINDS[arch.kind]
+    return _kinds()[arch.kind]

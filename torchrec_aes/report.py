@@ -6,12 +6,13 @@ import io
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from torchrec_aes.architecture import Architecture  # noqa: E402
-from torchrec_aes.io import join, write_bytes_atomic, write_text_atomic  # noqa: E402
+from torchrec_aes.io import exists, join, load_numpy, write_bytes_atomic, write_text_atomic  # noqa: E402
 from torchrec_aes.planning.memory import Budget, format_bytes  # noqa: E402
 
 
@@ -30,7 +31,7 @@ def plot_dims(
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(max(8, 0.45 * len(names) + 6), 4))
     x = range(len(names))
     ax1.bar(x, arch.dims, color="tab:blue", label="embedding_dim")
-    if planted is not None:
+    if planted is not None and len(planted) == len(names):
         ax1.scatter(x, planted, color="tab:red", marker="_", s=200, zorder=3, label="planted rank")
     ax1.set_xticks(list(x), names, rotation=70, fontsize=7)
     ax1.set_ylabel("dim")
@@ -127,6 +128,76 @@ def _finalists_table(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Rank AUC (ties averaged); nan without both classes."""
+    pos = labels > 0.5
+    if pos.all() or not pos.any():
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(len(scores))
+    ranks[order] = np.arange(1, len(scores) + 1)
+    # Average the ranks of ties.
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=ranks)
+    ranks = (sums / counts)[inverse]
+    n_pos = int(pos.sum())
+    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(scores) - n_pos)))
+
+
+def _grouped_section(run_dir: str, arch: Architecture, metrics: dict[str, Any]) -> list[str]:
+    """iHAS: a groups x fields heatmap of dims (`groups.png`) and each group's share, router share and
+    test AUC (from the winner's test scores and `test_groups.npy`, when the grouped model won)."""
+    spec = arch.extra.get("groups", {})
+    dims = np.array(spec.get("dims", []))
+    if dims.size == 0:
+        return []
+    log = metrics.get("search_log", {})
+    features = [t.feature_names[0] for t in arch.tables if not t.name.startswith(("router_", "g1_", "g2_"))]
+    features = features[: dims.shape[1]]
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * dims.shape[1] + 2), 0.5 * dims.shape[0] + 1.5))
+    im = ax.imshow(dims, cmap="Blues", aspect="auto")
+    for (k, f), d in np.ndenumerate(dims):
+        ax.text(f, k, str(d), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(dims.shape[1]), features, rotation=70, fontsize=7)
+    ax.set_yticks(range(dims.shape[0]), [f"group {k}" for k in range(dims.shape[0])])
+    ax.set_title(f"embedding dim per group and field ({spec.get('deployment')} tables)")
+    fig.colorbar(im, ax=ax)
+    _save_png(fig, join(run_dir, "groups.png"))
+    router = log.get("router", {})
+    lines = [
+        "",
+        f"Groups: {dims.shape[0]}, deployment `{spec.get('deployment')}`; router reads "
+        f"{', '.join(router.get('features', [])) or 'nothing (one group)'}: "
+        f"{format_bytes(int(router.get('bytes', 0)))} ({router.get('share_of_budget', 0.0):.1%} of the "
+        f"budget), agrees with the nearest centroid on {router.get('accuracy', float('nan')):.1%} of "
+        "held-out rows.",
+        "",
+        "![dims per group and field](groups.png)",
+        "",
+    ]
+    scores_path, groups_path = metrics.get("test_scores"), join(run_dir, "test_groups.npy")
+    if scores_path and not scores_path.startswith("/") and "://" not in scores_path:
+        scores_path = join(run_dir, scores_path)
+    per_group: dict[int, tuple[int, float]] = {}
+    if (
+        scores_path
+        and exists(scores_path)
+        and exists(groups_path)
+        and metrics.get("winner", "ihas") == "ihas"
+    ):
+        scores, groups = load_numpy(scores_path), load_numpy(groups_path)
+        if scores.shape[1] == len(groups):
+            for k in range(dims.shape[0]):
+                mask = groups == k
+                per_group[k] = (int(mask.sum()), _auc(scores[0][mask], scores[1][mask]))
+    lines += ["| group | train share | dims (sum) | test rows | test auc |", "|---|---|---|---|---|"]
+    for k in range(dims.shape[0]):
+        share = log.get("groups", [{}] * dims.shape[0])[k].get("share", float("nan"))
+        rows, auc = per_group.get(k, (0, float("nan")))
+        lines.append(f"| {k} | {share:.1%} | {int(dims[k].sum())} | {rows} | {auc:.4f} |")
+    return lines
+
+
 def write_report(
     run_dir: str,
     arch: Architecture,
@@ -137,6 +208,8 @@ def write_report(
 ) -> None:
     """Writes `report.md`, `dims.png` and, with a search's `landscape` (scored architectures: "points"
     [[bytes, quality]], "named" {label: [bytes, quality]}, axis labels "x"/"y"), `quality_vs_bytes.png`."""
+    if planted is not None and len(planted) != len(arch.tables):
+        planted = None  # per field, not per table (a grouped architecture has more tables)
     plot_dims(arch, metrics, budget, planted, join(run_dir, "dims.png"))
     if landscape:
         plot_landscape(landscape, budget, join(run_dir, "quality_vs_bytes.png"))
@@ -162,6 +235,8 @@ def write_report(
         if key in metrics:
             lines.append(f"- {key.replace('_', ' ')}: {metrics[key]:.1f}")
     lines += _finalists_table(metrics)
+    if arch.kind == "grouped":
+        lines += _grouped_section(run_dir, arch, metrics)
     lines += [
         "",
         "![per-table dims and bytes](dims.png)",

@@ -217,7 +217,7 @@ def _search_one(
         "num_examples": task.num_examples(),
         "world_size": env.world_size,
     }
-    if task.planted is not None:
+    if task.planted is not None and len(arch.tables) == len(task.planted):
         metrics["planted_ranks"] = {t.name: r for t, r in zip(arch.tables, task.planted, strict=True)}
     if final:
         metrics.update(final)

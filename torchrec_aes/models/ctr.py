@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torchrec.models.dlrm import DenseArch, InteractionArch, OverArch
 from torchrec.modules.crossnet import LowRankCrossNet
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
@@ -64,9 +65,12 @@ class MixedDimDLRM(nn.Module):
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """dense [B, num_dense], KJT -> logits [B]."""
-        embedded = self.dense_arch(dense_features)  # [B, D]
         pooled: KeyedTensor = self.sparse_arch(sparse_features)
-        per_feature = pooled.to_dict()
+        return self.interact(dense_features, pooled.to_dict())
+
+    def interact(self, dense_features: torch.Tensor, per_feature: dict[str, torch.Tensor]) -> torch.Tensor:
+        """dense [B, num_dense] and each feature's pooled embedding [B, d_f] -> logits [B]."""
+        embedded = self.dense_arch(dense_features)  # [B, D]
         sparse = torch.stack([self.projections[n](per_feature[n]) for n in self.feature_names], dim=1)
         interacted = self.inter_arch(dense_features=embedded, sparse_features=sparse)  # [B, D + F(F+1)/2]
         return self.over_arch(interacted).squeeze(-1)
@@ -104,15 +108,34 @@ class MixedDimDCN(nn.Module):
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """dense [B, num_dense], KJT -> logits [B]."""
         # A sharded EBC may return its keys in another order than the unsharded one: concatenate by name.
-        per_feature = self.sparse_arch(sparse_features).to_dict()
+        return self.interact(dense_features, self.sparse_arch(sparse_features).to_dict())
+
+    def interact(self, dense_features: torch.Tensor, per_feature: dict[str, torch.Tensor]) -> torch.Tensor:
+        """dense [B, num_dense] and each feature's pooled embedding [B, d_f] -> logits [B]."""
         x = torch.cat(
             [dense_features] + [per_feature[n] for n in self.feature_names], dim=1
         )  # [B, Dd+sum d_f]
         return self.over_arch(self.crossnet(x)).squeeze(-1)
 
 
+class TableSpec:
+    """Stands in for an EBC when a model is built over tables it does not look up itself (it is called
+    through `interact` with pooled embeddings from elsewhere, e.g. one head per group of iHAS).
+
+    Args:
+        configs: the tables the model sees (their dims size its layers).
+    """
+
+    def __init__(self, configs: list[EmbeddingBagConfig]) -> None:
+        self._configs = list(configs)
+
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        return list(self._configs)
+
+
 def build_ctr_model(model_type: str, ebc: EmbeddingBagCollection, num_dense: int, model_cfg) -> nn.Module:
-    """The CTR model named by `model.type` around `ebc` (dims taken from the EBC's tables)."""
+    """The CTR model named by `model.type` around `ebc` (dims taken from the EBC's tables; a `TableSpec`
+    builds a model that is only called through `interact`)."""
     if model_type == "dlrm":
         return MixedDimDLRM(ebc, num_dense, list(model_cfg.dense_arch), list(model_cfg.over_arch))
     if model_type == "dcn":

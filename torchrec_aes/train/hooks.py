@@ -33,6 +33,11 @@ class TrainHooks:
 
     segment_steps: int = 0
 
+    def make_model(self, task: Any, ebc: Any) -> torch.nn.Module:
+        """The model around `ebc` (tables on meta) replacing the task's `model.type`; only called when a
+        subclass overrides it (e.g. iHAS's grouped model: a router and one head per group)."""
+        raise NotImplementedError
+
     def on_model(self, dmp: DistributedModelParallel) -> None:
         """Once, after DMP has materialised the model (before any resume)."""
 

@@ -57,7 +57,8 @@ class Trainer:
         run_dir: where `tb/<tag>` and `checkpoints/<tag>` go ("" = no logs, no checkpoints).
         tag: names this training inside a run (e.g. "final", "adass/supernet").
         hooks: per-step and per-epoch extension points (see `TrainHooks`).
-        build_model: optional `ebc -> model` factory replacing `model.type` (supernets).
+        build_model: optional `ebc -> model` factory replacing `model.type` (supernets); else the hooks'
+            `make_model`, if they define one (architecture kinds that train as a model of their own).
         sharding_types: restrict the planner to these sharding types (e.g. ["table_wise"]).
         plan: shard with this plan instead of planning (`plan_io.plan_for_job` checks that it fits).
 
@@ -85,6 +86,9 @@ class Trainer:
         tc = cfg.train
         torch.manual_seed(tc.seed)
         overridden = type(self.hooks).extra_loss is not TrainHooks.extra_loss
+        if build_model is None and type(self.hooks).make_model is not TrainHooks.make_model:
+            hooks_ = self.hooks
+            build_model = lambda ebc: hooks_.make_model(task, ebc)  # noqa: E731
         module, ebc = task.build(arch, build_model, self.hooks.extra_loss if overridden else None)
         # Fused into backward, so DMP runs FBGEMM's fused optimizer and the planner counts its state.
         attach_table_optimizer(ebc, tc.embedding_optimizer, tc.embedding_lr)

@@ -1,0 +1,80 @@
+"""iHAS's config section, `search.ihas` (`search/ihas/__init__.py` says what the paper fixes and what these
+defaults are)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torchrec_aes.architecture import check_data_type
+from torchrec_aes.config import register_section
+from torchrec_aes.models.grouped import DEPLOYMENTS
+
+
+@dataclass
+class IHASConfig:
+    """iHAS (search.method=ihas): instance-wise gates, clustering into groups, one model per group."""
+
+    search_epochs: int = 2
+    """Epochs of the gated search model (each capped by `train.max_steps` if set)."""
+    gates: str = "prefix"
+    """How gates mask a field's embedding, in blocks of 4 dims: "prefix" (a sample keeps the first k blocks,
+    k = the number of leading open gates: a group's dims map onto the first columns of a TorchRec table)
+    or "free" (any subset of blocks, closer to the paper; the count of open blocks is the dim)."""
+    controller_hidden: int = 64
+    """Hidden units of the gate controller (embeddings of a sample -> gate logits per (field, block))."""
+    gate_init: float = 2.0
+    """Initial bias of the gate logits: sigmoid(2) = 0.88, so the search starts near the full model."""
+    sparsity_lr: float = 0.05
+    """Step of the dual update of lambda_s (the sparsity weight), per training step: lambda_s rises while
+    the expected share of bytes kept is above the budget's share of the full model, falls while below."""
+    polarization_weight: float = 0.01
+    """lambda_p: weight of mean(pi (1 - pi)), the bi-polarization regulariser (pushes gates to 0 or 1)."""
+    num_groups: int = 4
+    """K: groups of samples (1 = one model, no router)."""
+    cluster_rows: int = 32768
+    """Training rows (in total over ranks) whose masked embeddings are clustered and count the router."""
+    kmeans_iters: int = 200
+    """Mini-batch K-Means iterations."""
+    kmeans_batch: int = 1024
+    """Mini-batch K-Means batch size."""
+    deployment: str = "shared"
+    """"shared": groups read prefixes of one table per field (bytes: per field the widest group);
+    "separate": each group its own tables (the paper's; bytes: the sum over groups)."""
+    router_share: float = 0.1
+    """At most this share of the budget goes to the router's tables (the most informative fields first)."""
+    router_data_type: str = "fp16"
+    """Precision of the router's tables."""
+    router_smoothing: float = 1.0
+    """Pseudo-count of the router's per-id group frequencies (towards the group prior)."""
+    fill_budget: bool = True
+    """Scale the groups' dims to fill the budget (keeping their proportions), not only shrink to it."""
+
+
+register_section("ihas", IHASConfig)
+
+
+def check_config(icfg: IHASConfig) -> None:
+    """Raises ValueError naming the `search.ihas.*` key of an out-of-range value."""
+    rules: dict[str, tuple[float, Callable[[float], bool], str]] = {
+        "search_epochs": (icfg.search_epochs, lambda v: v >= 1, ">= 1"),
+        "controller_hidden": (icfg.controller_hidden, lambda v: v >= 1, ">= 1"),
+        "sparsity_lr": (icfg.sparsity_lr, lambda v: v >= 0, ">= 0"),
+        "polarization_weight": (icfg.polarization_weight, lambda v: v >= 0, ">= 0"),
+        "num_groups": (icfg.num_groups, lambda v: 1 <= v <= 64, "in [1, 64]"),
+        "cluster_rows": (icfg.cluster_rows, lambda v: v >= 2, ">= 2"),
+        "kmeans_iters": (icfg.kmeans_iters, lambda v: v >= 1, ">= 1"),
+        "kmeans_batch": (icfg.kmeans_batch, lambda v: v >= 1, ">= 1"),
+        "router_share": (icfg.router_share, lambda v: 0 < v < 1, "in (0, 1)"),
+        "router_smoothing": (icfg.router_smoothing, lambda v: v > 0, "> 0"),
+    }
+    for key, (value, ok, allowed) in rules.items():
+        if not ok(value):
+            raise ValueError(f"search.ihas.{key}: {value} is out of range; allowed: {allowed}")
+    if icfg.gates not in ("prefix", "free"):
+        raise ValueError(f"search.ihas.gates: '{icfg.gates}' is not one of prefix, free")
+    if icfg.deployment not in DEPLOYMENTS:
+        raise ValueError(
+            f"search.ihas.deployment: '{icfg.deployment}' is not one of {', '.join(DEPLOYMENTS)}"
+        )
+    check_data_type(icfg.router_data_type, "search.ihas.router_data_type")

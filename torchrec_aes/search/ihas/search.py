@@ -1,0 +1,293 @@
+"""iHAS's search: gated model -> deterministic gates -> K-Means groups -> router -> group dims under the
+budget -> finalists (see `search/ihas/__init__.py`)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from torchrec_aes.architecture import Architecture
+from torchrec_aes.data.dataset import CTRData, iter_batches
+from torchrec_aes.io import join, save_torch_atomic
+from torchrec_aes.models.grouped import GroupedHooks, GroupLayout, Router, grouped_architecture
+from torchrec_aes.search.base import SearchContext, SearchResult, register
+from torchrec_aes.search.finalists import Finalist
+from torchrec_aes.search.ihas.cluster import assign, minibatch_kmeans
+from torchrec_aes.search.ihas.config import IHASConfig, check_config
+from torchrec_aes.search.ihas.gates import BLOCK, GateHooks
+from torchrec_aes.search.ihas.router import fit_router
+from torchrec_aes.train.distributed import DistEnv, init_distributed
+from torchrec_aes.train.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+CENTROIDS_FILE = "centroids.pt"
+TEST_GROUPS_FILE = "test_groups.npy"
+
+
+def _gather_rows(local: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """Concatenates every rank's rows (rank order); ranks may hold different counts."""
+    if env.world_size == 1:
+        return local
+    sizes = [torch.zeros(1, dtype=torch.long) for _ in range(env.world_size)]
+    dist.all_gather(sizes, torch.tensor([len(local)]))
+    most = int(max(s.item() for s in sizes))
+    padded = torch.zeros((most, *local.shape[1:]), dtype=local.dtype)
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(env.world_size)]
+    dist.all_gather(parts, padded.contiguous())
+    return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
+
+
+def _first_ids(batch: Any, keys: list[str]) -> torch.Tensor:
+    """[B, F] the (first) id of every feature of every row of a batch."""
+    kjt = batch.sparse_features
+    cols = []
+    for k in keys:
+        jt = kjt[k]
+        cols.append(jt.values()[jt.offsets()[:-1].clamp(max=max(len(jt.values()) - 1, 0))])
+    return torch.stack(cols, dim=1)
+
+
+@torch.no_grad()
+def collect(trainer: Trainer, hooks: GateHooks, data: CTRData, rows: int) -> dict[str, torch.Tensor]:
+    """Masked embeddings, active dims and ids of the first `rows` rows of `data` under deterministic gates,
+    gathered from all ranks (the same on every rank)."""
+    env, task = trainer.env, trainer.task
+    assert hooks.gated is not None
+    part = data.subset(torch.arange(min(rows, len(data))))
+    gated = hooks.gated
+    gated.capture = []
+    ids = []
+    trainer.model.eval()
+    keys = task.schema.sparse_names  # the gated model uses every feature
+    for batch in iter_batches(part, keys, task.cfg.train.eval_batch_size, env.rank, env.world_size):
+        trainer.model(batch.to(env.device))
+        ids.append(_first_ids(batch, keys))
+    trainer.model.train()
+    masked = torch.cat([m for m, _ in gated.capture]).cpu()
+    active = torch.cat([a for _, a in gated.capture]).cpu()
+    gated.capture = None
+    return {
+        "masked": _gather_rows(masked, env),
+        "active": _gather_rows(active, env),
+        "ids": _gather_rows(torch.cat(ids).cpu(), env),
+    }
+
+
+def group_dims(mean_active: torch.Tensor, scale: float, cap: int) -> list[list[int]]:
+    """[K, F] mean active dims -> multiples of 4 of scale x mean, capped; every group keeps >= 1 field."""
+    dims = (mean_active * scale / BLOCK).round().clamp(0, cap // BLOCK).long() * BLOCK
+    for k in range(len(dims)):
+        if int(dims[k].sum()) == 0:
+            dims[k, int(mean_active[k].argmax())] = BLOCK
+    return dims.tolist()
+
+
+def fit_dims(
+    ctx: SearchContext, icfg: IHASConfig, mean_active: torch.Tensor, router: Router
+) -> tuple[GroupLayout, Router, float]:
+    """The group dims under the budget with the router.
+
+    The largest scale s <= 1 of the mean active dims whose architecture fits, by bisection (bytes grow
+    with s); then, with `fill_budget`, 4 more dims at a time to the (group, field) with the most gate
+    activity per dim it has, mean_active / (d + 4), while it fits (capped at the base dim).
+
+    Raises:
+        ValueError: not even one 4-dim field per group (and the router) fits; names the smallest size.
+    """
+    schema, cap = ctx.schema, max(ctx.candidates)
+    features = schema.sparse_names
+    rows = [f.num_embeddings for f in schema.sparse]
+    dtype = ctx.cfg.search.precision
+
+    def build(dims: list[list[int]], r: Router) -> tuple[Architecture, GroupLayout, Router]:
+        layout = GroupLayout(features, rows, dims, icfg.deployment, dtype)
+        widths = dict(zip(features, layout.widths(), strict=True))
+        keep = [i for i, f in enumerate(r.features) if widths[f] > 0]
+        if len(keep) < len(r.features):  # the router reads only fields some group uses
+            r = Router([r.features[i] for i in keep], [r.table(i) for i in keep], r.log_prior)
+        return grouped_architecture(layout, r.features, icfg.router_data_type, schema), layout, r
+
+    arch, layout, r = build(group_dims(mean_active, 0.0, cap), router)
+    if not ctx.budget.fits(arch):
+        raise ValueError(
+            f"search.budget: {ctx.budget.bytes} bytes cannot hold {layout.num_groups} groups of iHAS (the "
+            f"smallest grouped architecture, one 4-dim field per group and the router, needs "
+            f"{ctx.budget.used(arch)} bytes); raise the budget or lower search.ihas.num_groups"
+        )
+    low, high = 0.0, 1.0
+    if ctx.budget.fits(build(group_dims(mean_active, 1.0, cap), router)[0]):
+        low = 1.0
+    else:
+        for _ in range(30):
+            mid = (low + high) / 2
+            low, high = (
+                (mid, high)
+                if ctx.budget.fits(build(group_dims(mean_active, mid, cap), router)[0])
+                else (low, mid)
+            )
+    dims = group_dims(mean_active, low, cap)
+    if icfg.fill_budget:
+        full: set[tuple[int, int]] = set()
+        while True:
+            options = [
+                (float(mean_active[k, f]) / (dims[k][f] + BLOCK), k, f)
+                for k in range(len(dims))
+                for f in range(len(features))
+                if dims[k][f] < cap and (k, f) not in full
+            ]
+            if not options:
+                break
+            _, k, f = max(options)
+            dims[k][f] += BLOCK
+            if not ctx.budget.fits(build(dims, router)[0]):
+                dims[k][f] -= BLOCK
+                full.add((k, f))
+    arch, layout, r = build(dims, router)
+    return layout, r, low
+
+
+def route_split(
+    router: Router, data: CTRData, keys: list[str], batch_size: int, world_size: int
+) -> np.ndarray:
+    """The group of every row of `data` in the order a test pass with `world_size` ranks scores them."""
+    out = []
+    for rank in range(world_size):
+        for batch in iter_batches(data, keys, batch_size, rank, world_size):
+            out.append(router(batch.sparse_features))
+    return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
+
+
+@register("ihas", tasks=("ctr",), section="ihas")
+def ihas_search(ctx: SearchContext) -> SearchResult:
+    """iHAS: see `torchrec_aes/search/ihas/__init__.py`."""
+    cfg, icfg, task = ctx.cfg, ctx.section, ctx.task
+    assert isinstance(icfg, IHASConfig)
+    check_config(icfg)
+    env = init_distributed()
+    schema = task.schema
+    base = max(ctx.candidates)
+    k = icfg.num_groups
+
+    # 1. The gated search model (the one trainer; the gates' regularisers through the hooks).
+    scfg = copy.deepcopy(cfg)
+    scfg.train.epochs = icfg.search_epochs
+    rows = [f.num_embeddings for f in schema.sparse]
+    full = Architecture.uniform(schema, base, cfg.search.precision)
+    target = min(1.0, (1 - icfg.router_share) * ctx.budget.bytes / max(ctx.budget.used(full), 1))
+    if icfg.deployment == "separate":  # the groups' tables add up: each group gets ~1/K of the bytes
+        target /= k
+    hooks = GateHooks(
+        icfg.controller_hidden,
+        icfg.gates,
+        icfg.gate_init,
+        [r / sum(rows) for r in rows],
+        target,
+        icfg.sparsity_lr,
+        icfg.polarization_weight,
+    )
+    trainer = Trainer(scfg, task, Architecture.uniform(schema, base), ctx.run_dir, "ihas/search", hooks=hooks)
+    fitted = trainer.fit(test=False)
+
+    # 2. Deterministic gates on a training sample; K-Means on the masked embeddings (same on every rank).
+    sample = collect(trainer, hooks, ctx.splits.train, icfg.cluster_rows)
+    val_sample = collect(trainer, hooks, ctx.splits.val, max(icfg.cluster_rows // 4, 2))
+    k = min(k, len(sample["masked"]))
+    centres, labels = minibatch_kmeans(
+        sample["masked"], k, seed=cfg.train.seed, iters=icfg.kmeans_iters, batch=icfg.kmeans_batch
+    )
+    active = sample["active"].float()  # [N, F]
+    mean_active = torch.stack(
+        [
+            active[labels == g].mean(0) if bool((labels == g).any()) else torch.zeros(active.shape[1])
+            for g in range(k)
+        ]
+    )
+
+    # 3. The router (its share of the budget first), then the group dims filling the rest.
+    cap = icfg.router_share * ctx.budget.bytes
+
+    def router_fits(features: list[str]) -> bool:
+        from torchrec_aes.models.grouped import router_tables
+
+        arch = Architecture(
+            router_tables(
+                features, dict(zip(schema.sparse_names, rows, strict=True)), k, icfg.router_data_type
+            )
+        )
+        return ctx.budget.used(arch) <= cap
+
+    router, field_gains = fit_router(
+        sample["ids"], labels, schema.sparse_names, rows, k, icfg.router_smoothing, router_fits
+    )
+    layout, router, scale = fit_dims(ctx, icfg, mean_active, router)
+    arch = grouped_architecture(layout, router.features, icfg.router_data_type, schema)
+    router_arch = Architecture([t for t in arch.tables if t.name.startswith("router_")], kind="tables")
+    router_bytes = ctx.budget.used(router_arch) if router_arch.tables else 0
+
+    # Router accuracy: does it send held-out rows to the group of their nearest centroid?
+    from torchrec_aes.data.dataset import make_batch
+
+    val_groups = assign(val_sample["masked"], centres)
+    val_batch = make_batch(ctx.splits.val, torch.arange(len(val_groups)), schema.sparse_names)
+    routed = router(val_batch.sparse_features)
+    accuracy = float((routed == val_groups).float().mean())
+
+    sizes = torch.bincount(labels, minlength=k).tolist()
+    log: dict[str, Any] = {
+        "base_dim": base,
+        "search_history": fitted["history"],
+        "gate_open_share": float(sample["active"].float().mean() / base),
+        "kept_target": target,
+        "sparsity_weight": hooks.sparsity,
+        "num_groups": k,
+        "deployment": icfg.deployment,
+        "scale": scale,
+        "groups": [
+            {
+                "share": sizes[g] / max(len(labels), 1),
+                "mean_active": [round(float(v), 2) for v in mean_active[g]],
+                "dims": layout.dims[g],
+            }
+            for g in range(k)
+        ],
+        "router": {
+            "features": router.features,
+            "bytes": router_bytes,
+            "share_of_budget": router_bytes / max(ctx.budget.bytes, 1),
+            "accuracy": accuracy,
+            "field_gains": field_gains,
+        },
+    }
+    if env.is_main:
+        logger.info(
+            "ihas: %d groups %s, router %d fields (%.1f%% of budget, accuracy %.3f)",
+            k,
+            [g["share"] for g in log["groups"]],
+            len(router.features),
+            100 * log["router"]["share_of_budget"],
+            accuracy,
+        )
+
+    def save(run_dir: str) -> None:
+        router.save(run_dir)
+        save_torch_atomic(
+            join(run_dir, CENTROIDS_FILE), {"centroids": centres, "features": schema.sparse_names}
+        )
+        groups = route_split(
+            router, ctx.splits.test, schema.sparse_names, cfg.train.eval_batch_size, env.world_size
+        )
+        from torchrec_aes.io import save_numpy_atomic
+
+        save_numpy_atomic(join(run_dir, TEST_GROUPS_FILE), groups)
+
+    finalist = Finalist(
+        "ihas", arch, train_arch=layout.train_arch(schema), hooks=GroupedHooks(layout, router), save=save
+    )
+    return SearchResult(arch, log=log, finalists=[finalist])
