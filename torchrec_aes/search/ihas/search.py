@@ -89,14 +89,31 @@ def group_dims(mean_active: torch.Tensor, scale: float, cap: int) -> list[list[i
     return dims.tolist()
 
 
+def shares_of(mean_active: torch.Tensor, widths: list[int]) -> list[list[int]]:
+    """Shared tables of `widths` columns: group k reads W_f x mean_active[k, f] / max_j mean_active[j, f]
+    of field f (multiples of 4; the most active group the whole width); every group keeps >= 1 field."""
+    top = mean_active.max(dim=0).values.clamp(min=1e-9)  # [F]
+    share = mean_active / top
+    dims = ((share * torch.tensor(widths, dtype=share.dtype) / BLOCK).round().long() * BLOCK).tolist()
+    for k, row in enumerate(dims):
+        if not any(row):
+            f = int(mean_active[k].argmax())
+            row[f] = BLOCK if widths[f] else 0
+            if not any(row):
+                f = max(range(len(widths)), key=lambda j: widths[j])
+                row[f] = min(BLOCK, widths[f])
+    return dims
+
+
 def fit_dims(
     ctx: SearchContext, icfg: IHASConfig, mean_active: torch.Tensor, router: Router
 ) -> tuple[GroupLayout, Router, float]:
     """The group dims under the budget with the router.
 
     The largest scale s <= 1 of the mean active dims whose architecture fits, by bisection (bytes grow
-    with s); then, with `fill_budget`, 4 more dims at a time to the (group, field) with the most gate
-    activity per dim it has, mean_active / (d + 4), while it fits (capped at the base dim).
+    with s); then, with `fill_budget`, the rest of the budget, 4 dims at a time (capped at the base dim):
+    shared tables grow the field with the most gate activity per column and every group keeps its share
+    of the width (`shares_of`); separate tables grow the (group, field) with the most activity per dim.
 
     Raises:
         ValueError: not even one 4-dim field per group (and the router) fits; names the smallest size.
@@ -133,18 +150,42 @@ def fit_dims(
                 else (low, mid)
             )
     dims = group_dims(mean_active, low, cap)
-    if icfg.fill_budget:
-        full: set[tuple[int, int]] = set()
+    if icfg.fill_budget and icfg.deployment == "shared":
+        # Bytes depend on each field's width W_f only; a group keeps its share of the width, in proportion
+        # to its gate activity (growing a narrower group to W_f would be free, and would erase the groups'
+        # differences). Grow the field with the most activity per column, 4 at a time, while it fits.
+        widths = [max(row[f] for row in dims) for f in range(len(features))]
+        full_fields: set[int] = set()
         while True:
             options = [
+                (float(mean_active[:, f].max()) / (widths[f] + BLOCK), f)
+                for f in range(len(features))
+                if widths[f] < cap and f not in full_fields
+            ]
+            if not options:
+                break
+            _, f = max(options)
+            widths[f] += BLOCK
+            trial = shares_of(mean_active, widths)
+            if ctx.budget.fits(build(trial, router)[0]):
+                dims = trial
+            else:
+                widths[f] -= BLOCK
+                full_fields.add(f)
+    elif icfg.fill_budget:
+        # Separate tables: every (group, field) costs bytes; grow the one with the most gate activity per
+        # dim it has, mean_active / (d + 4), 4 at a time, while it fits.
+        full: set[tuple[int, int]] = set()
+        while True:
+            pairs = [
                 (float(mean_active[k, f]) / (dims[k][f] + BLOCK), k, f)
                 for k in range(len(dims))
                 for f in range(len(features))
                 if dims[k][f] < cap and (k, f) not in full
             ]
-            if not options:
+            if not pairs:
                 break
-            _, k, f = max(options)
+            _, k, f = max(pairs)
             dims[k][f] += BLOCK
             if not ctx.budget.fits(build(dims, router)[0]):
                 dims[k][f] -= BLOCK
@@ -265,6 +306,21 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
             "field_gains": field_gains,
         },
     }
+    if cfg.data.type == "synthetic" and cfg.data.synthetic.populations > 1:
+        # Planted populations (hidden from the model): how well do the groups recover them?
+        from torchrec_aes.data.synthetic import load_populations
+        from torchrec_aes.search.ihas.cluster import adjusted_rand_index
+        from torchrec_aes.tasks.ctr import data_cache_dir
+
+        populations = load_populations(cfg.data, data_cache_dir(cfg))
+        if populations is not None:
+            log["population_ari"] = adjusted_rand_index(labels, populations["train"][: len(labels)])
+            log["population_ari_router_test"] = adjusted_rand_index(
+                torch.from_numpy(
+                    route_split(router, ctx.splits.test, schema.sparse_names, cfg.train.eval_batch_size, 1)
+                ),
+                populations["test"][: len(ctx.splits.test)],
+            )
     if env.is_main:
         logger.info(
             "ihas: %d groups %s, router %d fields (%.1f%% of budget, accuracy %.3f)",
