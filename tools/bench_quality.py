@@ -244,17 +244,21 @@ def planted_lines(rows: list[dict]) -> list[str]:
             continue
         names = list(runs[0]["dims"])
         text = f"- {row['label']}:"
-        if "planted_ranks" in runs[0]:
-            planted = runs[0]["planted_ranks"]
-            smallest = min(runs[0].get("candidates", [4]))
-            free_ok = sum(all(r["dims"][n] == smallest for n in names if planted[n] == 0) for r in runs)
-            rho = [spearman([r["dims"][n] for n in names], [planted[n] for n in names]) for r in runs]
+        with_ranks = [r for r in runs if "planted_ranks" in r]  # one table per feature (not grouped)
+        if with_ranks:
+            planted = with_ranks[0]["planted_ranks"]
+            names = list(planted)
+            smallest = min(with_ranks[0].get("candidates", [4]))
+            free_ok = sum(all(r["dims"][n] == smallest for n in names if planted[n] == 0) for r in with_ranks)
+            rho = [spearman([r["dims"][n] for n in names], [planted[n] for n in names]) for r in with_ranks]
             text += (
-                f" signal-free tables all at dim {smallest} in {free_ok}/{len(runs)} seeds;"
+                f" signal-free tables all at dim {smallest} in {free_ok}/{len(with_ranks)} seeds;"
                 f" Spearman(dims, planted ranks) {statistics.mean(rho):.2f} (per seed "
                 f"{', '.join(f'{v:.2f}' for v in rho)});"
             )
-        same = sum(len({r["dims"][n] for r in runs}) == 1 for n in names)
+        # Tables differ between runs when the winner differs in kind (e.g. an iHAS grouped model with
+        # router tables against a baseline's one table per feature): a missing table counts as dim None.
+        same = sum(len({r["dims"].get(n) for r in runs}) == 1 for n in names)
         lines.append(f"{text} identical dims across seeds for {same}/{len(names)} tables")
     return lines
 
