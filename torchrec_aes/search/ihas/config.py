@@ -47,6 +47,10 @@ class IHASConfig:
     """Precision of the router's tables."""
     router_smoothing: float = 1.0
     """Pseudo-count of the router's per-id group frequencies (towards the group prior)."""
+    router_rounds: int = 5
+    """Rounds of hard EM on the router's model after K-Means: relabel the sample by the router, refit the
+    router, until the labels stop changing (0 = the K-Means groups as they are). The group models train on
+    the rows the router sends them, so the groups (and their dims) become what the router serves."""
     fill_budget: bool = True
     """Scale the groups' dims to fill the budget (keeping their proportions), not only shrink to it."""
 
@@ -67,6 +71,7 @@ def check_config(icfg: IHASConfig) -> None:
         "kmeans_batch": (icfg.kmeans_batch, lambda v: v >= 1, ">= 1"),
         "router_share": (icfg.router_share, lambda v: 0 < v < 1, "in (0, 1)"),
         "router_smoothing": (icfg.router_smoothing, lambda v: v > 0, "> 0"),
+        "router_rounds": (icfg.router_rounds, lambda v: v >= 0, ">= 0"),
     }
     for key, (value, ok, allowed) in rules.items():
         if not ok(value):

@@ -131,25 +131,26 @@ def fit_dims(
             r = Router([r.features[i] for i in keep], [r.table(i) for i in keep], r.log_prior)
         return grouped_architecture(layout, r.features, icfg.router_data_type, schema), layout, r
 
-    arch, layout, r = build(group_dims(mean_active, 0.0, cap), router)
+    cheapest = min(range(len(features)), key=lambda f: rows[f])
+    minimal = [[BLOCK if f == cheapest else 0 for f in range(len(features))] for _ in range(len(mean_active))]
+    arch, layout, r = build(minimal, router)
     if not ctx.budget.fits(arch):
         raise ValueError(
             f"search.budget: {ctx.budget.bytes} bytes cannot hold {layout.num_groups} groups of iHAS (the "
-            f"smallest grouped architecture, one 4-dim field per group and the router, needs "
+            f"smallest grouped architecture, every group at 4 dims of the smallest table, needs "
             f"{ctx.budget.used(arch)} bytes); raise the budget or lower search.ihas.num_groups"
         )
     low, high = 0.0, 1.0
-    if ctx.budget.fits(build(group_dims(mean_active, 1.0, cap), router)[0]):
+    if not ctx.budget.fits(build(group_dims(mean_active, 0.0, cap), router)[0]):
+        low = -1.0  # not even each group's most active field fits: start from the minimal layout
+    elif ctx.budget.fits(build(group_dims(mean_active, 1.0, cap), router)[0]):
         low = 1.0
     else:
         for _ in range(30):
             mid = (low + high) / 2
-            low, high = (
-                (mid, high)
-                if ctx.budget.fits(build(group_dims(mean_active, mid, cap), router)[0])
-                else (low, mid)
-            )
-    dims = group_dims(mean_active, low, cap)
+            fits = ctx.budget.fits(build(group_dims(mean_active, mid, cap), router)[0])
+            low, high = (mid, high) if fits else (low, mid)
+    dims = minimal if low < 0 else group_dims(mean_active, low, cap)
     if icfg.fill_budget and icfg.deployment == "shared":
         # Bytes depend on each field's width W_f only; a group keeps its share of the width, in proportion
         # to its gate activity (growing a narrower group to W_f would be free, and would erase the groups'
@@ -191,7 +192,17 @@ def fit_dims(
                 dims[k][f] -= BLOCK
                 full.add((k, f))
     arch, layout, r = build(dims, router)
-    return layout, r, low
+    return layout, r, max(low, 0.0)
+
+
+def _route_ids(router: Router, ids: torch.Tensor, keys: list[str]) -> torch.Tensor:
+    """[N] the router's group of each row of an [N, F] id matrix (columns in `keys` order)."""
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=keys, values=ids.t().reshape(-1), lengths=torch.ones(ids.numel(), dtype=torch.int32)
+    )
+    return router(kjt)
 
 
 def route_split(
@@ -244,13 +255,6 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
         sample["masked"], k, seed=cfg.train.seed, iters=icfg.kmeans_iters, batch=icfg.kmeans_batch
     )
     active = sample["active"].float()  # [N, F]
-    mean_active = torch.stack(
-        [
-            active[labels == g].mean(0) if bool((labels == g).any()) else torch.zeros(active.shape[1])
-            for g in range(k)
-        ]
-    )
-
     # 3. The router (its share of the budget first), then the group dims filling the rest.
     cap = icfg.router_share * ctx.budget.bytes
 
@@ -266,6 +270,23 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
 
     router, field_gains = fit_router(
         sample["ids"], labels, schema.sparse_names, rows, k, icfg.router_smoothing, router_fits
+    )
+    kmeans_labels = labels
+    for _ in range(icfg.router_rounds):
+        # Hard EM on the router's naive-Bayes model: the groups become what the router serves (the group
+        # models train on the rows the router sends them), starting from the K-Means groups.
+        routed = _route_ids(router, sample["ids"], schema.sparse_names)
+        if bool((routed == labels).all()):
+            break
+        labels = routed
+        router, field_gains = fit_router(
+            sample["ids"], labels, schema.sparse_names, rows, k, icfg.router_smoothing, router_fits
+        )
+    mean_active = torch.stack(
+        [
+            active[labels == g].mean(0) if bool((labels == g).any()) else torch.zeros(active.shape[1])
+            for g in range(k)
+        ]
     )
     layout, router, scale = fit_dims(ctx, icfg, mean_active, router)
     arch = grouped_architecture(layout, router.features, icfg.router_data_type, schema)
@@ -314,7 +335,9 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
 
         populations = load_populations(cfg.data, data_cache_dir(cfg))
         if populations is not None:
-            log["population_ari"] = adjusted_rand_index(labels, populations["train"][: len(labels)])
+            truth = populations["train"][: len(labels)]
+            log["population_ari_kmeans"] = adjusted_rand_index(kmeans_labels, truth)
+            log["population_ari"] = adjusted_rand_index(labels, truth)
             log["population_ari_router_test"] = adjusted_rand_index(
                 torch.from_numpy(
                     route_split(router, ctx.splits.test, schema.sparse_names, cfg.train.eval_batch_size, 1)
