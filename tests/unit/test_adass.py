@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import CARDINALITIES, tiny_splits
+from tests.helpers import CARDINALITIES, single_thread, tiny_splits  # noqa: F401  (a fixture)
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import load_config
 from torchrec_aes.planning.memory import Budget
@@ -31,14 +31,7 @@ from torchrec_aes.tasks.ctr import CTRTask
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On a loaded 2-core machine torch's intra-op pool spins against other processes (backward ran 100x
-    # slower); one thread keeps these tests fast and changes no result.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _random_bytes(rng: random.Random, num_tables: int, k: int) -> list[list[int]]:

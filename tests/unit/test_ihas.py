@@ -15,7 +15,7 @@ import torch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from tests.helpers import tiny_config
+from tests.helpers import single_thread, tiny_config  # noqa: F401  (single_thread: a fixture)
 from torchrec_aes.architecture import Architecture, kind_of
 from torchrec_aes.data.dataset import CTRData, Splits, make_batch
 from torchrec_aes.data.schema import Schema, SparseFeature
@@ -39,13 +39,7 @@ from torchrec_aes.tasks.ctr import CTRTask
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # A loaded 2-core machine: torch's intra-op pool only contends for the cores.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _kjt(ids: torch.Tensor, keys: list[str]) -> KeyedJaggedTensor:
