@@ -152,8 +152,8 @@ def _grouped_section(run_dir: str, arch: Architecture, metrics: dict[str, Any]) 
     if dims.size == 0:
         return []
     log = metrics.get("search_log", {})
-    features = [t.feature_names[0] for t in arch.tables if not t.name.startswith(("router_", "g1_", "g2_"))]
-    features = features[: dims.shape[1]]
+    # The first F tables are one per field in schema order (shared `t_<f>`, or group 0's `g0_t_<f>`).
+    features = [t.feature_names[0] for t in arch.tables[: dims.shape[1]]]
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * dims.shape[1] + 2), 0.5 * dims.shape[0] + 1.5))
     im = ax.imshow(dims, cmap="Blues", aspect="auto")
     for (k, f), d in np.ndenumerate(dims):

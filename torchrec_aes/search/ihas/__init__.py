@@ -11,13 +11,17 @@ Ours (configurable in `search.ihas`, README "Where we deviate"):
 
 1. Gates (`gates.py`): a controller MLP (`controller_hidden`) maps a sample's pooled embeddings, all fields
    at the base dim D = max(search.candidates), to one logit per (field, block of 4 dims); training samples
-   z ~ Bernoulli(sigmoid(logit)) with a straight-through gradient; loss = BCE + lambda_s mean(pi) +
-   lambda_p mean(pi (1 - pi)). `prefix` gates (default) keep the first k blocks, so a group's dim is a
-   prefix of a TorchRec table's columns; `free` gates keep any subset (closer to the paper). The search
-   model is an ordinary TorchRec model (EBC sharded by the planner, trained by the one `Trainer`).
+   z ~ Bernoulli(sigmoid(logit)) with a straight-through gradient; loss = BCE + lambda_s x (the expected
+   share of bytes kept, fields weighted by their rows) + lambda_p mean(pi (1 - pi)), lambda_s a dual
+   variable steered to the budget's share of the full model (`sparsity_lr`). `prefix` gates (default)
+   keep the first k blocks, so a group's dim is a prefix of a TorchRec table's columns; `free` gates keep
+   any subset (closer to the paper). The search model is an ordinary TorchRec model (EBC sharded by the
+   planner, trained by the one `Trainer`).
 2. Clustering (`cluster.py`): deterministic gates on `cluster_rows` training rows; mini-batch K-Means
    (K = `num_groups`) on the masked embeddings; group k's dim of field f = the mean active dims of its
-   members, rounded to a multiple of 4 (0 drops the field for the group).
+   members, rounded to a multiple of 4 (0 drops the field for the group). Then `router_rounds` of hard EM
+   on the router's model (relabel the sample by the router, refit it), so the groups are what the router
+   serves.
 3. Router (`router.py`, `models/grouped.py`): naive Bayes over per-id group frequencies of the fields with
    the most held-out information about the groups, at most `router_share` of the budget, in
    `router_data_type`. Its tables count toward the budget.
