@@ -11,6 +11,8 @@ Its `kind` says how it deploys, and every consumer dispatches on it (never on `e
   `row_remap.npy` beside the file); trained in the masked form (d_max tables + per-row prefix masks).
 * `grouped` -- instance-wise groups (iHAS, `models/grouped.py`): group tables + a router's tables
   (`router.pt` beside the file), the groups' dims under `extra.groups`; trained as one `GroupedModel`.
+* `blocks` -- a block graph over one table per feature (NASRec, `models/blocks.py`): the graph under
+  `extra.blocks` and its space under `extra.space`; trained as a `BlockNet`.
 
 A kind (`ArchKind`) checks an architecture against the data, gives its training form, counts its bytes
 (everything serving needs; for these two kinds the tables) and carries its side files into a new run.
@@ -351,6 +353,7 @@ KINDS: dict[str, ArchKind] = {k.name: k for k in (ArchKind(), RowwiseKind())}
 
 
 def _kinds() -> dict[str, ArchKind]:
+    import torchrec_aes.models.blocks  # noqa: F401  (registers `blocks`; it imports this module)
     import torchrec_aes.models.grouped  # noqa: F401  (registers `grouped`; it imports this module)
 
     return KINDS

@@ -23,6 +23,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass
@@ -89,12 +90,16 @@ def baseline_finalists(ctx: SearchContext) -> list[Finalist]:
 
 
 def _dedupe(finalists: list[Finalist]) -> list[Finalist]:
-    """Drops later finalists whose (table-kind) architecture equals an earlier one's."""
+    """Drops later finalists whose architecture (kind, tables and extras) equals an earlier one's."""
     seen: set[tuple] = set()
     out = []
     for f in finalists:
         key = (
-            (f.arch.kind, tuple((t.name, t.embedding_dim, t.data_type) for t in f.arch.tables))
+            (
+                f.arch.kind,
+                tuple((t.name, t.embedding_dim, t.data_type) for t in f.arch.tables),
+                json.dumps(f.arch.extra, sort_keys=True),
+            )
             if f.train_arch is None
             else (id(f),)
         )

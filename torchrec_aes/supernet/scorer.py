@@ -283,6 +283,40 @@ class SupernetEvaluator:
 
 
 @torch.no_grad()
+def lookup_slice(
+    model: nn.Module, data: CTRData, keys: list[str], batch_size: int, env: DistEnv
+) -> dict[str, torch.Tensor]:
+    """The pooled d_max embeddings of `data` (a fixed slice) looked up through the sharded tables of a
+    (DMP-wrapped) supernet holding one elastic EBC, gathered on every rank (a collective): feature ->
+    [N, d_max], rows in `data`'s order (the first N rows; `iter_batches` drops no row without shuffling).
+    """
+    elastic = find_elastic(model)
+    model.eval()
+    parts: dict[str, list[torch.Tensor]] = {n: [] for n in elastic.feature_names}
+    for batch in iter_batches(data, keys, batch_size, env.rank, env.world_size):
+        pooled = elastic.ebc(batch.sparse_features.to(env.device)).to_dict()
+        for n in parts:
+            parts[n].append(pooled[n].cpu())
+    local = torch.stack([torch.cat(parts[n]) for n in elastic.feature_names], dim=1)  # [N_r, F, d]
+    if env.world_size > 1:
+        gathered = [torch.empty_like(local) for _ in range(env.world_size)]
+        dist.all_gather(gathered, local.contiguous())
+        local = torch.cat(gathered)  # rank order = row order of iter_batches without shuffling
+    model.train()
+    return {name: local[:, i].contiguous() for i, name in enumerate(elastic.feature_names)}
+
+
+def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The state of the model inside a DMP-wrapped `CTRModule` without its embedding tables (CPU copies)."""
+    prefix = "model."
+    return {
+        k[len(prefix) :]: v.detach().cpu().clone()
+        for k, v in model.state_dict().items()
+        if ".ebc." not in k and k.startswith(prefix)
+    }
+
+
+@torch.no_grad()
 def slice_evaluator(
     model: nn.Module,
     data: CTRData,
@@ -304,34 +338,17 @@ def slice_evaluator(
         build_model: `lookup -> model` for the evaluator (see `SupernetEvaluator`).
         candidates: the options a choice indexes (see `SupernetEvaluator`).
     """
-    elastic = find_elastic(model)
-    model.eval()
-    parts: dict[str, list[torch.Tensor]] = {n: [] for n in elastic.feature_names}
-    for batch in iter_batches(data, keys, batch_size, env.rank, env.world_size):
-        pooled = elastic.ebc(batch.sparse_features.to(env.device)).to_dict()
-        for n in parts:
-            parts[n].append(pooled[n].cpu())
-    local = torch.stack([torch.cat(parts[n]) for n in elastic.feature_names], dim=1)  # [N_r, F, d]
-    if env.world_size > 1:
-        gathered = [torch.empty_like(local) for _ in range(env.world_size)]
-        dist.all_gather(gathered, local.contiguous())
-        local = torch.cat(gathered)  # rank order = row order of iter_batches without shuffling
-    rows = local.shape[0]
-    state = {k: v for k, v in model.state_dict().items() if ".ebc." not in k}
-    model.train()
+    pooled_slice = lookup_slice(model, data, keys, batch_size, env)
+    rows = next(iter(pooled_slice.values())).shape[0]
+    state = dense_state(model)
     if not env.is_main:
         return None
-    prefix = "model."
-    dense_state = {
-        k[len(prefix) :]: v.detach().cpu().clone() for k, v in state.items() if k.startswith(prefix)
-    }
-    pooled_slice = {name: local[:, i].contiguous() for i, name in enumerate(elastic.feature_names)}
     return SupernetEvaluator(
         build_model,
-        elastic.table_configs(),
+        find_elastic(model).table_configs(),
         candidates,
         pooled_slice,
         data.dense[:rows].clone(),
         data.labels[:rows].clone(),
-        dense_state,
+        state,
     )

@@ -26,7 +26,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer
 
 from torchrec_aes.architecture import Architecture
-from torchrec_aes.config import Config
+from torchrec_aes.config import Config, TrainConfig
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.train.distributed import DistEnv
 
@@ -101,9 +101,9 @@ class Task(ABC):
         """Called once DMP has materialised the model (e.g. to tell it its compute device)."""
 
     @abstractmethod
-    def other_optimizer(self, params: dict[str, torch.Tensor]) -> KeyedOptimizer | None:
+    def other_optimizer(self, params: dict[str, torch.Tensor], tc: TrainConfig) -> KeyedOptimizer | None:
         """The optimizer of parameters the fused table optimizer does not cover (dense layers, or tables
-        the planner made data-parallel), or None if there are none."""
+        the planner made data-parallel), set by the trainer's `tc`, or None if there are none."""
 
     @abstractmethod
     def stepper(

@@ -41,7 +41,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 
 from torchrec_aes.architecture import Architecture
-from torchrec_aes.config import Config
+from torchrec_aes.config import Config, TrainConfig
 from torchrec_aes.data.interactions import CSR, InteractionData, load_interactions
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.models.cf import ITEM, USER, CFModel, build_cf_model
@@ -204,12 +204,11 @@ class CFTask(Task):
     def after_shard(self, dmp: DistributedModelParallel, env: DistEnv) -> None:
         dmp.module.compute_device = env.device
 
-    def other_optimizer(self, params: dict[str, torch.Tensor]) -> KeyedOptimizer | None:
+    def other_optimizer(self, params: dict[str, torch.Tensor], tc: TrainConfig) -> KeyedOptimizer | None:
         # Data-parallel tables use TorchRec's dense kernel: their weights are ordinary parameters that the
         # fused in-backward optimizer does not cover, so the same table optimizer is stepped on them.
         if not params:
             return None
-        tc = self.cfg.train
         return KeyedOptimizerWrapper(
             params, lambda p: OPTIMIZERS[tc.embedding_optimizer](p, lr=tc.embedding_lr)
         )

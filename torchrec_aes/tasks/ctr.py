@@ -21,7 +21,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 
 from torchrec_aes.architecture import Architecture
-from torchrec_aes.config import Config
+from torchrec_aes.config import Config, TrainConfig
 from torchrec_aes.data.dataset import CTRData, Splits, iter_batches, num_batches
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.models.ctr import build_ctr_model
@@ -144,8 +144,7 @@ class CTRTask(Task):
             model = build_model(ebc)
         return CTRModule(model, extra_loss), ebc
 
-    def other_optimizer(self, params: dict[str, torch.Tensor]) -> KeyedOptimizer | None:
-        tc = self.cfg.train
+    def other_optimizer(self, params: dict[str, torch.Tensor], tc: TrainConfig) -> KeyedOptimizer | None:
         dense_cls = DENSE_OPTIMIZERS[tc.dense_optimizer]
         return KeyedOptimizerWrapper(
             params, lambda p: dense_cls(p, lr=tc.dense_lr, weight_decay=tc.weight_decay)

@@ -100,7 +100,9 @@ class Trainer:
             module, device=self.env.device, plan=self.plan, sharders=default_sharders()
         )
         task.after_shard(self.model, self.env)
-        self.other = task.other_optimizer(dict(in_backward_optimizer_filter(self.model.named_parameters())))
+        self.other = task.other_optimizer(
+            dict(in_backward_optimizer_filter(self.model.named_parameters())), tc
+        )
         parts = [self.model.fused_optimizer] + ([self.other] if self.other is not None else [])
         self.optimizer = CombinedOptimizer(parts)
         self.hooks.on_model(self.model)

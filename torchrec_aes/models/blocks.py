@@ -1,0 +1,613 @@
+"""Block-graph CTR models (NASRec's search space, `search/nasrec/`): an architecture kind `blocks`.
+
+A model is N blocks over two node types, dense [B, w] and sparse [B, tokens, token_dim]. Node 0 is the
+input: the dense features and one token per sparse feature (each table's pooled embedding, at its own
+dim, projected to `token_dim`). Block j (1..N) reads 1-4 earlier nodes on each side and computes
+
+* a dense op on its dense inputs (concatenated): `fc` (linear, LayerNorm, ReLU), `sum` (LayerNorm of the
+  sum of a linear map of its first input and one of the others), `gating` (LayerNorm of
+  sigmoid(linear(first)) x linear(others)) or `dot` (DLRM's pairwise dot products between the dense
+  inputs projected to one token and the sparse inputs compressed to `dot_tokens` tokens, then linear
+  and LayerNorm) -- `width` columns;
+* a sparse op on its sparse inputs (concatenated along tokens): `efc` (a linear map over the token axis,
+  per-token LayerNorm) or `attention` (the same map, then a transformer layer: multi-head self-attention
+  and a feed-forward layer, each with a residual and LayerNorm) -- `tokens` tokens;
+* optionally `fm`: a factorisation-machine term of its sparse output, projected to `width` and added to
+  its dense output (sparse -> dense merger), and `merge`: its dense output projected to
+  `merger_tokens` tokens appended to its sparse output (dense -> sparse merger).
+
+The last block's dense output and flattened sparse output feed the final linear layer (one logit).
+
+One class, two modes (`BlockNet`):
+
+* fixed (`graph` given): exactly the chosen ops at their widths, over the chosen inputs -- the model a
+  TorchRec pipeline trains and serves (its EBC sharded by the planner, its dense part under DDP);
+* supernet (`graph=None`): every op of the space at the space's largest width over every earlier node;
+  `set_graph` picks a path before a step: unselected inputs are zeros, a smaller width or token count is
+  a prefix mask (LayerNorm over the active prefix, attention over the active tokens), unused ops are not
+  run. A fixed model whose weights are cut from the supernet's (`subnet_state`) computes exactly the
+  supernet's output for its graph -- which is what makes supernet scores stand for subnets.
+
+Example::
+
+    graph = BlockGraph.from_dict(arch.extra["blocks"])
+    model = BlockNet(ebc, num_dense=13, graph=graph, space=BlockSpace.from_dict(arch.extra["space"]))
+    logits = model(dense, kjt)  # [B]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_aes.architecture import KINDS, Architecture, ArchKind
+from torchrec_aes.data.schema import Schema
+from torchrec_aes.train.hooks import TrainHooks
+
+DENSE_OPS = ("fc", "sum", "gating", "dot")
+SPARSE_OPS = ("efc", "attention")
+SPACES = {"full": (DENSE_OPS, SPARSE_OPS), "small": (("fc", "dot"), ("efc",))}
+"""NASRec's two spaces: "full" (the code's `xlarge`) and "small" (`autoctr`)."""
+
+
+@dataclass(frozen=True)
+class Block:
+    """One block of a graph (nodes are numbered from 0 = the input; block j is node j).
+
+    Args:
+        dense_in: earlier nodes whose dense outputs it reads (sorted, 1-4 of them).
+        sparse_in: earlier nodes whose sparse outputs it reads (sorted, 1-4 of them).
+        dense_op: one of `DENSE_OPS`.
+        sparse_op: one of `SPARSE_OPS`.
+        width: columns of its dense output.
+        tokens: tokens of its sparse op's output.
+        merge: append its dense output, projected to `merger_tokens` tokens, to its sparse output.
+        fm: add an FM term of its sparse output (projected to `width`) to its dense output.
+    """
+
+    dense_in: tuple[int, ...]
+    sparse_in: tuple[int, ...]
+    dense_op: str
+    sparse_op: str
+    width: int
+    tokens: int
+    merge: bool
+    fm: bool
+
+
+@dataclass(frozen=True)
+class BlockSpace:
+    """What the search may choose and the fixed sizes every model of the space shares.
+
+    Args:
+        num_blocks: N.
+        space: "full" or "small" (the ops allowed, `SPACES`).
+        widths: dense widths.
+        tokens: sparse token counts.
+        token_dim: width of a token (every table's embedding is projected to it).
+        merger_tokens: tokens of the dense -> sparse merger.
+        heads: attention heads (divides `token_dim`).
+        dot_tokens: tokens the `dot` op compresses its sparse inputs to (0 = round(sqrt(2 max(widths))),
+            as NASRec's code).
+    """
+
+    num_blocks: int = 7
+    space: str = "full"
+    widths: tuple[int, ...] = (16, 32, 64, 128, 256, 512, 768, 1024)
+    tokens: tuple[int, ...] = (16, 32, 48, 64)
+    token_dim: int = 16
+    merger_tokens: int = 8
+    heads: int = 8
+    dot_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.space not in SPACES:
+            raise ValueError(f"space: '{self.space}' is not one of {', '.join(SPACES)}")
+        if self.num_blocks < 1:
+            raise ValueError(f"num_blocks: {self.num_blocks}; expected >= 1")
+        for name in ("widths", "tokens"):
+            values = getattr(self, name)
+            if not values or any(int(v) < 1 for v in values):
+                raise ValueError(f"{name}: {list(values)}; expected a non-empty list of positive sizes")
+        if self.token_dim < 1 or self.merger_tokens < 1 or self.heads < 1 or self.token_dim % self.heads:
+            raise ValueError(
+                f"token_dim {self.token_dim}, merger_tokens {self.merger_tokens}, heads {self.heads}: "
+                "expected positive sizes with heads dividing token_dim"
+            )
+
+    @property
+    def dense_ops(self) -> tuple[str, ...]:
+        return SPACES[self.space][0]
+
+    @property
+    def sparse_ops(self) -> tuple[str, ...]:
+        return SPACES[self.space][1]
+
+    @property
+    def max_width(self) -> int:
+        return max(self.widths)
+
+    @property
+    def max_tokens(self) -> int:
+        return max(self.tokens)
+
+    @property
+    def compressed_tokens(self) -> int:
+        return self.dot_tokens or round(math.sqrt(2 * self.max_width))
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["widths"], out["tokens"] = list(self.widths), list(self.tokens)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "space") -> BlockSpace:
+        try:
+            data = dict(data)
+            data["widths"] = tuple(int(v) for v in data.get("widths", cls.widths))
+            data["tokens"] = tuple(int(v) for v in data.get("tokens", cls.tokens))
+            return cls(**data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: {e}") from None
+
+
+@dataclass(frozen=True)
+class BlockGraph:
+    """The blocks of one architecture: a serialisable, hashable value (with the table dims, the search's
+    candidate; see `search/nasrec/space.py` for sampling and mutation)."""
+
+    blocks: tuple[Block, ...]
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        return [
+            {**asdict(b), "dense_in": list(b.dense_in), "sparse_in": list(b.sparse_in)} for b in self.blocks
+        ]
+
+    @classmethod
+    def from_dict(cls, data: Any, space: BlockSpace, source: str = "blocks") -> BlockGraph:
+        """Reads `to_dict()` output; every error is one line naming `source`, the block and the key."""
+        if not isinstance(data, list) or not data:
+            raise ValueError(f"{source}: expected a non-empty list of blocks")
+        keys = set(Block.__dataclass_fields__)
+        blocks = []
+        for j, b in enumerate(data, start=1):
+            where = f"{source}[{j - 1}]"
+            if not isinstance(b, dict) or set(b) != keys:
+                got = sorted(b) if isinstance(b, dict) else repr(b)
+                raise ValueError(f"{where}: has keys {got}; expected {sorted(keys)}")
+            try:
+                block = Block(
+                    tuple(int(i) for i in b["dense_in"]),
+                    tuple(int(i) for i in b["sparse_in"]),
+                    str(b["dense_op"]),
+                    str(b["sparse_op"]),
+                    int(b["width"]),
+                    int(b["tokens"]),
+                    bool(b["merge"]),
+                    bool(b["fm"]),
+                )
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{where}: {e}") from None
+            problem = check_block(block, j, space)
+            if problem:
+                raise ValueError(f"{where}: {problem}")
+            blocks.append(block)
+        return cls(tuple(blocks))
+
+    def key(self) -> str:
+        """A stable hash of the graph (16 hex digits)."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_block(b: Block, j: int, space: BlockSpace) -> str:
+    """'' if block `b` is valid as node `j` of `space`, else what is wrong (one line)."""
+    for name, inputs in (("dense_in", b.dense_in), ("sparse_in", b.sparse_in)):
+        if not 1 <= len(inputs) <= 4 or list(inputs) != sorted(set(inputs)):
+            return f"{name} {list(inputs)}: expected 1-4 distinct node indices in increasing order"
+        if inputs[0] < 0 or inputs[-1] >= j:
+            return f"{name} {list(inputs)}: block {j} can only read nodes 0..{j - 1}"
+    if b.dense_op not in space.dense_ops:
+        return f"dense_op '{b.dense_op}' is not one of {', '.join(space.dense_ops)} ({space.space} space)"
+    if b.sparse_op not in space.sparse_ops:
+        return f"sparse_op '{b.sparse_op}' is not one of {', '.join(space.sparse_ops)} ({space.space} space)"
+    if b.width not in space.widths:
+        return f"width {b.width} is not one of {list(space.widths)}"
+    if b.tokens not in space.tokens:
+        return f"tokens {b.tokens} is not one of {list(space.tokens)}"
+    return ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The model
+# ---------------------------------------------------------------------------------------------------------
+
+
+class SlotLinear(nn.Linear):
+    """A linear map whose input columns are given slots of the supernet's: `source` lists, for each of its
+    input columns, the supernet column it is (None: the first `in_features`). Weights are cut from the
+    supernet's by `subnet_state`."""
+
+    def __init__(
+        self, in_features: int, out_features: int, bias: bool = True, source: list[int] | None = None
+    ):
+        super().__init__(in_features, out_features, bias=bias)
+        self.source = source
+
+
+def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm, active: int) -> torch.Tensor:
+    """LayerNorm of the first `active` columns (the rest stay zero): a prefix-masked LayerNorm equal to a
+    LayerNorm of width `active`. (Widths are Python ints, never tensor shapes: TorchRec's train pipeline
+    traces the model with torch.fx.)"""
+    width = ln.normalized_shape[0]
+    if active == width:
+        return ln(x)
+    y = F.layer_norm(x[..., :active], (active,), ln.weight[:active], ln.bias[:active], ln.eps)
+    return F.pad(y, (0, width - active))
+
+
+def _fm(tokens: torch.Tensor) -> torch.Tensor:
+    """[B, T, d] -> [B, d]: the factorisation-machine pairwise term (square of sum - sum of squares)."""
+    return tokens.sum(dim=1).pow(2) - tokens.pow(2).sum(dim=1)
+
+
+class _Block(nn.Module):
+    """One block's modules: the chosen op's only (fixed) or every op of the space (supernet)."""
+
+    def __init__(
+        self,
+        space: BlockSpace,
+        block: Block | None,
+        dense_cols: list[int] | None,
+        token_cols: list[int] | None,
+        dense_in: int,
+        tokens_in: int,
+    ) -> None:
+        super().__init__()
+        d = space.token_dim
+        width = block.width if block else space.max_width
+        tokens = block.tokens if block else space.max_tokens
+        dense_ops = [block.dense_op] if block else list(space.dense_ops)
+        sparse_ops = [block.sparse_op] if block else list(space.sparse_ops)
+        # Binary ops split the dense inputs into the first one (left) and the others (right, or the first
+        # again if it is alone); both read the whole concatenation, the unused part zero.
+        self.dense = nn.ModuleDict()
+        for op in dense_ops:
+            if op == "fc":
+                self.dense[op] = nn.ModuleDict(
+                    {"linear": SlotLinear(dense_in, width, True, dense_cols), "ln": nn.LayerNorm(width)}
+                )
+            elif op in ("sum", "gating"):
+                self.dense[op] = nn.ModuleDict(
+                    {
+                        "left": SlotLinear(dense_in, width, True, dense_cols),
+                        "right": SlotLinear(dense_in, width, True, dense_cols),
+                        "ln": nn.LayerNorm(width),
+                    }
+                )
+            else:  # dot
+                k = space.compressed_tokens
+                self.dense[op] = nn.ModuleDict(
+                    {
+                        "dense_proj": SlotLinear(dense_in, d, True, dense_cols),
+                        "dense_ln": nn.LayerNorm(d),
+                        "compress": SlotLinear(tokens_in, k, True, token_cols),
+                        "token_ln": nn.LayerNorm(d),
+                        "linear": nn.Linear((k + 1) * k // 2, width),
+                        "ln": nn.LayerNorm(width),
+                    }
+                )
+        self.sparse = nn.ModuleDict()
+        for op in sparse_ops:
+            mods: dict[str, nn.Module] = {
+                "tokens": SlotLinear(tokens_in, tokens, True, token_cols),
+                "ln": nn.LayerNorm(d),
+            }
+            if op == "attention":
+                mods["attn"] = nn.MultiheadAttention(d, space.heads, batch_first=True)
+                mods["attn_ln"] = nn.LayerNorm(d)
+                mods["ffn1"] = nn.Linear(d, d)
+                mods["ffn2"] = nn.Linear(d, d)
+                mods["ffn_ln"] = nn.LayerNorm(d)
+            self.sparse[op] = nn.ModuleDict(mods)
+        if block is None or block.merge:
+            self.merge = nn.ModuleDict(
+                {
+                    "linear": nn.Linear(width, space.merger_tokens * d),
+                    "ln": nn.LayerNorm(space.merger_tokens * d),
+                }
+            )
+        if block is None or block.fm:
+            self.fm = nn.ModuleDict({"linear": nn.Linear(d, width), "ln": nn.LayerNorm(width)})
+
+
+class BlockNet(nn.Module):
+    """A block-graph CTR model over a TorchRec EBC: `(dense [B, num_dense], KJT) -> logits [B]`.
+
+    Args:
+        embedding_bag_collection: the tables (possibly sharded); each feature's pooled embedding is its
+            table's width (an `ElasticEmbeddingBagCollection` zero-padded to d_max in the supernet).
+        num_dense: dense features.
+        space: the search space (sizes shared by every model of it).
+        graph: the blocks (fixed model), or None: the supernet (choose a path with `set_graph`).
+    """
+
+    def __init__(
+        self, embedding_bag_collection: nn.Module, num_dense: int, space: BlockSpace, graph: BlockGraph | None
+    ) -> None:
+        super().__init__()
+        if graph is not None and len(graph.blocks) != space.num_blocks:
+            raise ValueError(f"the graph has {len(graph.blocks)} blocks; the space has {space.num_blocks}")
+        self.sparse_arch = embedding_bag_collection
+        self.space, self.graph, self.num_dense = space, graph, num_dense
+        configs = embedding_bag_collection.embedding_bag_configs()  # type: ignore[operator]
+        self.feature_names = [n for c in configs for n in c.feature_names]
+        dims = {n: c.embedding_dim for c in configs for n in c.feature_names}
+        d = space.token_dim
+        self.token_proj = nn.ModuleDict({n: nn.Linear(dims[n], d, bias=False) for n in self.feature_names})
+        # Node widths: dense columns and token slots (supernet: the largest; fixed: the chosen).
+        big_tokens = space.max_tokens + space.merger_tokens
+        self.dense_width = [num_dense]
+        self.token_width = [len(self.feature_names)]
+        self.blocks = nn.ModuleList()
+        self.block_dense_in: list[int] = []
+        for j in range(1, space.num_blocks + 1):
+            b = graph.blocks[j - 1] if graph else None
+            if b is None:
+                dense_cols = token_cols = None
+                dense_in, tokens_in = sum(self.dense_width), sum(self.token_width)
+            else:
+                dense_cols = self._cols(b.dense_in, self._dense_slot)
+                token_cols = self._cols(b.sparse_in, self._token_slot)
+                dense_in, tokens_in = len(dense_cols), len(token_cols)
+            self.block_dense_in.append(dense_in)
+            self.blocks.append(_Block(space, b, dense_cols, token_cols, dense_in, tokens_in))
+            self.dense_width.append(b.width if b else space.max_width)
+            self.token_width.append(b.tokens + space.merger_tokens * b.merge if b else big_tokens)
+        last = graph.blocks[-1] if graph else None
+        final_cols = None
+        if last is not None:
+            tok = self._token_slot(space.num_blocks)
+            final_cols = list(range(last.width)) + [
+                space.max_width + t * d + c for t in tok for c in range(d)
+            ]
+        final_in = self.dense_width[-1] + self.token_width[-1] * d
+        self.final = SlotLinear(final_in, 1, True, final_cols)
+        self._path: BlockGraph | None = graph
+
+    # -- slots: where node i's columns sit in the supernet's concatenation of all earlier nodes ----------
+    def _dense_slot(self, i: int) -> list[int]:
+        """Supernet columns of node i's dense output within node i (prefix of its width)."""
+        assert self.graph is not None
+        return list(range(self.num_dense if i == 0 else self.graph.blocks[i - 1].width))
+
+    def _token_slot(self, i: int) -> list[int]:
+        """Supernet token positions of node i's sparse output within node i (its tokens, then its merger
+        tokens at the supernet's [max_tokens, max_tokens + merger_tokens))."""
+        assert self.graph is not None
+        if i == 0:
+            return list(range(len(self.feature_names)))
+        b = self.graph.blocks[i - 1]
+        merged = range(self.space.max_tokens, self.space.max_tokens + self.space.merger_tokens)
+        return list(range(b.tokens)) + (list(merged) if b.merge else [])
+
+    def _cols(self, inputs: tuple[int, ...], slot: Any) -> list[int]:
+        """Supernet columns of the concatenation of `inputs` (supernet node i starts at the sum of the
+        supernet widths of nodes < i)."""
+        space = self.space
+        dense = slot == self._dense_slot
+        big = space.max_width if dense else space.max_tokens + space.merger_tokens
+        start = [0]
+        for i in range(1, max(inputs) + 1):
+            start.append(
+                start[-1] + ((self.num_dense if dense else len(self.feature_names)) if i == 1 else big)
+            )
+        return [start[i] + c for i in inputs for c in slot(i)]
+
+    # -------------------------------------------------------------------------------------------------
+    def set_graph(self, graph: BlockGraph) -> None:
+        """Supernet: the path of the next forward passes (the same on every rank)."""
+        if self.graph is not None:
+            raise ValueError("set_graph: a fixed model has one graph")
+        if len(graph.blocks) != self.space.num_blocks:
+            raise ValueError(
+                f"the graph has {len(graph.blocks)} blocks; the space has {self.space.num_blocks}"
+            )
+        self._path = graph
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        return self.interact(dense_features, self.sparse_arch(sparse_features).to_dict())
+
+    def interact(self, dense_features: torch.Tensor, per_feature: dict[str, torch.Tensor]) -> torch.Tensor:
+        """dense [B, num_dense] and each feature's pooled embedding -> logits [B]."""
+        out = self.final(self.penultimate(dense_features, per_feature)).squeeze(-1)
+        if self.graph is None and self.training and torch.is_grad_enabled():
+            # DMP wraps the dense part in DDP with static_graph=True, which needs every parameter in every
+            # step's graph: the ops this path does not use enter with weight 0.
+            out = out + 0.0 * torch.stack([p.sum() for p in self.blocks.parameters()]).sum()
+        return out
+
+    def penultimate(self, dense_features: torch.Tensor, per_feature: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, final_in]: what the final layer reads (the last block's dense and flattened sparse output)."""
+        graph = self._path
+        if graph is None:
+            raise ValueError("the supernet has no path: call set_graph first")
+        supernet = self.graph is None
+        tokens0 = torch.stack([self.token_proj[n](per_feature[n]) for n in self.feature_names], dim=1)
+        dense_nodes: list[torch.Tensor] = [dense_features]
+        token_nodes: list[torch.Tensor] = [tokens0]
+        mod: Any
+        for j, (mod, b) in enumerate(zip(self.blocks, graph.blocks, strict=True), start=1):
+            if supernet:
+                zd = [x if i in b.dense_in else torch.zeros_like(x) for i, x in enumerate(dense_nodes)]
+                zs = [x if i in b.sparse_in else torch.zeros_like(x) for i, x in enumerate(token_nodes)]
+                dense_in, tokens_in = torch.cat(zd, dim=1), torch.cat(zs, dim=1)
+                left_in = torch.cat(
+                    [x if i == b.dense_in[0] else torch.zeros_like(x) for i, x in enumerate(dense_nodes)], 1
+                )
+                others = b.dense_in[1:] or b.dense_in[:1]
+                right_in = torch.cat(
+                    [x if i in others else torch.zeros_like(x) for i, x in enumerate(dense_nodes)], 1
+                )
+            else:
+                dense_in = torch.cat([dense_nodes[i] for i in b.dense_in], dim=1)
+                tokens_in = torch.cat([token_nodes[i] for i in b.sparse_in], dim=1)
+                n_first = self.dense_width[b.dense_in[0]]
+                left_in = F.pad(dense_in[:, :n_first], (0, self.block_dense_in[j - 1] - n_first))
+                right_in = dense_in - left_in if len(b.dense_in) > 1 else left_in
+            dense_out = self._dense_op(mod, b, dense_in, left_in, right_in, tokens_in)
+            sparse_out = self._sparse_op(mod, b, tokens_in)
+            if b.fm:
+                fm = mod.fm["linear"](_fm(sparse_out))
+                dense_out = dense_out + _layer_norm(
+                    self._mask(fm, b.width, mod.fm["ln"]), mod.fm["ln"], b.width
+                )
+            merged = []
+            m_tokens, d = self.space.merger_tokens, self.space.token_dim
+            if b.merge:
+                m = mod.merge["ln"](mod.merge["linear"](dense_out))
+                merged.append(m.view(-1, m_tokens, d))
+            elif supernet:
+                merged.append(sparse_out[:, :1].mul(0.0).expand(-1, m_tokens, -1))
+            dense_nodes.append(dense_out)
+            token_nodes.append(torch.cat([sparse_out] + merged, dim=1))
+        return torch.cat([dense_nodes[-1], token_nodes[-1].flatten(1)], dim=1)
+
+    @staticmethod
+    def _mask(x: torch.Tensor, active: int, ln: nn.LayerNorm) -> torch.Tensor:
+        """Zeroes the columns of x from `active` on, x as wide as `ln` (supernet prefix masks; a fixed
+        model is at its width)."""
+        width = ln.normalized_shape[0]
+        return x if active == width else F.pad(x[..., :active], (0, width - active))
+
+    def _dense_op(
+        self,
+        mod: _Block,
+        b: Block,
+        x: torch.Tensor,
+        left: torch.Tensor,
+        right: torch.Tensor,
+        tokens: torch.Tensor,
+    ) -> torch.Tensor:
+        op: Any = mod.dense[b.dense_op]
+        w = b.width
+        ln = op["ln"]
+        if b.dense_op == "fc":
+            y = F.relu(_layer_norm(self._mask(op["linear"](x), w, ln), ln, w))
+        elif b.dense_op == "sum":
+            y = _layer_norm(self._mask(op["left"](left) + op["right"](right), w, ln), ln, w)
+        elif b.dense_op == "gating":
+            y = torch.sigmoid(op["left"](left)) * op["right"](right)
+            y = _layer_norm(self._mask(y, w, ln), ln, w)
+        else:  # dot
+            t0 = op["dense_ln"](op["dense_proj"](x)).unsqueeze(1)  # [B, 1, d]
+            compressed = op["compress"](tokens.transpose(1, 2)).transpose(1, 2)  # [B, k, d]
+            t = torch.cat([t0, op["token_ln"](compressed)], dim=1)
+            z = torch.bmm(t, t.transpose(1, 2))
+            k = op["compress"].out_features + 1
+            li, lj = torch.tril_indices(k, k, offset=-1)
+            y = _layer_norm(self._mask(op["linear"](z[:, li, lj]), w, ln), ln, w)
+        return self._mask(y, w, ln)
+
+    def _sparse_op(self, mod: _Block, b: Block, tokens: torch.Tensor) -> torch.Tensor:
+        op: Any = mod.sparse[b.sparse_op]
+        t = op["tokens"](tokens.transpose(1, 2)).transpose(1, 2)  # [B, T, d]
+        n = op["tokens"].out_features
+        active = b.tokens
+        keep = None
+        if active < n:
+            keep = (torch.arange(n) < active).to(torch.float32)[None, :, None]
+            t = t * keep
+        y = op["ln"](t)
+        if b.sparse_op == "attention":
+            # Supernet: the masked tokens are no keys (a [T, T] mask, the same for every row).
+            block = None
+            if active < n:
+                block = (torch.arange(n) >= active)[None, :].expand(n, -1)
+            a, _ = op["attn"](y, y, y, attn_mask=block, need_weights=False)
+            y = op["attn_ln"](y + a)
+            y = op["ffn_ln"](y + op["ffn2"](F.relu(op["ffn1"](y))))
+        return y * keep if keep is not None else y
+
+
+def subnet_state(supernet: BlockNet, subnet: BlockNet) -> dict[str, torch.Tensor]:
+    """The dense weights of `subnet` (a fixed model) cut from `supernet`'s: rows and LayerNorm entries are
+    prefixes, input columns of block inputs and of the final layer are the subnet's slots in the
+    supernet's concatenation (`SlotLinear.source`); token projections keep the first d_f columns.
+    Embedding tables are not included (their prefix columns are the subnet's tables)."""
+    big = dict(supernet.named_parameters())
+    owners = dict(subnet.named_modules())
+    out: dict[str, torch.Tensor] = {}
+    for name, p in subnet.named_parameters():
+        if name.startswith("sparse_arch."):
+            continue
+        src: torch.Tensor = big[name]
+        module = owners[name.rsplit(".", 1)[0]]
+        if isinstance(module, SlotLinear) and module.source is not None and name.endswith("weight"):
+            src = src[: p.shape[0]][:, module.source]
+        else:
+            src = src[tuple(slice(0, s) for s in p.shape)]
+        if src.shape != p.shape:
+            raise ValueError(f"{name}: supernet {tuple(src.shape)} cannot give subnet {tuple(p.shape)}")
+        out[name] = src.detach().clone()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The architecture kind
+# ---------------------------------------------------------------------------------------------------------
+
+
+def blocks_architecture(
+    schema: Schema, dims: list[int], graph: BlockGraph, space: BlockSpace, data_type: str = "fp32"
+) -> Architecture:
+    """The deployed architecture (kind `blocks`): one table per feature at `dims`, the graph in `extra`."""
+    arch = Architecture.from_dims(schema, dims, method="nasrec", data_types=data_type)
+    arch.kind = "blocks"
+    arch.extra = {"space": space.to_dict(), "blocks": graph.to_dict()}
+    return arch
+
+
+class BlocksHooks(TrainHooks):
+    """Builds a fixed `BlockNet` in place of `model.type` (the training form of a `blocks` architecture)."""
+
+    def __init__(self, graph: BlockGraph, space: BlockSpace) -> None:
+        self.graph, self.space = graph, space
+
+    def make_model(self, task: Any, ebc: Any) -> nn.Module:
+        return BlockNet(ebc, task.schema.num_dense, self.space, self.graph)
+
+
+class BlocksKind(ArchKind):
+    """A block graph over one table per feature (NASRec): trains as a `BlockNet`; bytes = the tables."""
+
+    name = "blocks"
+
+    def graph(self, arch: Architecture, source: str = "architecture") -> tuple[BlockGraph, BlockSpace]:
+        extra = arch.extra
+        if not isinstance(extra.get("space"), dict) or "blocks" not in extra:
+            raise ValueError(f"{source}: a blocks architecture needs extra.space and extra.blocks")
+        space = BlockSpace.from_dict(extra["space"], f"{source}: extra.space")
+        return BlockGraph.from_dict(extra["blocks"], space, f"{source}: extra.blocks"), space
+
+    def training_form(self, arch: Architecture, source: str, schema: Schema) -> tuple[Architecture, Any]:
+        source = source or "architecture"
+        arch.check_schema(schema, source=source)
+        dropped = [t.name for t in arch.tables if t.embedding_dim == 0]
+        if dropped:
+            raise ValueError(
+                f"{source}: tables {dropped} have dim 0; a blocks architecture uses every feature"
+            )
+        graph, space = self.graph(arch, source)
+        return arch, BlocksHooks(graph, space)
+
+
+KINDS["blocks"] = BlocksKind()

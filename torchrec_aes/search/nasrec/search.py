@@ -1,0 +1,270 @@
+"""NASRec's search: supernet -> regularized evolution with scoring split over the ranks -> top-k finalists
+(see `search/nasrec/__init__.py`)."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from torchrec_aes.architecture import Architecture
+from torchrec_aes.io import exists, join, read_text, write_text_atomic
+from torchrec_aes.models.blocks import BlockNet, BlocksHooks, BlockSpace, blocks_architecture
+from torchrec_aes.search.base import SearchContext, SearchResult, register
+from torchrec_aes.search.baselines import largest_uniform
+from torchrec_aes.search.finalists import Finalist
+from torchrec_aes.search.nasrec.config import NASRecConfig, check_config
+from torchrec_aes.search.nasrec.evolution import EvolutionResult, evolve
+from torchrec_aes.search.nasrec.space import Candidate, mutate, random_candidate
+from torchrec_aes.search.nasrec.supernet import SubnetScorer, SupernetHooks, score_on_ranks
+from torchrec_aes.supernet.elastic import ElasticEmbeddingBagCollection, find_elastic
+from torchrec_aes.supernet.scorer import dense_state, lookup_slice
+from torchrec_aes.tasks.ctr import CTRTask
+from torchrec_aes.train.distributed import init_distributed
+from torchrec_aes.train.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+SCORES_FILE = "nasrec_scores.json"
+"""Scores of the evolution so far (in the state directory): a rerun replays the same seeded evolution and
+takes these instead of scoring again, so an interrupted search resumes where it stopped."""
+
+
+def space_of(ncfg: NASRecConfig) -> BlockSpace:
+    return BlockSpace(
+        num_blocks=ncfg.num_blocks,
+        space=ncfg.space,
+        widths=tuple(sorted(set(ncfg.widths))),
+        tokens=tuple(sorted(set(ncfg.tokens))),
+        token_dim=ncfg.token_dim,
+        merger_tokens=ncfg.merger_tokens,
+        heads=ncfg.heads,
+    )
+
+
+def _load_scores(path: str, identity: dict[str, Any]) -> dict[str, dict[str, float]]:
+    import json
+
+    if not exists(path):
+        return {}
+    try:
+        blob = json.loads(read_text(path))
+    except ValueError:
+        return {}  # a damaged file costs a rescoring, nothing else
+    return blob.get("scores", {}) if blob.get("identity") == identity else {}
+
+
+def train_supernet(
+    ctx: SearchContext,
+    ncfg: NASRecConfig,
+    space: BlockSpace,
+    candidates: list[int],
+    fixed_dims: list[int] | None,
+) -> tuple[SubnetScorer, dict[str, Any]]:
+    """Trains (or resumes) the supernet on all ranks and builds every rank's scorer from it."""
+    cfg, task = ctx.cfg, ctx.task
+    assert isinstance(task, CTRTask)
+    env = init_distributed()
+    scfg = copy.deepcopy(cfg)
+    scfg.train.epochs = ncfg.supernet_epochs
+    scfg.train.dense_optimizer = "adagrad"
+    scfg.train.dense_lr = ncfg.supernet_lr
+    schema = task.schema
+    num_dense = schema.num_dense
+    steps = task.steps_per_epoch(env) * ncfg.supernet_epochs
+    hooks = SupernetHooks(
+        space,
+        candidates,
+        fixed_dims,
+        cfg.train.seed,
+        ncfg.warmup_steps,
+        steps,
+        ncfg.lr_warmup,
+        ncfg.grad_clip,
+    )
+
+    def build(ebc: Any) -> BlockNet:
+        return BlockNet(ElasticEmbeddingBagCollection(ebc, candidates), num_dense, space, None)
+
+    trainer = Trainer(
+        scfg,
+        task,
+        Architecture.uniform(schema, max(candidates)),
+        run_dir=ctx.state_dir,
+        tag="nasrec/supernet",
+        hooks=hooks,
+        build_model=build,
+    )
+    assert trainer.other is not None
+    hooks.attach(trainer.other)
+    for group in hooks.optimizer.param_groups if hooks.optimizer else []:
+        group["eps"] = 1e-2  # NASRec's Adagrad epsilon
+    fitted = trainer.fit(test=False)
+    if trainer.checkpointer and 0 <= fitted["best_epoch"] < fitted["epochs_run"] - 1:
+        trainer.restore(fitted["best_epoch"])
+    t0 = time.perf_counter()
+    bs = cfg.train.eval_batch_size
+    slices = []
+    for split, rows in (("train", ncfg.finetune_rows), ("val", ncfg.score_rows)):
+        data = task.rows[split]
+        part = data.subset(torch.arange(min(rows, len(data))))
+        pooled = lookup_slice(trainer.model, part, task.keys, bs, env)
+        n = next(iter(pooled.values())).shape[0]
+        slices.append((pooled, part.dense[:n].clone(), part.labels[:n].clone()))
+    scorer = SubnetScorer(
+        space,
+        num_dense,
+        find_elastic(trainer.model).table_configs(),
+        dense_state(trainer.model),
+        slices[0],
+        slices[1],
+        ncfg.finetune_steps,
+        ncfg.finetune_lr,
+        ncfg.finetune_batch,
+        cfg.train.seed,
+    )
+    log = {
+        "steps": fitted["steps"],
+        "seconds": fitted["wall_seconds"],
+        "history": fitted["history"],
+        "slice_seconds": time.perf_counter() - t0,
+        "scoring_rows": {"train": len(slices[0][2]), "val": len(slices[1][2])},
+    }
+    del trainer
+    return scorer, log
+
+
+@register("nasrec", tasks=("ctr",), section="nasrec")
+def nasrec_search(ctx: SearchContext) -> SearchResult:
+    """NASRec: see `torchrec_aes/search/nasrec/__init__.py`."""
+    cfg, ncfg, task = ctx.cfg, ctx.section, ctx.task
+    assert isinstance(ncfg, NASRecConfig)
+    check_config(ncfg)
+    env = init_distributed()
+    schema = task.schema
+    space = space_of(ncfg)
+    precision = cfg.search.precision
+    num_tables = len(schema.sparse)
+    if ncfg.search_dims:
+        candidates, fixed_dims = sorted(ctx.candidates), None
+    else:
+        uniform = largest_uniform(ctx)
+        candidates, fixed_dims = [uniform.dims[0]], uniform.dims
+
+    bytes_of: dict[tuple[int, ...], int] = {}
+
+    def used(dims: tuple[int, ...]) -> int:
+        if dims not in bytes_of:
+            bytes_of[dims] = ctx.budget.used(Architecture.from_dims(schema, list(dims), data_types=precision))
+        return bytes_of[dims]
+
+    def fits(c: Candidate) -> bool:
+        return used(c.dims) <= ctx.budget.bytes
+
+    smallest = tuple([min(candidates)] * num_tables)
+    if used(smallest) > ctx.budget.bytes:
+        raise ValueError(
+            f"search.budget: {ctx.budget.bytes} bytes cannot hold any NASRec architecture (every table "
+            f"at {min(candidates)} dims needs {used(smallest)} bytes); raise the budget or add smaller "
+            "candidates"
+        )
+
+    def new_candidate(rng: random.Random) -> Candidate:
+        cand = random_candidate(rng, space, num_tables, candidates, fixed_dims)
+        dims = list(cand.dims)
+        while not fits(Candidate(cand.graph, tuple(dims))):  # shrink random tables until it fits
+            t = rng.choice([i for i, d in enumerate(dims) if d > candidates[0]])
+            dims[t] = max(c for c in candidates if c < dims[t])
+        return Candidate(cand.graph, tuple(dims))
+
+    def child(rng: random.Random, parent: Candidate, m: int) -> Candidate:
+        return mutate(rng, parent, space, candidates, m, fixed_dims is None)
+
+    t0 = time.perf_counter()
+    scorer, supernet_log = train_supernet(ctx, ncfg, space, candidates, fixed_dims)
+    supernet_seconds = time.perf_counter() - t0
+
+    # Resume: scores of an interrupted evolution on the same supernet are taken, not recomputed.
+    path = join(ctx.state_dir, SCORES_FILE) if ctx.state_dir else ""
+    identity = {
+        "seed": cfg.train.seed,
+        "supernet_steps": supernet_log["steps"],
+        "space": space.to_dict(),
+        "candidates": candidates,
+        "scoring": [ncfg.finetune_steps, ncfg.finetune_rows, ncfg.score_rows],
+    }
+    if path and cfg.train.resume:
+        scorer.cache.update(_load_scores(path, identity))
+    resumed = len(scorer.cache)
+
+    def score_many(cands: Sequence[Candidate]) -> list[float]:
+        return [s["score"] for s in score_on_ranks(scorer, cands)]
+
+    def checkpoint(gen: int, result: EvolutionResult) -> None:
+        if path and env.is_main:
+            import json
+
+            write_text_atomic(path, json.dumps({"identity": identity, "scores": scorer.cache}))
+        if env.is_main and gen >= 0 and (gen + 1) % 10 == 0:
+            logger.info("nasrec generation %d: best score %.5f", gen, result.best_per_generation[-1])
+
+    t1 = time.perf_counter()
+    result = evolve(
+        score_many,
+        new_candidate,
+        child,
+        fits,
+        random.Random(cfg.train.seed),
+        ncfg.population,
+        ncfg.sample_size,
+        ncfg.children,
+        ncfg.generations,
+        ncfg.mutations,
+        on_generation=checkpoint,
+    )
+    evolution_seconds = time.perf_counter() - t1
+
+    top = result.top(ncfg.top_k)
+    finalists = []
+    for i, (cand, _) in enumerate(top):
+        arch = blocks_architecture(schema, list(cand.dims), cand.graph, space, precision)
+        finalists.append(
+            Finalist("nasrec" if i == 0 else f"nasrec_{i + 1}", arch, hooks=BlocksHooks(cand.graph, space))
+        )
+    best = finalists[0].arch
+    log: dict[str, Any] = {
+        "space": space.to_dict(),
+        "search_dims": ncfg.search_dims,
+        "supernet": supernet_log,
+        "supernet_seconds": supernet_seconds,
+        "evolution_seconds": evolution_seconds,
+        "world_size": env.world_size,
+        "scored": len(result.scored),
+        "scored_here": scorer.evaluations,
+        "resumed_scores": resumed,
+        "best_per_generation": result.best_per_generation,
+        "top": [
+            {"key": c.key(), "score": s, **scorer.score(c), "dims": list(c.dims), "bytes": used(c.dims)}
+            for c, s in top
+        ],
+    }
+    landscape = {
+        "x": "embedding bytes",
+        "y": "supernet score (-val logloss after fine-tuning the final layer)",
+        "points": [[used(c.dims), s] for c, s in result.scored],
+        "named": {f.label: [used(c.dims), s] for f, (c, s) in zip(finalists, top, strict=True)},
+    }
+    if env.is_main:
+        logger.info(
+            "nasrec: %d scored in %.0f s (%d processes), best score %.5f",
+            len(result.scored),
+            evolution_seconds,
+            env.world_size,
+            top[0][1],
+        )
+    return SearchResult(best, log=log, finalists=finalists, landscape=landscape)

@@ -1,0 +1,115 @@
+"""NASRec's candidates: a block graph plus one embedding dim per table (our extension), sampled, mutated
+and hashed.
+
+Sampling is NASRec's any-path macro / single-operator micro rule: block j reads 1 + Binomial(min(j-1, 3),
+0.5) distinct earlier nodes on each side (uniformly chosen), one dense and one sparse op, a width, a token
+count and the two merger flags, all uniform; dims are uniform over the candidates. The "full path" (the
+supernet warm-up) reads every earlier node (the last four, at most) at the largest sizes with both mergers
+on, an op per block still drawn at random (one op per block is the space).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, replace
+
+from torchrec_aes.models.blocks import Block, BlockGraph, BlockSpace
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One architecture of the search: the blocks and the per-table dims (hashable, serialisable)."""
+
+    graph: BlockGraph
+    dims: tuple[int, ...]
+
+    def key(self) -> str:
+        return f"{self.graph.key()}-{'.'.join(str(d) for d in self.dims)}"
+
+    def to_dict(self) -> dict:
+        return {"blocks": self.graph.to_dict(), "dims": list(self.dims)}
+
+
+def _inputs(rng: random.Random, j: int) -> tuple[int, ...]:
+    n = 1 + sum(rng.random() < 0.5 for _ in range(min(j - 1, 3)))
+    return tuple(sorted(rng.sample(range(j), n)))
+
+
+def random_block(rng: random.Random, j: int, space: BlockSpace) -> Block:
+    """Block j (1-based) drawn by the any-path / single-operator rule."""
+    return Block(
+        dense_in=_inputs(rng, j),
+        sparse_in=_inputs(rng, j),
+        dense_op=rng.choice(space.dense_ops),
+        sparse_op=rng.choice(space.sparse_ops),
+        width=rng.choice(space.widths),
+        tokens=rng.choice(space.tokens),
+        merge=rng.random() < 0.5,
+        fm=rng.random() < 0.5,
+    )
+
+
+def random_graph(rng: random.Random, space: BlockSpace) -> BlockGraph:
+    return BlockGraph(tuple(random_block(rng, j, space) for j in range(1, space.num_blocks + 1)))
+
+
+def full_graph(rng: random.Random, space: BlockSpace) -> BlockGraph:
+    """The warm-up path: the last four earlier nodes (all of them early on), largest sizes, both mergers."""
+    blocks = []
+    for j in range(1, space.num_blocks + 1):
+        inputs = tuple(range(max(0, j - 4), j))
+        blocks.append(
+            Block(
+                inputs,
+                inputs,
+                rng.choice(space.dense_ops),
+                rng.choice(space.sparse_ops),
+                space.max_width,
+                space.max_tokens,
+                True,
+                True,
+            )
+        )
+    return BlockGraph(tuple(blocks))
+
+
+def random_candidate(
+    rng: random.Random,
+    space: BlockSpace,
+    num_tables: int,
+    candidates: list[int],
+    fixed_dims: list[int] | None,
+) -> Candidate:
+    dims = (
+        tuple(fixed_dims)
+        if fixed_dims is not None
+        else tuple(rng.choice(candidates) for _ in range(num_tables))
+    )
+    return Candidate(random_graph(rng, space), dims)
+
+
+MUTABLE = ("dense_in", "sparse_in", "dense_op", "sparse_op", "width", "tokens", "merge", "fm")
+
+
+def mutate(
+    rng: random.Random,
+    cand: Candidate,
+    space: BlockSpace,
+    candidates: list[int],
+    mutations: int,
+    search_dims: bool,
+) -> Candidate:
+    """`mutations` random edits: one field of one block redrawn (or, with `search_dims`, one table's dim,
+    with probability tables / (tables + blocks x fields)); the result differs from `cand` when it can."""
+    graph, dims = list(cand.graph.blocks), list(cand.dims)
+    for _ in range(mutations):
+        block_fields = len(graph) * len(MUTABLE)
+        if search_dims and len(candidates) > 1 and rng.random() < len(dims) / (len(dims) + block_fields):
+            t = rng.randrange(len(dims))
+            dims[t] = rng.choice([c for c in candidates if c != dims[t]])
+            continue
+        j = rng.randrange(len(graph))
+        field = rng.choice(MUTABLE)
+        fresh = random_block(rng, j + 1, space)
+        graph[j] = replace(graph[j], **{field: getattr(fresh, field)})
+    return Candidate(BlockGraph(tuple(graph)), tuple(dims))
