@@ -198,6 +198,77 @@ def _grouped_section(run_dir: str, arch: Architecture, metrics: dict[str, Any]) 
     return lines
 
 
+def plot_blocks(blocks: list[dict[str, Any]], title: str, path: str) -> None:
+    """A block graph (NASRec): node 0 (the input) and each block as a box with its ops and sizes; dense
+    inputs as blue arcs above, sparse inputs as orange dashed arcs below."""
+    n = len(blocks) + 1
+    fig, ax = plt.subplots(figsize=(max(7, 1.9 * n), 4.2))
+    for j in range(n):
+        if j == 0:
+            text = "0: input\ndense + tokens"
+        else:
+            b = blocks[j - 1]
+            extras = " ".join(x for x, on in (("+merge", b["merge"]), ("+fm", b["fm"])) if on)
+            text = f"{j}: {b['dense_op']} {b['width']}\n{b['sparse_op']} {b['tokens']}t\n{extras}".rstrip()
+        ax.text(j, 0, text, ha="center", va="center", fontsize=8, bbox={"boxstyle": "round", "fc": "0.93"})
+    for j, b in enumerate(blocks, start=1):
+        for side, color, style, sign in (
+            ("dense_in", "tab:blue", "-", 1),
+            ("sparse_in", "tab:orange", "--", -1),
+        ):
+            for i in b[side]:
+                ax.annotate(
+                    "",
+                    xy=(j - 0.3, 0.12 * sign),
+                    xytext=(i + 0.3, 0.12 * sign),
+                    arrowprops={
+                        "arrowstyle": "->",
+                        "color": color,
+                        "linestyle": style,
+                        "connectionstyle": f"arc3,rad={-0.35 * sign if j - i > 1 else 0}",
+                    },
+                )
+    ax.plot([], [], color="tab:blue", label="dense input")
+    ax.plot([], [], color="tab:orange", linestyle="--", label="sparse input")
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlim(-0.7, n - 0.3)
+    ax.set_ylim(-1.2, 1.2)
+    ax.axis("off")
+    ax.set_title(title)
+    _save_png(fig, path)
+
+
+def _blocks_section(run_dir: str, arch: Architecture, metrics: dict[str, Any]) -> list[str]:
+    """NASRec: the chosen block graph (`blocks.png`; the search's best when a baseline won) and the
+    evolution's best score per generation (`evolution.png`)."""
+    log = metrics.get("search_log", {})
+    best = log.get("best_per_generation")
+    blocks = arch.extra.get("blocks") if arch.kind == "blocks" else log.get("best_blocks")
+    if not best and not blocks:
+        return []
+    lines = [""]
+    if blocks:
+        which = "the chosen architecture" if arch.kind == "blocks" else "the search's best (a baseline won)"
+        plot_blocks(blocks, f"block graph: {which}", join(run_dir, "blocks.png"))
+        lines += [f"Block graph of {which}:", "", "![block graph](blocks.png)", ""]
+    if best:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot(range(-1, len(best) - 1), best, marker=".")
+        ax.set_xlabel("generation (-1 = initial population)")
+        ax.set_ylabel("best supernet score so far")
+        ax.set_title(f"regularized evolution: {log.get('scored', '?')} scored")
+        _save_png(fig, join(run_dir, "evolution.png"))
+        lines += [
+            f"Evolution: {log.get('scored', '?')} architectures scored in "
+            f"{log.get('evolution_seconds', float('nan')):.1f} s on {log.get('world_size', 1)} process(es); "
+            f"supernet {log.get('supernet_seconds', float('nan')):.1f} s.",
+            "",
+            "![evolution](evolution.png)",
+            "",
+        ]
+    return lines
+
+
 def write_report(
     run_dir: str,
     arch: Architecture,
@@ -237,6 +308,7 @@ def write_report(
     lines += _finalists_table(metrics)
     if arch.kind == "grouped":
         lines += _grouped_section(run_dir, arch, metrics)
+    lines += _blocks_section(run_dir, arch, metrics)
     lines += [
         "",
         "![per-table dims and bytes](dims.png)",

@@ -248,6 +248,7 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
         "scored_here": scorer.evaluations,
         "resumed_scores": resumed,
         "best_per_generation": result.best_per_generation,
+        "best_blocks": top[0][0].graph.to_dict(),
         "top": [
             {"key": c.key(), "score": s, **scorer.score(c), "dims": list(c.dims), "bytes": used(c.dims)}
             for c, s in top
