@@ -278,7 +278,8 @@ def _bad(index: int, **change) -> list[dict]:
         (_bad(3, sparse_in=[2, 1]), "blocks[3]", "in increasing order"),
         (_bad(1, width=64), "blocks[1]", "width 64 is not one of [8, 16, 32]"),
         (_bad(1, tokens=5), "blocks[1]", "tokens 5 is not one of [4, 8]"),
-        (_bad(2, width="wide"), "blocks[2]", "invalid literal"),
+        (_bad(2, width="wide"), "blocks[2].width", "expected an integer"),
+        (_bad(2, merge="false"), "blocks[2].merge", "expected true or false"),
         (_bad(0, fm=None), "blocks[0]", "has keys"),
         (_bad(0, colour="red"), "blocks[0]", "has keys"),
         ([], "blocks", "expected a non-empty list of blocks"),
@@ -369,10 +370,9 @@ def test_mutations_keep_candidates_valid(space_name):
         assert BlockGraph.from_dict(child.graph.to_dict(), space) == child.graph
         changed += child.key() != parent.key()
         parent = child
-    # Most mutations change the candidate. Measured: a child of 1 / 2 / 3 mutations equals its parent 41 /
-    # 15 / 6 % of the time in the full space, 49 / 22 / 10 % in the small one (a redrawn field may come
-    # out the same; see the xfail below), so about 73-80 % change over this mix.
-    assert changed >= 0.65 * 500, changed
+    # Nearly every mutation changes the candidate (a redrawn field is drawn again until it differs; only
+    # block 1's inputs cannot change).
+    assert changed >= 0.9 * 500, changed
 
 
 def test_mutations_without_dim_search_never_change_the_dims():
@@ -404,17 +404,16 @@ def test_dims_are_mutated_with_dim_search_and_to_a_different_candidate():
     assert 50 <= dim_changes <= 120, dim_changes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mutate's docstring says 'the result differs from cand when it can', but a redrawn block field "
-    "may come out equal (e.g. merge redrawn to its own value); evolve then spends tries on duplicates",
-)
-def test_a_single_mutation_always_changes_a_candidate_that_can_change():
+def test_a_single_mutation_changes_the_candidate_unless_nothing_can_change():
     space = _space("full")
     rng = random.Random(0)
+    same = 0
     for _ in range(300):
         cand = random_candidate(rng, space, len(KEYS), CANDIDATES, None)
-        assert mutate(rng, cand, space, CANDIDATES, 1, True).key() != cand.key()
+        same += mutate(rng, cand, space, CANDIDATES, 1, True).key() == cand.key()
+    # Only block 1's inputs cannot change (it reads node 0 alone): 2 of 8 fields of 1 of 4 blocks, ~4%
+    # of the block mutations.
+    assert same <= 0.08 * 300, same
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -183,19 +183,25 @@ class BlockGraph:
             if not isinstance(b, dict) or set(b) != keys:
                 got = sorted(b) if isinstance(b, dict) else repr(b)
                 raise ValueError(f"{where}: has keys {got}; expected {sorted(keys)}")
-            try:
-                block = Block(
-                    tuple(int(i) for i in b["dense_in"]),
-                    tuple(int(i) for i in b["sparse_in"]),
-                    str(b["dense_op"]),
-                    str(b["sparse_op"]),
-                    int(b["width"]),
-                    int(b["tokens"]),
-                    bool(b["merge"]),
-                    bool(b["fm"]),
-                )
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{where}: {e}") from None
+            for key in ("dense_in", "sparse_in"):
+                if not isinstance(b[key], list) or not all(_is_int(i) for i in b[key]):
+                    raise ValueError(f"{where}.{key}: {b[key]!r}; expected a list of node indices")
+            for key in ("width", "tokens"):
+                if not _is_int(b[key]):
+                    raise ValueError(f"{where}.{key}: {b[key]!r}; expected an integer")
+            for key in ("merge", "fm"):
+                if not isinstance(b[key], bool):
+                    raise ValueError(f"{where}.{key}: {b[key]!r}; expected true or false")
+            block = Block(
+                tuple(b["dense_in"]),
+                tuple(b["sparse_in"]),
+                str(b["dense_op"]),
+                str(b["sparse_op"]),
+                b["width"],
+                b["tokens"],
+                b["merge"],
+                b["fm"],
+            )
             problem = check_block(block, j, space)
             if problem:
                 raise ValueError(f"{where}: {problem}")
@@ -206,6 +212,10 @@ class BlockGraph:
         """A stable hash of the graph (16 hex digits)."""
         text = json.dumps(self.to_dict(), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def check_block(b: Block, j: int, space: BlockSpace) -> str:

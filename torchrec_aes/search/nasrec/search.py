@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import json
 import logging
 import random
 import time
@@ -48,8 +51,6 @@ def space_of(ncfg: NASRecConfig) -> BlockSpace:
 
 
 def _load_scores(path: str, identity: dict[str, Any]) -> dict[str, dict[str, float]]:
-    import json
-
     if not exists(path):
         return {}
     try:
@@ -91,12 +92,19 @@ def train_supernet(
     def build(ebc: Any) -> BlockNet:
         return BlockNet(ElasticEmbeddingBagCollection(ebc, candidates), num_dense, space, None)
 
+    # The supernet's checkpoints are per setting of the space and of its training and scoring (the
+    # trainer's checkpoint identity covers `train` and `model`, not these): changing one starts afresh.
+    settings = {**dataclasses.asdict(ncfg), "candidates": candidates, "fixed_dims": fixed_dims}
+    for key in ("generations", "population", "sample_size", "children", "mutations", "top_k"):
+        settings.pop(key)  # evolution settings: the same supernet serves them all
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    tag = f"nasrec/supernet_{digest}"
     trainer = Trainer(
         scfg,
         task,
         Architecture.uniform(schema, max(candidates)),
         run_dir=ctx.state_dir,
-        tag="nasrec/supernet",
+        tag=tag,
         hooks=hooks,
         build_model=build,
     )
@@ -129,6 +137,7 @@ def train_supernet(
         cfg.train.seed,
     )
     log = {
+        "tag": tag,
         "steps": fitted["steps"],
         "seconds": fitted["wall_seconds"],
         "history": fitted["history"],
@@ -192,11 +201,10 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
     # Resume: scores of an interrupted evolution on the same supernet are taken, not recomputed.
     path = join(ctx.state_dir, SCORES_FILE) if ctx.state_dir else ""
     identity = {
-        "seed": cfg.train.seed,
-        "supernet_steps": supernet_log["steps"],
-        "space": space.to_dict(),
-        "candidates": candidates,
-        "scoring": [ncfg.finetune_steps, ncfg.finetune_rows, ncfg.score_rows],
+        "supernet": supernet_log["tag"],
+        "steps": supernet_log["steps"],
+        "train": dataclasses.asdict(cfg.train),
+        "schema": schema.hash(),
     }
     if path and cfg.train.resume:
         scorer.cache.update(_load_scores(path, identity))
@@ -207,8 +215,6 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
 
     def checkpoint(gen: int, result: EvolutionResult) -> None:
         if path and env.is_main:
-            import json
-
             write_text_atomic(path, json.dumps({"identity": identity, "scores": scorer.cache}))
         if env.is_main and gen >= 0 and (gen + 1) % 10 == 0:
             logger.info("nasrec generation %d: best score %.5f", gen, result.best_per_generation[-1])

@@ -110,6 +110,9 @@ def mutate(
             continue
         j = rng.randrange(len(graph))
         field = rng.choice(MUTABLE)
-        fresh = random_block(rng, j + 1, space)
-        graph[j] = replace(graph[j], **{field: getattr(fresh, field)})
+        for _ in range(20):  # redraw until the field changes (block 1 can only read node 0)
+            value = getattr(random_block(rng, j + 1, space), field)
+            if value != getattr(graph[j], field):
+                break
+        graph[j] = replace(graph[j], **{field: value})
     return Candidate(BlockGraph(tuple(graph)), tuple(dims))
