@@ -1,0 +1,247 @@
+"""NASRec benchmarks: model quality against DLRM and DCN at the same embedding bytes, the supernet's rank
+correlation with training from scratch, and search time with 1 and 2 processes.
+
+    # quality: per seed, DLRM and DCN at uniform-16, NASRec with and without dim search (the NASRec model
+    # itself: search.final_baselines=false), paired test-AUC differences
+    .venv/bin/python tools/bench_nasrec.py quality --config configs/nasrec_frappe.yaml --dim 16 \\
+        --seeds 0 1 2 --out runs/bench_nasrec_frappe
+    # Kendall tau between supernet scores and from-scratch validation log loss of 20 random subnets
+    .venv/bin/python tools/bench_nasrec.py tau --config configs/nasrec_frappe.yaml --subnets 20 \\
+        --out runs/bench_nasrec_tau
+    # search wall time with 1 and 2 processes (torchrun, gloo), the ratio printed
+    .venv/bin/python tools/bench_nasrec.py speed --config configs/nasrec_frappe.yaml \\
+        --out runs/bench_nasrec_speed
+
+Every run is resumable per --out directory (finished runs are read back, not repeated). Runs use the
+config as given plus the overrides after the subcommand's arguments (key=value).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_quality import BIN, REPO, _scores, mean_std, paired_bootstrap, run_one, with_dir  # noqa: E402
+
+
+def kendall_tau(x: list[float], y: list[float]) -> float:
+    """Kendall's tau-b (ties in either list counted as neither concordant nor discordant)."""
+    concordant = discordant = ties_x = ties_y = 0
+    for i in range(len(x)):
+        for j in range(i + 1, len(x)):
+            dx, dy = x[i] - x[j], y[i] - y[j]
+            if dx == 0 and dy == 0:
+                continue
+            if dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif (dx > 0) == (dy > 0):
+                concordant += 1
+            else:
+                discordant += 1
+    n0 = concordant + discordant
+    denom = ((n0 + ties_x) * (n0 + ties_y)) ** 0.5
+    return (concordant - discordant) / denom if denom else 0.0
+
+
+def quality(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    variants = {
+        "dlrm": ("train", ["model.type=dlrm", f"model.embedding_dim={args.dim}"]),
+        "dcn": ("train", ["model.type=dcn", f"model.embedding_dim={args.dim}"]),
+        "nasrec": ("search", ["search.final_baselines=false"]),
+        "nasrec_fixed_dims": ("search", ["search.final_baselines=false", "search.nasrec.search_dims=false"]),
+    }
+    runs: dict[str, list[dict]] = {k: [] for k in variants}
+    for seed in args.seeds:
+        for label, (command, overrides) in variants.items():
+            run_dir = out / f"{label}_s{seed}"
+            print(f"{label} seed {seed}", flush=True)
+            m = run_one(command, args.config, run_dir, [*overrides, f"train.seed={seed}", *args.overrides])
+            runs[label].append(with_dir(m, run_dir))
+    lines = [
+        f"config {args.config}; uniform dim {args.dim}; seeds {args.seeds}",
+        "",
+        "| model | test AUC | test logloss | embedding bytes | search s | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, rs in runs.items():
+        lines.append(
+            f"| {label} | {mean_std([r['test']['auc'] for r in rs])} | "
+            f"{mean_std([r['test']['logloss'] for r in rs])} | "
+            f"{statistics.mean(r['embedding_bytes'] for r in rs) / 2**20:.3f} MiB | "
+            f"{statistics.mean(r.get('search_seconds', 0.0) for r in rs):.0f} | "
+            f"{statistics.mean(r['train_seconds'] for r in rs):.0f} |"
+        )
+    best = max(("dlrm", "dcn"), key=lambda k: statistics.mean(r["test"]["auc"] for r in runs[k]))
+    lines += [
+        "",
+        f"Paired test-AUC differences (95% paired bootstrap over test rows; the best baseline is {best}):",
+        "",
+        "| model | vs | per seed | mean [interval] | verdict |",
+        "|---|---|---|---|---|",
+    ]
+    for label in ("nasrec", "nasrec_fixed_dims"):
+        for base in ("dlrm", "dcn"):
+            pairs = [(_scores(a), _scores(b)) for a, b in zip(runs[label], runs[base], strict=True)]
+            res = paired_bootstrap(pairs, args.bootstrap)
+            point, lo, hi = res["mean"]
+            verdict = "better" if lo > 0 else ("worse" if hi < 0 else "tie")
+            seeds = ", ".join(f"{p:+.4f} [{a:+.4f}, {b:+.4f}]" for p, a, b in res["per_seed"])
+            lines.append(f"| {label} | {base} | {seeds} | {point:+.4f} [{lo:+.4f}, {hi:+.4f}] | {verdict} |")
+    table = "\n".join(lines)
+    print(table)
+    (out / "summary.md").write_text(table + "\n")
+
+
+def tau(args: argparse.Namespace) -> None:
+    """In one process: train the supernet (the search's own function), sample random subnets under the
+    budget, score them with the supernet, train each from scratch, correlate."""
+    import torch
+
+    from torchrec_aes.config import load_config
+    from torchrec_aes.models.blocks import BlocksHooks, blocks_architecture
+    from torchrec_aes.planning.memory import Budget
+    from torchrec_aes.search.base import SearchContext
+    from torchrec_aes.search.nasrec.search import space_of, train_supernet
+    from torchrec_aes.search.nasrec.space import Candidate, random_candidate
+    from torchrec_aes.tasks.base import get_task
+    from torchrec_aes.train.trainer import Trainer
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    result_file = out / "tau.json"
+    cfg = load_config(args.config, ["train.progress=false", *args.overrides])
+    cfg.train.epochs = args.epochs
+    task = get_task(cfg)
+    ncfg = cfg.search.nasrec
+    budget = Budget.parse(cfg.search.budget, task.schema, cfg.train.embedding_optimizer, cfg.search.count)
+    ctx = SearchContext(cfg, task, budget, run_dir=str(out / "supernet"), section=ncfg)
+    space = space_of(ncfg)
+    candidates = sorted(cfg.search.candidates)
+    done = json.loads(result_file.read_text()) if result_file.exists() else {"subnets": []}
+    t0 = time.perf_counter()
+    scorer, _ = train_supernet(ctx, ncfg, space, candidates, None)
+    rng = random.Random(args.seed)
+    subnets: list[Candidate] = []
+    while len(subnets) < args.subnets:
+        c = random_candidate(rng, space, len(task.schema.sparse), candidates, None)
+        arch = blocks_architecture(task.schema, list(c.dims), c.graph, space, cfg.search.precision)
+        if budget.fits(arch):
+            subnets.append(c)
+    print(f"supernet + slices {time.perf_counter() - t0:.0f}s", flush=True)
+    for i, c in enumerate(subnets):
+        if i < len(done["subnets"]):
+            continue
+        s = scorer.score(c)
+        arch = blocks_architecture(task.schema, list(c.dims), c.graph, space, cfg.search.precision)
+        torch.manual_seed(cfg.train.seed)
+        fitted = Trainer(cfg, task, arch, "", f"subnet{i}", hooks=BlocksHooks(c.graph, space)).fit(test=False)
+        row = {
+            "key": c.key(),
+            "supernet_logloss": s["logloss"],
+            "supernet_auc": s["auc"],
+            "scratch_logloss": fitted["val"]["logloss"],
+            "scratch_auc": fitted["val"]["auc"],
+        }
+        done["subnets"].append(row)
+        result_file.write_text(json.dumps(done, indent=1))
+        print(f"subnet {i}: {row}", flush=True)
+    rows = done["subnets"]
+    t_loss = kendall_tau([r["supernet_logloss"] for r in rows], [r["scratch_logloss"] for r in rows])
+    t_auc = kendall_tau([r["supernet_auc"] for r in rows], [r["scratch_auc"] for r in rows])
+    text = (
+        f"{len(rows)} random subnets under the budget ({args.config}); from scratch: {args.epochs} epochs\n"
+        f"Kendall tau(supernet val logloss, scratch val logloss) = {t_loss:.3f}\n"
+        f"Kendall tau(supernet val AUC, scratch val AUC) = {t_auc:.3f}\n"
+    )
+    print(text)
+    (out / "summary.md").write_text(text)
+
+
+def speed(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = [
+        "train.progress=false",
+        "search.final_baselines=false",
+        "search.nasrec.top_k=1",
+        *args.overrides,
+    ]
+    results = {}
+    for procs in (1, 2):
+        run_dir = out / f"procs{procs}"
+        metrics_file = run_dir / "metrics.json"
+        if not metrics_file.exists():
+            launcher = (
+                [str(BIN / "torchrec-aes")]
+                if procs == 1
+                else [
+                    str(BIN / "torchrun"),
+                    "--standalone",
+                    "--nproc_per_node",
+                    "2",
+                    "-m",
+                    "torchrec_aes.cli",
+                ]
+            )
+            cmd = [*launcher, "search", args.config, "--run-dir", str(run_dir), *overrides]
+            start = time.perf_counter()
+            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
+            print(f"{procs} process(es): {time.perf_counter() - start:.0f}s", flush=True)
+        m = json.loads(metrics_file.read_text())
+        log = m["search_log"]
+        results[procs] = {
+            "search_seconds": m["search_seconds"],
+            "supernet_seconds": log["supernet_seconds"],
+            "evolution_seconds": log["evolution_seconds"],
+            "scored": log["scored"],
+        }
+    one, two = results[1], results[2]
+    lines = [
+        f"config {args.config}; overrides {overrides}",
+        "",
+        "| | 1 process | 2 processes | ratio 2/1 |",
+        "|---|---|---|---|",
+    ]
+    for key in ("search_seconds", "supernet_seconds", "evolution_seconds"):
+        lines.append(f"| {key} | {one[key]:.1f} | {two[key]:.1f} | {two[key] / max(one[key], 1e-9):.2f} |")
+    lines.append(f"| scored | {one['scored']} | {two['scored']} | |")
+    table = "\n".join(lines)
+    print(table)
+    (out / "summary.md").write_text(table + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    q = sub.add_parser("quality")
+    q.add_argument("--dim", type=int, default=16, help="uniform dim of DLRM/DCN (the budget's)")
+    q.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    q.add_argument("--bootstrap", type=int, default=1000)
+    t = sub.add_parser("tau")
+    t.add_argument("--subnets", type=int, default=20)
+    t.add_argument("--epochs", type=int, default=2, help="from-scratch epochs per subnet")
+    t.add_argument("--seed", type=int, default=0, help="seed of the subnet sample")
+    s = sub.add_parser("speed")
+    for p in (q, t, s):
+        p.add_argument("--config", required=True)
+        p.add_argument("--out", required=True)
+        p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
+    args = parser.parse_args()
+    {"quality": quality, "tau": tau, "speed": speed}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
