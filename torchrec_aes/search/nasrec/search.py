@@ -87,6 +87,7 @@ def train_supernet(
         steps,
         ncfg.lr_warmup,
         ncfg.grad_clip,
+        task,
     )
 
     def build(ebc: Any) -> BlockNet:

@@ -27,6 +27,8 @@ from torchrec_aes.train.distributed import all_reduce_sum, init_distributed
 from torchrec_aes.train.hooks import TrainHooks
 
 SAMPLING_STREAM = 11
+PANEL = 4
+"""Random paths whose mean validation AUC decides the supernet's best epoch."""
 
 
 def find_blocknet(model: nn.Module) -> BlockNet:
@@ -62,7 +64,9 @@ class SupernetHooks(TrainHooks):
         total_steps: int,
         lr_warmup: float,
         grad_clip: float,
+        task: Any = None,
     ) -> None:
+        self.task = task
         self.space, self.candidates, self.fixed_dims, self.seed = space, candidates, fixed_dims, seed
         self.warmup_steps, self.total_steps, self.lr_warmup = warmup_steps, total_steps, lr_warmup
         self.grad_clip = grad_clip
@@ -71,6 +75,7 @@ class SupernetHooks(TrainHooks):
         self.base_lr: list[float] = []
 
     def on_model(self, dmp: DistributedModelParallel) -> None:
+        self.dmp = dmp
         self.net = find_blocknet(dmp)
         self.elastic = find_elastic(dmp)
 
@@ -114,6 +119,20 @@ class SupernetHooks(TrainHooks):
     def after_step(self, step: int, loss: float) -> float:
         (total,) = all_reduce_sum([loss / self.env.world_size])
         return total
+
+    score_key = "panel_auc"
+
+    def validate(self, epoch: int) -> dict[str, float]:
+        """Early stopping on a fixed panel of `PANEL` random paths (their mean validation AUC): a supernet
+        past its best epoch scores every subnet worse, not only the path sampled last."""
+        assert self.task is not None
+        rng = random.Random(self.seed)
+        aucs = []
+        for _ in range(PANEL):
+            dims = self.fixed_dims or [rng.choice(self.candidates) for _ in self.elastic.table_names]
+            self.set_candidate(Candidate(random_graph(rng, self.space), tuple(dims)))
+            aucs.append(self.task.metrics(self.dmp, self.env, "val")["auc"])
+        return {"panel_auc": sum(aucs) / len(aucs)}
 
 
 class SubnetScorer:
