@@ -124,7 +124,7 @@ def tau(args: argparse.Namespace) -> None:
     cfg.train.epochs = args.epochs
     task = get_task(cfg)
     ncfg = cfg.search.nasrec
-    budget = Budget.parse(cfg.search.budget, task.schema, cfg.train.embedding_optimizer, cfg.search.count)
+    budget = Budget.parse(cfg.search.budget[0], task.schema, cfg.train.embedding_optimizer, cfg.search.count)
     ctx = SearchContext(cfg, task, budget, run_dir=str(out / "supernet"), section=ncfg)
     space = space_of(ncfg)
     candidates = sorted(cfg.search.candidates)
