@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from torchrec_aes.api import (
         Architecture,
         TableArch,
+        block_model,
         load_architecture,
         load_plan,
         plan_for,
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Architecture",
     "TableArch",
+    "block_model",
     "load_architecture",
     "load_plan",
     "plan_for",

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
+from torch import nn
 from torchrec.distributed.planner import ParameterConstraints
 from torchrec.distributed.planner.constants import BATCH_SIZE
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
@@ -227,3 +228,26 @@ def plan_for(
         _as_named_by(arch, configs), world_size, device, hbm_gb, ddr_gb, batch_size, optimizer,
         module_path=module_path, local_world_size=local_world_size,
     )  # fmt: skip
+
+
+def block_model(arch: Architecture, ebc: nn.Module, num_dense: int) -> nn.Module:
+    """The model of a NASRec (`blocks`) architecture around your EBC: `(dense [B, num_dense], KJT) ->
+    logits [B]`, a plain `nn.Module` for DMP (the EBC is sharded by the planner, the blocks are dense).
+
+    Args:
+        arch: a `blocks` architecture (`load_architecture(run_dir)`).
+        ebc: an `EmbeddingBagCollection` with the architecture's tables (e.g. built from
+            `resize_configs(my_tables, arch)`), one feature per table, on meta or a device.
+        num_dense: dense features of your batches.
+
+    Raises:
+        ValueError: `arch` is not a blocks architecture, or its `extra` is damaged (one line).
+    """
+    from torchrec_aes.models.blocks import BlockNet, BlocksKind
+
+    if arch.kind != "blocks":
+        raise ValueError(
+            f"block_model: the architecture is of kind '{arch.kind}'; expected 'blocks' (NASRec)"
+        )
+    graph, space = BlocksKind().graph(arch)
+    return BlockNet(ebc, num_dense, space, graph)

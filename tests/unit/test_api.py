@@ -240,3 +240,33 @@ def test_saved_architecture_and_plan_train_a_plain_torchrec_model(run_dir: Path)
     ((losses, sharding),) = run_ranks(_train_with_saved_plan, str(run_dir), world_size=1)
     assert sharding["city_table"] == ShardingType.DATA_PARALLEL.value and "noise_table" not in sharding
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+# ---------------------------------------------------------------------------------------------------------
+# block_model: a NASRec architecture around the user's own tables
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_block_model_builds_the_searched_blocks_around_the_users_tables(tmp_path: Path) -> None:
+    import random
+
+    from torchrec_aes.models.blocks import BlockSpace, blocks_architecture
+    from torchrec_aes.search.nasrec.space import random_graph
+
+    schema = Schema(sparse=[SparseFeature(f, n) for f, n in FEATURES.items()], dense_names=["a", "b", "c"])
+    space = BlockSpace(num_blocks=3, widths=(8, 16), tokens=(4, 8), token_dim=8, merger_tokens=2, heads=2)
+    graph = random_graph(random.Random(0), space)
+    blocks_architecture(schema, [16, 8, 4, 4], graph, space).save(str(tmp_path / "architecture.yaml"))
+    arch = torchrec_aes.load_architecture(str(tmp_path))
+    tables = torchrec_aes.resize_configs(_user_tables(), arch)
+    model = torchrec_aes.block_model(arch, EmbeddingBagCollection(tables=tables), num_dense=3)
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=list(FEATURES),
+        values=torch.cat([torch.randint(0, n, (5,)) for n in FEATURES.values()]),
+        lengths=torch.ones(5 * len(FEATURES), dtype=torch.int32),
+    )
+    logits = model(torch.randn(5, 3), kjt)
+    assert logits.shape == (5,) and torch.isfinite(logits).all()
+    assert [b.width for b in model.graph.blocks] == [b.width for b in graph.blocks]
+    with pytest.raises(ValueError, match="kind 'tables'; expected 'blocks'"):
+        torchrec_aes.block_model(_searched_arch(), EmbeddingBagCollection(tables=tables), num_dense=3)
