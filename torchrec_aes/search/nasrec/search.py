@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
+from torchrec_aes import rundir
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.io import exists, join, read_text, write_text_atomic
 from torchrec_aes.models.blocks import BlockNet, BlocksHooks, BlockSpace, blocks_architecture
@@ -214,9 +217,24 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
     def score_many(cands: Sequence[Candidate]) -> list[float]:
         return [s["score"] for s in score_on_ranks(scorer, cands)]
 
+    writer = (
+        SummaryWriter(rundir.tb_dir(ctx.run_dir, "nasrec/evolution")) if ctx.run_dir and env.is_main else None
+    )
+    bar = tqdm(
+        total=ncfg.generations + 1,
+        desc="nasrec evolution",
+        disable=not (cfg.train.progress and env.is_main),
+        leave=False,
+        dynamic_ncols=True,
+    )
+
     def checkpoint(gen: int, result: EvolutionResult) -> None:
+        bar.update(1)
         if path and env.is_main:
             write_text_atomic(path, json.dumps({"identity": identity, "scores": scorer.cache}))
+        if writer:
+            writer.add_scalar("evolution/best_score", result.best_per_generation[-1], gen + 1)
+            writer.add_scalar("evolution/scored", len(result.scored), gen + 1)
         if env.is_main and gen >= 0 and (gen + 1) % 10 == 0:
             logger.info("nasrec generation %d: best score %.5f", gen, result.best_per_generation[-1])
 
@@ -235,6 +253,9 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
         on_generation=checkpoint,
     )
     evolution_seconds = time.perf_counter() - t1
+    bar.close()
+    if writer:
+        writer.close()
 
     top = result.top(ncfg.top_k)
     finalists = []
