@@ -766,3 +766,29 @@ def test_a_blocks_architecture_with_a_dropped_table_or_another_schema_is_refused
     other = Schema(schema.dense_names, [SparseFeature(k, r + 1) for k, r in zip(KEYS, ROWS, strict=True)])
     with pytest.raises(ValueError, match="src"):
         kind_of(arch).training_form(arch, "src", other)
+
+
+def test_split_by_cost_balances_the_ranks_and_is_deterministic():
+    from torchrec_aes.search.nasrec.space import cost
+    from torchrec_aes.search.nasrec.supernet import split_by_cost
+
+    rng = random.Random(3)
+    space = _space("full")
+    cands = [random_candidate(rng, space, len(KEYS), CANDIDATES, None) for _ in range(40)]
+    costs = [cost(c, space, len(KEYS), 3) for c in cands]
+    assert all(c > 0 for c in costs) and len(set(costs)) > 30  # the proxy tells candidates apart
+    owner = split_by_cost(costs, 2)
+    assert owner == split_by_cost(costs, 2) and set(owner) == {0, 1}
+    loads = [sum(c for c, o in zip(costs, owner, strict=True) if o == r) for r in (0, 1)]
+    assert abs(loads[0] - loads[1]) <= max(costs)  # LPT: within one item
+    # A wider block costs more.
+    c0 = cands[0]
+    wider = Candidate(
+        BlockGraph((dataclasses.replace(c0.graph.blocks[0], width=max(space.widths)),) + c0.graph.blocks[1:]),
+        c0.dims,
+    )
+    narrower = Candidate(
+        BlockGraph((dataclasses.replace(c0.graph.blocks[0], width=min(space.widths)),) + c0.graph.blocks[1:]),
+        c0.dims,
+    )
+    assert cost(wider, space, len(KEYS), 3) > cost(narrower, space, len(KEYS), 3)

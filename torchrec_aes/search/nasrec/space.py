@@ -116,3 +116,28 @@ def mutate(
                 break
         graph[j] = replace(graph[j], **{field: value})
     return Candidate(BlockGraph(tuple(graph)), tuple(dims))
+
+
+def cost(cand: Candidate, space: BlockSpace, num_features: int, num_dense: int) -> float:
+    """Multiply-adds per row of `cand`'s fixed model (a proxy of its scoring time, for spreading a
+    generation's candidates over the ranks)."""
+    d, m = space.token_dim, space.merger_tokens
+    dense_w, tokens_w = [num_dense], [num_features]
+    total = float(sum(cand.dims) * d)  # token projections
+    for b in cand.graph.blocks:
+        din = sum(dense_w[i] for i in b.dense_in)
+        tin = sum(tokens_w[i] for i in b.sparse_in)
+        if b.dense_op == "fc":
+            total += din * b.width
+        elif b.dense_op in ("sum", "gating"):
+            total += 2 * din * b.width
+        else:
+            k = space.compressed_tokens
+            total += din * d + k * tin * d + (k + 1) ** 2 * d + (k + 1) * k / 2 * b.width
+        total += b.tokens * tin * d
+        if b.sparse_op == "attention":
+            total += 2 * b.tokens**2 * d + 6 * b.tokens * d * d
+        total += (d * b.width if b.fm else 0) + (b.width * m * d if b.merge else 0)
+        dense_w.append(b.width)
+        tokens_w.append(b.tokens + m * b.merge)
+    return total + dense_w[-1] + tokens_w[-1] * d

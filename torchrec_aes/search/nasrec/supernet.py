@@ -19,7 +19,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_aes.models.blocks import BlockNet, BlockSpace, subnet_state
 from torchrec_aes.models.ctr import TableSpec
-from torchrec_aes.search.nasrec.space import Candidate, full_graph, random_graph
+from torchrec_aes.search.nasrec.space import Candidate, cost, full_graph, random_graph
 from torchrec_aes.supernet.elastic import find_elastic
 from torchrec_aes.supernet.sampling import step_generator
 from torchrec_aes.supernet.scorer import binary_auc
@@ -228,11 +228,29 @@ class SubnetScorer:
         return {"score": -logloss, "logloss": logloss, "auc": binary_auc(logits, y_val)}
 
 
+def split_by_cost(costs: Sequence[float], world_size: int) -> list[int]:
+    """The rank of each item: the costliest first, each to the least loaded rank so far (LPT; ties: the
+    lower index and rank), so every rank computes the same split from the same costs."""
+    load = [0.0] * world_size
+    owner = [0] * len(costs)
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        r = min(range(world_size), key=lambda r: (load[r], r))
+        owner[i] = r
+        load[r] += costs[i]
+    return owner
+
+
 def score_on_ranks(scorer: SubnetScorer, cands: Sequence[Candidate]) -> list[dict[str, float]]:
-    """Scores `cands` split over the ranks (rank r takes every world_size-th), gathered on every rank in
-    order: the same list as one process would compute, in about 1/world_size of the time."""
+    """Scores `cands` split over the ranks by estimated cost (`space.cost`; already scored ones cost
+    nothing), gathered on every rank in order: the same list as one process would compute, in about
+    1/world_size of the time."""
     env = init_distributed()
-    mine = {i: scorer.score(c) for i, c in enumerate(cands) if i % env.world_size == env.rank}
+    costs = [
+        0.0 if c.key() in scorer.cache else cost(c, scorer.space, len(scorer.features), scorer.num_dense)
+        for c in cands
+    ]
+    owner = split_by_cost(costs, env.world_size)
+    mine = {i: scorer.score(c) for i, c in enumerate(cands) if owner[i] == env.rank}
     if env.world_size > 1:
         import torch.distributed as dist
 
