@@ -61,6 +61,8 @@ def quality(args: argparse.Namespace) -> None:
         "nasrec": ("search", ["search.final_baselines=false"]),
         "nasrec_fixed_dims": ("search", ["search.final_baselines=false", "search.nasrec.search_dims=false"]),
     }
+    if args.no_fixed_dims:
+        del variants["nasrec_fixed_dims"]
     runs: dict[str, list[dict]] = {k: [] for k in variants}
     for seed in args.seeds:
         for label, (command, overrides) in variants.items():
@@ -90,7 +92,7 @@ def quality(args: argparse.Namespace) -> None:
         "| model | vs | per seed | mean [interval] | verdict |",
         "|---|---|---|---|---|",
     ]
-    for label in ("nasrec", "nasrec_fixed_dims"):
+    for label in [k for k in variants if k.startswith("nasrec")]:
         for base in ("dlrm", "dcn"):
             pairs = [(_scores(a), _scores(b)) for a, b in zip(runs[label], runs[base], strict=True)]
             res = paired_bootstrap(pairs, args.bootstrap)
@@ -230,6 +232,7 @@ def main() -> None:
     q.add_argument("--dim", type=int, default=16, help="uniform dim of DLRM/DCN (the budget's)")
     q.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     q.add_argument("--bootstrap", type=int, default=1000)
+    q.add_argument("--no-fixed-dims", action="store_true", help="skip NASRec without dim search")
     t = sub.add_parser("tau")
     t.add_argument("--subnets", type=int, default=20)
     t.add_argument("--epochs", type=int, default=2, help="from-scratch epochs per subnet")
