@@ -66,7 +66,7 @@ def test_search_writes_the_blocks_run_directory(search_run):
     assert space.num_blocks == TINY["num_blocks"] and list(space.widths) == TINY["widths"]
 
     scores = json.loads((run / SCORES_FILE).read_text())
-    assert len(scores["scores"]) == log["scored"] and scores["identity"]["space"] == log["space"]
+    assert len(scores["scores"]) == log["scored"] and scores["identity"]["supernet"] == log["supernet"]["tag"]
     assert {t["key"] for t in log["top"]} <= set(scores["scores"])
 
     arch = yaml.safe_load((run / "architecture.yaml").read_text())
@@ -142,11 +142,12 @@ def test_a_rerun_in_the_same_run_directory_resumes(search_run, tmp_path):
     text = proc.stdout + proc.stderr
     again = _metrics(copy)
     # The supernet is not trained again, nothing is scored again, the finalists are not retrained.
-    assert "resumed nasrec/supernet after epoch 0" in text
-    assert "nasrec/supernet epoch 0:" not in text
+    tag = first["search_log"]["supernet"]["tag"]
+    assert tag.startswith("nasrec/supernet_") and f"resumed {tag} after epoch 0" in text
+    assert f"{tag} epoch 0:" not in text
     log = again["search_log"]
     assert log["resumed_scores"] == log["scored"] == first["search_log"]["scored"] and log["scored_here"] == 0
-    assert "resumed finalists/nasrec after epoch 0" in text
+    assert f"resumed finalists/{first['winner']} after epoch 0" in text
     # ... and the search is the same.
     assert log["best_per_generation"] == first["search_log"]["best_per_generation"]
     assert log["top"] == first["search_log"]["top"]
