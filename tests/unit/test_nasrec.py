@@ -28,8 +28,10 @@ from torchrec_aes.models.blocks import (
     BlockGraph,
     BlockNet,
     BlockSpace,
+    Live,
     blocks_architecture,
     check_block,
+    liveness,
     subnet_state,
 )
 from torchrec_aes.search.nasrec.config import NASRecConfig, check_config
@@ -168,18 +170,39 @@ def test_the_fixed_model_holds_exactly_the_modules_of_its_chosen_ops():
         fixed = _standalone(supernet, elastic, cand)
         assert sum(p.numel() for p in _dense_params(fixed).values()) < super_dense
         assert sum(p.numel() for p in fixed.parameters()) < sum(p.numel() for p in supernet.parameters())
-        for b, mod in zip(cand.graph.blocks, fixed.blocks, strict=True):
-            assert set(mod.dense) == {b.dense_op} and set(mod.sparse) == {b.sparse_op}
-            assert hasattr(mod, "merge") == b.merge and hasattr(mod, "fm") == b.fm
+        for b, mod, live in zip(cand.graph.blocks, fixed.blocks, liveness(cand.graph), strict=True):
+            # Only the parts that reach the output are built (`liveness`); the last block is fully live.
+            assert set(mod.dense) == ({b.dense_op} if live.dense else set())
+            assert set(mod.sparse) == ({b.sparse_op} if live.sparse else set())
+            assert hasattr(mod, "merge") == (b.merge and live.merge) and hasattr(mod, "fm") == (
+                b.fm and live.fm
+            )
             names = {".".join(n.split(".")[:2]) for n, _ in mod.named_parameters()}
-            expected = {f"dense.{b.dense_op}", f"sparse.{b.sparse_op}"}
-            expected |= {"merge.linear", "merge.ln"} if b.merge else set()
-            expected |= {"fm.linear", "fm.ln"} if b.fm else set()
+            expected = {f"dense.{b.dense_op}"} if live.dense else set()
+            expected |= {f"sparse.{b.sparse_op}"} if live.sparse else set()
+            expected |= {"merge.linear", "merge.ln"} if b.merge and live.merge else set()
+            expected |= {"fm.linear", "fm.ln"} if b.fm and live.fm else set()
             assert names == expected, (b, names)
-            assert ("attn" in mod.sparse[b.sparse_op]) == (b.sparse_op == "attention")
-            if b.dense_op == "fc":
+            if live.sparse:
+                assert ("attn" in mod.sparse[b.sparse_op]) == (b.sparse_op == "attention")
+            if live.dense and b.dense_op == "fc":
                 assert set(mod.dense["fc"]) == {"linear", "ln"}
-            assert mod.dense[b.dense_op]["ln"].normalized_shape == (b.width,)
+            if live.dense:
+                assert mod.dense[b.dense_op]["ln"].normalized_shape == (b.width,)
+        assert liveness(cand.graph)[-1] == Live(
+            True, True, cand.graph.blocks[-1].fm, cand.graph.blocks[-1].merge
+        )
+    # Training a fixed model gives every one of its parameters a gradient (no dead parameters, whose
+    # missing optimizer state broke resuming a checkpoint of the final pick).
+    for s in range(20):
+        cand = random_candidate(random.Random(100 + s), space, len(KEYS), CANDIDATES, None)
+        fixed = _standalone(supernet, elastic, cand)
+        fixed.train()
+        fixed.zero_grad()
+        dense, kjt = _inputs(s)
+        fixed(dense, kjt).sum().backward()
+        missing = [n for n, p in fixed.named_parameters() if p.grad is None]
+        assert not missing, (cand.graph, missing)
     for mod in supernet.blocks:  # the supernet: every op of the space, both mergers
         assert set(mod.dense) == set(DENSE_OPS) and set(mod.sparse) == set(SPARSE_OPS)
         assert hasattr(mod, "merge") and hasattr(mod, "fm")

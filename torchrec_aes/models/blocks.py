@@ -236,6 +236,44 @@ def check_block(b: Block, j: int, space: BlockSpace) -> str:
     return ""
 
 
+@dataclass(frozen=True)
+class Live:
+    """What of a block a fixed model computes: its dense op (its dense output is read, or merged into its
+    read sparse output), its sparse op (its sparse output is read, or feeds the FM term of a computed dense
+    output), and whether its FM term and merger are used."""
+
+    dense: bool
+    sparse: bool
+    fm: bool
+    merge: bool
+
+
+def liveness(graph: BlockGraph) -> list[Live]:
+    """Per block, what reaches the final layer (which reads the last block's dense and sparse outputs).
+    A part that does not is dead: it cannot change the output, and a fixed model neither builds nor runs
+    it (its parameters would never get a gradient)."""
+    n = len(graph.blocks)
+    dense_read, sparse_read = {n}, {n}
+    out: list[Live] = []
+    for j in range(n, 0, -1):
+        b = graph.blocks[j - 1]
+        merge = j in sparse_read and b.merge
+        dense = j in dense_read or merge
+        fm = dense and b.fm
+        sparse = j in sparse_read or fm
+        if dense:
+            dense_read.update(b.dense_in)
+            if b.dense_op == "dot":
+                sparse_read.update(b.sparse_in)
+        if sparse:
+            sparse_read.update(b.sparse_in)
+        out.append(Live(dense, sparse, fm, merge))
+    return out[::-1]
+
+
+ALL_LIVE = Live(True, True, True, True)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------------
@@ -280,13 +318,14 @@ class _Block(nn.Module):
         token_cols: list[int] | None,
         dense_in: int,
         tokens_in: int,
+        live: Live = ALL_LIVE,
     ) -> None:
         super().__init__()
         d = space.token_dim
         width = block.width if block else space.max_width
         tokens = block.tokens if block else space.max_tokens
-        dense_ops = [block.dense_op] if block else list(space.dense_ops)
-        sparse_ops = [block.sparse_op] if block else list(space.sparse_ops)
+        dense_ops = ([block.dense_op] if live.dense else []) if block else list(space.dense_ops)
+        sparse_ops = ([block.sparse_op] if live.sparse else []) if block else list(space.sparse_ops)
         # Binary ops split the dense inputs into the first one (left) and the others (right, or the first
         # again if it is alone); both read the whole concatenation, the unused part zero.
         self.dense = nn.ModuleDict()
@@ -328,14 +367,14 @@ class _Block(nn.Module):
                 mods["ffn2"] = nn.Linear(d, d)
                 mods["ffn_ln"] = nn.LayerNorm(d)
             self.sparse[op] = nn.ModuleDict(mods)
-        if block is None or block.merge:
+        if block is None or live.merge:
             self.merge = nn.ModuleDict(
                 {
                     "linear": nn.Linear(width, space.merger_tokens * d),
                     "ln": nn.LayerNorm(space.merger_tokens * d),
                 }
             )
-        if block is None or block.fm:
+        if block is None or live.fm:
             self.fm = nn.ModuleDict({"linear": nn.Linear(d, width), "ln": nn.LayerNorm(width)})
 
 
@@ -369,6 +408,7 @@ class BlockNet(nn.Module):
         self.token_width = [len(self.feature_names)]
         self.blocks = nn.ModuleList()
         self.block_dense_in: list[int] = []
+        self.live = liveness(graph) if graph else [ALL_LIVE] * space.num_blocks
         for j in range(1, space.num_blocks + 1):
             b = graph.blocks[j - 1] if graph else None
             if b is None:
@@ -379,7 +419,9 @@ class BlockNet(nn.Module):
                 token_cols = self._cols(b.sparse_in, self._token_slot)
                 dense_in, tokens_in = len(dense_cols), len(token_cols)
             self.block_dense_in.append(dense_in)
-            self.blocks.append(_Block(space, b, dense_cols, token_cols, dense_in, tokens_in))
+            self.blocks.append(
+                _Block(space, b, dense_cols, token_cols, dense_in, tokens_in, self.live[j - 1])
+            )
             self.dense_width.append(b.width if b else space.max_width)
             self.token_width.append(b.tokens + space.merger_tokens * b.merge if b else big_tokens)
         last = graph.blocks[-1] if graph else None
@@ -452,10 +494,19 @@ class BlockNet(nn.Module):
             raise ValueError("the supernet has no path: call set_graph first")
         supernet = self.graph is None
         tokens0 = torch.stack([self.token_proj[n](per_feature[n]) for n in self.feature_names], dim=1)
-        dense_nodes: list[torch.Tensor] = [dense_features]
-        token_nodes: list[torch.Tensor] = [tokens0]
+        # A fixed model skips the dead parts of its blocks (`liveness`): their outputs are never read.
+        dense_nodes: list[Any] = [dense_features]
+        token_nodes: list[Any] = [tokens0]
         mod: Any
-        for j, (mod, b) in enumerate(zip(self.blocks, graph.blocks, strict=True), start=1):
+        dense_in: Any
+        left_in: Any
+        right_in: Any
+        tokens_in: Any
+        for j, (mod, b, live) in enumerate(zip(self.blocks, graph.blocks, self.live, strict=True), start=1):
+            if not (live.dense or live.sparse):
+                dense_nodes.append(None)
+                token_nodes.append(None)
+                continue
             if supernet:
                 zd = [x if i in b.dense_in else torch.zeros_like(x) for i, x in enumerate(dense_nodes)]
                 zs = [x if i in b.sparse_in else torch.zeros_like(x) for i, x in enumerate(token_nodes)]
@@ -468,27 +519,32 @@ class BlockNet(nn.Module):
                     [x if i in others else torch.zeros_like(x) for i, x in enumerate(dense_nodes)], 1
                 )
             else:
-                dense_in = torch.cat([dense_nodes[i] for i in b.dense_in], dim=1)
-                tokens_in = torch.cat([token_nodes[i] for i in b.sparse_in], dim=1)
-                n_first = self.dense_width[b.dense_in[0]]
-                left_in = F.pad(dense_in[:, :n_first], (0, self.block_dense_in[j - 1] - n_first))
-                right_in = dense_in - left_in if len(b.dense_in) > 1 else left_in
-            dense_out = self._dense_op(mod, b, dense_in, left_in, right_in, tokens_in)
-            sparse_out = self._sparse_op(mod, b, tokens_in)
-            if b.fm:
+                dense_in = left_in = right_in = tokens_in = None
+                if live.dense:
+                    dense_in = torch.cat([dense_nodes[i] for i in b.dense_in], dim=1)
+                    n_first = self.dense_width[b.dense_in[0]]
+                    left_in = F.pad(dense_in[:, :n_first], (0, self.block_dense_in[j - 1] - n_first))
+                    right_in = dense_in - left_in if len(b.dense_in) > 1 else left_in
+                if live.sparse or (live.dense and b.dense_op == "dot"):
+                    tokens_in = torch.cat([token_nodes[i] for i in b.sparse_in], dim=1)
+            dense_out: Any = (
+                self._dense_op(mod, b, dense_in, left_in, right_in, tokens_in) if live.dense else None
+            )
+            sparse_out: Any = self._sparse_op(mod, b, tokens_in) if live.sparse else None
+            if live.fm and b.fm:
                 fm = mod.fm["linear"](_fm(sparse_out))
                 dense_out = dense_out + _layer_norm(
                     self._mask(fm, b.width, mod.fm["ln"]), mod.fm["ln"], b.width
                 )
             merged = []
             m_tokens, d = self.space.merger_tokens, self.space.token_dim
-            if b.merge:
+            if live.merge and b.merge:
                 m = mod.merge["ln"](mod.merge["linear"](dense_out))
                 merged.append(m.view(-1, m_tokens, d))
             elif supernet:
                 merged.append(sparse_out[:, :1].mul(0.0).expand(-1, m_tokens, -1))
             dense_nodes.append(dense_out)
-            token_nodes.append(torch.cat([sparse_out] + merged, dim=1))
+            token_nodes.append(torch.cat([sparse_out] + merged, dim=1) if sparse_out is not None else None)
         return torch.cat([dense_nodes[-1], token_nodes[-1].flatten(1)], dim=1)
 
     @staticmethod
