@@ -274,6 +274,27 @@ def liveness(graph: BlockGraph) -> list[Live]:
 ALL_LIVE = Live(True, True, True, True)
 
 
+def live_key(graph: BlockGraph) -> str:
+    """A hash of what of `graph` reaches the output (`liveness`): two graphs that differ only in dead parts
+    compute the same function and share this key (16 hex digits)."""
+    parts = []
+    for b, live in zip(graph.blocks, liveness(graph), strict=True):
+        reads_tokens = live.sparse or (live.dense and b.dense_op == "dot")
+        parts.append(
+            [
+                list(b.dense_in) if live.dense else None,
+                b.dense_op if live.dense else None,
+                b.width if live.dense else None,
+                list(b.sparse_in) if reads_tokens else None,
+                b.sparse_op if live.sparse else None,
+                b.tokens if live.sparse else None,
+                live.merge and b.merge,
+                live.fm and b.fm,
+            ]
+        )
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The model
 # ---------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from torchrec_aes.models.blocks import Block, BlockGraph, BlockSpace
+from torchrec_aes.models.blocks import Block, BlockGraph, BlockSpace, live_key
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,9 @@ class Candidate:
     dims: tuple[int, ...]
 
     def key(self) -> str:
-        return f"{self.graph.key()}-{'.'.join(str(d) for d in self.dims)}"
+        """Identifies what the candidate computes: the live part of its graph (`models.blocks.live_key`;
+        graphs that differ only in blocks that do not reach the output are one candidate) and its dims."""
+        return f"{live_key(self.graph)}-{'.'.join(str(d) for d in self.dims)}"
 
     def to_dict(self) -> dict:
         return {"blocks": self.graph.to_dict(), "dims": list(self.dims)}
