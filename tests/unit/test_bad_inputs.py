@@ -182,8 +182,8 @@ CASES: dict[str, Case] = {
         ["cut.yaml", "truncated"],
     ),
     "arch unknown kind": lambda e: (
-        e.base() + [f"arch={e.arch_file('kind.yaml', lambda d: d.update(kind='blocks'))}"],
-        ["kind.yaml", "kind 'blocks'"],
+        e.base() + [f"arch={e.arch_file('kind.yaml', lambda d: d.update(kind='graph'))}"],
+        ["kind.yaml", "kind 'graph'"],
     ),
     "arch missing a table": lambda e: (
         e.base()
