@@ -73,9 +73,10 @@ class DataConfig:
     """Where the data comes from and how it is preprocessed."""
 
     type: str = "synthetic"
-    """Reader: synthetic | criteo | tabular | libfm | interactions."""
+    """Reader: synthetic | criteo | tabular | libfm | interactions | criteo_binary (streamed)."""
     path: str = ""
-    """File (or comma-separated files) to read; unused for synthetic. Plain or .gz."""
+    """File (or comma-separated files) to read; unused for synthetic. Plain or .gz. criteo_binary: the
+    directory of TorchRec's day files (day_0_dense.npy, day_0_sparse.npy, day_0_labels.npy, ...)."""
     test_path: str = ""
     """Optional separate test file (interactions: LightGCN test.txt). Empty: split `path`."""
     cache_dir: str = ""
@@ -89,7 +90,12 @@ class DataConfig:
     hash_size: int = 0
     """If > 0, hash categorical values modulo this size instead of building a vocabulary."""
     max_rows: int = 0
-    """Read at most this many rows (0 = all)."""
+    """Read at most this many rows (0 = all; criteo_binary: training rows)."""
+    num_embeddings_per_feature: list[int] = field(default_factory=list)
+    """criteo_binary: rows of each table; ids are taken modulo it (TorchRec's `hashes`). Empty: the
+    largest id + 1 of each feature, found in one pass and cached beside the files."""
+    stream_chunk_rows: int = 65536
+    """criteo_binary: rows a rank reads at once; also the shuffle window of training."""
     skip_bad_rows: bool = False
     """Skip and count malformed rows instead of raising an error naming file and line."""
     label_column: str = "label"
@@ -452,6 +458,8 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.min_count", _non_negative, _NON_NEGATIVE),
     ("data.hash_size", _non_negative, ">= 0 (0 = build a vocabulary)"),
     ("data.max_rows", _non_negative, ">= 0 (0 = all rows)"),
+    ("data.num_embeddings_per_feature", lambda v: all(x > 0 for x in v), "sizes > 0 (empty: from the ids)"),
+    ("data.stream_chunk_rows", _positive, _POSITIVE),
     ("data.field_offsets", lambda v: all(x >= 0 for x in v) and v == sorted(set(v)), "ascending, >= 0"),
     ("data.synthetic.num_examples", lambda v: v >= 10, ">= 10 (the 8:1:1 split needs rows in each part)"),
     ("data.synthetic.num_dense", _non_negative, _NON_NEGATIVE),
@@ -504,7 +512,10 @@ def validate(cfg: Config) -> None:
         ConfigError: the first invalid value.
     """
     choices = {
-        "data.type": (cfg.data.type, ("synthetic", "criteo", "tabular", "libfm", "interactions")),
+        "data.type": (
+            cfg.data.type,
+            ("synthetic", "criteo", "tabular", "libfm", "criteo_binary", "interactions"),
+        ),
         "model.type": (cfg.model.type, ("dlrm", "dcn", "mf", "lightgcn")),
         "model.data_type": (cfg.model.data_type, ("fp32", "fp16")),
         "search.precision": (cfg.search.precision, ("fp32", "fp16")),

@@ -28,7 +28,10 @@ RAW_READERS: dict[str, tuple[str, str]] = {
 }
 """File readers producing a RawTable, by `data.type`: module and function."""
 
-DATA_TYPES = ("synthetic", *RAW_READERS, "interactions")
+STREAMED_TYPES = ("criteo_binary",)
+"""Data types read as streams (per rank, in chunks) instead of into memory."""
+
+DATA_TYPES = ("synthetic", *RAW_READERS, *STREAMED_TYPES, "interactions")
 """Every allowed `data.type`."""
 
 
@@ -48,7 +51,8 @@ def load_data(cfg: DataConfig, cache_dir: str = "") -> Splits:
     """Loads a CTR data set as train/val/test `Splits` with its schema.
 
     Args:
-        cfg: the data section; `cfg.type` is one of synthetic | criteo | tabular | libfm.
+        cfg: the data section; `cfg.type` is one of synthetic | criteo | tabular | libfm | criteo_binary
+            (streamed: the splits are `BinaryRows`).
         cache_dir: where the synthetic generator caches its data (default `cfg.cache_dir`).
 
     Raises:
@@ -64,6 +68,10 @@ def load_data(cfg: DataConfig, cache_dir: str = "") -> Splits:
             "data.type: 'interactions' is collaborative-filtering data, not CTR rows; load it with "
             "torchrec_aes.data.interactions.load_interactions"
         )
+    if cfg.type == "criteo_binary":
+        from torchrec_aes.data.binary import load_criteo_binary
+
+        return load_criteo_binary(cfg)
     if cfg.type not in RAW_READERS:
         raise ValueError(f"data.type: '{cfg.type}' is not one of {', '.join(DATA_TYPES)}")
     from torchrec_aes.data.preprocess import preprocess
@@ -71,4 +79,4 @@ def load_data(cfg: DataConfig, cache_dir: str = "") -> Splits:
     return preprocess(read_raw(cfg), cfg)
 
 
-__all__ = ["DATA_TYPES", "RAW_READERS", "load_data", "read_raw"]
+__all__ = ["DATA_TYPES", "RAW_READERS", "STREAMED_TYPES", "load_data", "read_raw"]

@@ -1,21 +1,57 @@
-"""In-memory CTR datasets and their batching into TorchRec `Batch`es, sharded by rank.
+"""CTR rows and their batching into TorchRec `Batch`es, sharded by rank.
 
 Every CTR data set we read has exactly one id per sparse field per row (Criteo, Avazu, Frappe, the
 synthetic generator), so rows are stored as a dense [N, F] id matrix and become a `KeyedJaggedTensor`
-with all lengths 1 at batching time. Data lives in memory: fine for the samples and synthetic sets here;
-day-file streaming for Criteo 1TB is out of scope for now.
+with all lengths 1 at batching time.
+
+`Rows` is what training and searches read a split through: its length, this rank's batches, the first
+rows as a small in-memory sample (scoring slices, importance), and a restriction to some columns.
+`CTRData` holds its rows in memory; `data.binary.BinaryRows` streams TorchRec's preprocessed Criteo
+files in chunks, so memory is bounded by the chunk, not by the data set.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_aes.data.schema import Schema
+
+
+class Rows(Protocol):
+    """One split of a CTR data set, as training and searches read it."""
+
+    def __len__(self) -> int: ...
+
+    def batches(
+        self,
+        keys: list[str],
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        max_batches: int = 0,
+    ) -> Iterator[Batch]:
+        """This rank's batches; every rank gets `num_batches(len(self), ...)` of them (the remainder of
+        fewer than `world_size` rows is dropped). Without `shuffle`, the ranks' shares in rank order are
+        the first `len(self) // world_size * world_size` rows in order."""
+        ...
+
+    def head(self, n: int) -> CTRData:
+        """The first `min(n, len(self))` rows, in memory (a fixed sample: scoring slices, importance)."""
+        ...
+
+    def select(self, columns: list[int]) -> Rows:
+        """The same rows restricted to these sparse columns (in this order)."""
+        ...
 
 
 @dataclass
@@ -38,15 +74,37 @@ class CTRData:
     def subset(self, index: torch.Tensor) -> CTRData:
         return CTRData(self.dense[index], self.sparse[index], self.labels[index])
 
+    def head(self, n: int) -> CTRData:
+        return self.subset(torch.arange(min(n, len(self))))
+
+    def select(self, columns: list[int]) -> CTRData:
+        if columns == list(range(self.sparse.shape[1])):
+            return self
+        return CTRData(self.dense, self.sparse[:, columns], self.labels)
+
+    def batches(
+        self,
+        keys: list[str],
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        max_batches: int = 0,
+    ) -> Iterator[Batch]:
+        return iter_batches(self, keys, batch_size, rank, world_size, shuffle, seed, drop_last, max_batches)
+
 
 @dataclass
 class Splits:
-    """A schema and its train/val/test rows."""
+    """A schema and its train/val/test rows (in memory: `CTRData`; streamed: `BinaryRows`)."""
 
     schema: Schema
-    train: CTRData
-    val: CTRData
-    test: CTRData
+    train: Rows
+    val: Rows
+    test: Rows
 
 
 def split_rows(n: int, fractions: list[float], seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -18,7 +18,7 @@ from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
-from torchrec_aes.data.dataset import CTRData, iter_batches
+from torchrec_aes.data.dataset import Rows
 from torchrec_aes.io import load_torch, save_torch_atomic
 from torchrec_aes.supernet.elastic import find_elastic
 from torchrec_aes.supernet.stats import placement_difference, placements
@@ -284,26 +284,35 @@ class SupernetEvaluator:
 
 @torch.no_grad()
 def lookup_slice(
-    model: nn.Module, data: CTRData, keys: list[str], batch_size: int, env: DistEnv
-) -> dict[str, torch.Tensor]:
+    model: nn.Module, data: Rows, keys: list[str], batch_size: int, env: DistEnv
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """The pooled d_max embeddings of `data` (a fixed slice) looked up through the sharded tables of a
-    (DMP-wrapped) supernet holding one elastic EBC, gathered on every rank (a collective): feature ->
-    [N, d_max], rows in `data`'s order (the first N rows; `iter_batches` drops no row without shuffling).
+    (DMP-wrapped) supernet holding one elastic EBC, with the rows' dense features and labels, gathered on
+    every rank (a collective): (feature -> [N, d_max], dense [N, num_dense], labels [N]), rows in the
+    same order in all three (each rank's share, in rank order).
     """
     elastic = find_elastic(model)
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in elastic.feature_names}
-    for batch in iter_batches(data, keys, batch_size, env.rank, env.world_size):
+    dense, labels = [], []
+    for batch in data.batches(keys, batch_size, env.rank, env.world_size):
         pooled = elastic.ebc(batch.sparse_features.to(env.device)).to_dict()
         for n in parts:
             parts[n].append(pooled[n].cpu())
+        dense.append(batch.dense_features.float())
+        labels.append(batch.labels.float())
     local = torch.stack([torch.cat(parts[n]) for n in elastic.feature_names], dim=1)  # [N_r, F, d]
-    if env.world_size > 1:
-        gathered = [torch.empty_like(local) for _ in range(env.world_size)]
-        dist.all_gather(gathered, local.contiguous())
-        local = torch.cat(gathered)  # rank order = row order of iter_batches without shuffling
+    local_dense, local_labels = torch.cat(dense), torch.cat(labels)
+    if env.world_size > 1:  # every rank holds the same number of rows (`Rows.batches`)
+        gathered = []
+        for t in (local, local_dense, local_labels):
+            out = [torch.empty_like(t) for _ in range(env.world_size)]
+            dist.all_gather(out, t.contiguous())
+            gathered.append(torch.cat(out))
+        local, local_dense, local_labels = gathered
     model.train()
-    return {name: local[:, i].contiguous() for i, name in enumerate(elastic.feature_names)}
+    pooled_slice = {name: local[:, i].contiguous() for i, name in enumerate(elastic.feature_names)}
+    return pooled_slice, local_dense, local_labels
 
 
 def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -319,7 +328,7 @@ def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def slice_evaluator(
     model: nn.Module,
-    data: CTRData,
+    data: Rows,
     keys: list[str],
     batch_size: int,
     env: DistEnv,
@@ -338,8 +347,7 @@ def slice_evaluator(
         build_model: `lookup -> model` for the evaluator (see `SupernetEvaluator`).
         candidates: the options a choice indexes (see `SupernetEvaluator`).
     """
-    pooled_slice = lookup_slice(model, data, keys, batch_size, env)
-    rows = next(iter(pooled_slice.values())).shape[0]
+    pooled_slice, dense, labels = lookup_slice(model, data, keys, batch_size, env)
     state = dense_state(model)
     if not env.is_main:
         return None
@@ -348,7 +356,7 @@ def slice_evaluator(
         find_elastic(model).table_configs(),
         candidates,
         pooled_slice,
-        data.dense[:rows].clone(),
-        data.labels[:rows].clone(),
+        dense,
+        labels,
         state,
     )

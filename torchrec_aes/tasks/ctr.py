@@ -22,7 +22,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config, TrainConfig
-from torchrec_aes.data.dataset import CTRData, Splits, iter_batches, num_batches
+from torchrec_aes.data.dataset import Rows, Splits, num_batches
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.models.ctr import build_ctr_model
 from torchrec_aes.tasks.base import Task, register_task
@@ -84,7 +84,7 @@ def data_cache_dir(cfg: Config) -> str:
 
 @register_task
 class CTRTask(Task):
-    """CTR rows (`Splits`): every rank holds all rows and reads its share.
+    """CTR rows (`Splits`): every rank reads its share of each split (in memory, or streamed).
 
     `keys` are the features of the architecture being trained (tables with dim 0 drop theirs); set by
     `build`, the rows are restricted to those columns once.
@@ -99,7 +99,7 @@ class CTRTask(Task):
     def __init__(self, cfg: Config, data: Splits, planted: list[int] | None = None) -> None:
         super().__init__(cfg, data, planted)
         self.keys: list[str] = list(data.schema.sparse_names)
-        self.rows: dict[str, CTRData] = {"train": data.train, "val": data.val, "test": data.test}
+        self.rows: dict[str, Rows] = {"train": data.train, "val": data.val, "test": data.test}
         self.scores: Any = None  # [2, N] logits and labels of the last test pass (rank 0)
 
     @classmethod
@@ -133,7 +133,7 @@ class CTRTask(Task):
         self.keys = [n for t in arch.active_tables for n in t.feature_names]
         columns = [self.schema.sparse_names.index(k) for k in self.keys]
         self.rows = {
-            name: d if len(columns) == d.sparse.shape[1] else CTRData(d.dense, d.sparse[:, columns], d.labels)
+            name: d.select(columns)
             for name, d in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))
         }
         # Tables on meta: nothing is materialised until DMP shards them.
@@ -175,8 +175,7 @@ class CTRTask(Task):
         steps: int = 0,
     ) -> Iterator[Batch]:
         """This rank's batches of `split` ("train" | "val" | "test") over the architecture's features."""
-        return iter_batches(
-            self.rows[split],
+        return self.rows[split].batches(
             self.keys,
             batch_size,
             env.rank,
@@ -211,7 +210,7 @@ class CTRTask(Task):
         dmp.train()
         if keep_scores:
             local = torch.cat(kept, dim=1) if kept else torch.zeros(2, 0)
-            if env.world_size > 1:  # every rank holds the same number of rows (iter_batches)
+            if env.world_size > 1:  # every rank holds the same number of rows (`Rows.batches`)
                 parts = [torch.empty_like(local) for _ in range(env.world_size)]
                 dist.all_gather(parts, local.contiguous())
                 local = torch.cat(parts, dim=1)

@@ -21,7 +21,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config
-from torchrec_aes.data.dataset import CTRData, iter_batches
+from torchrec_aes.data.dataset import Rows
 from torchrec_aes.planning.memory import table_storage
 from torchrec_aes.search.adass.config import AdaSSConfig
 from torchrec_aes.search.adass.sampler import AdaptiveSampler
@@ -115,14 +115,13 @@ class AdaptiveSamplingHooks(TrainHooks):
         return global_loss
 
     @torch.no_grad()
-    def _val_loss(self, data: CTRData, choice: Sequence[int]) -> float:
+    def _val_loss(self, data: Rows, choice: Sequence[int]) -> float:
         """Mean BCE over all ranks' shares of `data` with the given choice (-1 = table zeroed)."""
         self.set_choice(choice)
         env = self.env
         total = [0.0, 0.0]
-        for batch in iter_batches(
-            data, self.task.keys, self.task.cfg.train.eval_batch_size, env.rank, env.world_size
-        ):
+        batch_size = self.task.cfg.train.eval_batch_size
+        for batch in data.batches(self.task.keys, batch_size, env.rank, env.world_size):
             _, (_, logits, labels) = self.model(batch.to(env.device))
             total[0] += float(F.binary_cross_entropy_with_logits(logits, labels, reduction="sum"))
             total[1] += labels.numel()
@@ -132,7 +131,7 @@ class AdaptiveSamplingHooks(TrainHooks):
     def measure_importance(self) -> list[float]:
         """Val-loss increase when each table's embedding is zeroed (all others at d_max)."""
         val = self.task.rows["val"]
-        data = val.subset(torch.arange(min(self.acfg.importance_rows, len(val))))
+        data = val.head(self.acfg.importance_rows)
         self.model.eval()
         top = len(self.candidates) - 1
         num_tables = len(self.elastic.table_names)
@@ -157,7 +156,7 @@ class AdaptiveSamplingHooks(TrainHooks):
     def evaluator(self) -> SupernetEvaluator | None:
         """The fixed val slice looked up through the current supernet (a collective; rank 0 gets it)."""
         val = self.task.rows["val"]
-        data = val.subset(torch.arange(min(self.acfg.rl_eval_rows, len(val))))
+        data = val.head(self.acfg.rl_eval_rows)
         return slice_evaluator(
             self.model,
             data,

@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 from torchrec_aes.architecture import Architecture
-from torchrec_aes.data.dataset import CTRData, iter_batches
+from torchrec_aes.data.dataset import Rows
 from torchrec_aes.io import join, save_torch_atomic
 from torchrec_aes.models.grouped import GroupedHooks, GroupLayout, Router, grouped_architecture
 from torchrec_aes.search.base import SearchContext, SearchResult, register
@@ -55,18 +55,18 @@ def _first_ids(batch: Any, keys: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def collect(trainer: Trainer, hooks: GateHooks, data: CTRData, rows: int) -> dict[str, torch.Tensor]:
+def collect(trainer: Trainer, hooks: GateHooks, data: Rows, rows: int) -> dict[str, torch.Tensor]:
     """Masked embeddings, active dims and ids of the first `rows` rows of `data` under deterministic gates,
     gathered from all ranks (the same on every rank)."""
     env, task = trainer.env, trainer.task
     assert hooks.gated is not None
-    part = data.subset(torch.arange(min(rows, len(data))))
+    part = data.head(rows)
     gated = hooks.gated
     gated.capture = []
     ids = []
     trainer.model.eval()
     keys = task.schema.sparse_names  # the gated model uses every feature
-    for batch in iter_batches(part, keys, task.cfg.train.eval_batch_size, env.rank, env.world_size):
+    for batch in part.batches(keys, task.cfg.train.eval_batch_size, env.rank, env.world_size):
         trainer.model(batch.to(env.device))
         ids.append(_first_ids(batch, keys))
     trainer.model.train()
@@ -205,13 +205,11 @@ def _route_ids(router: Router, ids: torch.Tensor, keys: list[str]) -> torch.Tens
     return router(kjt)
 
 
-def route_split(
-    router: Router, data: CTRData, keys: list[str], batch_size: int, world_size: int
-) -> np.ndarray:
+def route_split(router: Router, data: Rows, keys: list[str], batch_size: int, world_size: int) -> np.ndarray:
     """The group of every row of `data` in the order a test pass with `world_size` ranks scores them."""
     out = []
     for rank in range(world_size):
-        for batch in iter_batches(data, keys, batch_size, rank, world_size):
+        for batch in data.batches(keys, batch_size, rank, world_size):
             out.append(router(batch.sparse_features))
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
@@ -297,7 +295,9 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
     from torchrec_aes.data.dataset import make_batch
 
     val_groups = assign(val_sample["masked"], centres)
-    val_batch = make_batch(ctx.splits.val, torch.arange(len(val_groups)), schema.sparse_names)
+    val_batch = make_batch(
+        ctx.splits.val.head(len(val_groups)), torch.arange(len(val_groups)), schema.sparse_names
+    )
     routed = router(val_batch.sparse_features)
     accuracy = float((routed == val_groups).float().mean())
 

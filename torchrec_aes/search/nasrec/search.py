@@ -13,7 +13,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -123,11 +122,7 @@ def train_supernet(
     bs = cfg.train.eval_batch_size
     slices = []
     for split, rows in (("train", ncfg.finetune_rows), ("val", ncfg.score_rows)):
-        data = task.rows[split]
-        part = data.subset(torch.arange(min(rows, len(data))))
-        pooled = lookup_slice(trainer.model, part, task.keys, bs, env)
-        n = next(iter(pooled.values())).shape[0]
-        slices.append((pooled, part.dense[:n].clone(), part.labels[:n].clone()))
+        slices.append(lookup_slice(trainer.model, task.rows[split].head(rows), task.keys, bs, env))
     scorer = SubnetScorer(
         space,
         num_dense,

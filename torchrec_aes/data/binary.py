@@ -1,0 +1,371 @@
+"""TorchRec's preprocessed Criteo format (`data.type=criteo_binary`), streamed per rank in chunks.
+
+The files are what TorchRec's own scripts write (`torchrec.datasets.scripts.npy_preproc_criteo`, then
+optionally `contiguous_preproc_criteo` and `shuffle_preproc_criteo`): per day `d` of a directory,
+`day_{d}_dense.npy` [N_d, num_dense] float32 (already log-transformed), `day_{d}_sparse.npy` (or
+`day_{d}_sparse_contig_freq.npy` when present) [N_d, F] integer ids, and `day_{d}_labels.npy` [N_d, 1].
+As in TorchRec's DLRM example, the last day is split into halves, the first for validation and the
+second for test, and every other day is training data.
+
+Reading uses TorchRec's `BinaryCriteoUtils`: `get_file_row_ranges_and_remainder` gives each rank its own
+contiguous row range over the day files (so ranks read disjoint rows and never the whole data), and
+`load_npy_range` reads it `data.stream_chunk_rows` rows at a time, so a rank holds one chunk (plus a
+batch) whatever the data's size. TorchRec's `InMemoryBinaryCriteoIterDataPipe` is not used as is: it
+hard-codes Criteo's 26 features and, in mmap mode, maps every file whole on every rank and deals batches
+round-robin (its per-rank range loader is not called in TorchRec 1.8), so a rank's resident memory grows
+with the files it touches. Training order: chunks in a seeded random order per epoch and rows shuffled
+within each chunk (a shuffle buffer of one chunk); TorchRec's `shuffle_preproc_criteo` shuffles the
+files themselves once, if a global shuffle is wanted.
+
+Table sizes: `data.num_embeddings_per_feature` (as TorchRec's DLRM example: ids are taken modulo it, like
+the datapipe's `hashes`), else the largest id + 1 per feature, found in one chunked pass over the sparse
+files and cached beside them (`torchrec_aes_vocab.json`, keyed by the files' names, sizes and times).
+
+Example::
+
+    splits = load_criteo_binary(DataConfig(type="criteo_binary", path="/data/criteo_1tb_npy"))
+    for batch in splits.train.batches(splits.schema.sparse_names, 8192, rank, world_size):
+        ...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchrec.datasets.criteo import BinaryCriteoUtils
+from torchrec.datasets.utils import Batch
+
+from torchrec_aes import io
+from torchrec_aes.config import DataConfig
+from torchrec_aes.data.dataset import CTRData, Rows, Splits, make_batch, num_batches
+from torchrec_aes.data.schema import Schema, SparseFeature
+
+VOCAB_FILE = "torchrec_aes_vocab.json"
+"""Cached table sizes beside the day files."""
+
+
+@dataclass(frozen=True)
+class DayFiles:
+    """The dense, sparse and labels files of consecutive days, with each day's row count."""
+
+    dense: list[str]
+    sparse: list[str]
+    labels: list[str]
+    rows: list[int]
+
+    def day(self, d: int) -> DayFiles:
+        return DayFiles([self.dense[d]], [self.sparse[d]], [self.labels[d]], [self.rows[d]])
+
+    def days(self, first: int, last: int) -> DayFiles:
+        s = slice(first, last)
+        return DayFiles(self.dense[s], self.sparse[s], self.labels[s], self.rows[s])
+
+
+def find_days(directory: str) -> DayFiles:
+    """The day files of `directory` (day_0, day_1, ... with no gap), their shapes checked.
+
+    Raises:
+        ValueError: no day files, a missing file of a day, or files of a day that disagree in rows or
+            columns, naming the file.
+    """
+    if not os.path.isdir(directory):
+        raise ValueError(f"data.path: '{directory}' is not a directory of TorchRec Criteo day files")
+    dense, sparse, labels, rows = [], [], [], []
+    width: dict[str, int] = {}
+    d = 0
+    while os.path.exists(os.path.join(directory, f"day_{d}_dense.npy")):
+        contig = os.path.join(directory, f"day_{d}_sparse_contig_freq.npy")
+        files = {
+            "dense": os.path.join(directory, f"day_{d}_dense.npy"),
+            "sparse": contig if os.path.exists(contig) else os.path.join(directory, f"day_{d}_sparse.npy"),
+            "labels": os.path.join(directory, f"day_{d}_labels.npy"),
+        }
+        shapes = {}
+        for kind, path in files.items():
+            if not os.path.exists(path):
+                raise ValueError(f"{path}: missing (day {d} has {files['dense']})")
+            try:
+                shape = BinaryCriteoUtils.get_shape_from_npy(path)
+            except ValueError as e:
+                raise ValueError(f"{path}: not a .npy file ({e})") from e
+            if len(shape) != 2:
+                raise ValueError(f"{path}: shape {tuple(shape)}, expected 2 dimensions [rows, columns]")
+            if width.setdefault(kind, shape[1]) != shape[1]:
+                raise ValueError(f"{path}: {shape[1]} columns, day 0 has {width[kind]}")
+            shapes[kind] = shape
+        if len({s[0] for s in shapes.values()}) != 1:
+            raise ValueError(
+                f"{directory}: day {d} files disagree in rows: "
+                + ", ".join(f"{k} {s[0]}" for k, s in shapes.items())
+            )
+        if width["labels"] != 1:
+            raise ValueError(f"{files['labels']}: {width['labels']} columns, expected 1")
+        dense.append(files["dense"])
+        sparse.append(files["sparse"])
+        labels.append(files["labels"])
+        rows.append(int(shapes["dense"][0]))
+        d += 1
+    if d < 2:
+        raise ValueError(
+            f"data.path: '{directory}' needs at least 2 days (day_0_dense.npy, day_1_dense.npy, ...: "
+            f"training days, the last one is split into validation and test); found {d}"
+        )
+    return DayFiles(dense, sparse, labels, rows)
+
+
+class BinaryRows:
+    """Rows `[start, start + length)` of the concatenated day files, streamed in chunks (see `Rows`).
+
+    Args:
+        files: the day files.
+        start: first row (over the concatenation of the files).
+        length: number of rows.
+        columns: sparse columns to read, in this order (None: all).
+        hashes: per sparse column of the files, ids are taken modulo this (None: as stored).
+        chunk_rows: rows read at once (and the shuffle window).
+    """
+
+    def __init__(
+        self,
+        files: DayFiles,
+        start: int,
+        length: int,
+        columns: list[int] | None = None,
+        hashes: list[int] | None = None,
+        chunk_rows: int = 65536,
+    ) -> None:
+        self.files, self.start, self.length = files, start, length
+        self.columns, self.hashes, self.chunk_rows = columns, hashes, chunk_rows
+
+    def __len__(self) -> int:
+        return self.length
+
+    def select(self, columns: list[int]) -> BinaryRows:
+        base = self.columns if self.columns is not None else None
+        mapped = [base[c] for c in columns] if base is not None else list(columns)
+        return BinaryRows(self.files, self.start, self.length, mapped, self.hashes, self.chunk_rows)
+
+    def rank_ranges(self, rank: int, world_size: int) -> list[tuple[int, int, int]]:
+        """(file, first row in the file, rows) of this rank's share: TorchRec's contiguous per-rank range,
+        cut to `length // world_size` rows so that every rank holds the same number."""
+        if self.length < world_size:
+            return []
+        ranges, _ = BinaryCriteoUtils.get_file_row_ranges_and_remainder(
+            self.files.rows, rank, world_size, self.start, self.start + self.length - 1
+        )
+        budget = self.length // world_size
+        out = []
+        for f, (left, right) in sorted(ranges.items()):
+            count = min(right - left + 1, budget)
+            if count > 0:
+                out.append((f, left, count))
+            budget -= count
+        return out
+
+    def _read(self, f: int, left: int, count: int) -> CTRData:
+        """Rows `[left, left + count)` of day file `f` (TorchRec's `load_npy_range`, no mmap)."""
+        dense = BinaryCriteoUtils.load_npy_range(self.files.dense[f], left, count)
+        sparse = BinaryCriteoUtils.load_npy_range(self.files.sparse[f], left, count)
+        labels = BinaryCriteoUtils.load_npy_range(self.files.labels[f], left, count)
+        if self.columns is not None:
+            sparse = sparse[:, self.columns]
+        ids = torch.from_numpy(sparse.astype(np.int64, copy=False))
+        if self.hashes is not None:
+            cols = self.columns if self.columns is not None else range(len(self.hashes))
+            ids = ids % torch.tensor([self.hashes[c] for c in cols])
+        return CTRData(
+            torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)),
+            ids,
+            torch.from_numpy(labels.reshape(-1).astype(np.float32)),
+        )
+
+    def _chunks(self, rank: int, world_size: int) -> list[tuple[int, int, int]]:
+        return [
+            (f, left + i, min(self.chunk_rows, count - i))
+            for f, left, count in self.rank_ranges(rank, world_size)
+            for i in range(0, count, self.chunk_rows)
+        ]
+
+    def batches(
+        self,
+        keys: list[str],
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        max_batches: int = 0,
+    ) -> Iterator[Batch]:
+        count = num_batches(self.length, batch_size, world_size, drop_last)
+        if max_batches:
+            count = min(count, max_batches)
+        if count == 0:
+            return
+        chunks = self._chunks(rank, world_size)
+        gen = torch.Generator().manual_seed(seed)
+        if shuffle:
+            chunks = [chunks[i] for i in torch.randperm(len(chunks), generator=gen).tolist()]
+        pending: CTRData | None = None
+        done = 0
+        for f, left, rows in chunks:
+            part = self._read(f, left, rows)
+            if shuffle:
+                part = part.subset(torch.randperm(len(part), generator=gen))
+            if pending is not None and len(pending):
+                part = CTRData(
+                    torch.cat([pending.dense, part.dense]),
+                    torch.cat([pending.sparse, part.sparse]),
+                    torch.cat([pending.labels, part.labels]),
+                )
+            full = len(part) // batch_size
+            for b in range(full):
+                yield make_batch(part, torch.arange(b * batch_size, (b + 1) * batch_size), keys)
+                done += 1
+                if done == count:
+                    return
+            pending = part.subset(torch.arange(full * batch_size, len(part)))
+        if pending is not None and len(pending) and done < count:
+            yield make_batch(pending, torch.arange(len(pending)), keys)
+
+    def head(self, n: int) -> CTRData:
+        whole = BinaryRows(self.files, self.start, min(n, self.length), self.columns, self.hashes)
+        parts = [whole._read(f, left, rows) for f, left, rows in whole._chunks(0, 1)]
+        if not parts:
+            return CTRData(torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.int64), torch.zeros(0))
+        return CTRData(
+            torch.cat([p.dense for p in parts]),
+            torch.cat([p.sparse for p in parts]),
+            torch.cat([p.labels for p in parts]),
+        )
+
+
+def files_key(files: DayFiles) -> list[list]:
+    return [
+        [os.path.basename(p), os.path.getsize(p), int(os.path.getmtime(p))]
+        for p in files.sparse + files.labels
+    ]
+
+
+def table_sizes(files: DayFiles, directory: str, chunk_rows: int = 1 << 20) -> list[int]:
+    """Largest id + 1 per sparse column over all days, cached in `directory/VOCAB_FILE` (one chunked
+    pass; labels are checked to be 0/1 on the way).
+
+    Raises:
+        ValueError: a negative id or a label other than 0/1, naming the file and row.
+    """
+    cache = os.path.join(directory, VOCAB_FILE)
+    key = files_key(files)
+    if os.path.exists(cache):
+        try:
+            saved = json.loads(io.read_text(cache))
+            if saved.get("files") == key:
+                return [int(x) for x in saved["num_embeddings"]]
+        except (ValueError, KeyError):
+            pass  # a damaged cache is recomputed
+    top: np.ndarray | None = None
+    for path, label_path, rows in zip(files.sparse, files.labels, files.rows, strict=True):
+        for left in range(0, rows, chunk_rows):
+            count = min(chunk_rows, rows - left)
+            ids = BinaryCriteoUtils.load_npy_range(path, left, count)
+            if (ids < 0).any():
+                row, col = np.argwhere(ids < 0)[0]
+                raise ValueError(f"{path}: row {left + row}, column {col}: negative id {ids[row, col]}")
+            labels = BinaryCriteoUtils.load_npy_range(label_path, left, count).reshape(-1)
+            bad = np.flatnonzero((labels != 0) & (labels != 1))
+            if len(bad):
+                raise ValueError(
+                    f"{label_path}: row {left + bad[0]}: label {labels[bad[0]]}, expected 0 or 1"
+                )
+            m = ids.max(axis=0)
+            top = m if top is None else np.maximum(top, m)
+    assert top is not None
+    sizes = [int(x) + 1 for x in top]
+    try:
+        io.write_text_atomic(cache, json.dumps({"files": key, "num_embeddings": sizes}))
+    except OSError:
+        pass  # a read-only data directory: recomputed next time
+    return sizes
+
+
+def load_criteo_binary(cfg: DataConfig) -> Splits:
+    """The day files of `cfg.path` as streamed train/val/test `Splits`.
+
+    Raises:
+        ValueError: see `find_days` and `table_sizes`; `num_embeddings_per_feature` of the wrong length.
+    """
+    files = find_days(cfg.path)
+    num_sparse = BinaryCriteoUtils.get_shape_from_npy(files.sparse[0])[1]
+    num_dense = BinaryCriteoUtils.get_shape_from_npy(files.dense[0])[1]
+    hashes: list[int] | None = None
+    if cfg.num_embeddings_per_feature:
+        if len(cfg.num_embeddings_per_feature) != num_sparse:
+            raise ValueError(
+                f"data.num_embeddings_per_feature: {len(cfg.num_embeddings_per_feature)} entries, the files "
+                f"have {num_sparse} sparse columns"
+            )
+        hashes = sizes = [int(x) for x in cfg.num_embeddings_per_feature]
+    else:
+        sizes = table_sizes(files, cfg.path)
+    # TorchRec's Criteo names (DEFAULT_INT_NAMES / DEFAULT_CAT_NAMES), for any number of columns.
+    schema = Schema(
+        dense_names=[f"int_{i}" for i in range(num_dense)],
+        sparse=[SparseFeature(f"cat_{i}", n) for i, n in enumerate(sizes)],
+    )
+    last = len(files.rows) - 1
+    train_rows = sum(files.rows[:last])
+    if cfg.max_rows:
+        train_rows = min(train_rows, cfg.max_rows)
+    # As TorchRec's datapipe: the first ceil(N/2) rows of the last day validate, the rest test.
+    half = -(-files.rows[last] // 2)
+    chunk = cfg.stream_chunk_rows
+
+    def rows(start: int, length: int) -> Rows:
+        return BinaryRows(files, start, length, None, hashes, chunk)
+
+    start_last = sum(files.rows[:last])
+    return Splits(
+        schema,
+        rows(0, train_rows),
+        rows(start_last, half),
+        rows(start_last + half, files.rows[last] - half),
+    )
+
+
+def write_days(splits: Splits, directory: str, train_days: int, chunk_rows: int = 1 << 20) -> DayFiles:
+    """Writes in-memory `splits` in TorchRec's format: train as `train_days` days, then one day holding
+    val followed by test (so the reader's halves give back val and test when they have equal length).
+
+    Files are written atomically (each appears whole or not at all). Used by `tools/criteo_binary.py`.
+    """
+    for name in ("train", "val", "test"):
+        if not isinstance(getattr(splits, name), CTRData):
+            raise ValueError(f"write_days: the {name} split is not in memory")
+    train, val, test = splits.train, splits.val, splits.test
+    assert isinstance(train, CTRData) and isinstance(val, CTRData) and isinstance(test, CTRData)
+    io.makedirs(directory)
+    bounds = np.linspace(0, len(train), train_days + 1).astype(int)
+    days = [train.subset(torch.arange(a, b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    days.append(
+        CTRData(
+            torch.cat([val.dense, test.dense]),
+            torch.cat([val.sparse, test.sparse]),
+            torch.cat([val.labels, test.labels]),
+        )
+    )
+    for d, day in enumerate(days):
+        sparse_dtype = np.int32 if day.sparse.numel() == 0 or int(day.sparse.max()) < 2**31 else np.int64
+        arrays = {
+            "dense": day.dense.numpy().astype(np.float32),
+            "sparse": day.sparse.numpy().astype(sparse_dtype),
+            "labels": day.labels.numpy().astype(np.int32).reshape(-1, 1),
+        }
+        for kind, array in arrays.items():
+            io.save_numpy_atomic(os.path.join(directory, f"day_{d}_{kind}.npy"), array)
+    return find_days(directory)
