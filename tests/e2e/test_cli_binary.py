@@ -1,0 +1,82 @@
+"""TorchRec's preprocessed Criteo format end to end: the converter tool writes day files, `train` and an
+AdaS&S `search` stream them, and a 2-process torchrun run gives a result close to 1 process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.test_cli import BIN, REPO, _env
+from torchrec_aes.architecture import Architecture
+from torchrec_aes.config import load_config
+from torchrec_aes.planning.memory import Budget
+from torchrec_aes.tasks import get_task
+
+pytestmark = pytest.mark.e2e
+TINY = REPO / "configs" / "tests" / "tiny.yaml"
+ADASS_TINY = REPO / "configs" / "tests" / "adass_tiny.yaml"
+
+
+def _run(tmp_path: Path, *args: str, procs: int = 1) -> subprocess.CompletedProcess:
+    launcher = (
+        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(procs), "-m", "torchrec_aes.cli"]
+        if procs > 1
+        else [str(BIN / "torchrec-aes")]
+    )
+    proc = subprocess.run(
+        [*launcher, *args], cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _convert(tmp_path: Path, config: Path, *overrides: str) -> Path:
+    out = tmp_path / "npy"
+    proc = subprocess.run(
+        [sys.executable, "tools/criteo_binary.py", "--out", str(out), "--config", str(config), "--days", "3",
+         f"data.cache_dir={tmp_path / 'cache'}", *overrides],
+        cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def test_training_on_day_files_with_two_processes_matches_one_process(tmp_path):
+    # A clearer signal and more rows than tiny.yaml's (whose in-memory test AUC is ~0.59).
+    out = _convert(tmp_path, TINY, "data.synthetic.signal_scale=3", "data.synthetic.num_examples=12000")
+    data = ["data.type=criteo_binary", f"data.path={out}", "train.epochs=3"]
+    auc = {}
+    for procs in (1, 2):
+        run = tmp_path / f"run{procs}"
+        # The same global batch (128 rows per step) on 1 and 2 processes.
+        batch = f"train.batch_size={128 // procs}"
+        _run(tmp_path, "train", str(TINY), "--run-dir", str(run), *data, batch, procs=procs)
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["world_size"] == procs
+        assert metrics["num_examples"] == {"train": 9600, "val": 1200, "test": 1200}
+        auc[procs] = metrics["test"]["auc"]
+    # In memory, 1 process reaches 0.70 / 0.72 (seeds 0 / 1) on this data; 2 processes see the rows in
+    # another order and reduce gradients over the ranks, so the results differ a little.
+    assert auc[1] > 0.65 and auc[2] > 0.65, auc
+    assert abs(auc[1] - auc[2]) < 0.05, auc
+
+
+def test_adass_search_streams_day_files_and_meets_the_budget(tmp_path):
+    out = _convert(tmp_path, ADASS_TINY)
+    run = tmp_path / "search"
+    data = ["data.type=criteo_binary", f"data.path={out}"]
+    _run(tmp_path, "search", str(ADASS_TINY), "--run-dir", str(run), *data)
+    metrics = json.loads((run / "metrics.json").read_text())
+    # adass_tiny is a smoke-sized search (one retraining epoch: test AUC ~0.51 in memory too); what is
+    # checked here is that every phase ran on the streamed rows and the budget held.
+    assert metrics["num_examples"] == {"train": 6400, "val": 800, "test": 800}
+    assert metrics["method"] == "adass" and 0.0 <= metrics["test"]["auc"] <= 1.0
+    cfg = load_config(str(ADASS_TINY), [*data, f"data.cache_dir={tmp_path / 'cache'}"])
+    schema = get_task(cfg).schema
+    budget = Budget.parse(cfg.search.budget, schema)
+    arch = Architecture.load(str(run / "architecture.yaml"))
+    assert budget.used(arch) <= budget.bytes
