@@ -77,6 +77,6 @@ def test_adass_search_streams_day_files_and_meets_the_budget(tmp_path):
     assert metrics["method"] == "adass" and 0.0 <= metrics["test"]["auc"] <= 1.0
     cfg = load_config(str(ADASS_TINY), [*data, f"data.cache_dir={tmp_path / 'cache'}"])
     schema = get_task(cfg).schema
-    budget = Budget.parse(cfg.search.budget, schema)
+    budget = Budget.parse(cfg.search.budget[0], schema)
     arch = Architecture.load(str(run / "architecture.yaml"))
     assert budget.used(arch) <= budget.bytes
