@@ -96,6 +96,11 @@ class DataConfig:
     largest id + 1 of each feature, found in one pass and cached beside the files."""
     stream_chunk_rows: int = 65536
     """criteo_binary: rows a rank reads at once; also the shuffle window of training."""
+    streaming: str = "auto"
+    """criteo_binary: always (stream in chunks) | never (load every split into memory on every rank) |
+    auto (in memory when the files total at most `in_memory_max_mb`, else streamed)."""
+    in_memory_max_mb: int = 256
+    """criteo_binary with streaming=auto: the largest data (MB of day files) loaded into memory."""
     skip_bad_rows: bool = False
     """Skip and count malformed rows instead of raising an error naming file and line."""
     label_column: str = "label"
@@ -460,6 +465,7 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.max_rows", _non_negative, ">= 0 (0 = all rows)"),
     ("data.num_embeddings_per_feature", lambda v: all(x > 0 for x in v), "sizes > 0 (empty: from the ids)"),
     ("data.stream_chunk_rows", _positive, _POSITIVE),
+    ("data.in_memory_max_mb", _non_negative, _NON_NEGATIVE),
     ("data.field_offsets", lambda v: all(x >= 0 for x in v) and v == sorted(set(v)), "ascending, >= 0"),
     ("data.synthetic.num_examples", lambda v: v >= 10, ">= 10 (the 8:1:1 split needs rows in each part)"),
     ("data.synthetic.num_dense", _non_negative, _NON_NEGATIVE),
@@ -523,6 +529,7 @@ def validate(cfg: Config) -> None:
         "train.dense_optimizer": (cfg.train.dense_optimizer, ("adam", "adagrad", "sgd")),
         "plan.device": (cfg.plan.device, ("cpu", "cuda")),
         "search.count": (cfg.search.count, ("bytes", "params")),
+        "data.streaming": (cfg.data.streaming, ("auto", "always", "never")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

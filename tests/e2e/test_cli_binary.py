@@ -48,7 +48,7 @@ def _convert(tmp_path: Path, config: Path, *overrides: str) -> Path:
 def test_training_on_day_files_with_two_processes_matches_one_process(tmp_path):
     # A clearer signal and more rows than tiny.yaml's (whose in-memory test AUC is ~0.59).
     out = _convert(tmp_path, TINY, "data.synthetic.signal_scale=3", "data.synthetic.num_examples=12000")
-    data = ["data.type=criteo_binary", f"data.path={out}", "train.epochs=3"]
+    data = ["data.type=criteo_binary", f"data.path={out}", "data.streaming=always", "train.epochs=3"]
     auc = {}
     for procs in (1, 2):
         run = tmp_path / f"run{procs}"
@@ -68,7 +68,7 @@ def test_training_on_day_files_with_two_processes_matches_one_process(tmp_path):
 def test_adass_search_streams_day_files_and_meets_the_budget(tmp_path):
     out = _convert(tmp_path, ADASS_TINY)
     run = tmp_path / "search"
-    data = ["data.type=criteo_binary", f"data.path={out}"]
+    data = ["data.type=criteo_binary", f"data.path={out}", "data.streaming=always"]
     _run(tmp_path, "search", str(ADASS_TINY), "--run-dir", str(run), *data)
     metrics = json.loads((run / "metrics.json").read_text())
     # adass_tiny is a smoke-sized search (one retraining epoch: test AUC ~0.51 in memory too); what is

@@ -24,6 +24,7 @@ def _write(tmp_path, n: int = 3000, days: int = 3):
 
 
 def _load(out, **kw) -> Splits:
+    kw.setdefault("streaming", "always")
     return load_criteo_binary(DataConfig(type="criteo_binary", path=str(out), **kw))
 
 
@@ -128,10 +129,17 @@ def test_max_batches_and_head_read_only_what_they_need(tmp_path):
     assert torch.equal(selected.sparse, mem.val.sparse[:10][:, [3, 1]])
 
 
-def test_load_data_dispatches_criteo_binary(tmp_path):
-    _, out = _write(tmp_path)
-    splits = load_data(DataConfig(type="criteo_binary", path=str(out)))
-    assert isinstance(splits.train, BinaryRows)
+def test_load_data_dispatches_criteo_binary_and_streams_by_size(tmp_path):
+    mem, out = _write(tmp_path)
+    small = load_data(DataConfig(type="criteo_binary", path=str(out)))  # ~0.3 MB: in memory
+    assert isinstance(small.train, CTRData) and isinstance(mem.train, CTRData)
+    assert torch.equal(small.train.sparse, mem.train.sparse) and torch.equal(
+        small.train.dense, mem.train.dense
+    )
+    big = load_data(DataConfig(type="criteo_binary", path=str(out), in_memory_max_mb=0))
+    assert isinstance(big.train, BinaryRows)
+    never = load_data(DataConfig(type="criteo_binary", path=str(out), streaming="never", in_memory_max_mb=0))
+    assert isinstance(never.test, CTRData) and len(never.test) == len(mem.test)
 
 
 def _damage(out, name: str, array: np.ndarray) -> None:

@@ -330,11 +330,27 @@ def load_criteo_binary(cfg: DataConfig) -> Splits:
         return BinaryRows(files, start, length, None, hashes, chunk)
 
     start_last = sum(files.rows[:last])
-    return Splits(
+    splits = Splits(
         schema,
         rows(0, train_rows),
         rows(start_last, half),
         rows(start_last + half, files.rows[last] - half),
+    )
+    return splits if streamed(cfg, files) else in_memory(splits)
+
+
+def streamed(cfg: DataConfig, files: DayFiles) -> bool:
+    """Whether `data.streaming` (auto: by the files' total size) streams these files."""
+    if cfg.streaming != "auto":
+        return cfg.streaming == "always"
+    total = sum(os.path.getsize(p) for p in files.dense + files.sparse + files.labels)
+    return total > cfg.in_memory_max_mb * 2**20
+
+
+def in_memory(splits: Splits) -> Splits:
+    """Every split read whole into memory (`CTRData`)."""
+    return Splits(
+        splits.schema, *(getattr(splits, s).head(len(getattr(splits, s))) for s in ("train", "val", "test"))
     )
 
 
