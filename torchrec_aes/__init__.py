@@ -5,6 +5,10 @@ The Python API for existing TorchRec pipelines (see `torchrec_aes.api`)::
     arch = torchrec_aes.load_architecture("runs/quickstart")
     tables = torchrec_aes.resize_configs(my_tables, arch)
     plan = torchrec_aes.plan_for(arch, world_size=8, device="cuda", configs=my_tables)
+
+or searches your own model and data::
+
+    result = torchrec_aes.search_embedding_dims(my_tables, MyModel, train_batches, val_batches, "1GiB")
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from torchrec_aes.api import (
         Architecture,
+        EmbeddingSearch,
         TableArch,
         block_model,
         load_architecture,
@@ -22,10 +27,12 @@ if TYPE_CHECKING:
         planner_constraints,
         resize_configs,
         save_plan,
+        search_embedding_dims,
     )
 
 __all__ = [
     "Architecture",
+    "EmbeddingSearch",
     "TableArch",
     "block_model",
     "load_architecture",
@@ -34,6 +41,7 @@ __all__ = [
     "planner_constraints",
     "resize_configs",
     "save_plan",
+    "search_embedding_dims",
 ]
 
 

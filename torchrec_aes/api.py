@@ -22,13 +22,24 @@ Example::
 Tables are matched by name, or by feature names when the names differ (a searched architecture names its
 tables `t_<feature>`). Pass your original configs as `configs=` to `planner_constraints`, `plan_for` and
 `load_plan` so that constraints and plans are keyed by your table names.
+
+Or search from Python on your own model and data (`search_embedding_dims`; see its docstring)::
+
+    result = torchrec_aes.search_embedding_dims(my_tables, lambda ebc: MyModel(ebc), train_loader,
+                                                val_loader, budget="0.5 x uniform-64")
+    model = DistributedModelParallel(MyModel(EmbeddingBagCollection(tables=result.configs, device=meta)),
+                                     plan=result.plan, device=device)
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
+import torch
 from torch import nn
 from torchrec.distributed.planner import ParameterConstraints
 from torchrec.distributed.planner.constants import BATCH_SIZE
@@ -37,6 +48,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_aes import rundir
 from torchrec_aes.architecture import TORCHREC_DATA_TYPES, Architecture, TableArch  # noqa: F401
+from torchrec_aes.data.schema import Schema, SparseFeature
 from torchrec_aes.planning import plan as planning
 from torchrec_aes.planning import plan_io
 from torchrec_aes.planning.plan_io import save_plan  # noqa: F401  (re-exported)
@@ -251,3 +263,155 @@ def block_model(arch: Architecture, ebc: nn.Module, num_dense: int) -> nn.Module
         )
     graph, space = BlocksKind().graph(arch)
     return BlockNet(ebc, num_dense, space, graph)
+
+
+SEARCHABLE = ("adass", "uniform", "power_rule")
+"""`search.method`s that `search_embedding_dims` runs on a user's model (the others need our models or
+in-memory rows)."""
+
+
+@dataclasses.dataclass
+class EmbeddingSearch:
+    """What `search_embedding_dims` returns.
+
+    Args:
+        architecture: the chosen tables, named as yours (`configs` are them as `EmbeddingBagConfig`s).
+        configs: your configs with the searched `embedding_dim` and `data_type` (`resize_configs`).
+        plan: a TorchRec `ShardingPlan` of your model built around `configs`, for the topology the search
+            ran on, keyed by `module_path` and your table names.
+        module_path: where your model keeps its EBC (e.g. "sparse_arch.embedding_bag_collection"); pass it
+            to `plan_for` to plan for another topology.
+        metrics: the search's metrics (`metrics.json`: budget, bytes, finalists, val/test metrics, log).
+        run_dir: the run directory written (report, architecture, logs), or "" when none was kept.
+    """
+
+    architecture: Architecture
+    configs: list[EmbeddingBagConfig]
+    plan: ShardingPlan
+    module_path: str
+    metrics: dict[str, Any]
+    run_dir: str
+
+
+def search_embedding_dims(
+    tables: Sequence[EmbeddingBagConfig],
+    model_factory: Callable[[nn.Module], nn.Module],
+    train: Iterable[Any],
+    val: Iterable[Any],
+    budget: str | int,
+    *,
+    test: Iterable[Any] | None = None,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    config: Sequence[str] | Any = None,
+    run_dir: str = "",
+    train_steps_per_epoch: int = 0,
+) -> EmbeddingSearch:
+    """Searches per-table embedding dims of your own model on your own data under a memory budget.
+
+    Runs AdaS&S (`search.method=adass`, the default; `uniform` and `power_rule` also work) through the same
+    search, final pick and budget check as `torchrec-aes search`: a supernet of your model around an
+    elastic EBC (every table at the largest candidate dim, zero-padded beyond the sampled dim), an RL search
+    scored by validation AUC, then the finalists and the zero-cost baselines retrained from scratch as your
+    model, keeping the best on validation. The budget is TorchRec's storage estimate of the tables (weights
+    + fused optimizer state). Call it on every rank under torchrun (each with its own loaders), or in one
+    process.
+
+    Args:
+        tables: your `EmbeddingBagConfig`s, one feature per table (pooling and init range are kept;
+            `embedding_dim` is what is searched; their rows count in the budget).
+        model_factory: `ebc -> model`, `model(dense [B, num_dense], kjt) -> logits [B]` (or [B, 1]); reads the
+            tables' dims from `ebc.embedding_bag_configs()` (they differ per table) and pooled embeddings
+            by feature name from `ebc(kjt)`; must keep the EBC as a submodule, pass the KJT to it untouched
+            and be torch.fx-traceable (TorchRec's train pipeline traces it). Contract in
+            `torchrec_aes/tasks/user.py`.
+        train: this rank's training batches: a re-iterable (list, DataLoader, IterableDataset) of
+            `torchrec.datasets.utils.Batch` or `(kjt, labels)` / `(dense, kjt, labels)` tuples, labels [B]
+            in [0, 1]. Shuffling and sharding by rank are your loader's job.
+        val: this rank's validation batches (the search scores on their first rows).
+        budget: bytes (an int, or "800MB", "1.5GiB"), or a fraction of a reference ("0.5 x uniform-64",
+            "25% of uniform-64"); the forms of `search.budget`.
+        test: this rank's test batches for the final report; None reports validation's.
+        loss: `(logits [B], labels [B]) -> scalar` for training; None = BCE on logits.
+        config: `key=value` overrides (e.g. ["train.epochs=2", "search.candidates=[8,16,32]"]) or a
+            `Config`; `search.budget` and `run_dir` come from the arguments.
+        run_dir: where the run directory goes (report, architecture, TensorBoard, checkpoints: a rerun
+            resumes). "" = a temporary directory, deleted afterwards, and no checkpoints (so the final pick
+            trains every finalist fully instead of by successive halving).
+        train_steps_per_epoch: steps per epoch; 0 counts the train batches once (minimum over ranks).
+
+    Returns:
+        The architecture under your table names, your configs resized, a sharding plan and the metrics.
+
+    Raises:
+        ValueError: bad input, in one line: no tables or a table of several features, a split that is
+            empty or a one-shot iterator, a batch whose KJT keys are not the tables' feature names or whose
+            labels are not [B], ids beyond a table's rows, a config value, or a budget below the smallest
+            architecture (naming that minimum).
+
+    Example::
+
+        tables = [EmbeddingBagConfig(name="user_table", feature_names=["user"], num_embeddings=10_000,
+                                     embedding_dim=64), ...]
+        result = torchrec_aes.search_embedding_dims(
+            tables, lambda ebc: TwoTower(ebc), train_batches, val_batches, "0.5 x uniform-64",
+            config=["train.epochs=2"], run_dir="runs/byo")
+        result.architecture.dims        # per table, in `tables` order
+        ebc = EmbeddingBagCollection(tables=result.configs, device=torch.device("meta"))
+        model = DistributedModelParallel(TwoTower(ebc), plan=result.plan, device=device)
+    """
+    import copy
+
+    from torchrec_aes.config import Config, load_config, validate
+    from torchrec_aes.planning.memory import Budget
+    from torchrec_aes.runs import search_task
+    from torchrec_aes.tasks.user import UserTask, check_tables
+    from torchrec_aes.train.distributed import init_distributed
+
+    check_tables(tables)
+    if isinstance(config, Config):
+        cfg = copy.deepcopy(config)
+    elif config is None or (isinstance(config, Sequence) and not isinstance(config, str)):
+        cfg = load_config(None, ["search.method=adass", "train.progress=false", *(config or [])])
+    else:
+        raise ValueError(f"config: a {type(config).__name__}; expected key=value overrides or a Config")
+    if cfg.search.method not in SEARCHABLE:
+        raise ValueError(
+            f"search.method: '{cfg.search.method}' does not search a user's model; "
+            f"one of {', '.join(SEARCHABLE)}"
+        )
+    keep = bool(run_dir)
+    cfg.search.budget = [str(budget)]
+    cfg.run_dir = run_dir or tempfile.mkdtemp(prefix="torchrec_aes_")
+    if not keep:
+        cfg.train.checkpoint = False  # a temporary directory per rank: no shared checkpoints to resume
+    try:
+        validate(cfg)
+        # The budget against the tables before any data is read: an infeasible one names the minimum.
+        schema = Schema(sparse=[SparseFeature(t.feature_names[0], t.num_embeddings) for t in tables])
+        b = Budget.parse(cfg.search.budget[0], schema, cfg.train.embedding_optimizer, cfg.search.count)
+        b.check_feasible(schema, cfg.search.candidates)
+        task = UserTask(cfg, tables, model_factory, train, val, test, loss, train_steps_per_epoch)
+        arch, metrics = search_task(cfg, task)
+        named = _as_named_by(arch, tables)
+        env = init_distributed()
+        plan = planning.plan_architecture(
+            named,
+            env.world_size,
+            env.device.type,
+            cfg.plan.hbm_gb,
+            cfg.plan.ddr_gb,
+            cfg.train.batch_size,
+            cfg.train.embedding_optimizer,
+            module_path=task.module_path,
+        )
+        return EmbeddingSearch(
+            architecture=named,
+            configs=resize_configs(tables, named),
+            plan=plan,
+            module_path=task.module_path,
+            metrics=metrics,
+            run_dir=run_dir,
+        )
+    finally:
+        if not keep:
+            shutil.rmtree(cfg.run_dir, ignore_errors=True)

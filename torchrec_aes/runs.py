@@ -96,9 +96,29 @@ def run_search(cfg: Config) -> dict[str, Any]:
     Whatever is chosen is checked against the budget here, the one place it is enforced. With a list of
     budgets, one search per budget (`run_budgets`).
     """
+    _check_search(cfg, task_of(cfg).name)  # a one-line error before any data is read
+    if len(cfg.search.budget) > 1:
+        return run_budgets(cfg)
+    return _search_one(cfg, get_task(cfg))
+
+
+def search_task(cfg: Config, task: Task) -> tuple[Architecture, dict[str, Any]]:
+    """`run_search` for one budget on a task built by the caller (the Python API's user-supplied model and
+    data): the same search, final pick, budget check and run directory.
+
+    Returns:
+        (the chosen architecture, metrics.json's content).
+    """
+    _check_search(cfg, task.name)
+    if len(cfg.search.budget) != 1:
+        raise ValueError(f"search.budget: expected one budget here, got {len(cfg.search.budget)}")
+    return _search(cfg, task)
+
+
+def _check_search(cfg: Config, task_name: str) -> None:
     from torchrec_aes.search.base import get_method
 
-    get_method(cfg.search.method, task_of(cfg).name)  # a one-line error before any data is read
+    get_method(cfg.search.method, task_name)
     if cfg.plan.file:
         raise ValueError(
             "plan.file: a plan drives `train` (a search decides the architecture a plan would be for); "
@@ -106,9 +126,6 @@ def run_search(cfg: Config) -> dict[str, Any]:
         )
     if not cfg.search.budget:
         raise ValueError("search.budget: give at least one budget")
-    if len(cfg.search.budget) > 1:
-        return run_budgets(cfg)
-    return _search_one(cfg, get_task(cfg))
 
 
 def run_budgets(cfg: Config) -> dict[str, Any]:
@@ -164,6 +181,12 @@ def run_budgets(cfg: Config) -> dict[str, Any]:
 def _search_one(
     cfg: Config, task: Task, shared_dir: str = "", cache: dict[str, Any] | None = None
 ) -> dict[str, Any]:
+    return _search(cfg, task, shared_dir, cache)[1]
+
+
+def _search(
+    cfg: Config, task: Task, shared_dir: str = "", cache: dict[str, Any] | None = None
+) -> tuple[Architecture, dict[str, Any]]:
     from torchrec_aes.search.base import SearchContext, get_method
     from torchrec_aes.search.finalists import baseline_finalists, pick_finalist
 
@@ -229,4 +252,4 @@ def _search_one(
         metrics["retrain_seconds"] = time.perf_counter() - t0
     metrics["wall_seconds"] = time.perf_counter() - start
     _write(cfg, env, task, arch, metrics, budget, result.landscape)
-    return metrics
+    return arch, metrics

@@ -46,7 +46,7 @@ def adass(ctx: SearchContext) -> SearchResult:
     rl_dir = rundir.checkpoint_dir(ctx.run_dir, "adass") if ctx.run_dir and cfg.train.checkpoint else ""
     eval_path = join(ckpt_dir, "supernet_eval.pt") if ckpt_dir else ""
     writer = SummaryWriter(rundir.tb_dir(ctx.run_dir, "adass")) if ctx.run_dir and env.is_main else None
-    build_model = model_factory(cfg, ctx.candidates, ctx.schema.num_dense)
+    build_model = model_factory(cfg, ctx.candidates, ctx.schema.num_dense, ctx.task)
     opts = options(ctx)
     # "64" for an fp32 option, "64/fp16" for an fp16 one (names in logs and the landscape).
     labels = [f"{d}" if p == "fp32" else f"{d}/{p}" for d, p in opts]

@@ -42,8 +42,13 @@ def options(ctx: SearchContext) -> list[tuple[int, str]]:
     return sorted(pairs, key=lambda o: (table_storage(1000, o[0], b.optimizer, b.count, o[1]), o[0], o[1]))
 
 
-def model_factory(cfg: Config, candidates: Sequence[int], num_dense: int):
-    """`lookup -> model`: the run's CTR model around an elastic EBC over `lookup` (AdaS&S's projections)."""
+def model_factory(cfg: Config, candidates: Sequence[int], num_dense: int, task: Any = None):
+    """`lookup -> model`: the run's CTR model around an elastic EBC over `lookup` (AdaS&S's projections),
+    or the task's own supernet model when it has one (`supernet_model(lookup, candidates)`: a user's model
+    from the Python API, `tasks/user.py`)."""
+    own = getattr(task, "supernet_model", None)
+    if own is not None:
+        return lambda lookup: own(lookup, candidates)
     shared = cfg.search.adass.shared_projection
 
     def build(lookup: nn.Module) -> nn.Module:
@@ -208,7 +213,7 @@ class SupernetTrainer:
         self.candidates = ctx.candidates
         task = ctx.task
         assert isinstance(task, CTRTask)
-        self.build_model = model_factory(self.cfg, self.candidates, ctx.schema.num_dense)
+        self.build_model = model_factory(self.cfg, self.candidates, ctx.schema.num_dense, task)
         self.hooks = AdaptiveSamplingHooks(
             task, ctx.section, self.cfg.train.seed, options(ctx), self.build_model, writer
         )

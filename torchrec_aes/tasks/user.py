@@ -1,0 +1,412 @@
+"""A user's own model and data: the task behind `torchrec_aes.search_embedding_dims`.
+
+The user brings what a TorchRec training script already has: the `EmbeddingBagConfig`s of one
+`EmbeddingBagCollection`, a factory building their model around an EBC, and iterables of
+`torchrec.datasets.utils.Batch` (one loader per rank, as in TorchRec pipelines). `UserTask` trains and
+measures that model with the one `Trainer` like any CTR task (binary labels, AUC), so AdaS&S and the
+baselines search it unchanged; during the AdaS&S supernet the factory gets the elastic EBC instead.
+
+Contract of the user's parts:
+
+* `model_factory(ebc) -> nn.Module` with `forward(dense_features [B, num_dense], kjt) -> logits [B]` (or
+  [B, 1]). It must read the tables' dims from `ebc.embedding_bag_configs()` (they differ per table after
+  the search) and pooled embeddings by feature name from `ebc(kjt)` (a `KeyedTensor`); it must pass the
+  KJT to the EBC untouched (the supernet's scorer replays cached lookups and calls the model with
+  `kjt=None`) and be `torch.fx`-traceable like any model under `TrainPipelineSparseDist`. The tables it
+  gets are named `t_<feature>` (the search's names); use feature names, not table names.
+* `loss(logits [B], labels [B]) -> scalar`, default binary cross-entropy on logits.
+* Each split is re-iterable (a list, a `DataLoader`, an `IterableDataset`; not a generator) of `Batch`es,
+  or of `(kjt, labels)` / `(dense, kjt, labels)` tuples. Shuffling and sharding by rank are the loader's
+  job: every rank passes its own share, with the same number of batches and rows per batch on every rank
+  (lookups are collectives). Labels are [B] in [0, 1] (AUC scores the search).
+
+Example::
+
+    task = UserTask(cfg, tables, lambda ebc: TwoTower(ebc), train_batches, val_batches)
+    result = Trainer(cfg, task, Architecture.uniform(task.schema, 16)).fit()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, cast
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torchrec.datasets.utils import Batch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from torchrec_aes.architecture import Architecture
+from torchrec_aes.config import Config
+from torchrec_aes.data.dataset import Rows, Splits
+from torchrec_aes.data.schema import Schema, SparseFeature
+from torchrec_aes.supernet.elastic import ElasticEmbeddingBagCollection
+from torchrec_aes.tasks.ctr import CTRTask, ExtraLoss
+from torchrec_aes.train.distributed import DistEnv, init_distributed
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+ModelFactory = Callable[[nn.Module], nn.Module]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data: the user's iterables behind the `Rows` interface
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _as_batch(item: Any, where: str) -> Batch:
+    """A `Batch` (float dense and labels) from a Batch or a `(kjt, labels)` / `(dense, kjt, labels)` tuple."""
+    if isinstance(item, Batch):
+        dense, kjt, labels = item.dense_features, item.sparse_features, item.labels
+    elif isinstance(item, tuple | list) and len(item) in (2, 3):
+        dense, kjt, labels = (None, *item) if len(item) == 2 else item
+    else:
+        raise ValueError(
+            f"{where}: got a {type(item).__name__}; expected a torchrec.datasets.utils.Batch or a "
+            "(kjt, labels) / (dense, kjt, labels) tuple"
+        )
+    if not isinstance(kjt, KeyedJaggedTensor):
+        raise ValueError(f"{where}: sparse features are a {type(kjt).__name__}; expected a KeyedJaggedTensor")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != kjt.stride():
+        shape = list(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
+        raise ValueError(f"{where}: labels of shape {shape}; expected [B] = [{kjt.stride()}] (one per row)")
+    if dense is None:
+        dense = torch.zeros(kjt.stride(), 0)
+    if not isinstance(dense, torch.Tensor) or dense.dim() != 2 or dense.shape[0] != kjt.stride():
+        shape = list(dense.shape) if isinstance(dense, torch.Tensor) else type(dense).__name__
+        raise ValueError(
+            f"{where}: dense features of shape {shape}; expected [B, num_dense] with B = {kjt.stride()}"
+        )
+    return Batch(dense_features=dense.float(), sparse_features=kjt, labels=labels.float())
+
+
+class BatchRows:
+    """One split as the user's own iterable of batches (the `Rows` interface over it).
+
+    `batches()` iterates the iterable afresh each time; `rank`, `world_size`, `shuffle`, `seed` and
+    `batch_size` are ignored (the user's per-rank loader decides them); `max_batches` is respected. The
+    length (rows) and batch count take one pass, once, when first asked. `head(n)` keeps the first batches
+    covering n rows (n / world_size per rank) in memory, so a search's scoring slice is fixed.
+
+    Args:
+        source: a re-iterable of `Batch`es or tuples (see the module doc).
+        name: the split's name, for messages ("train", "val", "test").
+        keys: the tables' feature names; every batch's KJT must have exactly these keys.
+        world_size: ranks (each passes its own loader).
+    """
+
+    def __init__(self, source: Iterable[Any], name: str, keys: Sequence[str], world_size: int = 1) -> None:
+        if isinstance(source, Iterator):
+            raise ValueError(
+                f"{name}: a {type(source).__name__} can be read only once; pass a re-iterable (a list, a "
+                "DataLoader, an IterableDataset), since every epoch and evaluation reads the split again"
+            )
+        self.source, self.name, self.keys, self.world_size = source, name, list(keys), world_size
+        self._count: tuple[int, int] | None = None  # (batches, rows)
+
+    def _batch(self, item: Any, i: int) -> Batch:
+        batch = _as_batch(item, f"{self.name} batch {i}")
+        if batch.sparse_features.keys() != self.keys:
+            have = batch.sparse_features.keys()
+            if set(have) != set(self.keys):
+                missing, extra = sorted(set(self.keys) - set(have)), sorted(set(have) - set(self.keys))
+                raise ValueError(
+                    f"{self.name} batch {i}: KJT keys {have} do not match the tables' feature names "
+                    f"{self.keys} (missing: {missing or 'none'}; not in any table: {extra or 'none'})"
+                )
+        return batch
+
+    def count(self) -> tuple[int, int]:
+        """(batches, rows) of this rank's iterable (one pass, cached)."""
+        if self._count is None:
+            batches = rows = 0
+            for i, item in enumerate(self.source):
+                rows += self._batch(item, i).labels.shape[0]
+                batches += 1
+            self._count = (batches, rows)
+        return self._count
+
+    def first(self) -> Batch:
+        """The first batch (a ValueError names an empty split)."""
+        for item in self.source:
+            return self._batch(item, 0)
+        raise ValueError(f"{self.name}: no batches")
+
+    def __len__(self) -> int:
+        return self.count()[1]
+
+    def batches(
+        self,
+        keys: list[str],
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        max_batches: int = 0,
+    ) -> Iterator[Batch]:
+        """This rank's batches from the user's iterable, with KJTs restricted and ordered to `keys`."""
+        for i, item in enumerate(self.source):
+            if max_batches and i >= max_batches:
+                return
+            batch = self._batch(item, i)
+            kjt = batch.sparse_features
+            if kjt.keys() != keys:
+                index = {k: j for j, k in enumerate(kjt.keys())}
+                kjt = kjt.permute([index[k] for k in keys])
+                batch = Batch(batch.dense_features, kjt, batch.labels)
+            yield batch
+
+    def head(self, n: int) -> BatchRows:
+        """The first whole batches covering `n` rows over all ranks (n / world_size on this rank), cached
+        in memory; all of them if the split is shorter."""
+        per_rank = math.ceil(n / self.world_size)
+        kept: list[Batch] = []
+        rows = 0
+        for i, item in enumerate(self.source):
+            if rows >= per_rank:
+                break
+            kept.append(self._batch(item, i))
+            rows += kept[-1].labels.shape[0]
+        return BatchRows(kept, self.name, self.keys, self.world_size)
+
+    def select(self, columns: list[int]) -> BatchRows:
+        """The same rows: `batches(keys)` restricts each KJT to the keys it is asked for."""
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Model: the user's model behind `CTRTask`'s (batch -> (loss, (loss, logits, labels))) contract
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Logits(nn.Module):
+    """The user's model with its logits flattened to [B] (TorchRec's DLRM returns [B, 1]).
+
+    Args:
+        model: `(dense [B, num_dense], kjt) -> logits [B] or [B, 1]`.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        logits = self.model(dense_features, sparse_features)
+        # No Python branch on the shape: the train pipeline traces this with torch.fx.
+        return logits.reshape(logits.shape[0])
+
+
+class UserModule(nn.Module):
+    """What DMP wraps for a user's model: batch -> (loss, (loss, logits, labels)), the shape TorchRec's
+    `TrainPipelineSparseDist` expects.
+
+    Args:
+        model: `Logits` around the user's model.
+        loss: `(logits [B], labels [B]) -> scalar`.
+        extra_loss: optional `(batch, logits) -> scalar` added in training (a search's regularisers).
+    """
+
+    def __init__(self, model: nn.Module, loss: Loss, extra_loss: ExtraLoss | None = None) -> None:
+        super().__init__()
+        self.model = model
+        self.loss = loss
+        self.extra_loss = extra_loss
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        logits = self.model(batch.dense_features, batch.sparse_features)
+        loss = self.loss(logits, batch.labels)
+        if self.extra_loss is not None and self.training:
+            extra = self.extra_loss(batch, logits)
+            if extra is not None:
+                loss = loss + extra
+        return loss, (loss.detach(), logits.detach(), batch.labels)
+
+
+def check_tables(tables: Sequence[EmbeddingBagConfig]) -> None:
+    """Raises a one-line ValueError unless `tables` are one EBC's configs with one feature per table."""
+    if not tables:
+        raise ValueError("tables: empty; give the EmbeddingBagConfigs of your EmbeddingBagCollection")
+    names: set[str] = set()
+    features: dict[str, str] = {}
+    for i, t in enumerate(tables):
+        if not isinstance(t, EmbeddingBagConfig):
+            raise ValueError(f"tables[{i}]: a {type(t).__name__}; expected a torchrec EmbeddingBagConfig")
+        if len(t.feature_names) != 1:
+            raise ValueError(
+                f"table '{t.name}' looks up {len(t.feature_names)} features ({', '.join(t.feature_names)}); "
+                "the search sizes one table per feature, so give each feature its own table"
+            )
+        if t.name in names:
+            raise ValueError(f"tables: the name '{t.name}' is used twice")
+        (feature,) = t.feature_names
+        if feature in features:
+            raise ValueError(f"tables: feature '{feature}' is in tables '{features[feature]}' and '{t.name}'")
+        if t.num_embeddings <= 0:
+            raise ValueError(f"table '{t.name}': num_embeddings {t.num_embeddings}; expected > 0")
+        names.add(t.name)
+        features[feature] = t.name
+
+
+def _module_path(model: nn.Module, ebc: nn.Module) -> str:
+    for name, m in model.named_modules():
+        if m is ebc:
+            return name
+    raise ValueError(
+        "model_factory: the model it returns does not hold the EmbeddingBagCollection it was given as a "
+        "submodule; keep the EBC passed in (e.g. `self.ebc = ebc`) so that DMP can shard it"
+    )
+
+
+class UserTask(CTRTask):
+    """A CTR task over the user's tables, model factory, loss and batches (see the module doc).
+
+    Its name is `ctr` (binary labels, AUC), so the CTR search methods accept it; it is not in the task
+    registry (`data.type` never selects it: only the Python API builds it).
+
+    Args:
+        cfg: the run config (`train`, `search`; `data` and `model` are not used).
+        tables: the user's `EmbeddingBagConfig`s, one feature each (the schema, in this order).
+        model_factory: `ebc -> model` (see the module doc).
+        train: this rank's training batches.
+        val: this rank's validation batches (scoring slices are their first rows).
+        test: this rank's test batches; None uses `val` (the reported test metrics are then validation's).
+        loss: `(logits [B], labels [B]) -> scalar`; None = binary cross-entropy on logits.
+        train_steps_per_epoch: steps per epoch; 0 counts this rank's train batches once. Either way the
+            minimum over ranks is used, so every rank runs the same number of steps.
+
+    Raises:
+        ValueError: bad tables, a factory whose model does not hold the EBC, a split that is empty, read
+            once only, or whose first batch does not match the tables (keys, ids, label shape).
+    """
+
+    name = "ctr"
+    model_types = ()  # type: ignore[assignment]  # no `model.type`: the model is the user's
+    ebc_path = "model.model"  # + the EBC's path in the user's model (set per instance)
+
+    def __init__(
+        self,
+        cfg: Config,
+        tables: Sequence[EmbeddingBagConfig],
+        model_factory: ModelFactory,
+        train: Iterable[Any],
+        val: Iterable[Any],
+        test: Iterable[Any] | None = None,
+        loss: Loss | None = None,
+        train_steps_per_epoch: int = 0,
+    ) -> None:
+        check_tables(tables)
+        if not callable(model_factory):
+            raise ValueError(
+                f"model_factory: a {type(model_factory).__name__}; expected a callable ebc -> model"
+            )
+        if loss is not None and not callable(loss):
+            raise ValueError(f"loss: a {type(loss).__name__}; expected a callable (logits, labels) -> loss")
+        if train_steps_per_epoch < 0:
+            raise ValueError(f"train_steps_per_epoch: {train_steps_per_epoch}; expected >= 0 (0 = count)")
+        self.tables = list(tables)
+        self.user_factory = model_factory
+        self.loss: Loss = loss if loss is not None else F.binary_cross_entropy_with_logits
+        self.train_steps = train_steps_per_epoch
+        self._steps: int | None = None
+        env = init_distributed()
+        keys = [t.feature_names[0] for t in self.tables]
+        splits = {
+            name: BatchRows(src, name, keys, env.world_size)
+            for name, src in (("train", train), ("val", val), ("test", val if test is None else test))
+        }
+        num_dense = self._check_first_batches(splits)
+        schema = Schema(
+            dense_names=[f"dense_{i}" for i in range(num_dense)],
+            sparse=[SparseFeature(t.feature_names[0], t.num_embeddings) for t in self.tables],
+        )
+        data = Splits(schema, *(cast(Rows, splits[s]) for s in ("train", "val", "test")))
+        super().__init__(cfg, data)
+        # The factory once on meta: fails fast on a broken factory and finds where the user keeps the EBC.
+        probe = EmbeddingBagCollection(tables=list(self.tables), device=torch.device("meta"))
+        self.module_path = _module_path(self.user_factory(probe), probe)
+        self.ebc_path = f"model.model.{self.module_path}" if self.module_path else "model.model"  # type: ignore[misc]
+
+    def _check_first_batches(self, splits: dict[str, BatchRows]) -> int:
+        """num_dense of the first train batch; every split's first batch must match it and the tables."""
+        rows = {t.feature_names[0]: t.num_embeddings for t in self.tables}
+        num_dense = -1
+        for name, split in splits.items():
+            batch = split.first()
+            if num_dense < 0:
+                num_dense = batch.dense_features.shape[1]
+            elif batch.dense_features.shape[1] != num_dense:
+                raise ValueError(
+                    f"{name} batch 0: {batch.dense_features.shape[1]} dense features; train has {num_dense}"
+                )
+            labels = batch.labels
+            if labels.numel() and (labels.min() < 0 or labels.max() > 1):
+                raise ValueError(
+                    f"{name} batch 0: labels in [{float(labels.min())}, {float(labels.max())}]; expected "
+                    "binary labels in [0, 1] (the search scores by AUC)"
+                )
+            for key, jt in batch.sparse_features.to_dict().items():
+                ids = jt.values()
+                if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows[key]):
+                    raise ValueError(
+                        f"{name} batch 0: feature '{key}' has ids in [{int(ids.min())}, {int(ids.max())}] "
+                        f"but its table has {rows[key]} rows (num_embeddings)"
+                    )
+        return num_dense
+
+    @classmethod
+    def load(cls, cfg: Config) -> UserTask:
+        raise ValueError("a user task is built by the Python API (torchrec_aes.search_embedding_dims)")
+
+    def _user_configs(self, configs: list[EmbeddingBagConfig]) -> list[EmbeddingBagConfig]:
+        """The search's tables with the user's pooling and init range (by feature)."""
+        by_feature = {t.feature_names[0]: t for t in self.tables}
+        return [
+            dataclasses.replace(
+                c,
+                pooling=(u := by_feature[c.feature_names[0]]).pooling,
+                weight_init_max=u.weight_init_max,
+                weight_init_min=u.weight_init_min,
+            )
+            for c in configs
+        ]
+
+    def supernet_model(self, lookup: nn.Module, candidates: Sequence[int]) -> nn.Module:
+        """The user's model around an elastic EBC over `lookup` (every table at max(candidates), zero-padded
+        beyond the sampled dim), for AdaS&S's supernet and scorer."""
+        return Logits(self.user_factory(ElasticEmbeddingBagCollection(lookup, candidates)))
+
+    def build(
+        self,
+        arch: Architecture,
+        build_model: Callable[[EmbeddingBagCollection], nn.Module] | None = None,
+        extra_loss: ExtraLoss | None = None,
+    ) -> tuple[nn.Module, EmbeddingBagCollection]:
+        # `BatchRows.batches` restricts every KJT to these keys (tables of dim 0 drop theirs).
+        self.keys = [n for t in arch.active_tables for n in t.feature_names]
+        ebc = EmbeddingBagCollection(
+            tables=self._user_configs(arch.to_ebc_configs()), device=torch.device("meta")
+        )
+        model = build_model(ebc) if build_model is not None else Logits(self.user_factory(ebc))
+        return UserModule(model, self.loss, extra_loss), ebc
+
+    def steps_per_epoch(self, env: DistEnv) -> int:
+        if self._steps is None:
+            train = cast(BatchRows, self.data.train)
+            steps = self.train_steps or train.count()[0]
+            if env.world_size > 1:
+                t = torch.tensor([steps], dtype=torch.int64, device=env.device)
+                dist.all_reduce(t, op=dist.ReduceOp.MIN)
+                steps = int(t.item())
+            if steps == 0:
+                raise ValueError("train: no batches on at least one rank")
+            self._steps = steps
+        tc = self.cfg.train
+        return min(self._steps, tc.max_steps) if tc.max_steps else self._steps
