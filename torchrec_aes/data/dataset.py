@@ -45,7 +45,7 @@ class Rows(Protocol):
         the first `len(self) // world_size * world_size` rows in order."""
         ...
 
-    def head(self, n: int) -> CTRData:
+    def head(self, n: int) -> Rows:
         """The first `min(n, len(self))` rows, in memory (a fixed sample: scoring slices, importance)."""
         ...
 

@@ -44,7 +44,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config
-from torchrec_aes.data.dataset import Rows, Splits
+from torchrec_aes.data.dataset import Splits
 from torchrec_aes.data.schema import Schema, SparseFeature
 from torchrec_aes.supernet.elastic import ElasticEmbeddingBagCollection
 from torchrec_aes.tasks.ctr import CTRTask, ExtraLoss
@@ -327,7 +327,7 @@ class UserTask(CTRTask):
             dense_names=[f"dense_{i}" for i in range(num_dense)],
             sparse=[SparseFeature(t.feature_names[0], t.num_embeddings) for t in self.tables],
         )
-        data = Splits(schema, *(cast(Rows, splits[s]) for s in ("train", "val", "test")))
+        data = Splits(schema, *(splits[s] for s in ("train", "val", "test")))
         super().__init__(cfg, data)
         # The factory once on meta: fails fast on a broken factory and finds where the user keeps the EBC.
         probe = EmbeddingBagCollection(tables=list(self.tables), device=torch.device("meta"))

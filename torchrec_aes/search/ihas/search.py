@@ -292,13 +292,11 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
     router_bytes = ctx.budget.used(router_arch) if router_arch.tables else 0
 
     # Router accuracy: does it send held-out rows to the group of their nearest centroid?
-    from torchrec_aes.data.dataset import make_batch
-
     val_groups = assign(val_sample["masked"], centres)
-    val_batch = make_batch(
-        ctx.splits.val.head(len(val_groups)), torch.arange(len(val_groups)), schema.sparse_names
+    val_rows = ctx.splits.val.head(len(val_groups))
+    routed = torch.cat(
+        [router(b.sparse_features) for b in val_rows.batches(schema.sparse_names, len(val_groups))]
     )
-    routed = router(val_batch.sparse_features)
     accuracy = float((routed == val_groups).float().mean())
 
     sizes = torch.bincount(labels, minlength=k).tolist()
