@@ -305,7 +305,8 @@ def test_load_data_names_a_missing_file(tmp_path):
 
 def test_load_data_lists_the_allowed_types_for_an_unknown_one():
     with pytest.raises(
-        ValueError, match="'parquet' is not one of synthetic, criteo, tabular, libfm, interactions"
+        ValueError,
+        match="'parquet' is not one of synthetic, criteo, tabular, libfm, criteo_binary, interactions",
     ):
         load_data(DataConfig(type="parquet"))
 

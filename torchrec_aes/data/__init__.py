@@ -29,7 +29,8 @@ RAW_READERS: dict[str, tuple[str, str]] = {
 """File readers producing a RawTable, by `data.type`: module and function."""
 
 STREAMED_TYPES = ("criteo_binary",)
-"""Data types read as streams (per rank, in chunks) instead of into memory."""
+"""Data types read as streams (per rank, in chunks) when `data.streaming` says so; criteo and tabular
+text files stream too, through a converted cache (`data.stream_text`)."""
 
 DATA_TYPES = ("synthetic", *RAW_READERS, *STREAMED_TYPES, "interactions")
 """Every allowed `data.type`."""
@@ -74,6 +75,10 @@ def load_data(cfg: DataConfig, cache_dir: str = "") -> Splits:
         return load_criteo_binary(cfg)
     if cfg.type not in RAW_READERS:
         raise ValueError(f"data.type: '{cfg.type}' is not one of {', '.join(DATA_TYPES)}")
+    from torchrec_aes.data.stream_text import load_text_streamed, streamed
+
+    if streamed(cfg):
+        return load_text_streamed(cfg)
     from torchrec_aes.data.preprocess import preprocess
 
     return preprocess(read_raw(cfg), cfg)

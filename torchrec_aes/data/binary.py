@@ -253,6 +253,19 @@ def files_key(files: DayFiles) -> list[list]:
     ]
 
 
+def read_meta(files: DayFiles, directory: str) -> dict:
+    """What is recorded beside the files (`VOCAB_FILE`) while they are unchanged: `num_embeddings`, and
+    for converted text `dense_names`, `sparse_names`, `val_rows`; {} if nothing (or a stale record)."""
+    path = os.path.join(directory, VOCAB_FILE)
+    if not os.path.exists(path):
+        return {}
+    try:
+        saved = json.loads(io.read_text(path))
+    except ValueError:
+        return {}  # a damaged record is recomputed
+    return saved if isinstance(saved, dict) and saved.get("files") == files_key(files) else {}
+
+
 def table_sizes(files: DayFiles, directory: str, chunk_rows: int = 1 << 20) -> list[int]:
     """Largest id + 1 per sparse column over all days, cached in `directory/VOCAB_FILE` (one chunked
     pass; labels are checked to be 0/1 on the way).
@@ -260,15 +273,9 @@ def table_sizes(files: DayFiles, directory: str, chunk_rows: int = 1 << 20) -> l
     Raises:
         ValueError: a negative id or a label other than 0/1, naming the file and row.
     """
-    cache = os.path.join(directory, VOCAB_FILE)
-    key = files_key(files)
-    if os.path.exists(cache):
-        try:
-            saved = json.loads(io.read_text(cache))
-            if saved.get("files") == key:
-                return [int(x) for x in saved["num_embeddings"]]
-        except (ValueError, KeyError):
-            pass  # a damaged cache is recomputed
+    saved = read_meta(files, directory)
+    if "num_embeddings" in saved:
+        return [int(x) for x in saved["num_embeddings"]]
     top: np.ndarray | None = None
     for path, label_path, rows in zip(files.sparse, files.labels, files.rows, strict=True):
         for left in range(0, rows, chunk_rows):
@@ -288,7 +295,8 @@ def table_sizes(files: DayFiles, directory: str, chunk_rows: int = 1 << 20) -> l
     assert top is not None
     sizes = [int(x) + 1 for x in top]
     try:
-        io.write_text_atomic(cache, json.dumps({"files": key, "num_embeddings": sizes}))
+        record = {"files": files_key(files), "num_embeddings": sizes}
+        io.write_text_atomic(os.path.join(directory, VOCAB_FILE), json.dumps(record))
     except OSError:
         pass  # a read-only data directory: recomputed next time
     return sizes
@@ -303,6 +311,7 @@ def load_criteo_binary(cfg: DataConfig) -> Splits:
     files = find_days(cfg.path)
     num_sparse = BinaryCriteoUtils.get_shape_from_npy(files.sparse[0])[1]
     num_dense = BinaryCriteoUtils.get_shape_from_npy(files.dense[0])[1]
+    meta = read_meta(files, cfg.path)
     hashes: list[int] | None = None
     if cfg.num_embeddings_per_feature:
         if len(cfg.num_embeddings_per_feature) != num_sparse:
@@ -313,17 +322,21 @@ def load_criteo_binary(cfg: DataConfig) -> Splits:
         hashes = sizes = [int(x) for x in cfg.num_embeddings_per_feature]
     else:
         sizes = table_sizes(files, cfg.path)
-    # TorchRec's Criteo names (DEFAULT_INT_NAMES / DEFAULT_CAT_NAMES), for any number of columns.
+    # Names recorded with the files (converted text keeps its columns' names), else TorchRec's Criteo
+    # names (DEFAULT_INT_NAMES / DEFAULT_CAT_NAMES) for any number of columns.
+    dense_names = meta.get("dense_names") or [f"int_{i}" for i in range(num_dense)]
+    sparse_names = meta.get("sparse_names") or [f"cat_{i}" for i in range(num_sparse)]
     schema = Schema(
-        dense_names=[f"int_{i}" for i in range(num_dense)],
-        sparse=[SparseFeature(f"cat_{i}", n) for i, n in enumerate(sizes)],
+        dense_names=list(dense_names),
+        sparse=[SparseFeature(name, n) for name, n in zip(sparse_names, sizes, strict=True)],
     )
     last = len(files.rows) - 1
     train_rows = sum(files.rows[:last])
     if cfg.max_rows:
         train_rows = min(train_rows, cfg.max_rows)
-    # As TorchRec's datapipe: the first ceil(N/2) rows of the last day validate, the rest test.
-    half = -(-files.rows[last] // 2)
+    # As TorchRec's datapipe: the first ceil(N/2) rows of the last day validate, the rest test (unless
+    # the files record another boundary: converted text files split by a hash per row).
+    half = int(meta.get("val_rows", -(-files.rows[last] // 2)))
     chunk = cfg.stream_chunk_rows
 
     def rows(start: int, length: int) -> Rows:

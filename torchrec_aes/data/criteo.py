@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 
 from torchrec_aes.config import DataConfig
 from torchrec_aes.data.preprocess import RawTable
@@ -38,11 +39,12 @@ CRITEO_COLUMNS = Columns(
 """Criteo's fixed layout."""
 
 
-def read_criteo(cfg: DataConfig) -> RawTable:
+def read_criteo(cfg: DataConfig, sink: Callable[[RawTable], None] | None = None) -> RawTable:
     """Reads the Criteo TSV file(s) of `cfg.path` into a RawTable.
 
     Args:
         cfg: uses path, max_rows, skip_bad_rows.
+        sink: streamed reading: each parsed chunk goes to `sink` (see `read_delimited`).
 
     Returns:
         A RawTable with dense I1..I13 (NaN = missing), categorical C1..C26 ("" = missing), labels 0/1.
@@ -62,4 +64,5 @@ def read_criteo(cfg: DataConfig) -> RawTable:
         quoting=csv.QUOTE_NONE,
         max_rows=cfg.max_rows,
         skip_bad_rows=cfg.skip_bad_rows,
+        sink=sink,
     )

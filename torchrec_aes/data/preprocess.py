@@ -77,6 +77,17 @@ class RawTable:
     def __len__(self) -> int:
         return int(len(self.labels))
 
+    def head(self, n: int) -> RawTable:
+        """The first `n` rows."""
+        return RawTable(
+            self.dense[:n],
+            [c[:n] for c in self.categorical],
+            self.labels[:n],
+            self.dense_names,
+            self.sparse_names,
+            self.label_name,
+        )
+
 
 def str_array(values: Sequence[str]) -> np.ndarray:
     """[n] `<U{max length}` array of Python strings; faster than np.array (width known upfront)."""
@@ -162,7 +173,7 @@ def concat_tables(parts: list[RawTable]) -> RawTable:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _as_str_array(values: np.ndarray) -> np.ndarray:
+def as_str_array(values: np.ndarray) -> np.ndarray:
     values = np.asarray(values)
     return np.ascontiguousarray(values if values.dtype.kind == "U" else values.astype(str))
 
@@ -173,7 +184,7 @@ def _code_points(values: np.ndarray) -> np.ndarray:
     return values.view(np.uint32).reshape(len(values), width)
 
 
-def _group(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def group_values(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Distinct values and the inverse index, like `np.unique(values, return_inverse=True)` but faster.
 
     Sorting strings is the slow part of np.unique, so each string becomes a uint64 key first: exact
@@ -225,7 +236,7 @@ def build_vocabulary(values: np.ndarray, train_index: np.ndarray, min_count: int
     Returns:
         ids [N] int64 and num_embeddings (vocabulary size including the OOV id).
     """
-    distinct, inverse = _group(_as_str_array(values))
+    distinct, inverse = group_values(as_str_array(values))
     counts = np.bincount(inverse[train_index], minlength=len(distinct))
     kept = np.flatnonzero((counts >= max(min_count, 1)) & (distinct != ""))
     # Sort by value first, then stably by descending count: equal counts stay in value order.
@@ -261,7 +272,7 @@ def stable_hash(values: np.ndarray) -> np.ndarray:
     Returns:
         [n] uint32 hashes (the empty string hashes to 0).
     """
-    values = _as_str_array(values)
+    values = as_str_array(values)
     codes = _code_points(values)
     lengths = np.strings.str_len(values)
     if codes.size and int(codes.max()) >= 128:

@@ -139,7 +139,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _hash_uniform(key: np.ndarray) -> np.ndarray:
+def hash_uniform(key: np.ndarray) -> np.ndarray:
     """Uniform floats in (0, 1) from uint64 keys, 53 random bits each."""
     bits = _splitmix64(_splitmix64(key)) >> np.uint64(11)
     return (bits.astype(np.float64) + 0.5) * 2.0**-53
@@ -167,7 +167,7 @@ def latent_vectors(
     # Counter (id, k) -> id * 2^16 + k: entry j uses uniforms k = 2j, 2j + 1, so a rank-r vector is the
     # prefix of the same id's rank-R vector for R > r (lower ranks are truncations, not new draws).
     counter = (ids.astype(np.uint64)[:, None] << np.uint64(16)) + np.arange(2 * rank, dtype=np.uint64)
-    u = _hash_uniform(np.bitwise_xor(counter, np.uint64(base)))
+    u = hash_uniform(np.bitwise_xor(counter, np.uint64(base)))
     return np.sqrt(-2.0 * np.log(u[:, 0::2])) * np.cos(2.0 * math.pi * u[:, 1::2])
 
 

@@ -148,6 +148,7 @@ def read_delimited(
     max_rows: int = 0,
     skip_bad_rows: bool = False,
     chunk_rows: int = CHUNK_ROWS,
+    sink: Callable[[RawTable], None] | None = None,
 ) -> RawTable:
     """Reads delimited files (plain or gzip'ed) into one RawTable.
 
@@ -163,6 +164,7 @@ def read_delimited(
         max_rows: stop after this many good rows (0 = all).
         skip_bad_rows: skip and count malformed rows instead of raising.
         chunk_rows: rows per vectorised parse.
+        sink: streamed reading: each parsed chunk goes to `sink`, and the returned table has no rows.
 
     Raises:
         ValueError: "FILE:LINE: what (expected ...)" for the first malformed row unless skipping (a row
@@ -171,7 +173,7 @@ def read_delimited(
             that differs between files, a file without data rows, or more skipped rows than
             `MAX_SKIPPED_SHARE`.
     """
-    builder = TableBuilder(max_rows, skip_bad_rows)
+    builder = TableBuilder(max_rows, skip_bad_rows, sink)
     columns: Columns | None = None
     first_header: tuple[str, list[str]] | None = None
     for path in paths:
@@ -318,12 +320,13 @@ def _resolve_columns(cfg: DataConfig, path: str, first: list[str], header: bool)
     )
 
 
-def read_tabular(cfg: DataConfig) -> RawTable:
+def read_tabular(cfg: DataConfig, sink: Callable[[RawTable], None] | None = None) -> RawTable:
     """Reads the delimited file(s) of `cfg.path` with the column spec of `cfg`.
 
     Args:
         cfg: uses path, delimiter, header, label_column, dense_columns, sparse_columns, max_rows,
             skip_bad_rows.
+        sink: streamed reading (see `read_delimited`).
 
     Raises:
         ValueError: a missing file, a column the header does not have (the message lists the header's
@@ -338,4 +341,5 @@ def read_tabular(cfg: DataConfig) -> RawTable:
         header=cfg.header,
         max_rows=cfg.max_rows,
         skip_bad_rows=cfg.skip_bad_rows,
+        sink=sink,
     )

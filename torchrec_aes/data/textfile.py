@@ -9,7 +9,7 @@ import io
 import logging
 import re
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TextIO
 
@@ -236,11 +236,16 @@ class TableBuilder:
     Args:
         max_rows: keep at most this many good rows (0 = all).
         skip_bad_rows: skip and count malformed rows instead of raising.
+        sink: streamed reading: each chunk of good rows goes to `sink` instead of being kept (`finish`
+            then returns a table without rows).
     """
 
-    def __init__(self, max_rows: int, skip_bad_rows: bool) -> None:
+    def __init__(
+        self, max_rows: int, skip_bad_rows: bool, sink: Callable[[RawTable], None] | None = None
+    ) -> None:
         self.max_rows = max_rows
         self.skip_bad_rows = skip_bad_rows
+        self.sink = sink
         self.parts: list[RawTable] = []
         self.taken = 0
         self.skipped = 0
@@ -280,7 +285,12 @@ class TableBuilder:
                 sparse_names=part.sparse_names,
                 label_name=part.label_name,
             )
-        self.parts.append(part)
+        if self.sink is None:
+            self.parts.append(part)
+        else:  # streamed: the chunk goes on, an empty table keeps the column names for `finish`
+            self.sink(part)
+            if not self.parts:
+                self.parts.append(part.head(0))
         self.taken += len(part)
 
     def end_file(self, path: str, expected: str) -> None:
