@@ -51,13 +51,22 @@ def peak_rss_mb() -> float:
 
 # -- children: one measurement each, reporting to a JSON file per rank --------------------------------
 def child(argv: list[str]) -> None:
-    mode, out, *overrides = argv
+    mode, out, config, *overrides = argv
     rank = int(os.environ.get("RANK", "0"))
     from torchrec_aes.config import load_config
 
-    cfg = load_config(str(CONFIG), overrides)
+    cfg = load_config(config, overrides)
     report: dict = {}
-    if mode == "reader":
+    if mode == "load":
+        from torchrec_aes.data import load_data
+
+        t0 = time.perf_counter()
+        splits = load_data(cfg.data)
+        report = {
+            "seconds": time.perf_counter() - t0,
+            "rows": len(splits.train) + len(splits.val) + len(splits.test),
+        }
+    elif mode == "reader":
         from torchrec_aes.data import load_data
 
         splits = load_data(cfg.data)
@@ -81,7 +90,9 @@ def child(argv: list[str]) -> None:
     Path(f"{out}.rank{rank}.json").write_text(json.dumps(report))
 
 
-def measure(mode: str, workdir: Path, name: str, overrides: list[str], procs: int = 1) -> list[dict]:
+def measure(
+    mode: str, workdir: Path, name: str, overrides: list[str], procs: int = 1, config: Path = CONFIG
+) -> list[dict]:
     """Runs one child (`procs` ranks) and returns each rank's report."""
     out = workdir / "reports" / name
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -92,8 +103,8 @@ def measure(mode: str, workdir: Path, name: str, overrides: list[str], procs: in
     )
     run_dir = workdir / "runs" / name
     cmd = [
-        *launcher, __file__, "--child", mode, str(out), f"run_dir={run_dir}", "train.progress=false",
-        "train.checkpoint=false", *overrides,
+        *launcher, __file__, "--child", mode, str(out), str(config), f"run_dir={run_dir}",
+        "train.progress=false", "train.checkpoint=false", *overrides,
     ]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -149,6 +160,43 @@ def write_sizes(workdir: Path, sizes: list[int], days_per_base: int = 8) -> dict
     return out
 
 
+def write_tsv(days: Path, out: Path) -> None:
+    """The rows of day files as a headerless TSV: label, dense counts (undoing log1p), ids."""
+    from torchrec.datasets.criteo import BinaryCriteoUtils as U
+
+    from torchrec_aes.data.binary import find_days
+
+    files = find_days(str(days))
+    with open(out, "w") as f:
+        for d, rows in enumerate(files.rows):
+            for a in range(0, rows, 1 << 16):
+                n = min(1 << 16, rows - a)
+                dense = np.rint(np.expm1(U.load_npy_range(files.dense[d], a, n))).astype(np.int64)
+                labels = U.load_npy_range(files.labels[d], a, n).astype(np.int64)
+                table = np.hstack([labels, dense, U.load_npy_range(files.sparse[d], a, n).astype(np.int64)])
+                f.write("\n".join("\t".join(map(str, r)) for r in table.tolist()) + "\n")
+
+
+def tsv_config(workdir: Path, tsv: Path, copies: int, num_dense: int, num_sparse: int) -> Path:
+    """A run config reading `tsv` `copies` times over (data.path lists it repeatedly) as tabular TSV."""
+    import yaml
+
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["data"] = {
+        "type": "tabular",
+        "path": ",".join([str(tsv)] * copies),
+        "delimiter": "\t",
+        "header": False,
+        "label_column": "0",
+        "dense_columns": [str(i) for i in range(1, 1 + num_dense)],
+        "sparse_columns": [str(i) for i in range(1 + num_dense, 1 + num_dense + num_sparse)],
+        "cache_dir": str(workdir / f"tsv_cache_{copies}"),
+    }
+    path = workdir / f"tsv_{copies}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
 # -- the run -------------------------------------------------------------------------------------------
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
@@ -160,6 +208,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=512)
     parser.add_argument("--search", action="store_true", help="also an AdaS&S search per size")
     parser.add_argument("--two-procs", action="store_true", help="also streamed training on 2 processes")
+    parser.add_argument(
+        "--tsv", action="store_true", help="also the data as TSV: streamed conversion, training"
+    )
+    parser.add_argument(
+        "--tsv-memory-max", type=int, default=4_000_000, help="largest size also read whole into memory"
+    )
+    parser.add_argument("--no-binary", action="store_true", help="only the TSV measurements")
     parser.add_argument("--workdir", default=None, help="keep data here (default: a temporary directory)")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="bench_stream_"))
@@ -177,25 +232,53 @@ def main() -> None:
             "search.adass.rl_updates=40", "search.adass.rl_samples=6",
         ]  # fmt: skip
         results: dict[int, dict[str, list[dict]]] = {}
+        base = dirs[min(dirs)]
+        if args.tsv:
+            tsv = workdir / "rows.tsv"
+            write_tsv(base, tsv)
+        steps = common[1:]
         for size, directory in dirs.items():
             data = [*common, f"data.path={directory}"]
             r: dict[str, list[dict]] = {}
-            r["reader"] = measure("reader", workdir, f"reader_{size}", [*data, "data.streaming=always"])
-            r["train_stream"] = measure(
-                "train", workdir, f"train_stream_{size}", [*data, "data.streaming=always"]
-            )
-            r["train_memory"] = measure(
-                "train", workdir, f"train_memory_{size}", [*data, "data.streaming=never"]
-            )
-            if args.two_procs:
-                r["train_stream_2p"] = measure(
-                    "train", workdir, f"train2_{size}", [*data, "data.streaming=always"], procs=2
+            if args.tsv:
+                from torchrec.datasets.criteo import BinaryCriteoUtils as U
+
+                shape = (
+                    U.get_shape_from_npy(str(base / "day_0_dense.npy")),
+                    U.get_shape_from_npy(str(base / "day_0_sparse.npy")),
                 )
-            if args.search:
-                for how in ("always", "never"):
-                    r[f"search_{'stream' if how == 'always' else 'memory'}"] = measure(
-                        "search", workdir, f"search_{how}_{size}", [*data, f"data.streaming={how}", *search]
+                config = tsv_config(workdir, tsv, size // min(dirs), shape[0][1], shape[1][1])
+                r["tsv_convert"] = measure(
+                    "load", workdir, f"tsv_convert_{size}", ["data.streaming=always"], 1, config
+                )
+                if size <= args.tsv_memory_max:
+                    r["tsv_memory"] = measure(
+                        "load", workdir, f"tsv_memory_{size}", ["data.streaming=never"], 1, config
                     )
+                r["train_tsv"] = measure(
+                    "train", workdir, f"train_tsv_{size}", [*steps, "data.streaming=always"], 1, config
+                )
+                shutil.rmtree(workdir / f"tsv_cache_{size // min(dirs)}", ignore_errors=True)
+            if not args.no_binary:
+                r["reader"] = measure("reader", workdir, f"reader_{size}", [*data, "data.streaming=always"])
+                r["train_stream"] = measure(
+                    "train", workdir, f"train_stream_{size}", [*data, "data.streaming=always"]
+                )
+                r["train_memory"] = measure(
+                    "train", workdir, f"train_memory_{size}", [*data, "data.streaming=never"]
+                )
+                if args.two_procs:
+                    r["train_stream_2p"] = measure(
+                        "train", workdir, f"train2_{size}", [*data, "data.streaming=always"], procs=2
+                    )
+                if args.search:
+                    for how in ("always", "never"):
+                        r[f"search_{'stream' if how == 'always' else 'memory'}"] = measure(
+                            "search",
+                            workdir,
+                            f"search_{how}_{size}",
+                            [*data, f"data.streaming={how}", *search],
+                        )
             results[size] = r
             print(f"{size} rows: " + json.dumps(r), flush=True)
         report(results, args)
@@ -215,11 +298,21 @@ def report(results: dict[int, dict[str, list[dict]]], args: argparse.Namespace) 
     for run in runs:
         cells = []
         for s in sizes:
+            if run not in results[s]:
+                cells.append("-")
+                continue
             mb = max(x["peak_rss_mb"] for x in results[s][run])
             cells.append(f"{mb:>12.0f} ({mb / max(x['peak_rss_mb'] for x in results[small][run]):.2f}x)")
         print(f"{run:<16}" + "".join(f"{c:>22}" for c in cells))
+    print("seconds to load (TSV: streamed = converting to the cache, memory = reading whole):")
+    for run in ("tsv_convert", "tsv_memory"):
+        cells = [
+            f"{results[s][run][0]['seconds']:>20.0f} s" if run in results[s] else f"{'-':>22}" for s in sizes
+        ]
+        if run in results[small]:
+            print(f"{run:<16}" + "".join(cells))
     print("examples/s:")
-    for run in ("reader", "train_stream", "train_memory", "train_stream_2p"):
+    for run in ("reader", "train_stream", "train_memory", "train_stream_2p", "train_tsv"):
         if run not in results[small]:
             continue
         cells = []
@@ -230,6 +323,8 @@ def report(results: dict[int, dict[str, list[dict]]], args: argparse.Namespace) 
     print("ratios in the same run:")
     for s in sizes:
         r = results[s]
+        if "reader" not in r:
+            continue
         reader, stream = r["reader"][0]["examples_per_second"], r["train_stream"][0]["examples_per_second"]
         memory = r["train_memory"][0]["examples_per_second"]
         line = f"{s:>12,} rows: reader / training {reader / stream:.1f}x, streamed / in-memory training "
