@@ -5,8 +5,9 @@ preprocessed Criteo format (`day_*_{dense,sparse,labels}.npy`) and, in the same 
 
 1. the reader alone (`data.streaming=always`): one pass over this rank's training batches;
 2. training (`torchrec-aes train`, `train.max_steps` steps, then a full validation and test pass),
-   streamed and in memory (`data.streaming=never`: the same files loaded whole), on 1 process and on
-   `torchrun` with 2 processes (streamed);
+   streamed and in memory (`data.streaming=never`: the same files loaded whole), `--repeats` times each
+   (interleaved; the median is reported), on 1 process, and once on `torchrun` with 2 processes
+   (streamed);
 3. an AdaS&S search (`--search`, 1 process, streamed and in memory; small supernet and RL phase).
 
 Every measurement runs in a process of its own and reports its kernel peak resident set (VmHWM) per
@@ -113,6 +114,14 @@ def measure(
     return [json.loads(Path(f"{out}.rank{r}.json").read_text()) for r in range(procs)]
 
 
+def median_run(reports: list[list[dict]]) -> list[dict]:
+    """Of repeated runs, the one with the median rank-0 examples/s; every run's figure is kept beside it."""
+    ordered = sorted(reports, key=lambda r: r[0]["examples_per_second"])
+    chosen = [dict(x) for x in ordered[(len(ordered) - 1) // 2]]
+    chosen[0]["examples_per_second_runs"] = [r[0]["examples_per_second"] for r in reports]
+    return chosen
+
+
 # -- data ----------------------------------------------------------------------------------------------
 def write_sizes(workdir: Path, sizes: list[int], days_per_base: int = 8) -> dict[int, Path]:
     """The planted data at the smallest size in day files, and each larger size as its repetition."""
@@ -206,6 +215,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1_000_000, 4_000_000, 16_000_000])
     parser.add_argument("--steps", type=int, default=300, help="training steps per run (train.max_steps)")
     parser.add_argument("--batch-size", type=int, default=512)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="1-process trainings per path and size (the median is reported)",
+    )
     parser.add_argument("--search", action="store_true", help="also an AdaS&S search per size")
     parser.add_argument("--two-procs", action="store_true", help="also streamed training on 2 processes")
     parser.add_argument(
@@ -261,12 +276,14 @@ def main() -> None:
                 shutil.rmtree(workdir / f"tsv_cache_{size // min(dirs)}", ignore_errors=True)
             if not args.no_binary:
                 r["reader"] = measure("reader", workdir, f"reader_{size}", [*data, "data.streaming=always"])
-                r["train_stream"] = measure(
-                    "train", workdir, f"train_stream_{size}", [*data, "data.streaming=always"]
-                )
-                r["train_memory"] = measure(
-                    "train", workdir, f"train_memory_{size}", [*data, "data.streaming=never"]
-                )
+                runs: dict[str, list[list[dict]]] = {"train_stream": [], "train_memory": []}
+                for i in range(args.repeats):  # interleaved, so drifts in machine speed hit both alike
+                    for run, how in (("train_stream", "always"), ("train_memory", "never")):
+                        runs[run].append(
+                            measure("train", workdir, f"{run}_{size}_{i}", [*data, f"data.streaming={how}"])
+                        )
+                for run, reports in runs.items():
+                    r[run] = median_run(reports)
                 if args.two_procs:
                     r["train_stream_2p"] = measure(
                         "train", workdir, f"train2_{size}", [*data, "data.streaming=always"], procs=2
@@ -328,7 +345,14 @@ def report(results: dict[int, dict[str, list[dict]]], args: argparse.Namespace) 
         reader, stream = r["reader"][0]["examples_per_second"], r["train_stream"][0]["examples_per_second"]
         memory = r["train_memory"][0]["examples_per_second"]
         line = f"{s:>12,} rows: reader / training {reader / stream:.1f}x, streamed / in-memory training "
-        line += f"{stream / memory:.2f}x, RSS streamed / in-memory "
+        line += f"{stream / memory:.2f}x (medians"
+        if len(r["train_stream"][0].get("examples_per_second_runs", [])) > 1:
+            runs = [
+                [f"{v:.0f}" for v in r[k][0]["examples_per_second_runs"]]
+                for k in ("train_stream", "train_memory")
+            ]
+            line += f" of {', '.join(runs[0])} and {', '.join(runs[1])} ex/s"
+        line += "), RSS streamed / in-memory "
         line += f"{r['train_stream'][0]['peak_rss_mb'] / r['train_memory'][0]['peak_rss_mb']:.2f}x"
         if "search_stream" in r:
             s_stream, s_memory = r["search_stream"][0], r["search_memory"][0]
