@@ -7,7 +7,9 @@ preprocessed Criteo format (`day_*_{dense,sparse,labels}.npy`) and, in the same 
 2. training (`torchrec-aes train`, `train.max_steps` steps, then a full validation and test pass),
    streamed and in memory (`data.streaming=never`: the same files loaded whole), `--repeats` times each
    (interleaved; the median is reported), on 1 process, and once on `torchrun` with 2 processes
-   (streamed);
+   (streamed); with `--eval-batches N`, once more evaluating only N validation and test batches
+   (`train.limit_val_batches`, `train.limit_test_batches`: exact AUC keeps every evaluated prediction,
+   so full evaluation grows with the val/test splits);
 3. an AdaS&S search (`--search`, 1 process, streamed and in memory; small supernet and RL phase).
 
 Every measurement runs in a process of its own and reports its kernel peak resident set (VmHWM) per
@@ -19,7 +21,8 @@ larger size repeats its rows (train days repeated, the val/test day's halves rep
 per row, tables and id distribution, which is what memory and throughput depend on; it is not more
 information for a model.
 
-    .venv/bin/python tools/bench_stream.py [--sizes 1000000 4000000 16000000] [--steps 300] [--search]
+    .venv/bin/python tools/bench_stream.py [--sizes 1000000 4000000 16000000] [--steps 300] [--repeats 3]
+        [--eval-batches N] [--search] [--two-procs] [--tsv] [--no-binary] [--workdir DIR]
 """
 
 from __future__ import annotations
@@ -221,6 +224,12 @@ def main() -> None:
         default=3,
         help="1-process trainings per path and size (the median is reported)",
     )
+    parser.add_argument(
+        "--eval-batches",
+        type=int,
+        default=0,
+        help="also a streamed training evaluating only this many val/test batches (train.limit_*_batches)",
+    )
     parser.add_argument("--search", action="store_true", help="also an AdaS&S search per size")
     parser.add_argument("--two-procs", action="store_true", help="also streamed training on 2 processes")
     parser.add_argument(
@@ -284,6 +293,14 @@ def main() -> None:
                         )
                 for run, reports in runs.items():
                     r[run] = median_run(reports)
+                if args.eval_batches:
+                    cap = [
+                        f"train.limit_val_batches={args.eval_batches}",
+                        f"train.limit_test_batches={args.eval_batches}",
+                    ]
+                    r["train_eval_capped"] = measure(
+                        "train", workdir, f"train_capped_{size}", [*data, "data.streaming=always", *cap]
+                    )
                 if args.two_procs:
                     r["train_stream_2p"] = measure(
                         "train", workdir, f"train2_{size}", [*data, "data.streaming=always"], procs=2

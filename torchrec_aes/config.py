@@ -154,6 +154,12 @@ class TrainConfig:
     """Examples per step per rank."""
     eval_batch_size: int = 4096
     """Examples per evaluation step per rank."""
+    limit_val_batches: int = 0
+    """CTR: evaluate on the first this many validation batches per rank (0 = all), as TorchRec's DLRM
+    example's `--limit_val_batches`. Exact AUC keeps every evaluated row's prediction, so on very large
+    splits this bounds evaluation memory and time."""
+    limit_test_batches: int = 0
+    """CTR: the same for the test split (0 = all)."""
     epochs: int = 3
     """Maximum epochs."""
     max_steps: int = 0
@@ -488,6 +494,8 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.seed", lambda v: 0 <= v < 2**32, "an integer in [0, 2^32)"),
     ("train.batch_size", _positive, _POSITIVE),
     ("train.eval_batch_size", _positive, _POSITIVE),
+    ("train.limit_val_batches", _non_negative, ">= 0 (0 = all validation batches)"),
+    ("train.limit_test_batches", _non_negative, ">= 0 (0 = all test batches)"),
     ("train.epochs", _positive, _POSITIVE),
     ("train.max_steps", _non_negative, ">= 0 (0 = whole epochs)"),
     ("train.patience", _non_negative, ">= 0 (epochs without a new best before stopping)"),

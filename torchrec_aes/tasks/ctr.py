@@ -201,15 +201,13 @@ class CTRTask(Task):
         tc = self.cfg.train
         dmp.eval()
         metrics = BinaryMetrics(env.world_size, env.rank, tc.eval_batch_size, env.device)
-        kept: list[torch.Tensor] = []
-        for batch in self.batches(split, env, tc.eval_batch_size):
+        limit = {"val": tc.limit_val_batches, "test": tc.limit_test_batches}.get(split, 0)
+        for batch in self.batches(split, env, tc.eval_batch_size, steps=limit):
             _, (_, logits, labels) = dmp(batch.to(env.device))
             metrics.update(logits, labels)
-            if keep_scores:
-                kept.append(torch.stack([logits.float(), labels.float()]).cpu())
         dmp.train()
         if keep_scores:
-            local = torch.cat(kept, dim=1) if kept else torch.zeros(2, 0)
+            local = metrics.scores().cpu()
             if env.world_size > 1:  # every rank holds the same number of rows (`Rows.batches`)
                 parts = [torch.empty_like(local) for _ in range(env.world_size)]
                 dist.all_gather(parts, local.contiguous())
