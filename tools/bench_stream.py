@@ -149,7 +149,8 @@ def write_sizes(workdir: Path, sizes: list[int], days_per_base: int = 8) -> dict
         copies = size // base_rows
         directory = base if copies == 1 else workdir / f"npy_{size}"
         if copies > 1:
-            directory.mkdir(parents=True, exist_ok=True)
+            shutil.rmtree(directory, ignore_errors=True)  # a rerun in the same --workdir
+            directory.mkdir(parents=True)
             day = 0
             for _ in range(copies):
                 for d in range(days_per_base):

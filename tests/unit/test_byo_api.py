@@ -225,3 +225,25 @@ def test_a_budget_below_the_smallest_architecture_names_the_minimum() -> None:
     good = list(random_batches(2, 0))
     smallest = r"below the smallest possible architecture \(every table at dim 4\), which needs"
     _raises_one_line(smallest, user_tables(), good, good, budget="1KB")
+
+
+def test_the_readme_example_runs_as_written(tmp_path) -> None:
+    """The README's "Bring your own model and data" code, with this file's tiny search settings added and
+    its run directory under tmp_path."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("## Bring your own model and data")[1]
+    code = section.split("```python\n")[1].split("```")[0]
+    settings = '"train.epochs=2"]'
+    assert settings in code and 'run_dir="runs/byo"' in code
+    code = code.replace(settings, f'"train.epochs=2", *{TINY!r}]')
+    code = code.replace('run_dir="runs/byo"', f'run_dir="{tmp_path / "byo"}"')
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    result = scope["result"]
+    assert [c.name for c in result.configs] == ["user_id_emb", "user_city_emb", "item_id_emb", "item_tag_emb"]
+    assert result.metrics["budget_used"] <= result.metrics["budget_bytes"]
+    assert (tmp_path / "byo" / "plan.json").exists()
+    batch = next(iter(scope["batches"](1, 2)))
+    assert scope["model"](batch.dense_features, batch.sparse_features).shape == (64,)
