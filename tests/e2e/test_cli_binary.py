@@ -1,5 +1,6 @@
-"""TorchRec's preprocessed Criteo format end to end: the converter tool writes day files, `train` and an
-AdaS&S `search` stream them, and a 2-process torchrun run gives a result close to 1 process."""
+"""TorchRec's preprocessed Criteo format end to end: the converter tool writes day files, `train` and
+AdaS&S, NASRec and iHAS searches stream them, and a 2-process torchrun run gives a result close to 1
+process."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from torchrec_aes.tasks import get_task
 
 pytestmark = pytest.mark.e2e
 TINY = REPO / "configs" / "tests" / "tiny.yaml"
-ADASS_TINY = REPO / "configs" / "tests" / "adass_tiny.yaml"
 
 
 def _run(tmp_path: Path, *args: str, procs: int = 1) -> subprocess.CompletedProcess:
@@ -65,17 +65,19 @@ def test_training_on_day_files_with_two_processes_matches_one_process(tmp_path):
     assert abs(auc[1] - auc[2]) < 0.05, auc
 
 
-def test_adass_search_streams_day_files_and_meets_the_budget(tmp_path):
-    out = _convert(tmp_path, ADASS_TINY)
+@pytest.mark.parametrize("method", ["adass", "nasrec", "ihas"])
+def test_searches_stream_day_files_and_meet_the_budget(tmp_path, method):
+    config = REPO / "configs" / "tests" / f"{method}_tiny.yaml"
+    out = _convert(tmp_path, config)
     run = tmp_path / "search"
     data = ["data.type=criteo_binary", f"data.path={out}", "data.streaming=always"]
-    _run(tmp_path, "search", str(ADASS_TINY), "--run-dir", str(run), *data)
+    _run(tmp_path, "search", str(config), "--run-dir", str(run), *data)
     metrics = json.loads((run / "metrics.json").read_text())
-    # adass_tiny is a smoke-sized search (one retraining epoch: test AUC ~0.51 in memory too); what is
-    # checked here is that every phase ran on the streamed rows and the budget held.
+    # The tiny configs are smoke-sized searches (one retraining epoch: test AUC ~0.5 in memory too);
+    # what is checked here is that every phase ran on the streamed rows and the budget held.
     assert metrics["num_examples"] == {"train": 6400, "val": 800, "test": 800}
-    assert metrics["method"] == "adass" and 0.0 <= metrics["test"]["auc"] <= 1.0
-    cfg = load_config(str(ADASS_TINY), [*data, f"data.cache_dir={tmp_path / 'cache'}"])
+    assert metrics["method"] == method and 0.0 <= metrics["test"]["auc"] <= 1.0
+    cfg = load_config(str(config), [*data, f"data.cache_dir={tmp_path / 'cache'}"])
     schema = get_task(cfg).schema
     budget = Budget.parse(cfg.search.budget[0], schema)
     arch = Architecture.load(str(run / "architecture.yaml"))
