@@ -264,6 +264,10 @@ class SearchConfig:
     finalists too, so a search result never loses to them on validation."""
     halving: bool = True
     """Train the finalists by successive halving over epochs (needs checkpoints); else each fully."""
+    cache_dir: str = ""
+    """Where the final pick keeps trained zero-cost baselines by identity (`baselines/<hash>/`), so a
+    budget list, a rerun or another search on the same data and training config never trains the same
+    baseline twice; "" = the run directory (the parent run of a budget list). Needs `train.checkpoint`."""
     sections: dict[str, Any] = field(default_factory=dict)
     """The methods' own sections by name (`search.adass`, `search.bet`, ...; see `register_section`).
     In YAML they are keys of `search` like any other; every registered section is present."""

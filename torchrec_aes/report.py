@@ -104,18 +104,19 @@ def _finalists_table(metrics: dict[str, Any]) -> list[str]:
         "Final pick: finalists trained from scratch (successive halving over epochs), the best on validation "
         "kept:",
         "",
-        "| finalist | bytes | epochs | "
+        "| finalist | bytes | epochs | seconds | "
         + " | ".join(f"val {k}" for k in keys)
         + " | "
         + " | ".join(f"test {k}" for k in keys)
         + " | chosen |",
-        "|---|---|---|" + "---|" * (2 * len(keys)) + "---|",
+        "|---|---|---|---|" + "---|" * (2 * len(keys)) + "---|",
     ]
     for r in rows:
         val = " | ".join(f"{r['val'].get(k, float('nan')):.4f}" for k in keys)
         test = " | ".join(f"{r['test'].get(k, float('nan')):.4f}" for k in keys)
+        secs = "cached" if r.get("cached") else f"{r.get('seconds', float('nan')):.1f}"
         lines.append(
-            f"| {r['label']} | {format_bytes(r['bytes'])} | {r['epochs']} | {val} | {test} | "
+            f"| {r['label']} | {format_bytes(r['bytes'])} | {r['epochs']} | {secs} | {val} | {test} | "
             f"{'**yes**' if r['chosen'] else ''} |"
         )
     winner = next(r for r in rows if r["chosen"])
@@ -305,6 +306,12 @@ def write_report(
     for key in ("search_seconds", "final_seconds", "retrain_seconds", "wall_seconds"):
         if key in metrics:
             lines.append(f"- {key.replace('_', ' ')}: {metrics[key]:.1f}")
+    if "cost_ratio" in metrics:
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in metrics.get("phase_seconds", {}).items())
+        lines.append(
+            f"- search cost: {metrics['cost_ratio']:.2f}x one training of the returned architecture "
+            f"({metrics['training_seconds']:.1f} s); phases: {phases}"
+        )
     lines += _finalists_table(metrics)
     if arch.kind == "grouped":
         lines += _grouped_section(run_dir, arch, metrics)

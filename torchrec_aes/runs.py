@@ -166,6 +166,9 @@ def run_budgets(cfg: Config) -> dict[str, Any]:
                     "finalists",
                     "search_seconds",
                     "final_seconds",
+                    "training_seconds",
+                    "cost_ratio",
+                    "phase_seconds",
                 )
             }
             for m in per_budget
@@ -176,6 +179,21 @@ def run_budgets(cfg: Config) -> dict[str, Any]:
     if env.is_main:
         rundir.write_budgets(cfg, summary, task.stop_metric)
     return summary
+
+
+def phase_seconds(log: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """The seconds a search log records per phase: every `<phase>_seconds` number and every nested
+    section's `seconds` (e.g. AdaS&S's `rl.seconds`, NASRec's `supernet_seconds`), by phase name."""
+    out: dict[str, float] = {}
+    for k, v in log.items():
+        if isinstance(v, dict):
+            out.update(phase_seconds(v, f"{prefix}{k}/"))
+        elif isinstance(v, int | float) and not isinstance(v, bool):
+            if k == "seconds" and prefix:
+                out[prefix.rstrip("/")] = float(v)
+            elif k.endswith("_seconds"):
+                out[prefix + k[: -len("_seconds")]] = float(v)
+    return out
 
 
 def _search_one(
@@ -251,5 +269,17 @@ def _search(
         metrics.update(Trainer(cfg, task, train_arch, cfg.run_dir, "final", hooks=hooks).fit())
         metrics["retrain_seconds"] = time.perf_counter() - t0
     metrics["wall_seconds"] = time.perf_counter() - start
+    # Search cost in units of one training of the returned architecture, measured in this run (or, for a
+    # cached baseline, when the cache entry was trained).
+    metrics["phase_seconds"] = {
+        **{f"search/{k}": v for k, v in phase_seconds(result.log).items()},
+        "search": search_seconds,
+        **({"final_pick": metrics["final_seconds"]} if "final_seconds" in metrics else {}),
+        **({"retrain": metrics["retrain_seconds"]} if "retrain_seconds" in metrics else {}),
+    }
+    one = metrics.get("training_seconds") or metrics.get("retrain_seconds")
+    if one:
+        metrics["training_seconds"] = one
+        metrics["cost_ratio"] = metrics["wall_seconds"] / one
     _write(cfg, env, task, arch, metrics, budget, result.landscape)
     return arch, metrics

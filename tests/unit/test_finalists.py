@@ -101,3 +101,52 @@ def test_successive_halving_doubles_the_epochs_each_round_up_to_the_schedule() -
     assert halving_epochs(10, 3) == [2, 3, 5]  # 5 finalists, 10 epochs: then the survivor trains to 10
     assert halving_epochs(3, 2) == [1, 2]
     assert halving_epochs(1, 2) == [1]
+
+
+def _ctx(tmp_path: Path, seed: int = 0, cache: str = "") -> SearchContext:
+    splits = tiny_splits(n=2000)
+    cfg = tiny_config()
+    cfg.train.epochs = 2
+    cfg.train.seed = seed
+    cfg.search.halving = False
+    cfg.search.cache_dir = cache
+    task = CTRTask(cfg, splits)
+    return SearchContext(cfg, task, Budget.parse("0.5 x uniform-16", splits.schema), str(tmp_path))
+
+
+def test_a_baseline_is_trained_once_and_read_from_the_cache_by_the_next_search(tmp_path) -> None:
+    ctx = _ctx(tmp_path / "first", cache=str(tmp_path / "cache"))
+    _, first, rows = pick_finalist(ctx, baseline_finalists(ctx))
+    assert not any(r["cached"] for r in rows) and all(r["seconds"] > 0 for r in rows)
+    # Another run directory (another budget, a rerun, another method) pointed at the same cache.
+    again = _ctx(tmp_path / "second", cache=str(tmp_path / "cache"))
+    _, second, rows2 = pick_finalist(again, baseline_finalists(again))
+    assert all(r["cached"] and r["seconds"] == 0 for r in rows2)
+    same = [(r["val"], r["test"], r["history"]) for r in rows]
+    assert [(r["val"], r["test"], r["history"]) for r in rows2] == same
+    assert second["test"] == first["test"] and second["training_seconds"] == first["training_seconds"] > 0
+    # Another seed is another identity: trained, not read.
+    other = _ctx(tmp_path / "third", seed=1, cache=str(tmp_path / "cache"))
+    _, _, rows3 = pick_finalist(other, baseline_finalists(other))
+    assert not any(r["cached"] for r in rows3)
+
+
+def test_a_cached_result_cut_at_k_epochs_is_what_training_k_epochs_gives(tmp_path) -> None:
+    from torchrec_aes.search.finalists import result_at
+    from torchrec_aes.train.trainer import Trainer
+
+    ctx = _ctx(tmp_path)
+    arch = baseline_finalists(ctx)[0].arch
+    full = Trainer(ctx.cfg, ctx.task, arch, str(tmp_path / "full"), "t").fit()
+    part = Trainer(ctx.cfg, ctx.task, arch, str(tmp_path / "part"), "t").fit(epochs=1)
+    cut = result_at(full, 1, "auc")
+    assert cut["val"] == part["val"] and cut["epochs_run"] == part["epochs_run"] == 1
+
+
+def test_a_search_reports_its_cost_per_phase_and_against_one_training(registered, tmp_path) -> None:
+    metrics = _run(tmp_path, "search.final_baselines=false")
+    assert metrics["training_seconds"] > 0
+    assert metrics["cost_ratio"] == pytest.approx(metrics["wall_seconds"] / metrics["training_seconds"])
+    assert {"search", "final_pick"} <= set(metrics["phase_seconds"])
+    assert metrics["finalists"][0]["seconds"] > 0
+    assert "x one training of the returned architecture" in (tmp_path / "run" / "report.md").read_text()

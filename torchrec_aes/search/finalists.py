@@ -1,20 +1,30 @@
 """The final pick of every search, in the shared search layer: a search's best architectures *and* the
-zero-cost baselines at the same budget (same-memory uniform, power_rule) are trained from scratch with the
-one `Trainer`, and the best on validation is kept. A search result therefore cannot lose to the baselines
-on validation; on test it still can, and the report says so plainly.
+zero-cost baselines at the same budget (same-memory uniform, power_rule, same-memory uniform in fp16) are
+trained from scratch with the one `Trainer`, and the best on validation is kept. A search result therefore
+cannot lose to the baselines on validation; on test it still can, and the report says so plainly.
 
 Schedule (`search.halving`, on by default when checkpoints are on): successive halving over epochs with
 a doubling budget. With n finalists there are R = ceil(log2 n) rounds; in round r = 1..R every finalist
 still in the race trains up to ceil(E * 2^(r-1-R)) epochs of its `train.epochs` = E (resuming from its
 checkpoint, exactly), then the better half by validation goes on; after the last round the best by
 validation trains to the end of its normal schedule (early stopping included) and is the pick. E.g.
-E = 10, n = 5: 2, 3 and 5 epochs, then 10 -- about 2.2 full trainings instead of 5. Ours: the first
-version halved after every single epoch, and on Frappe (where models need ~10 epochs) the rank after one
-epoch eliminated the finalist that was best when trained fully. Without checkpoints every finalist
-trains fully.
+E = 10, n = 5: 2, 3 and 5 epochs, then 10 -- about 2.2 full trainings instead of 5. Without checkpoints
+every finalist trains fully.
 
-Test metrics are computed for every finalist at the point it stopped (for the report); the choice uses
-validation only.
+Baselines are trained once: a baseline's result depends only on its architecture, the data and the
+training config, so it is trained under `search.cache_dir` (default: the run directory, or the parent run
+of a budget list) in `baselines/<identity hash>/`, with its checkpoints there, and its finished result
+(every epoch's validation metrics, its test metrics) is kept as `result.json`. Another budget of a list,
+a rerun, or another method's search pointed at the same cache directory reads it instead of training:
+in a halving round a cached baseline is judged by its validation history up to that round's epochs,
+exactly what training it again would give. The identity (`baseline_identity`) covers the architecture,
+the data (config, schema hash, examples per split), the `train` and `model` sections and the world size.
+
+Every finalist's seconds of training in this run are recorded (0 for a cached one), so a run can say
+what its final pick cost beside one training of the architecture it returned.
+
+Test metrics are computed for every finalist at the point it stopped (a cached baseline: fully trained);
+the choice uses validation only.
 
 Example::
 
@@ -23,19 +33,27 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from torchrec_aes.architecture import Architecture
+from torchrec_aes.io import exists, join, read_text, write_text_atomic
 from torchrec_aes.search.base import SearchContext
 from torchrec_aes.search.baselines import fit_power_rule, largest_uniform
+from torchrec_aes.train.distributed import broadcast_object, init_distributed
 from torchrec_aes.train.hooks import TrainHooks
 from torchrec_aes.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
+
+RESULT_FILE = "result.json"
+"""A cached baseline's finished training result, in `CACHE/baselines/<identity hash>/`."""
 
 
 @dataclass
@@ -49,6 +67,7 @@ class Finalist:
         hooks: trainer hooks of the training form (e.g. `TableHooks(row_dims=...)`).
         save: writes its side files into a run directory and returns the `arch.extra` entries naming them
             (row-wise architectures), or None.
+        baseline: a zero-cost baseline (not the search's own result): trained once per identity and cached.
     """
 
     label: str
@@ -56,9 +75,7 @@ class Finalist:
     train_arch: Architecture | None = None
     hooks: TrainHooks | None = None
     save: Any = None
-
-
-BASELINES = ("uniform", "power_rule", "uniform_fp16")
+    baseline: bool = False
 
 
 def baseline_finalists(ctx: SearchContext) -> list[Finalist]:
@@ -67,26 +84,31 @@ def baseline_finalists(ctx: SearchContext) -> list[Finalist]:
     a baseline that cannot fit the budget is left out."""
     out = []
     try:
-        out.append(Finalist("uniform", largest_uniform(ctx)))
+        out.append(Finalist("uniform", largest_uniform(ctx), baseline=True))
     except ValueError:
         pass
     rows = [f.num_embeddings for f in ctx.schema.sparse]
     low, high = min(ctx.candidates), max(ctx.candidates)
     try:
         arch0 = Architecture.uniform(ctx.schema, low, ctx.cfg.search.precision)
-        out.append(
-            Finalist(
-                "power_rule", fit_power_rule(rows, ctx.budget, arch0, ctx.cfg.search.power_alpha, low, high)
-            )
-        )
+        rule = fit_power_rule(rows, ctx.budget, arch0, ctx.cfg.search.power_alpha, low, high)
+        out.append(Finalist("power_rule", rule, baseline=True))
     except ValueError:
         pass
     if ctx.cfg.search.precision != "fp16":
         try:
-            out.append(Finalist("uniform_fp16", largest_uniform(ctx, "fp16")))
+            out.append(Finalist("uniform_fp16", largest_uniform(ctx, "fp16"), baseline=True))
         except ValueError:
             pass
     return out
+
+
+def _arch_key(arch: Architecture) -> tuple:
+    return (
+        arch.kind,
+        tuple((t.name, t.num_embeddings, t.embedding_dim, t.data_type) for t in arch.tables),
+        json.dumps(arch.extra, sort_keys=True),
+    )
 
 
 def _dedupe(finalists: list[Finalist]) -> list[Finalist]:
@@ -94,15 +116,7 @@ def _dedupe(finalists: list[Finalist]) -> list[Finalist]:
     seen: set[tuple] = set()
     out = []
     for f in finalists:
-        key = (
-            (
-                f.arch.kind,
-                tuple((t.name, t.embedding_dim, t.data_type) for t in f.arch.tables),
-                json.dumps(f.arch.extra, sort_keys=True),
-            )
-            if f.train_arch is None
-            else (id(f),)
-        )
+        key = _arch_key(f.arch) if f.train_arch is None else (id(f),)
         if key not in seen:
             seen.add(key)
             out.append(f)
@@ -120,6 +134,75 @@ def halving_epochs(epochs: int, rounds: int) -> list[int]:
     return out or [1]
 
 
+def baseline_identity(ctx: SearchContext, arch: Architecture) -> dict[str, Any]:
+    """What a baseline's trained result depends on, as JSON: its architecture, the data (the `data`
+    section, schema hash, examples per split), the `train` and `model` sections (without bookkeeping
+    fields) and the world size (1 and 2 processes train differently)."""
+    cfg, task = ctx.cfg, ctx.task
+    bookkeeping = ("progress", "log_every", "checkpoint", "resume")
+    identity = {
+        "task": task.name,
+        "arch": [arch.kind, [list(t) for t in _arch_key(arch)[1]], arch.extra],
+        "data": dataclasses.asdict(cfg.data),
+        "data.schema": task.schema.hash(),
+        "data.examples": task.num_examples(),
+        "train": {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in bookkeeping},
+        "model": dataclasses.asdict(cfg.model),
+        "world_size": init_distributed().world_size,
+    }
+    return json.loads(json.dumps(identity, default=str))
+
+
+class BaselineCache:
+    """Trained baselines by identity under `ROOT/baselines/<sha256 of the identity>[:16]/`: the trainer's
+    checkpoints and TensorBoard logs, and `result.json` once the training finished (see the module doc).
+
+    Args:
+        root: the cache directory (a run directory, or one shared by several runs).
+    """
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def entry(self, identity: dict[str, Any]) -> str:
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        return join(self.root, "baselines", digest)
+
+    def load(self, identity: dict[str, Any]) -> dict[str, Any] | None:
+        """The finished result of this identity, or None (read by rank 0, the same on every rank)."""
+        path = join(self.entry(identity), RESULT_FILE)
+        found = None
+        if init_distributed().is_main and exists(path):
+            try:
+                saved = json.loads(read_text(path))
+            except (OSError, ValueError) as e:
+                logger.warning("ignoring the unreadable cached baseline %s (%s)", path, e)
+            else:
+                if isinstance(saved, dict) and saved.get("identity") == identity:
+                    found = saved["result"]
+                else:
+                    logger.warning("ignoring the cached baseline %s: it belongs to another identity", path)
+        return broadcast_object(found)
+
+    def save(self, identity: dict[str, Any], result: dict[str, Any]) -> None:
+        if init_distributed().is_main:
+            text = json.dumps({"identity": identity, "result": result}, indent=1, default=float)
+            write_text_atomic(join(self.entry(identity), RESULT_FILE), text)
+
+
+def result_at(result: dict[str, Any], epochs: int, key: str) -> dict[str, Any]:
+    """A finished training's result as it stood after `epochs` epochs, from its per-epoch history: the
+    best validation metrics so far (what `Trainer.fit(epochs=...)` of the same run returns)."""
+    history = result["history"][:epochs]
+    best = max(history, key=lambda h: h.get(f"val_{key}", -math.inf))
+    return {
+        "val": {k[4:]: v for k, v in best.items() if k.startswith("val_")},
+        "best_epoch": best["epoch"],
+        "epochs_run": len(history),
+        "history": history,
+    }
+
+
 def pick_finalist(
     ctx: SearchContext, finalists: list[Finalist]
 ) -> tuple[Finalist, dict[str, Any], list[dict[str, Any]]]:
@@ -131,7 +214,9 @@ def pick_finalist(
 
     Returns:
         (the chosen finalist, its training result, one row per finalist for metrics and the report:
-        label, bytes, val and test metrics, epochs trained, chosen).
+        label, bytes, val and test metrics, epochs trained, per-epoch validation history, seconds of
+        training in this run, whether it came from the cache, chosen). The chosen result's
+        `training_seconds` is one full training of the chosen architecture (from the cache, if cached).
 
     Raises:
         RuntimeError: a finalist is over the budget (an internal error of the method).
@@ -144,14 +229,39 @@ def pick_finalist(
                 f"finalist '{f.label}' costs {ctx.budget.used(f.arch)} > budget {ctx.budget.bytes}"
             )
     key = task.stop_metric
+    cache_root = cfg.search.cache_dir or ctx.state_dir
+    cache = BaselineCache(cache_root) if cache_root and cfg.train.checkpoint else None
+    identities = {
+        i: baseline_identity(ctx, f.arch)
+        for i, f in enumerate(finalists)
+        if cache is not None and f.baseline and f.train_arch is None and f.hooks is None
+    }
+    assert cache is not None or not identities
+    finished: dict[int, dict[str, Any]] = {}
+    for i, identity in identities.items():
+        if (saved := cache.load(identity)) is not None:  # type: ignore[union-attr]
+            finished[i] = saved
     results: dict[int, dict[str, Any]] = {}
+    seconds = {i: 0.0 for i in range(len(finalists))}
 
     def train(i: int, epochs: int | None) -> None:
+        if i in finished:
+            results[i] = finished[i] if epochs is None else result_at(finished[i], epochs, key)
+            return
         f = finalists[i]
-        trainer = Trainer(
-            cfg, task, f.train_arch or f.arch, ctx.run_dir, f"finalists/{f.label}", hooks=f.hooks
-        )
+        run_dir = cache.entry(identities[i]) if i in identities else ctx.run_dir  # type: ignore[union-attr]
+        t0 = time.perf_counter()
+        trainer = Trainer(cfg, task, f.train_arch or f.arch, run_dir, f"finalists/{f.label}", hooks=f.hooks)
         results[i] = trainer.fit(epochs=epochs)
+        seconds[i] += time.perf_counter() - t0
+        if i in identities:
+            if "test_scores" in results[i]:  # written under the cache entry, not the run directory
+                results[i]["test_scores"] = join(run_dir, results[i]["test_scores"])
+            # Finished: its whole schedule, or early stopping ended it before `epochs`.
+            if epochs is None or epochs >= cfg.train.epochs or results[i]["epochs_run"] < epochs:
+                results[i]["training_seconds"] = seconds[i]
+                cache.save(identities[i], results[i])  # type: ignore[union-attr]
+                finished[i] = results[i]
 
     alive = list(range(len(finalists)))
     halving = cfg.search.halving and bool(ctx.run_dir) and cfg.train.checkpoint and len(alive) > 1
@@ -171,16 +281,23 @@ def pick_finalist(
         for i in alive:
             train(i, None)
         best = max(alive, key=lambda i: results[i]["val"].get(key, -math.inf))
-    rows = [
-        {
-            "label": f.label,
-            "bytes": ctx.budget.used(f.arch),
-            "val": results[i]["val"],
-            "test": results[i].get("test", {}),
-            "epochs": results[i]["epochs_run"],
-            "chosen": i == best,
-            "baseline": f.label in BASELINES,
-        }
-        for i, f in enumerate(finalists)
-    ]
-    return finalists[best], results[best], rows
+    rows = []
+    for i, f in enumerate(finalists):
+        r = finished.get(i, results[i])  # a cached baseline's row shows its full training
+        rows.append(
+            {
+                "label": f.label,
+                "bytes": ctx.budget.used(f.arch),
+                "val": r["val"],
+                "test": r.get("test", {}),
+                "epochs": r["epochs_run"],
+                "history": [h.get(f"val_{key}") for h in r.get("history", [])],
+                "seconds": seconds[i],
+                "cached": i in finished and seconds[i] == 0.0,
+                "chosen": i == best,
+                "baseline": f.baseline,
+            }
+        )
+    chosen = dict(results[best])
+    chosen.setdefault("training_seconds", seconds[best])
+    return finalists[best], chosen, rows
