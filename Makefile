@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 # torchrun (TorchX local_cwd, distributed tests) must be on PATH.
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test test-fast lint format clean
 
 setup:
 	@bash tools/setup_env.sh
@@ -15,7 +15,11 @@ demo: setup
 
 # One intra-op thread per process: these models are tiny, and extra threads thrash 2 busy cores.
 test: setup
-	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider tests
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+# The unit tier alone, for the developer loop (about a minute and a half on 2 cores).
+test-fast: setup
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests/unit
 
 lint: setup
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy

@@ -15,6 +15,8 @@ Schemes (per set of n finalists, E = `train.epochs`):
 - `extrapolate`: the same rounds, ranked by a converged validation predicted from each curve
   (`extrapolate`: geometric shrinking of the per-epoch gains).
 - `at_half`: every finalist trains ceil(E/2) epochs, the best by validation so far finishes.
+- `stages`: like with like first -- halving among the method's finalists, halving among the baselines --
+  then the two survivors, each fully trained, compared on validation.
 
 Reported per data set and scheme: regret = best fully trained metric - the chosen finalist's fully trained
 metric (test and validation; CF relative to the best), the share of sets within the target (0.001 AUC for
@@ -121,23 +123,49 @@ def simulate(rows: list[dict], epochs: int, scheme: str) -> tuple[int, list[floa
         best = max(range(n), key=lambda i: scores[i])
         spent = sum(min(k, L) for L in full_len) - min(k, full_len[best]) + full_len[best]
         return best, scores, float(spent)
+    if scheme == "stages":
+        # Like is compared with like early (the method's finalists among themselves, the baselines among
+        # themselves, each by halving); the two survivors are compared fully trained.
+        groups = [[i for i in range(n) if rows[i]["baseline"] == b] for b in (False, True)]
+        trained = [0] * n
+        first = [0.0] * n
+        survivors = []
+        for group in (g for g in groups if g):
+            best_g, first_g, trained_g = _halving(hist, epochs, group, best_so_far)
+            survivors.append(best_g)
+            for i in group:
+                trained[i], first[i] = trained_g[i], first_g[i]
+        best = max(survivors, key=lambda i: best_so_far(hist[i], epochs))
+        return best, first, float(sum(trained))
     score = best_so_far if scheme == "halving" else extrapolate
-    alive = list(range(n))
+    best, first, trained = _halving(hist, epochs, list(range(n)), score)
+    return best, first, float(sum(trained))
+
+
+def _halving(hist: list[list[float]], epochs: int, group: list[int], score) -> tuple[int, list, list]:
+    """Successive halving over `group`: (survivor, first-round scores, epochs trained per finalist); the
+    survivor trains its full schedule."""
+    n = len(hist)
     trained = [0] * n
-    first: list[float] | None = None
-    for k in halving_epochs(epochs, math.ceil(math.log2(n))):
+    first = [0.0] * n
+    alive = list(group)
+    rounds = halving_epochs(epochs, math.ceil(math.log2(len(group)))) if len(group) > 1 else []
+    for r, k in enumerate(rounds):
         for i in alive:
-            trained[i] = min(k, full_len[i])
+            trained[i] = min(k, len(hist[i]))
         scores = {i: score(hist[i], k) for i in alive}
-        if first is None:
-            first = [scores[i] for i in range(n)]
+        if r == 0:
+            for i in alive:
+                first[i] = scores[i]
         alive.sort(key=lambda i: -scores[i])
         alive = alive[: max(1, math.ceil(len(alive) / 2))]
         if len(alive) == 1:
             break
     best = alive[0]
-    trained[best] = full_len[best]
-    return best, first or [0.0] * n, float(sum(trained))
+    if not rounds:
+        first[best] = best_so_far(hist[best], epochs)
+    trained[best] = len(hist[best])
+    return best, first, trained
 
 
 def kendall_tau(x: list[float], y: list[float]) -> float:
@@ -151,7 +179,7 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
     return (concordant - discordant) / total if total else float("nan")
 
 
-SCHEMES = ("full", "halving", "extrapolate", "at_half")
+SCHEMES = ("full", "halving", "extrapolate", "at_half", "stages")
 
 
 def analyse(sets: list[dict], label: str) -> list[str]:

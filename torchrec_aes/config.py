@@ -264,6 +264,11 @@ class SearchConfig:
     finalists too, so a search result never loses to them on validation."""
     halving: bool = True
     """Train the finalists by successive halving over epochs (needs checkpoints); else each fully."""
+    pick: str = "staged"
+    """How the final pick compares finalists: staged | joint. joint: successive halving over all finalists
+    together (a finalist that learns more slowly can be dropped after one epoch by a baseline it would beat
+    when fully trained). staged: halving among the method's finalists and among the baselines separately,
+    then the two survivors, each fully trained, compared on validation."""
     cache_dir: str = ""
     """Where the final pick keeps trained zero-cost baselines by identity (`baselines/<hash>/`), so a
     budget list, a rerun or another search on the same data and training config never trains the same
@@ -537,6 +542,7 @@ def validate(cfg: Config) -> None:
         "model.type": (cfg.model.type, ("dlrm", "dcn", "mf", "lightgcn")),
         "model.data_type": (cfg.model.data_type, ("fp32", "fp16")),
         "search.precision": (cfg.search.precision, ("fp32", "fp16")),
+        "search.pick": (cfg.search.pick, ("staged", "joint")),
         "train.embedding_optimizer": (cfg.train.embedding_optimizer, ("rowwise_adagrad", "adagrad", "sgd")),
         "train.dense_optimizer": (cfg.train.dense_optimizer, ("adam", "adagrad", "sgd")),
         "plan.device": (cfg.plan.device, ("cpu", "cuda")),

@@ -62,6 +62,7 @@ def test_a_worse_search_result_loses_to_a_baseline_trained_from_scratch(tmp_path
     splits = tiny_splits(n=3000)  # learnable: feature 1's parity and dense 0 decide the label
     cfg = tiny_config()
     cfg.train.epochs = 3
+    cfg.search.pick = "joint"
     task = CTRTask(cfg, splits)
     ctx = SearchContext(cfg, task, Budget.parse("0.5 x uniform-16", splits.schema), str(tmp_path))
     mine = Architecture.from_dims(splits.schema, [4] * len(splits.schema.sparse))
@@ -75,6 +76,29 @@ def test_a_worse_search_result_loses_to_a_baseline_trained_from_scratch(tmp_path
     # Successive halving: the worse half stops after the first epoch; the survivor trains on.
     assert by_label["backwards"]["epochs"] == 1 and by_label[chosen.label]["epochs"] >= 2
     assert all(ctx.budget.used(f.arch) <= ctx.budget.bytes for f in baseline_finalists(ctx))
+
+
+def test_a_staged_pick_trains_the_methods_finalist_fully_before_comparing_it_with_the_baselines(
+    tmp_path,
+) -> None:
+    splits = tiny_splits(n=3000)
+    cfg = tiny_config()
+    cfg.train.epochs = 4
+    cfg.train.patience = 4
+    task = CTRTask(cfg, splits)
+    ctx = SearchContext(cfg, task, Budget.parse("0.5 x uniform-16", splits.schema), str(tmp_path))
+    mine = Architecture.from_dims(splits.schema, [4] * len(splits.schema.sparse))
+    assert cfg.search.pick == "staged"  # the default
+    chosen, result, rows = pick_finalist(
+        ctx, [Finalist("backwards", mine, mine, Backwards())] + baseline_finalists(ctx)
+    )
+    by_label = {r["label"]: r for r in rows}
+    # The method's own finalist is alone in its group: it trains its whole schedule.
+    assert by_label["backwards"]["epochs"] == 4
+    # The baselines are halved among themselves (1 epoch, then 2); their survivor trains fully and wins.
+    baselines = sorted(r["epochs"] for r in rows if r["baseline"])
+    assert baselines == [1, 2, 4] and by_label[chosen.label]["epochs"] == 4 and chosen.baseline
+    assert result["val"]["auc"] > by_label["backwards"]["val"]["auc"]
 
 
 def test_the_report_says_plainly_when_a_baseline_won(tmp_path) -> None:

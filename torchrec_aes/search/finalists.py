@@ -4,12 +4,18 @@ trained from scratch with the one `Trainer`, and the best on validation is kept.
 cannot lose to the baselines on validation; on test it still can, and the report says so plainly.
 
 Schedule (`search.halving`, on by default when checkpoints are on): successive halving over epochs with
-a doubling budget. With n finalists there are R = ceil(log2 n) rounds; in round r = 1..R every finalist
-still in the race trains up to ceil(E * 2^(r-1-R)) epochs of its `train.epochs` = E (resuming from its
-checkpoint, exactly), then the better half by validation goes on; after the last round the best by
-validation trains to the end of its normal schedule (early stopping included) and is the pick. E.g.
-E = 10, n = 5: 2, 3 and 5 epochs, then 10 -- about 2.2 full trainings instead of 5. Without checkpoints
-every finalist trains fully.
+a doubling budget. With n finalists in a group there are R = ceil(log2 n) rounds; in round r = 1..R every
+finalist still in the race trains up to ceil(E * 2^(r-1-R)) epochs of its `train.epochs` = E (resuming
+from its checkpoint, exactly), then the better half by validation goes on; the survivor trains to the end
+of its normal schedule (early stopping included). E.g. E = 10, n = 5: 2, 3 and 5 epochs, then 10 -- about
+2.2 full trainings instead of 5. Without checkpoints every finalist trains fully.
+
+Groups (`search.pick`): `staged` (default) halves the method's finalists among themselves and the
+baselines among themselves, then compares the two survivors, each fully trained, on validation: early,
+short trainings only compare architectures of one origin, and a method's result that learns more slowly
+than a uniform table (masked rows, block graphs, grouped models) is never dropped before it has trained as
+long as the baseline it is compared with. `joint` halves all finalists together (cheaper, and unfair to
+slow learners: measured in `tools/bench_pick.py`).
 
 Baselines are trained once: a baseline's result depends only on its architecture, the data and the
 training config, so it is trained under `search.cache_dir` (default: the run directory, or the parent run
@@ -263,24 +269,36 @@ def pick_finalist(
                 cache.save(identities[i], results[i])  # type: ignore[union-attr]
                 finished[i] = results[i]
 
-    alive = list(range(len(finalists)))
-    halving = cfg.search.halving and bool(ctx.run_dir) and cfg.train.checkpoint and len(alive) > 1
-    if halving:
-        rounds = math.ceil(math.log2(len(alive)))
-        for epochs in halving_epochs(cfg.train.epochs, rounds):
-            for i in alive:
-                train(i, epochs)
-            alive.sort(key=lambda i: -results[i]["val"].get(key, -math.inf))
-            alive = alive[: max(1, math.ceil(len(alive) / 2))]
-            logger.info("finalists after %d epochs: %s", epochs, ", ".join(finalists[i].label for i in alive))
-            if len(alive) == 1:
-                break
-        best = alive[0]
-        train(best, None)  # the survivor finishes its normal schedule
-    else:
+    def score(i: int) -> float:
+        return results[i]["val"].get(key, -math.inf)
+
+    def halve(group: list[int]) -> int:
+        """Successive halving over `group`; the survivor finishes its normal schedule."""
+        alive = list(group)
+        if halving and len(alive) > 1:
+            for epochs in halving_epochs(cfg.train.epochs, math.ceil(math.log2(len(alive)))):
+                for i in alive:
+                    train(i, epochs)
+                alive.sort(key=lambda i: -score(i))
+                alive = alive[: max(1, math.ceil(len(alive) / 2))]
+                names = ", ".join(finalists[i].label for i in alive)
+                logger.info("finalists after %d epochs: %s", epochs, names)
+                if len(alive) == 1:
+                    break
+            train(alive[0], None)
+            return alive[0]
         for i in alive:
             train(i, None)
-        best = max(alive, key=lambda i: results[i]["val"].get(key, -math.inf))
+        return max(alive, key=score)
+
+    halving = cfg.search.halving and bool(ctx.run_dir) and cfg.train.checkpoint
+    everyone = list(range(len(finalists)))
+    if cfg.search.pick == "staged":
+        # Like with like while the trainings are short; unlike kinds only when fully trained.
+        groups = [[i for i in everyone if finalists[i].baseline == b] for b in (False, True)]
+        best = max((halve(g) for g in groups if g), key=score)
+    else:
+        best = halve(everyone)
     rows = []
     for i, f in enumerate(finalists):
         r = finished.get(i, results[i])  # a cached baseline's row shows its full training
