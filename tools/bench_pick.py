@@ -17,11 +17,13 @@ Schemes (per set of n finalists, E = `train.epochs`):
 - `at_half`: every finalist trains ceil(E/2) epochs, the best by validation so far finishes.
 - `stages`: like with like first -- halving among the method's finalists, halving among the baselines --
   then the two survivors, each fully trained, compared on validation.
+- `stages_full`: the same, but the method's finalists all train fully (no halving among them).
 
 Reported per data set and scheme: regret = best fully trained metric - the chosen finalist's fully trained
 metric (test and validation; CF relative to the best), the share of sets within the target (0.001 AUC for
-CTR, 2% relative for CF), Kendall tau between the scheme's first-round scores and the full trainings' test
-metric, and its cost: epochs trained by all finalists over the epochs of the chosen one's full training.
+CTR, 2% relative for CF), Kendall tau between the scheme's first-round scores and the full trainings'
+validation and test metrics (for `full`, val vs test: the ceiling the split's noise sets), and its cost:
+epochs trained by all finalists over the epochs of the chosen one's full training.
 
     .venv/bin/python tools/bench_pick.py --config configs/frappe_dlrm.yaml --method adass \\
         --budgets 0.05 0.1 0.2 --seeds 0 1 --out runs/bench_pick
@@ -123,15 +125,22 @@ def simulate(rows: list[dict], epochs: int, scheme: str) -> tuple[int, list[floa
         best = max(range(n), key=lambda i: scores[i])
         spent = sum(min(k, L) for L in full_len) - min(k, full_len[best]) + full_len[best]
         return best, scores, float(spent)
-    if scheme == "stages":
+    if scheme in ("stages", "stages_full"):
         # Like is compared with like early (the method's finalists among themselves, the baselines among
         # themselves, each by halving); the two survivors are compared fully trained.
         groups = [[i for i in range(n) if rows[i]["baseline"] == b] for b in (False, True)]
         trained = [0] * n
         first = [0.0] * n
         survivors = []
-        for group in (g for g in groups if g):
-            best_g, first_g, trained_g = _halving(hist, epochs, group, best_so_far)
+        for b, group in enumerate(groups):
+            if not group:
+                continue
+            if scheme == "stages_full" and b == 0:  # the method's finalists all train fully
+                best_g = max(group, key=lambda i: best_so_far(hist[i], epochs))
+                first_g = [best_so_far(h, epochs) for h in hist]
+                trained_g = [len(h) for h in hist]
+            else:
+                best_g, first_g, trained_g = _halving(hist, epochs, group, best_so_far)
             survivors.append(best_g)
             for i in group:
                 trained[i], first[i] = trained_g[i], first_g[i]
@@ -179,19 +188,23 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
     return (concordant - discordant) / total if total else float("nan")
 
 
-SCHEMES = ("full", "halving", "extrapolate", "at_half", "stages")
+SCHEMES = ("full", "halving", "extrapolate", "at_half", "stages", "stages_full")
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.mean(values) if values else float("nan")
 
 
 def analyse(sets: list[dict], label: str) -> list[str]:
     lines = [
         f"### {label}: {len(sets)} finalist sets, {sum(len(s['rows']) for s in sets)} finalists",
         "",
-        "| scheme | test regret mean / max | val regret mean / max | within target | Kendall tau (test) "
+        "| scheme | test regret mean / max | val regret mean / max | within target | Kendall tau val / test "
         "| cost (epochs / one training) |",
         "|---|---|---|---|---|---|",
     ]
     for scheme in SCHEMES:
-        regrets, vregrets, within, taus, costs = [], [], 0, [], []
+        regrets, vregrets, within, taus, vtaus, costs = [], [], 0, [], [], []
         for s in sets:
             rows, m = s["rows"], s["metric"]
             test = [r["test"].get(m, float("nan")) for r in rows]
@@ -203,14 +216,15 @@ def analyse(sets: list[dict], label: str) -> list[str]:
             regrets.append(regret)
             vregrets.append((max(val) - val[chosen]) / (max(val) if cf else 1.0))
             within += regret <= (CF_TARGET if cf else CTR_TARGET)
-            tau = kendall_tau(first, test)
-            if not math.isnan(tau):
-                taus.append(tau)
+            for out, truth in ((taus, test), (vtaus, val)):
+                tau = kendall_tau(first, truth)
+                if not math.isnan(tau):
+                    out.append(tau)
             costs.append(spent / max(len(rows[chosen]["history"]), 1))
         lines.append(
             f"| {scheme} | {statistics.mean(regrets):.4f} / {max(regrets):.4f} "
             f"| {statistics.mean(vregrets):.4f} / {max(vregrets):.4f} | {within}/{len(sets)} "
-            f"| {statistics.mean(taus) if taus else float('nan'):.2f} | {statistics.mean(costs):.2f} |"
+            f"| {_mean(vtaus):.2f} / {_mean(taus):.2f} | {statistics.mean(costs):.2f} |"
         )
     lines += ["", "Per set (test metric of each finalist fully trained, epochs; * = best on validation):", ""]
     for s in sets:

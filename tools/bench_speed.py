@@ -17,7 +17,11 @@ and reads metrics.json of both. Prints:
 * the whole search's wall time (supernet + RL + budget step + final pick) as a multiple of one full
   training of uniform-d_max (wall time, early stopping included; issue 9's target <= 4), and with a
   budget list the cost of each extra budget in the same unit (target <= 1);
-* examples/s of the final mixed-dim model vs uniform-d_max under the trainer.
+* examples/s of the final mixed-dim model vs uniform-d_max under the trainer;
+* the whole search as a multiple of one training of the architecture it returned (`cost_ratio` of
+  metrics.json, both measured in the search run);
+* with `--compare-picks`: the final pick again as `search.pick=joint` (the previous pick) and with the
+  zero-cost baselines already cached, each on a copy of the finished supernet and RL state.
 
     OMP_NUM_THREADS=1 .venv/bin/python tools/bench_speed.py [--config configs/adass_quickstart.yaml] \\
         [--out /tmp/bench_speed] [key=value ...]
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -45,11 +50,55 @@ def run(command: str, config: str, run_dir: Path, overrides: list[str]) -> tuple
     return metrics, wall
 
 
+def _rerun_pick(
+    args: argparse.Namespace, out: Path, name: str, overrides: list[str], baselines: bool
+) -> dict:
+    """The same search again with another final pick: the finished supernet and RL state of `out/adass`
+    are copied (so only the final pick runs), and with `baselines` its trained-baseline cache too."""
+    src, dst = out / "adass", out / name
+    if not (dst / "metrics.json").exists():
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(src / "checkpoints" / "adass", dst / "checkpoints" / "adass")
+        if baselines:
+            shutil.copytree(src / "baselines", dst / "baselines")
+    metrics, _ = run("search", args.config, dst, ["search.method=adass", *overrides, *args.overrides])
+    return metrics
+
+
+def compare_picks(
+    args: argparse.Namespace, out: Path, staged: dict, search_wall: float, plain_wall: float
+) -> None:
+    """The final pick's cost under `search.pick=joint` (the previous pick) and with the baselines already
+    in the cache (a rerun, another budget or method on the same data), beside the staged pick measured
+    above; the search phases before the pick are the same in all three (same seed), so each whole-search
+    figure is the staged run's wall time with its final pick replaced."""
+    joint = _rerun_pick(args, out, "adass_joint", ["search.pick=joint"], baselines=False)
+    cached = _rerun_pick(args, out, "adass_cached", ["search.pick=staged"], baselines=True)
+    base = search_wall - staged["final_seconds"]
+    print()
+    print(
+        "| final pick | pick seconds | winner (test AUC) | whole search / uniform-64 training | "
+        "/ one training of the returned architecture |"
+    )
+    print("|---|---|---|---|---|")
+    for name, m in (("joint (previous)", joint), ("staged", staged), ("staged, baselines cached", cached)):
+        whole = base + m["final_seconds"]
+        print(
+            f"| {name} | {m['final_seconds']:.1f} | {m['winner']} ({m['test']['auc']:.4f}) | "
+            f"{whole / plain_wall:.2f}x | {whole / m['training_seconds']:.2f}x |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/adass_quickstart.yaml")
     parser.add_argument("--out", default="runs/bench_speed")
     parser.add_argument("--budgets", nargs="*", type=float, default=[], help="a budget list (x uniform-64)")
+    parser.add_argument(
+        "--compare-picks",
+        action="store_true",
+        help="also measure the final pick as search.pick=joint and with the baselines cached",
+    )
     parser.add_argument("overrides", nargs="*", help="key=value overrides for both runs")
     args = parser.parse_args()
     out = Path(args.out)
@@ -126,6 +175,12 @@ def main() -> None:
             f"whole search / one training of uniform-{d_max}: {search_wall / plain_wall:.2f}x (target <= 4)"
         )
     print(f"final model examples/s / uniform-{d_max}: {final_speed / plain_speed:.2f}x")
+    print(
+        f"whole search / one training of the returned architecture ({search['winner']}, measured in the "
+        f"same run): {search['cost_ratio']:.2f}x"
+    )
+    if args.compare_picks:
+        compare_picks(args, out, search, search_wall, plain_wall)
     print(
         f"test AUC: final {search['test']['auc']:.4f}, uniform-{d_max} {plain['test']['auc']:.4f}; "
         f"bytes {search['embedding_bytes'] / 2**20:.1f} MiB vs {plain['embedding_bytes'] / 2**20:.1f} MiB"

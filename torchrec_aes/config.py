@@ -265,10 +265,10 @@ class SearchConfig:
     halving: bool = True
     """Train the finalists by successive halving over epochs (needs checkpoints); else each fully."""
     pick: str = "staged"
-    """How the final pick compares finalists: staged | joint. joint: successive halving over all finalists
-    together (a finalist that learns more slowly can be dropped after one epoch by a baseline it would beat
-    when fully trained). staged: halving among the method's finalists and among the baselines separately,
-    then the two survivors, each fully trained, compared on validation."""
+    """How the final pick compares finalists: staged | joint. staged: every finalist of the method trains
+    fully, the zero-cost baselines are halved among themselves (`search.halving`), and the best on
+    validation of the fully trained ones is kept. joint: successive halving over all finalists together
+    (cheaper; drops finalists that learn more slowly than a baseline before they catch up)."""
     cache_dir: str = ""
     """Where the final pick keeps trained zero-cost baselines by identity (`baselines/<hash>/`), so a
     budget list, a rerun or another search on the same data and training config never trains the same

@@ -93,7 +93,7 @@ def test_a_staged_pick_trains_the_methods_finalist_fully_before_comparing_it_wit
         ctx, [Finalist("backwards", mine, mine, Backwards())] + baseline_finalists(ctx)
     )
     by_label = {r["label"]: r for r in rows}
-    # The method's own finalist is alone in its group: it trains its whole schedule.
+    # The method's own finalists train their whole schedule.
     assert by_label["backwards"]["epochs"] == 4
     # The baselines are halved among themselves (1 epoch, then 2); their survivor trains fully and wins.
     baselines = sorted(r["epochs"] for r in rows if r["baseline"])

@@ -10,12 +10,13 @@ from its checkpoint, exactly), then the better half by validation goes on; the s
 of its normal schedule (early stopping included). E.g. E = 10, n = 5: 2, 3 and 5 epochs, then 10 -- about
 2.2 full trainings instead of 5. Without checkpoints every finalist trains fully.
 
-Groups (`search.pick`): `staged` (default) halves the method's finalists among themselves and the
-baselines among themselves, then compares the two survivors, each fully trained, on validation: early,
-short trainings only compare architectures of one origin, and a method's result that learns more slowly
-than a uniform table (masked rows, block graphs, grouped models) is never dropped before it has trained as
-long as the baseline it is compared with. `joint` halves all finalists together (cheaper, and unfair to
-slow learners: measured in `tools/bench_pick.py`).
+Groups (`search.pick`): `staged` (default) trains every one of the method's finalists fully and halves
+only the zero-cost baselines among themselves (architectures of one kind, which learn alike; the survivor
+finishes), then keeps the best on validation of the fully trained ones. A method's result that learns more
+slowly than a uniform table (masked rows, block graphs, grouped models, a budget-filling variant) is
+therefore never dropped after a short training. `joint` halves all finalists together: cheaper, and on
+Frappe it dropped the finalist that was best fully trained in 3 of 3 sets (`tools/bench_pick.py`; README,
+"Final pick").
 
 Baselines are trained once: a baseline's result depends only on its architecture, the data and the
 training config, so it is trained under `search.cache_dir` (default: the run directory, or the parent run
@@ -272,7 +273,7 @@ def pick_finalist(
     def score(i: int) -> float:
         return results[i]["val"].get(key, -math.inf)
 
-    def halve(group: list[int]) -> int:
+    def halve(group: list[int], halving: bool) -> int:
         """Successive halving over `group`; the survivor finishes its normal schedule."""
         alive = list(group)
         if halving and len(alive) > 1:
@@ -294,11 +295,13 @@ def pick_finalist(
     halving = cfg.search.halving and bool(ctx.run_dir) and cfg.train.checkpoint
     everyone = list(range(len(finalists)))
     if cfg.search.pick == "staged":
-        # Like with like while the trainings are short; unlike kinds only when fully trained.
-        groups = [[i for i in everyone if finalists[i].baseline == b] for b in (False, True)]
-        best = max((halve(g) for g in groups if g), key=score)
+        # The method's finalists train fully; the baselines (one kind, cached) are halved among themselves.
+        own = [i for i in everyone if not finalists[i].baseline]
+        baselines = [i for i in everyone if finalists[i].baseline]
+        survivors = ([halve(own, False)] if own else []) + ([halve(baselines, halving)] if baselines else [])
+        best = max(survivors, key=score)
     else:
-        best = halve(everyone)
+        best = halve(everyone, halving)
     rows = []
     for i, f in enumerate(finalists):
         r = finished.get(i, results[i])  # a cached baseline's row shows its full training
