@@ -15,9 +15,11 @@ Schemes (per set of n finalists, E = `train.epochs`):
 - `extrapolate`: the same rounds, ranked by a converged validation predicted from each curve
   (`extrapolate`: geometric shrinking of the per-epoch gains).
 - `at_half`: every finalist trains ceil(E/2) epochs, the best by validation so far finishes.
-- `stages`: like with like first -- halving among the method's finalists, halving among the baselines --
-  then the two survivors, each fully trained, compared on validation.
-- `stages_full`: the same, but the method's finalists all train fully (no halving among them).
+- `staged_halved`: like with like first -- halving among the method's finalists, halving among the
+  baselines -- then the two survivors, each fully trained, compared on validation.
+- `staged` (`search.pick=staged`, the default): the method's finalists all train fully, the baselines are
+  halved among themselves, and the best on validation of the fully trained ones is chosen.
+- `halving` is `search.pick=joint`.
 
 Reported per data set and scheme: regret = best fully trained metric - the chosen finalist's fully trained
 metric (test and validation; CF relative to the best), the share of sets within the target (0.001 AUC for
@@ -111,23 +113,24 @@ def extrapolate(history: list[float], k: int, prior_ratio: float = 0.5, max_rati
     return max(best, h[-1] + gain * q / (1 - q))
 
 
-def simulate(rows: list[dict], epochs: int, scheme: str) -> tuple[int, list[float], float]:
-    """(index chosen, first-round scores of every finalist, epochs trained by all finalists)."""
+def simulate(rows: list[dict], epochs: int, scheme: str) -> tuple[int, list[float], list[int]]:
+    """(index chosen, first-round scores of every finalist, epochs trained per finalist)."""
     hist = [r["history"] for r in rows]
     full_len = [len(h) for h in hist]
     n = len(rows)
     if scheme == "full":
         scores = [best_so_far(h, epochs) for h in hist]
-        return max(range(n), key=lambda i: scores[i]), scores, float(sum(full_len))
+        return max(range(n), key=lambda i: scores[i]), scores, full_len
     if scheme == "at_half":
         k = math.ceil(epochs / 2)
         scores = [best_so_far(h, k) for h in hist]
         best = max(range(n), key=lambda i: scores[i])
-        spent = sum(min(k, L) for L in full_len) - min(k, full_len[best]) + full_len[best]
-        return best, scores, float(spent)
-    if scheme in ("stages", "stages_full"):
+        trained = [min(k, L) for L in full_len]
+        trained[best] = full_len[best]
+        return best, scores, trained
+    if scheme in ("staged_halved", "staged"):
         # Like is compared with like early (the method's finalists among themselves, the baselines among
-        # themselves, each by halving); the two survivors are compared fully trained.
+        # themselves); the survivors are compared fully trained.
         groups = [[i for i in range(n) if rows[i]["baseline"] == b] for b in (False, True)]
         trained = [0] * n
         first = [0.0] * n
@@ -135,20 +138,19 @@ def simulate(rows: list[dict], epochs: int, scheme: str) -> tuple[int, list[floa
         for b, group in enumerate(groups):
             if not group:
                 continue
-            if scheme == "stages_full" and b == 0:  # the method's finalists all train fully
+            if scheme == "staged" and b == 0:  # the method's finalists all train fully
                 best_g = max(group, key=lambda i: best_so_far(hist[i], epochs))
                 first_g = [best_so_far(h, epochs) for h in hist]
-                trained_g = [len(h) for h in hist]
+                trained_g = full_len
             else:
                 best_g, first_g, trained_g = _halving(hist, epochs, group, best_so_far)
             survivors.append(best_g)
             for i in group:
                 trained[i], first[i] = trained_g[i], first_g[i]
         best = max(survivors, key=lambda i: best_so_far(hist[i], epochs))
-        return best, first, float(sum(trained))
+        return best, first, trained
     score = best_so_far if scheme == "halving" else extrapolate
-    best, first, trained = _halving(hist, epochs, list(range(n)), score)
-    return best, first, float(sum(trained))
+    return _halving(hist, epochs, list(range(n)), score)
 
 
 def _halving(hist: list[list[float]], epochs: int, group: list[int], score) -> tuple[int, list, list]:
@@ -188,7 +190,7 @@ def kendall_tau(x: list[float], y: list[float]) -> float:
     return (concordant - discordant) / total if total else float("nan")
 
 
-SCHEMES = ("full", "halving", "extrapolate", "at_half", "stages", "stages_full")
+SCHEMES = ("full", "halving", "extrapolate", "at_half", "staged_halved", "staged")
 
 
 def _mean(values: list[float]) -> float:
@@ -199,32 +201,35 @@ def analyse(sets: list[dict], label: str) -> list[str]:
     lines = [
         f"### {label}: {len(sets)} finalist sets, {sum(len(s['rows']) for s in sets)} finalists",
         "",
-        "| scheme | test regret mean / max | val regret mean / max | within target | Kendall tau val / test "
-        "| cost (epochs / one training) |",
-        "|---|---|---|---|---|---|",
+        "| scheme | test regret mean / max | val regret mean / max | within target val / test "
+        "| Kendall tau val / test | cost (epochs / one training) | cost, baselines cached |",
+        "|---|---|---|---|---|---|---|",
     ]
     for scheme in SCHEMES:
-        regrets, vregrets, within, taus, vtaus, costs = [], [], 0, [], [], []
+        regrets, vregrets, within, vwithin, taus, vtaus, costs, cached = [], [], 0, 0, [], [], [], []
         for s in sets:
             rows, m = s["rows"], s["metric"]
             test = [r["test"].get(m, float("nan")) for r in rows]
             val = [r["val"].get(m, float("nan")) for r in rows]
-            chosen, first, spent = simulate(rows, s["epochs"], scheme)
+            chosen, first, trained = simulate(rows, s["epochs"], scheme)
             cf = m != "auc"
             scale = max(test) if cf else 1.0
             regret = (max(test) - test[chosen]) / scale
             regrets.append(regret)
             vregrets.append((max(val) - val[chosen]) / (max(val) if cf else 1.0))
             within += regret <= (CF_TARGET if cf else CTR_TARGET)
+            vwithin += vregrets[-1] <= (CF_TARGET if cf else CTR_TARGET)
             for out, truth in ((taus, test), (vtaus, val)):
                 tau = kendall_tau(first, truth)
                 if not math.isnan(tau):
                     out.append(tau)
-            costs.append(spent / max(len(rows[chosen]["history"]), 1))
+            one = max(len(rows[chosen]["history"]), 1)
+            costs.append(sum(trained) / one)
+            cached.append(sum(t for t, r in zip(trained, rows, strict=True) if not r["baseline"]) / one)
         lines.append(
             f"| {scheme} | {statistics.mean(regrets):.4f} / {max(regrets):.4f} "
-            f"| {statistics.mean(vregrets):.4f} / {max(vregrets):.4f} | {within}/{len(sets)} "
-            f"| {_mean(vtaus):.2f} / {_mean(taus):.2f} | {statistics.mean(costs):.2f} |"
+            f"| {statistics.mean(vregrets):.4f} / {max(vregrets):.4f} | {vwithin} / {within} of {len(sets)} "
+            f"| {_mean(vtaus):.2f} / {_mean(taus):.2f} | {_mean(costs):.2f} | {_mean(cached):.2f} |"
         )
     lines += ["", "Per set (test metric of each finalist fully trained, epochs; * = best on validation):", ""]
     for s in sets:
