@@ -41,11 +41,13 @@ from pathlib import Path
 from bench_quality import run_one  # tools/ is on sys.path when this script runs
 
 
-def run(command: str, config: str, run_dir: Path, overrides: list[str]) -> tuple[dict, float]:
+def run(
+    command: str, config: str, run_dir: Path, overrides: list[str], keep_checkpoints: bool = False
+) -> tuple[dict, float]:
     """Runs `torchrec-aes COMMAND CONFIG` (or reuses a finished run); returns metrics.json and wall s."""
     reused = (run_dir / "metrics.json").exists()
     start = time.perf_counter()
-    metrics = run_one(command, config, run_dir, overrides)
+    metrics = run_one(command, config, run_dir, overrides, keep_checkpoints)
     wall = float(metrics.get("wall_seconds", 0.0)) if reused else time.perf_counter() - start
     return metrics, wall
 
@@ -58,10 +60,18 @@ def _rerun_pick(
     src, dst = out / "adass", out / name
     if not (dst / "metrics.json").exists():
         shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src / "checkpoints" / "adass", dst / "checkpoints" / "adass")
+        for state in src.rglob("checkpoints/adass"):  # the supernet's, and each budget's RL state
+            shutil.copytree(state, dst / state.relative_to(src))
         if baselines:
             shutil.copytree(src / "baselines", dst / "baselines")
-    metrics, _ = run("search", args.config, dst, ["search.method=adass", *overrides, *args.overrides])
+    budgets = ["search.budget=[" + ", ".join(f"{b} x uniform-64" for b in args.budgets) + "]"] * bool(
+        args.budgets
+    )
+    metrics, _ = run(
+        "search", args.config, dst, ["search.method=adass", *budgets, *overrides, *args.overrides]
+    )
+    if "budgets" in metrics:  # a budget list: the first budget's run, as for the staged search
+        metrics = json.loads((dst / "budget_0" / "metrics.json").read_text())
     return metrics
 
 
@@ -118,7 +128,11 @@ def main() -> None:
         else []
     )
     summary, search_wall = run(
-        "search", args.config, out / "adass", ["search.method=adass", *budgets, *args.overrides]
+        "search",
+        args.config,
+        out / "adass",
+        ["search.method=adass", *budgets, *args.overrides],
+        keep_checkpoints=args.compare_picks,  # the copies of --compare-picks start from its saved phases
     )
     plain_after, plain_after_wall = run("train", args.config, out / f"uniform-{d_max}_after", uniform)
     plain_wall = (plain_wall + plain_after_wall) / 2
@@ -181,6 +195,8 @@ def main() -> None:
     )
     if args.compare_picks:
         compare_picks(args, out, search, search_wall, plain_wall)
+        for ckpt in list(out.rglob("checkpoints")):  # finished: keep metrics and reports only
+            shutil.rmtree(ckpt, ignore_errors=True)
     print(
         f"test AUC: final {search['test']['auc']:.4f}, uniform-{d_max} {plain['test']['auc']:.4f}; "
         f"bytes {search['embedding_bytes'] / 2**20:.1f} MiB vs {plain['embedding_bytes'] / 2**20:.1f} MiB"
