@@ -174,3 +174,20 @@ def test_a_search_reports_its_cost_per_phase_and_against_one_training(registered
     assert {"search", "final_pick"} <= set(metrics["phase_seconds"])
     assert metrics["finalists"][0]["seconds"] > 0
     assert "x one training of the returned architecture" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_phase_seconds_are_read_from_any_methods_log() -> None:
+    from torchrec_aes.runs import phase_seconds
+
+    log = {
+        "supernet": {"seconds": 3.0, "train_seconds": 2.0, "history": [1, 2]},
+        "rl": {"seconds": 1.5, "updates": 10},
+        "evolution_seconds": 4.0,
+        "resumed": True,
+    }
+    assert phase_seconds(log) == {
+        "supernet": 3.0,
+        "supernet/train": 2.0,
+        "rl": 1.5,
+        "evolution": 4.0,
+    }

@@ -14,9 +14,9 @@ Groups (`search.pick`): `staged` (default) trains every one of the method's fina
 only the zero-cost baselines among themselves (architectures of one kind, which learn alike; the survivor
 finishes), then keeps the best on validation of the fully trained ones. A method's result that learns more
 slowly than a uniform table (masked rows, block graphs, grouped models, a budget-filling variant) is
-therefore never dropped after a short training. `joint` halves all finalists together: cheaper, and on
-Frappe it dropped the finalist that was best fully trained in 3 of 3 sets (`tools/bench_pick.py`; README,
-"Final pick").
+therefore never dropped after a short training. `joint` halves all finalists together: cheaper, but on
+Frappe its choice was more than 0.001 AUC below the best fully trained finalist on validation in 4 of 9
+sets (`tools/bench_pick.py`; README, "Final pick: regret and cost").
 
 Baselines are trained once: a baseline's result depends only on its architecture, the data and the
 training config, so it is trained under `search.cache_dir` (default: the run directory, or the parent run
