@@ -13,10 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tests" / "tiny.yaml")
 BIN = Path(sys.executable).parent
 

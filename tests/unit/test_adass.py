@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.helpers import CARDINALITIES, single_thread, tiny_splits  # noqa: F401  (a fixture)
+from tests.conftest import REPO
+from tests.helpers import CARDINALITIES, tiny_splits
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import load_config
 from torchrec_aes.planning.memory import Budget
@@ -27,9 +28,6 @@ from torchrec_aes.search.base import SearchContext
 from torchrec_aes.supernet.scorer import SupernetEvaluator, _CachedLookup, binary_auc
 from torchrec_aes.supernet.stats import auc_difference
 from torchrec_aes.tasks.ctr import CTRTask
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import load_config, register_section
 from torchrec_aes.runs import run_search
 from torchrec_aes.search.base import SearchContext, SearchResult, get_method, register
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass

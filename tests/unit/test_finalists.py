@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch.nn.functional as F
 
+from tests.conftest import REPO
 from tests.helpers import tiny_config, tiny_splits
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import load_config
@@ -18,8 +19,6 @@ from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.finalists import Finalist, baseline_finalists, halving_epochs, pick_finalist
 from torchrec_aes.tasks.ctr import CTRTask
 from torchrec_aes.train.hooks import TrainHooks
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class Backwards(TrainHooks):

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.conftest import REPO
 from torchrec_aes.config import ConfigError, DataConfig, SyntheticConfig, load_config
 from torchrec_aes.data.dataset import CTRData, split_rows
 from torchrec_aes.data.synthetic import (
@@ -27,8 +28,6 @@ from torchrec_aes.data.synthetic import (
     resolve_ranks,
     synthetic_cache_dir,
 )
-
-REPO = Path(__file__).parents[2]
 
 # Small but structured: a 30-id wide field to stratify on, signal-free fields from 10 to 10^5 rows.
 MIXED = SyntheticConfig(
@@ -244,17 +243,9 @@ def _factorisation_machine_auc(data: CTRData, dim: int, seed: int, epochs: int =
         return _auc(logits(test), data.labels[test])
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny ops: OpenMP threads only contend on a shared machine (measured 50x slower with 2 threads).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.filterwarnings("ignore:Sparse invariant checks")
-def test_wide_fields_need_wide_embeddings_dim_32_beats_dim_4(one_thread) -> None:
+@pytest.mark.usefixtures("single_thread")  # tiny ops: measured 50x slower with 2 contending threads
+def test_wide_fields_need_wide_embeddings_dim_32_beats_dim_4() -> None:
     cfg = SyntheticConfig(
         num_examples=50_000,
         num_dense=4,
