@@ -1,4 +1,5 @@
-"""Shared by every tier: the repository's paths and one intra-op thread for a test.
+"""Shared by every tier: the repository's paths, one intra-op thread for a test, and search methods
+registered for one test.
 
 Tiers: `tests/unit` runs in-process (no subprocess, no spawned ranks); `tests/distributed` spawns gloo
 ranks (`tests/distributed/launcher.py`); `tests/e2e` runs the CLI and TorchX in subprocesses. Test data
@@ -7,10 +8,14 @@ builders (tiny splits and configs) are in `tests/helpers.py`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
+
+from torchrec_aes.config import register_section, unregister_section
+from torchrec_aes.search.base import register, unregister
 
 REPO = Path(__file__).resolve().parents[1]
 """The repository's root: configs, tools and launchers are read from here, and subprocesses run here."""
@@ -27,3 +32,35 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class Registry:
+    """Registers search methods and their config sections through the public interface (`register`,
+    `register_section`) and unregisters them (`unregister`, `unregister_section`) when the test ends."""
+
+    def __init__(self) -> None:
+        self._undo: list[Callable[[], None]] = []
+
+    def section(self, name: str, cls: type) -> None:
+        """Registers config section `search.<name>` (a dataclass)."""
+        register_section(name, cls)
+        self._undo.append(lambda: unregister_section(name))
+
+    def method(
+        self, name: str, fn: Callable, tasks: tuple[str, ...] = ("ctr", "cf"), section: str | None = None
+    ) -> None:
+        """Registers `fn` as `search.method=<name>` (arguments as `torchrec_aes.search.base.register`)."""
+        register(name, tasks=tasks, section=section)(fn)
+        self._undo.append(lambda: unregister(name))
+
+    def close(self) -> None:
+        while self._undo:
+            self._undo.pop()()
+
+
+@pytest.fixture
+def registry() -> Iterator[Registry]:
+    """A `Registry` whose methods and sections exist for this test only."""
+    registered = Registry()
+    yield registered
+    registered.close()
