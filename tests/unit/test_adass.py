@@ -4,16 +4,12 @@ planted signal-free tables, and `torchrec-aes search` runs it end to end and res
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.conftest import REPO
+from tests.conftest import REPO, cli
 from tests.helpers import CARDINALITIES, tiny_splits
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import load_config
@@ -254,16 +250,14 @@ def test_search_gives_signal_free_tables_the_smallest_candidate_on_planted_data(
     assert max(d for d, r in zip(dims, planted, strict=True) if r > 0) > 4, (dims, planted)
 
 
-def _cli(config: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torchrec_aes.cli", "search", config, "--run-dir", str(run_dir), *overrides]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+"""The CLI runs' environment on top of `cli_env()`: one intra-op thread per process."""
 
 
 def test_cli_search_runs_end_to_end_and_a_rerun_resumes_from_the_saved_phases(tmp_path):
     run = tmp_path / "run"
     config = str(REPO / "configs" / "tests" / "adass_tiny.yaml")
-    first = _cli(config, run, f"data.cache_dir={tmp_path / 'cache'}")
+    first = cli(tmp_path, "search", config, "--run-dir", str(run), env=ONE_THREAD, check=False)
     assert first.returncode == 0, first.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["budget_used"] <= metrics["budget_bytes"]
@@ -293,13 +287,15 @@ def test_cli_search_runs_end_to_end_and_a_rerun_resumes_from_the_saved_phases(tm
     assert "quality_vs_bytes.png" in (run / "report.md").read_text()
     assert (run / "quality_vs_bytes.png").stat().st_size > 0
     # A rerun (e.g. after a kill) skips the trained supernet and the finished RL phase: same architecture.
-    second = _cli(config, run, f"data.cache_dir={tmp_path / 'cache'}")
+    second = cli(tmp_path, "search", config, "--run-dir", str(run), env=ONE_THREAD, check=False)
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((run / "metrics.json").read_text())
     assert again["search_log"]["supernet"] == {"resumed": True}
     assert again["dims"] == metrics["dims"]
     # train.resume=false starts every phase fresh: the supernet trains again.
-    fresh = _cli(config, run, f"data.cache_dir={tmp_path / 'cache'}", "train.resume=false")
+    fresh = cli(
+        tmp_path, "search", config, "--run-dir", str(run), "train.resume=false", env=ONE_THREAD, check=False
+    )
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     assert "history" in json.loads((run / "metrics.json").read_text())["search_log"]["supernet"]
 
