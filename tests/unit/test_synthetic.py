@@ -6,15 +6,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import REPO
 from torchrec_aes.config import ConfigError, DataConfig, SyntheticConfig, load_config
 from torchrec_aes.data.dataset import CTRData, split_rows
 from torchrec_aes.data.synthetic import (
@@ -257,21 +254,6 @@ def test_wide_fields_need_wide_embeddings_dim_32_beats_dim_4() -> None:
     print(f"FM test AUC: dim 4 {auc[4]:.4f}, dim 32 {auc[32]:.4f}")
     assert auc[4] > 0.7, "the planted signal is not learnable"
     assert auc[32] > auc[4] + 0.02
-
-
-def test_make_synthetic_tool_writes_the_cache_and_prints_the_ranks(tmp_path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "make_synthetic.py"), "--out", str(tmp_path), "--rows", "500"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    lines = result.stdout.splitlines()
-    assert "500 rows" in lines[1]
-    table = {line.split()[0]: line.split() for line in lines[3:]}
-    assert table["c2"][1:3] == ["100", "32"] and table["c0"][1:3] == ["10", "0"]
-    (directory,) = tmp_path.iterdir()
-    assert sorted(p.name for p in directory.iterdir()) == ["data.pt", "planted.json"]
 
 
 # --- Populations ---------------------------------------------------------------------------------------
