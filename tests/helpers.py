@@ -1,17 +1,13 @@
-"""Tiny data and configs shared by tests."""
+"""Tiny data and configs shared by tests (fixtures and paths: `tests/conftest.py`)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
 import torch
 
 from torchrec_aes.config import Config
 from torchrec_aes.data.dataset import CTRData, Splits
 from torchrec_aes.data.schema import Schema, SparseFeature
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CARDINALITIES = [10, 100, 1000, 50, 500]
 
 
@@ -43,14 +39,3 @@ def tiny_config(model_type: str = "dlrm") -> Config:
     cfg.train.embedding_lr = 0.1
     cfg.train.dense_lr = 0.01
     return cfg
-
-
-@pytest.fixture
-def single_thread():
-    """Torch on one intra-op thread for the test: on a loaded 2-core machine torch's pool spins against
-    other processes (backward ran 100x slower); one thread keeps tests fast and changes no result.
-    Modules use it as `pytestmark = pytest.mark.usefixtures("single_thread")` after importing it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

@@ -229,6 +229,15 @@ def register_section(name: str, cls: type) -> type:
     return cls
 
 
+def unregister_section(name: str) -> None:
+    """Removes section `search.<name>` (the counterpart of `register_section`, e.g. for a method a test
+    registers for its own run); configs naming its keys are rejected again. A ValueError if no section has
+    that name."""
+    if name not in _SECTIONS:
+        raise ValueError(f"config section 'search.{name}' is not registered")
+    del _SECTIONS[name]
+
+
 def method_sections() -> dict[str, type]:
     """Every registered method section by name (importing the built-in methods first)."""
     import torchrec_aes.search  # noqa: F401  (registers the built-in methods and their sections)

@@ -8,20 +8,18 @@ over both ranks); the single-process e2e test covers `shared`."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from tests.conftest import REPO
 from tests.distributed.launcher import run_ranks
 from torchrec_aes.config import load_config
 from torchrec_aes.data.synthetic import load_synthetic
 from torchrec_aes.models.grouped import Router
 
 pytestmark = pytest.mark.distributed
-REPO = Path(__file__).resolve().parents[2]
 IHAS_TINY = str(REPO / "configs" / "tests" / "ihas_tiny.yaml")
 
 

@@ -9,11 +9,10 @@ split, so it is the set of tables that is larger than one rank here, not one tab
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
+from tests.conftest import REPO
 from tests.distributed.launcher import run_ranks
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config, load_config
@@ -24,7 +23,7 @@ from torchrec_aes.train.trainer import Trainer
 
 pytestmark = pytest.mark.distributed
 GiB = 1024**3
-CONFIG = str(Path(__file__).resolve().parents[2] / "configs" / "tests" / "adass_tiny.yaml")
+CONFIG = str(REPO / "configs" / "tests" / "adass_tiny.yaml")
 CAP_SHARE = 0.75
 """The per-rank cap as a share of the uniform-16 tables (the AdaS&S supernet's tables: every table at the
 largest candidate, 16)."""

@@ -7,19 +7,18 @@ the same scores -- with each rank scoring only its share."""
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
+from tests.conftest import REPO
 from tests.distributed.launcher import run_ranks
 from torchrec_aes.config import load_config
 from torchrec_aes.data.synthetic import load_synthetic
 
 pytestmark = pytest.mark.distributed
-REPO = Path(__file__).resolve().parents[2]
 NASREC_TINY = str(REPO / "configs" / "tests" / "nasrec_tiny.yaml")
 
 

@@ -6,42 +6,15 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import SHARED_DATA
+from tests.conftest import REPO, SHARED_DATA, cli, cli_argv, cli_env
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tests" / "tiny.yaml")
-BIN = Path(sys.executable).parent
-
-
-def _env(tmp_path: Path) -> dict[str, str]:
-    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", PYTHONUNBUFFERED="1")
-    env.pop("RANK", None)
-    env.pop("WORLD_SIZE", None)
-    return env
-
-
-def cli(tmp_path: Path, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        [str(BIN / "torchrec-aes"), *args, f"data.cache_dir={tmp_path / 'cache'}"],
-        cwd=REPO,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr[-4000:]}"
-        )
-    return proc
 
 
 def test_train_writes_the_run_directory_contract(tmp_path):
@@ -84,26 +57,19 @@ def test_plan_command_prints_per_rank_memory_and_writes_a_loadable_plan(tmp_path
     run = tmp_path / "run"
     cli(tmp_path, "train", TINY, "--run-dir", str(run), "train.epochs=1")
     out_file = tmp_path / "plan8.json"
-    proc = subprocess.run(
-        [
-            str(BIN / "torchrec-aes"),
-            "plan",
-            str(run),
-            "--world-size",
-            "8",
-            "--device",
-            "cuda",
-            "--hbm-gb",
-            "16",
-            "--out",
-            str(out_file),
-        ],
-        cwd=REPO,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    plan = [
+        "plan",
+        str(run),
+        "--world-size",
+        "8",
+        "--device",
+        "cuda",
+        "--hbm-gb",
+        "16",
+        "--out",
+        str(out_file),
+    ]
+    proc = cli(None, *plan, check=False, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "rank" in proc.stdout and str(out_file) in proc.stdout
     from torchrec_aes.planning.plan_io import load_plan
@@ -141,9 +107,9 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
         f"data.cache_dir={tmp_path / 'cache'}",
     ]
     proc = subprocess.Popen(
-        [str(BIN / "torchrec-aes"), *args],
+        cli_argv(*args),
         cwd=REPO,
-        env=_env(tmp_path),
+        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -166,26 +132,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tmp_path):
 
 def test_two_process_torchrun_trains_and_writes_the_same_contract(tmp_path):
     run = tmp_path / "run2"
-    proc = subprocess.run(
-        [
-            str(BIN / "torchrun"),
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            "-m",
-            "torchrec_aes.cli",
-            "train",
-            TINY,
-            "--run-dir",
-            str(run),
-            f"data.cache_dir={tmp_path / 'cache'}",
-        ],
-        cwd=REPO,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = cli(tmp_path, "train", TINY, "--run-dir", str(run), procs=2, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and 0.0 <= metrics["test"]["auc"] <= 1.0

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli import BIN, REPO, _env
+from tests.conftest import REPO, cli, cli_env
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import load_config
 from torchrec_aes.planning.memory import Budget
@@ -21,25 +21,12 @@ pytestmark = pytest.mark.e2e
 TINY = REPO / "configs" / "tests" / "tiny.yaml"
 
 
-def _run(tmp_path: Path, *args: str, procs: int = 1) -> subprocess.CompletedProcess:
-    launcher = (
-        [str(BIN / "torchrun"), "--standalone", "--nproc_per_node", str(procs), "-m", "torchrec_aes.cli"]
-        if procs > 1
-        else [str(BIN / "torchrec-aes")]
-    )
-    proc = subprocess.run(
-        [*launcher, *args], cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
-
-
 def _convert(tmp_path: Path, config: Path, *overrides: str) -> Path:
     out = tmp_path / "npy"
     proc = subprocess.run(
         [sys.executable, "tools/criteo_binary.py", "--out", str(out), "--config", str(config), "--days", "3",
          f"data.cache_dir={tmp_path / 'cache'}", *overrides],
-        cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=cli_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
@@ -54,7 +41,7 @@ def test_training_on_day_files_with_two_processes_matches_one_process(tmp_path):
         run = tmp_path / f"run{procs}"
         # The same global batch (128 rows per step) on 1 and 2 processes.
         batch = f"train.batch_size={128 // procs}"
-        _run(tmp_path, "train", str(TINY), "--run-dir", str(run), *data, batch, procs=procs)
+        cli(None, "train", str(TINY), "--run-dir", str(run), *data, batch, procs=procs, timeout=600)
         metrics = json.loads((run / "metrics.json").read_text())
         assert metrics["world_size"] == procs
         assert metrics["num_examples"] == {"train": 9600, "val": 1200, "test": 1200}
@@ -71,7 +58,7 @@ def test_searches_stream_day_files_and_meet_the_budget(tmp_path, method):
     out = _convert(tmp_path, config)
     run = tmp_path / "search"
     data = ["data.type=criteo_binary", f"data.path={out}", "data.streaming=always"]
-    _run(tmp_path, "search", str(config), "--run-dir", str(run), *data)
+    cli(None, "search", str(config), "--run-dir", str(run), *data, timeout=600)
     metrics = json.loads((run / "metrics.json").read_text())
     # The tiny configs are smoke-sized searches (one retraining epoch: test AUC ~0.5 in memory too);
     # what is checked here is that every phase ran on the streamed rows and the budget held.

@@ -8,7 +8,7 @@ import random
 import pytest
 import yaml
 
-from tests.e2e.test_cli import BIN, REPO, _env, cli
+from tests.conftest import REPO, cli
 
 pytestmark = pytest.mark.e2e
 BET_TINY = str(REPO / "configs" / "tests" / "bet_tiny.yaml")
@@ -64,11 +64,6 @@ def test_bet_search_meets_the_budget_and_its_architecture_retrains_and_plans(tmp
     assert "recall@20" in json.loads((retrain / "metrics.json").read_text())["test"]
     again = yaml.safe_load((retrain / "architecture.yaml").read_text())
     assert again["tables"] == arch["tables"] and (retrain / again["extra"]["row_dims"]).exists()
-    import subprocess
-
-    proc = subprocess.run(
-        [str(BIN / "torchrec-aes"), "plan", str(run), "--world-size", "2", "--device", "cpu",
-         "--module-path", "ebc", "--out", str(tmp_path / "plan.json")],
-        cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    proc = cli(None, "plan", str(run), "--world-size", "2", "--device", "cpu", "--module-path", "ebc",
+               "--out", str(tmp_path / "plan.json"), check=False, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]

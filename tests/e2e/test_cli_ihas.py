@@ -13,7 +13,7 @@ import pytest
 import torch
 import yaml
 
-from tests.e2e.test_cli import REPO, cli
+from tests.conftest import REPO, cli
 from torchrec_aes.architecture import Architecture, kind_of
 from torchrec_aes.cli import main as cli_main
 from torchrec_aes.config import load_config

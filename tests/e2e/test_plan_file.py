@@ -4,12 +4,12 @@ that plan on 2 processes; a plan that does not fit the job is a one-line error n
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli import BIN, REPO, TINY, _env, cli
+from tests.conftest import cli
+from tests.e2e.test_cli import TINY
 
 pytestmark = pytest.mark.e2e
 
@@ -18,21 +18,12 @@ def test_an_exported_plan_drives_a_two_process_training_and_a_mismatch_is_one_li
     run = tmp_path / "search"
     cli(tmp_path, "search", TINY, "--run-dir", str(run), "search.method=power_rule")
     plan = tmp_path / "plan2.json"
-    planned = subprocess.run(
-        [str(BIN / "torchrec-aes"), "plan", str(run), "--world-size", "2", "--device", "cpu",
-         "--out", str(plan)],
-        cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+    planned = cli(None, "plan", str(run), "--world-size", "2", "--device", "cpu", "--out", str(plan),
+                  check=False, timeout=120)  # fmt: skip
     assert planned.returncode == 0, planned.stderr[-2000:]
     train = tmp_path / "train2"
-    proc = subprocess.run(
-        [
-            str(BIN / "torchrun"), "--standalone", "--nproc_per_node", "2", "-m", "torchrec_aes.cli", "train",
-            TINY, "--run-dir", str(train), f"arch={run}", f"plan.file={plan}",
-            f"data.cache_dir={tmp_path / 'cache'}", "train.epochs=1",
-        ],
-        cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+    proc = cli(tmp_path, "train", TINY, "--run-dir", str(train), f"arch={run}", f"plan.file={plan}",
+               "train.epochs=1", procs=2, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((train / "metrics.json").read_text())
     assert metrics["world_size"] == 2 and metrics["plan_topology"]["file"] == str(plan)

@@ -18,7 +18,8 @@ from torchx.runner import get_runner
 from torchx.specs.builders import materialize_appdef
 from torchx.specs.finder import get_component
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import REPO
+
 COMPONENTS = REPO / "launchers" / "components.py"
 TINY_SEARCH = "configs/tests/tiny.yaml"
 

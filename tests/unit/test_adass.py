@@ -1,19 +1,16 @@
-"""AdaS&S: the budget step never exceeds the budget, sampling behaves as specified, the search finds the
-planted signal-free tables, and `torchrec-aes search` runs it end to end and resumes."""
+"""AdaS&S: the budget step never exceeds the budget, sampling behaves as specified, and the search finds
+the planted signal-free tables (`torchrec-aes search` end to end: tests/e2e/test_cli_adass.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.helpers import CARDINALITIES, single_thread, tiny_splits  # noqa: F401  (a fixture)
+from tests.conftest import REPO
+from tests.helpers import CARDINALITIES, tiny_splits
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import load_config
 from torchrec_aes.planning.memory import Budget
@@ -27,9 +24,6 @@ from torchrec_aes.search.base import SearchContext
 from torchrec_aes.supernet.scorer import SupernetEvaluator, _CachedLookup, binary_auc
 from torchrec_aes.supernet.stats import auc_difference
 from torchrec_aes.tasks.ctr import CTRTask
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -254,56 +248,6 @@ def test_search_gives_signal_free_tables_the_smallest_candidate_on_planted_data(
     assert budget.fits(result.arch)
     assert [d for d, r in zip(dims, planted, strict=True) if r == 0] == [4, 4, 4], (dims, planted)
     assert max(d for d, r in zip(dims, planted, strict=True) if r > 0) > 4, (dims, planted)
-
-
-def _cli(config: str, run_dir: Path, *overrides: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torchrec_aes.cli", "search", config, "--run-dir", str(run_dir), *overrides]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
-def test_cli_search_runs_end_to_end_and_a_rerun_resumes_from_the_saved_phases(tmp_path):
-    run = tmp_path / "run"
-    config = str(REPO / "configs" / "tests" / "adass_tiny.yaml")
-    first = _cli(config, run, f"data.cache_dir={tmp_path / 'cache'}")
-    assert first.returncode == 0, first.stderr[-3000:]
-    metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["budget_used"] <= metrics["budget_bytes"]
-    assert 0.0 <= metrics["test"]["auc"] <= 1.0
-    assert (run / "checkpoints" / "adass" / "supernet_eval.pt").exists()
-    assert (run / "checkpoints" / "adass" / "rl_state.pt").exists()
-    assert not (run / "checkpoints" / "adass" / "supernet").exists()  # superseded by supernet_eval.pt
-    assert any((run / "tb" / "adass").iterdir())
-    # The report's quality-vs-bytes plot: the final pick among the scored architectures, uniform-d_max most
-    # expensive of the named points, and the final choice within the budget.
-    landscape = json.loads((run / "landscape.json").read_text())
-    named = landscape["named"]
-    assert named["final"][0] <= metrics["budget_bytes"]
-    # The final pick: the search's two variants and both baselines, trained from scratch, best on val.
-    finalists = {r["label"]: r for r in metrics["finalists"]}
-    assert (
-        {"adass", "adass_fill", "uniform", "power_rule", "uniform_fp16"}
-        >= set(finalists)
-        >= {"adass", "uniform"}
-    )
-    assert finalists["adass"]["bytes"] == named["final"][0]
-    assert finalists[metrics["winner"]]["val"]["auc"] == max(r["val"]["auc"] for r in finalists.values())
-    assert finalists[metrics["winner"]]["bytes"] == metrics["budget_used"] <= metrics["budget_bytes"]
-    assert "Final pick" in (run / "report.md").read_text()
-    assert max(v[0] for v in named.values()) == named[f"uniform-{max(metrics['candidates'])}"][0]
-    assert len(landscape["points"]) >= metrics["search_log"]["rl"]["updates"]
-    assert "quality_vs_bytes.png" in (run / "report.md").read_text()
-    assert (run / "quality_vs_bytes.png").stat().st_size > 0
-    # A rerun (e.g. after a kill) skips the trained supernet and the finished RL phase: same architecture.
-    second = _cli(config, run, f"data.cache_dir={tmp_path / 'cache'}")
-    assert second.returncode == 0, second.stderr[-3000:]
-    again = json.loads((run / "metrics.json").read_text())
-    assert again["search_log"]["supernet"] == {"resumed": True}
-    assert again["dims"] == metrics["dims"]
-    # train.resume=false starts every phase fresh: the supernet trains again.
-    fresh = _cli(config, run, f"data.cache_dir={tmp_path / 'cache'}", "train.resume=false")
-    assert fresh.returncode == 0, fresh.stderr[-3000:]
-    assert "history" in json.loads((run / "metrics.json").read_text())["search_log"]["supernet"]
 
 
 @pytest.mark.parametrize("model_type", ["dlrm", "dcn"])

@@ -8,16 +8,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from torchrec_aes.architecture import Architecture
-from torchrec_aes.config import load_config, register_section
+from torchrec_aes.config import load_config
 from torchrec_aes.runs import run_search
-from torchrec_aes.search.base import SearchContext, SearchResult, get_method, register
-
-REPO = Path(__file__).resolve().parents[2]
+from torchrec_aes.search.base import SearchContext, SearchResult, get_method
 
 
 @dataclass
@@ -41,15 +39,9 @@ def small_tables_first(ctx: SearchContext) -> SearchResult:
 
 
 @pytest.fixture
-def registered():
-    from torchrec_aes import config
-    from torchrec_aes.search import base
-
-    register_section("small_tables_first", SmallTablesFirstConfig)
-    register("small_tables_first", tasks=("ctr",), section="small_tables_first")(small_tables_first)
-    yield
-    base._METHODS.pop("small_tables_first")
-    config._SECTIONS.pop("small_tables_first")
+def registered(registry):
+    registry.section("small_tables_first", SmallTablesFirstConfig)
+    registry.method("small_tables_first", small_tables_first, tasks=("ctr",), section="small_tables_first")
 
 
 def test_a_method_registered_through_the_public_interface_runs_end_to_end(registered, tmp_path) -> None:

@@ -7,20 +7,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
-from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.types import ShardingType
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.optim import RowWiseAdagrad
-from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
-from torchrec.optim.keyed import KeyedOptimizerWrapper
-from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 import torchrec_aes
-from tests.distributed.launcher import run_ranks
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.data.schema import Schema, SparseFeature
 from torchrec_aes.tasks.ctr import CTRTask
@@ -50,14 +42,19 @@ def _searched_arch() -> Architecture:
     return Architecture.from_dims(schema, SEARCHED_DIMS, method="power_rule")
 
 
+def save_run_dir(path: Path) -> Path:
+    """Writes `path` as `torchrec-aes search` leaves a run directory: architecture.yaml + plan.json
+    (trainer's path). Also the distributed tier's (tests/distributed/test_api_distributed.py)."""
+    arch = _searched_arch()
+    arch.save(str(path / "architecture.yaml"))
+    plan = torchrec_aes.plan_for(arch, world_size=1, device="cpu", module_path=TRAINER_EBC_PATH)
+    torchrec_aes.save_plan(plan, str(path / "plan.json"))
+    return path
+
+
 @pytest.fixture
 def run_dir(tmp_path: Path) -> Path:
-    """A run directory as `torchrec-aes search` leaves it: architecture.yaml + plan.json (trainer's path)."""
-    arch = _searched_arch()
-    arch.save(str(tmp_path / "architecture.yaml"))
-    plan = torchrec_aes.plan_for(arch, world_size=1, device="cpu", module_path=TRAINER_EBC_PATH)
-    torchrec_aes.save_plan(plan, str(tmp_path / "plan.json"))
-    return tmp_path
+    return save_run_dir(tmp_path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -177,69 +174,6 @@ def test_load_plan_for_another_architecture_says_which_table_does_not_fit(run_di
         torchrec_aes.load_plan(str(run_dir), arch=other)
     with pytest.raises(ValueError, match="no sharding for table 't_noise'"):
         torchrec_aes.load_plan(str(run_dir), arch=_searched_arch().with_dims([16, 12, 6, 4]))
-
-
-def test_package_import_stays_cheap_until_the_api_is_used() -> None:
-    import subprocess
-    import sys
-
-    code = "import sys, torchrec_aes; print('torchrec' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The README flow: a plain TorchRec training loop with the searched sizes and the saved plan
-# ---------------------------------------------------------------------------------------------------------
-
-
-class _UserModel(nn.Module):
-    """A user's model: EBC -> concatenated pooled embeddings -> linear logit (any TorchRec model will do)."""
-
-    def __init__(self, ebc: EmbeddingBagCollection) -> None:
-        super().__init__()
-        self.ebc = ebc
-        self.head = nn.Linear(sum(c.embedding_dim for c in ebc.embedding_bag_configs()), 1)
-
-    def forward(self, features: KeyedJaggedTensor) -> torch.Tensor:
-        return self.head(self.ebc(features).values()).squeeze(-1)
-
-
-def _train_with_saved_plan(rank: int, world_size: int, run_dir: str) -> tuple[list[float], dict[str, str]]:
-    # --- what the README shows -------------------------------------------------------------------------
-    arch = torchrec_aes.load_architecture(run_dir)
-    tables = torchrec_aes.resize_configs(_user_tables(), arch)
-    model = _UserModel(EmbeddingBagCollection(tables=tables, device=torch.device("meta")))
-    apply_optimizer_in_backward(RowWiseAdagrad, model.ebc.parameters(), {"lr": 0.1})
-    plan = torchrec_aes.load_plan(run_dir, module_path="ebc", arch=arch, configs=_user_tables())
-    model = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan)
-    dense_params = dict(in_backward_optimizer_filter(model.named_parameters()))
-    dense_optimizer = KeyedOptimizerWrapper(dense_params, lambda params: torch.optim.Adam(params, lr=0.02))
-    # ----------------------------------------------------------------------------------------------------
-    g = torch.Generator().manual_seed(rank)
-    batch = 256
-    ids = {f: torch.randint(0, n, (batch,), generator=g) for f, n in FEATURES.items()}
-    labels = ((ids["user"] % 2) ^ (ids["item"] % 3 == 0)).float()  # learnable only through the embeddings
-    features = KeyedJaggedTensor.from_lengths_sync(
-        keys=list(FEATURES),
-        values=torch.cat(list(ids.values())),
-        lengths=torch.ones(batch * len(FEATURES), dtype=torch.int32),
-    )
-    losses = []
-    for _ in range(15):
-        dense_optimizer.zero_grad()
-        loss = F.binary_cross_entropy_with_logits(model(features), labels)
-        loss.backward()  # the fused row-wise Adagrad updates the tables here
-        dense_optimizer.step()
-        losses.append(loss.item())
-    sharding = {name: ps.sharding_type for name, ps in model.plan.plan["ebc"].items()}
-    return losses, sharding
-
-
-def test_saved_architecture_and_plan_train_a_plain_torchrec_model(run_dir: Path) -> None:
-    ((losses, sharding),) = run_ranks(_train_with_saved_plan, str(run_dir), world_size=1)
-    assert sharding["city_table"] == ShardingType.DATA_PARALLEL.value and "noise_table" not in sharding
-    assert losses[-1] < 0.8 * losses[0], losses
 
 
 # ---------------------------------------------------------------------------------------------------------

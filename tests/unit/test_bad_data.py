@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import REPO
 from torchrec_aes.config import DataConfig
 from torchrec_aes.data import load_data, read_raw
 from torchrec_aes.data.interactions import MAX_ID, MAX_ID_SPARSITY, load_interactions
 from torchrec_aes.data.textfile import MAX_SKIPPED_SHARE, SKIPPED_ROWS_TOLERATED, DataFileNotFoundError
 
-CORPUS = Path(__file__).parents[1] / "data" / "bad"
+CORPUS = REPO / "tests" / "data" / "bad"
 NUM_ROWS = 300
 BAD_LINE = 3
 """File line (1-based, a header included) that the generated non-UTF-8 files damage."""

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import REPO
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.cli import main
 from torchrec_aes.config import load_config
@@ -28,7 +29,6 @@ from torchrec_aes.errors import user_error_message
 from torchrec_aes.planning.plan_io import PLAN_FORMAT, load_plan
 from torchrec_aes.tasks import get_task
 
-REPO = Path(__file__).resolve().parents[2]
 TINY = str(REPO / "configs" / "tests" / "tiny.yaml")
 CORPUS = REPO / "tests" / "data" / "bad"
 

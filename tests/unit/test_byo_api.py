@@ -22,6 +22,7 @@ from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backwa
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 import torchrec_aes
+from tests.conftest import REPO
 from torchrec_aes.data.schema import Schema, SparseFeature
 from torchrec_aes.planning.memory import Budget, arch_bytes
 
@@ -230,9 +231,8 @@ def test_a_budget_below_the_smallest_architecture_names_the_minimum() -> None:
 def test_the_readme_example_runs_as_written(tmp_path) -> None:
     """The README's "Bring your own model and data" code, with this file's tiny search settings added and
     its run directory under tmp_path."""
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    readme = (REPO / "README.md").read_text()
     section = readme.split("## Bring your own model and data")[1]
     code = section.split("```python\n")[1].split("```")[0]
     settings = '"train.epochs=2"]'

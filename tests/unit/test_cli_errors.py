@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import json
 import warnings
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from torchrec_aes import cli
 from torchrec_aes.errors import UserError, user_error_message
 
-TINY = str(Path(__file__).resolve().parents[2] / "configs" / "tests" / "tiny.yaml")
+TINY = str(REPO / "configs" / "tests" / "tiny.yaml")
 
 
 def _main(monkeypatch, tmp_path, capsys, error: BaseException) -> tuple[int | str | None, str]:

@@ -12,14 +12,13 @@ import pytest
 import torch
 from torchrec.datasets.utils import Batch
 
+from tests.conftest import SHARED_DATA
 from torchrec_aes.config import DataConfig, SyntheticConfig
 from torchrec_aes.data import load_data
 from torchrec_aes.data.criteo import read_criteo
 from torchrec_aes.data.dataset import iter_batches
 from torchrec_aes.data.libfm import read_libfm
 from torchrec_aes.data.tabular import read_tabular
-
-DATA = Path(__file__).parents[2].parent / "shared" / "data"
 
 FRAPPE_OFFSETS = [0, 957, 5039, 5046, 5053, 5055, 5058, 5060, 5069, 5149]
 FRAPPE_FIELDS = [
@@ -41,7 +40,7 @@ AVAZU_SPARSE = (
 
 
 def _sample(*parts: str) -> Path:
-    path = DATA.joinpath(*parts)
+    path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
         pytest.skip(f"real data sample {path} is absent (expected ../shared/data beside the checkout)")
     return path

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from torchrec_aes.config import load_config
 from torchrec_aes.runs import run_search
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _interactions(path: Path) -> str:

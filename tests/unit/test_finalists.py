@@ -8,18 +8,17 @@ from pathlib import Path
 import pytest
 import torch.nn.functional as F
 
+from tests.conftest import REPO
 from tests.helpers import tiny_config, tiny_splits
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import load_config
 from torchrec_aes.planning.memory import Budget
 from torchrec_aes.report import write_report
 from torchrec_aes.runs import run_search
-from torchrec_aes.search.base import SearchContext, SearchResult, register
+from torchrec_aes.search.base import SearchContext, SearchResult
 from torchrec_aes.search.finalists import Finalist, baseline_finalists, halving_epochs, pick_finalist
 from torchrec_aes.tasks.ctr import CTRTask
 from torchrec_aes.train.hooks import TrainHooks
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class Backwards(TrainHooks):
@@ -36,12 +35,8 @@ def backwards(ctx: SearchContext) -> SearchResult:
 
 
 @pytest.fixture
-def registered():
-    from torchrec_aes.search import base
-
-    register("backwards", tasks=("ctr",))(backwards)
-    yield
-    base._METHODS.pop("backwards")
+def registered(registry):
+    registry.method("backwards", backwards, tasks=("ctr",))
 
 
 def _run(tmp_path: Path, *overrides: str) -> dict:

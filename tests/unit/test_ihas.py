@@ -8,14 +8,14 @@ import json
 import math
 import random
 import re
-from pathlib import Path
 
 import pytest
 import torch
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from tests.helpers import single_thread, tiny_config  # noqa: F401  (single_thread: a fixture)
+from tests.conftest import REPO
+from tests.helpers import tiny_config
 from torchrec_aes.architecture import Architecture, kind_of
 from torchrec_aes.data.dataset import CTRData, Splits, make_batch
 from torchrec_aes.data.schema import Schema, SparseFeature
@@ -35,9 +35,6 @@ from torchrec_aes.search.ihas.gates import GatedEmbeddingBagCollection, GateHook
 from torchrec_aes.search.ihas.router import fit_router
 from torchrec_aes.search.ihas.search import fit_dims
 from torchrec_aes.tasks.ctr import CTRTask
-
-REPO = Path(__file__).resolve().parents[2]
-
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

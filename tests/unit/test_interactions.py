@@ -8,11 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import SHARED_DATA
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import DataConfig
 from torchrec_aes.data.interactions import CSR, load_interactions, read_interaction_file, split_per_user
-
-DATA = Path(__file__).parents[2].parent / "shared" / "data"
 
 
 def _write(path: Path, lines: list[str]) -> str:
@@ -163,13 +162,13 @@ def test_csr_contains_and_gather_answer_membership_and_rows() -> None:
 
 
 def test_gowalla_loads_with_its_published_sizes() -> None:
-    train = DATA / "gowalla" / "train.txt.gz"
+    train = SHARED_DATA / "gowalla" / "train.txt.gz"
     if not train.exists():
         pytest.skip(f"Gowalla sample not found at {train} (../shared/data beside the checkout)")
     cfg = DataConfig(
         type="interactions",
         path=str(train),
-        test_path=str(DATA / "gowalla" / "test.txt.gz"),
+        test_path=str(SHARED_DATA / "gowalla" / "test.txt.gz"),
         split=[0.5, 0.25, 0.25],
     )
     data = load_interactions(cfg)

@@ -18,7 +18,6 @@ import yaml
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from tests.helpers import single_thread  # noqa: F401  (single_thread: a fixture)
 from torchrec_aes.architecture import Architecture, kind_of
 from torchrec_aes.data.schema import Schema, SparseFeature
 from torchrec_aes.models.blocks import (

@@ -1,24 +1,17 @@
-"""Sharding plans: planned on the meta device, stored in our JSON schema, loaded back into DMP."""
+"""Sharding plans: planned on the meta device, stored in our JSON schema and loaded back (DMP training with
+a loaded plan on 2 ranks: tests/distributed/test_plan_distributed.py)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-import torch
-import torch.distributed as dist
-from torch import nn
-from torchrec.distributed.model_parallel import DistributedModelParallel
-from torchrec.distributed.types import ShardingEnv
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from tests.distributed.launcher import run_ranks
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.data.schema import Schema, SparseFeature
-from torchrec_aes.planning.memory import arch_bytes, meta_ebc
+from torchrec_aes.planning.memory import arch_bytes
 from torchrec_aes.planning.plan import (
     PlanError,
-    default_sharders,
     format_plan_summary,
     make_topology,
     plan_architecture,
@@ -29,11 +22,16 @@ from torchrec_aes.planning.plan_io import load_plan, save_plan
 CARDINALITIES = [10, 1000, 100_000, 7]
 
 
-@pytest.fixture
-def arch() -> Architecture:
-    # Dim 6 is not a multiple of 4, so that table must be data-parallel (FBGEMM's fused kernels need x4).
+def make_arch() -> Architecture:
+    """Four tables; dim 6 is not a multiple of 4, so that table must be data-parallel (FBGEMM's fused
+    kernels need x4). Also the distributed tier's (tests/distributed/test_plan_distributed.py)."""
     schema = Schema(sparse=[SparseFeature(f"c{i}", n) for i, n in enumerate(CARDINALITIES)])
     return Architecture.from_dims(schema, [8, 16, 12, 6])
+
+
+@pytest.fixture
+def arch() -> Architecture:
+    return make_arch()
 
 
 @pytest.mark.parametrize(("world_size", "device"), [(2, "cpu"), (4, "cuda")])
@@ -91,49 +89,3 @@ def test_summary_adds_up_to_our_bytes_plus_replicas(arch: Architecture) -> None:
     assert sum(r.ddr_bytes for r in busy) > sum(r.ddr_bytes for r in rows)
     text = format_plan_summary(rows, topology)
     assert "total" in text and "t_c3" in text
-
-
-class _TinyModel(nn.Module):
-    def __init__(self, arch: Architecture) -> None:
-        super().__init__()
-        self.ebc = meta_ebc(arch.to_ebc_configs(), "rowwise_adagrad")
-        self.head = nn.Linear(sum(t.embedding_dim for t in arch.active_tables), 1, device="meta")
-
-    def forward(self, kjt: KeyedJaggedTensor) -> torch.Tensor:
-        return self.head(self.ebc(kjt).values()).squeeze(1)
-
-
-def _train_two_steps(rank: int, world_size: int, arch_dict: dict, plan_path: str) -> list[float]:
-    arch = Architecture.from_dict(arch_dict)
-    model = _TinyModel(arch)
-    dmp = DistributedModelParallel(
-        model,
-        env=ShardingEnv.from_process_group(dist.group.WORLD),
-        device=torch.device("cpu"),
-        plan=load_plan(plan_path),
-        sharders=default_sharders(),
-    )
-    g = torch.Generator().manual_seed(rank)
-    keys = [t.feature_names[0] for t in arch.active_tables]
-    batch = 4
-    values = torch.cat(
-        [torch.randint(0, t.num_embeddings, (batch,), generator=g) for t in arch.active_tables]
-    )
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys, values, torch.ones(len(keys) * batch, dtype=torch.long))
-    losses = []
-    for _ in range(2):
-        loss = dmp(kjt).pow(2).mean()
-        loss.backward()  # the fused table optimizer steps inside backward
-        losses.append(loss.item())
-    return losses
-
-
-@pytest.mark.distributed
-def test_loaded_plan_trains_under_dmp_on_two_ranks(arch: Architecture, tmp_path) -> None:
-    plan = plan_architecture(arch, 2, "cpu", module_path="ebc")
-    path = str(tmp_path / "plan.json")
-    save_plan(plan, path)
-    results = run_ranks(_train_two_steps, arch.to_dict(), path, world_size=2)
-    for first, second in results:
-        assert torch.isfinite(torch.tensor([first, second])).all()
-        assert second != first  # the tables were updated by the fused optimizer

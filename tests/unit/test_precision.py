@@ -9,6 +9,7 @@ import torch
 from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
 
 import torchrec_aes
+from tests.conftest import REPO
 from tests.helpers import tiny_config, tiny_splits
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.planning.memory import Budget, arch_bytes, meta_ebc, table_storage
@@ -136,14 +137,12 @@ def test_simulated_fp16_rounds_the_forward_pass_and_passes_gradients_straight_th
 
 
 def test_adass_with_a_precision_choice_meets_the_byte_budget_with_mixed_precision_tables(tmp_path) -> None:
-    from pathlib import Path
 
     from torchrec_aes.config import load_config
     from torchrec_aes.runs import run_search
 
-    repo = Path(__file__).resolve().parents[2]
     cfg = load_config(
-        str(repo / "configs" / "tests" / "adass_tiny.yaml"),
+        str(REPO / "configs" / "tests" / "adass_tiny.yaml"),
         [
             f"data.cache_dir={tmp_path / 'cache'}",
             f"run_dir={tmp_path / 'run'}",

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import SHARED_DATA, tiny_splits
+from tests.conftest import SHARED_DATA
+from tests.helpers import tiny_splits
 from torchrec_aes.config import DataConfig
 from torchrec_aes.data import load_data, read_raw
 from torchrec_aes.data.binary import BinaryRows

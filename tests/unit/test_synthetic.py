@@ -6,8 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +25,6 @@ from torchrec_aes.data.synthetic import (
     resolve_ranks,
     synthetic_cache_dir,
 )
-
-REPO = Path(__file__).parents[2]
 
 # Small but structured: a 30-id wide field to stratify on, signal-free fields from 10 to 10^5 rows.
 MIXED = SyntheticConfig(
@@ -244,17 +240,9 @@ def _factorisation_machine_auc(data: CTRData, dim: int, seed: int, epochs: int =
         return _auc(logits(test), data.labels[test])
 
 
-@pytest.fixture
-def one_thread():
-    # Tiny ops: OpenMP threads only contend on a shared machine (measured 50x slower with 2 threads).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.filterwarnings("ignore:Sparse invariant checks")
-def test_wide_fields_need_wide_embeddings_dim_32_beats_dim_4(one_thread) -> None:
+@pytest.mark.usefixtures("single_thread")  # tiny ops: measured 50x slower with 2 contending threads
+def test_wide_fields_need_wide_embeddings_dim_32_beats_dim_4() -> None:
     cfg = SyntheticConfig(
         num_examples=50_000,
         num_dense=4,
@@ -266,21 +254,6 @@ def test_wide_fields_need_wide_embeddings_dim_32_beats_dim_4(one_thread) -> None
     print(f"FM test AUC: dim 4 {auc[4]:.4f}, dim 32 {auc[32]:.4f}")
     assert auc[4] > 0.7, "the planted signal is not learnable"
     assert auc[32] > auc[4] + 0.02
-
-
-def test_make_synthetic_tool_writes_the_cache_and_prints_the_ranks(tmp_path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "make_synthetic.py"), "--out", str(tmp_path), "--rows", "500"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    lines = result.stdout.splitlines()
-    assert "500 rows" in lines[1]
-    table = {line.split()[0]: line.split() for line in lines[3:]}
-    assert table["c2"][1:3] == ["100", "32"] and table["c0"][1:3] == ["10", "0"]
-    (directory,) = tmp_path.iterdir()
-    assert sorted(p.name for p in directory.iterdir()) == ["data.pt", "planted.json"]
 
 
 # --- Populations ---------------------------------------------------------------------------------------

@@ -148,6 +148,15 @@ def register(
     return wrap
 
 
+def unregister(name: str) -> None:
+    """Removes the search method registered as `name` (the counterpart of `register`, e.g. for a method a
+    test registers for its own run). Its config section, if any, stays: `config.unregister_section` removes
+    it. A ValueError if no method has that name."""
+    if name not in _METHODS:
+        raise ValueError(f"search method '{name}' is not registered")
+    del _METHODS[name]
+
+
 def _load_builtin() -> None:
     import torchrec_aes.search  # noqa: F401  (registers the built-in methods)
 
