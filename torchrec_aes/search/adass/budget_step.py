@@ -123,8 +123,10 @@ def fit_to_budget(
         base = judge.score(cur, "select")
         grows = []
         for f, k, added, c in neighbours(smaller=False):
+            if total + added > budget:  # checked first: a grow that does not fit is not scored
+                continue
             gain = judge.score(c, "select") - base
-            if total + added <= budget and gain > 0:
+            if gain > 0:
                 grows.append((gain / max(added, 1), f, k, c))
         grows.sort(key=lambda o: -o[0])
         accepted = None
