@@ -14,8 +14,8 @@ Its `kind` says how it deploys, and every consumer dispatches on it (never on `e
 * `blocks` -- a block graph over one table per feature (NASRec, `models/blocks.py`): the graph under
   `extra.blocks` and its space under `extra.space`; trained as a `BlockNet`.
 
-A kind (`ArchKind`) checks an architecture against the data, gives its training form, counts its bytes
-(everything serving needs; for these two kinds the tables) and carries its side files into a new run.
+A kind (`ArchKind`) checks an architecture against the data, gives its training form and carries its side
+files into a new run; its bytes are those of its tables, which list everything serving needs.
 
 Example::
 
@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -34,7 +35,7 @@ from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, Poo
 
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.errors import UserError, yaml_error
-from torchrec_aes.io import read_text, write_text_atomic
+from torchrec_aes.io import join, read_text, write_text_atomic
 
 DATA_TYPES = ("fp32", "fp16")
 """Table precisions that train (FBGEMM's fused kernels, CPU and GPU)."""
@@ -89,7 +90,7 @@ class Architecture:
         seed: the search seed.
         schema_hash: `Schema.hash()` of the data it was searched on.
         extra: kind-specific fields (documented per kind).
-        kind: how it deploys: one of `KINDS` (see the module docstring).
+        kind: how it deploys: one of `kind_names()` (see the module docstring).
     """
 
     tables: list[TableArch]
@@ -251,8 +252,8 @@ class Architecture:
             raise ValueError(f"{source}: extra: {top['extra']!r}; expected a mapping")
         if "kind" not in top:  # files written before kinds existed: BET's were the row-wise ones
             top["kind"] = "rowwise" if "row_dims" in (top.get("extra") or {}) else "tables"
-        if top["kind"] not in _kinds():
-            raise ValueError(f"{source}: kind '{top['kind']}' is not one of {', '.join(KINDS)}")
+        if top["kind"] not in kind_names():
+            raise ValueError(f"{source}: kind '{top['kind']}' is not one of {', '.join(kind_names())}")
         return cls(tables=tables, **top)
 
     def save(self, path: str) -> None:
@@ -303,11 +304,28 @@ def _text(value: Any, where: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-class ArchKind:
-    """How one kind of architecture is checked, trained, counted and carried (the `tables` kind).
+ARCHITECTURE_FILE = "architecture.yaml"
 
-    Consumers call `kind_of(arch)` and these methods; a new kind (iHAS's `grouped`, NASRec's `blocks`)
-    subclasses this and registers in `KINDS`.
+
+def architecture_file(path_or_run_dir: str) -> str:
+    """The architecture file named by a path: the file itself, or `architecture.yaml` in a run directory."""
+    return (
+        path_or_run_dir
+        if path_or_run_dir.endswith((".yaml", ".yml"))
+        else join(path_or_run_dir, ARCHITECTURE_FILE)
+    )
+
+
+class ArchKind:
+    """How one kind of architecture is checked, trained and carried (this base class is the `tables`
+    kind). An architecture's tables list everything serving it needs (a grouped architecture lists its
+    router's tables too), so its bytes are TorchRec's estimate of those tables for every kind
+    (`planning.memory.arch_bytes`).
+
+    Consumers call `kind_of(arch)` and these methods. A kind lives with its model (`models/rowwise.py`,
+    `models/grouped.py`, `models/blocks.py`) and registers itself with `register_kind` when its module is
+    imported; `kind_of` imports the built-in ones by name (`BUILTIN_KINDS`), so this contract never
+    imports its implementations.
     """
 
     name = "tables"
@@ -318,47 +336,39 @@ class ArchKind:
         arch.check_schema(schema, source=source or "architecture")
         return arch, None
 
-    def bytes(self, arch: Architecture, optimizer: str, count: str = "bytes") -> int:
-        """What serving `arch` costs by TorchRec's storage estimate (or in parameters)."""
-        from torchrec_aes.planning.memory import arch_bytes
-
-        return arch_bytes(arch, optimizer, count)
-
     def carry(self, arch: Architecture, source: str, run_dir: str) -> None:
         """Copies the side files of `arch` (loaded from directory `source`) into `run_dir`."""
 
 
-class RowwiseKind(ArchKind):
-    """Per-row sizes (BET): size-bucket tables + `row_dims.npy` / `row_remap.npy`; trained masked."""
+_KINDS: dict[str, ArchKind] = {"tables": ArchKind()}
 
-    name = "rowwise"
-
-    def training_form(self, arch: Architecture, source: str, schema: Schema) -> tuple[Architecture, Any]:
-        import os
-
-        from torchrec_aes.models.rowwise import masked_form
-        from torchrec_aes.tasks.cf import TableHooks
-
-        full, row_dims = masked_form(arch, os.path.dirname(source), schema)
-        return full, TableHooks(row_dims=row_dims)
-
-    def carry(self, arch: Architecture, source: str, run_dir: str) -> None:
-        from torchrec_aes.models.rowwise import BucketLayout
-
-        BucketLayout.load(arch, source).save(run_dir)
+BUILTIN_KINDS = {
+    "tables": "torchrec_aes.architecture",
+    "rowwise": "torchrec_aes.models.rowwise",
+    "grouped": "torchrec_aes.models.grouped",
+    "blocks": "torchrec_aes.models.blocks",
+}
+"""The built-in kinds by name -> the module that registers it (resolved by name when first needed)."""
 
 
-KINDS: dict[str, ArchKind] = {k.name: k for k in (ArchKind(), RowwiseKind())}
-"""Every architecture kind by name."""
+def register_kind(kind: ArchKind) -> ArchKind:
+    """Registers an architecture kind under `kind.name` (a kind's module calls this when imported)."""
+    if _KINDS.get(kind.name, kind) is not kind and type(_KINDS[kind.name]) is not type(kind):
+        raise ValueError(f"architecture kind '{kind.name}' is registered twice")
+    _KINDS[kind.name] = kind
+    return kind
 
 
-def _kinds() -> dict[str, ArchKind]:
-    import torchrec_aes.models.blocks  # noqa: F401  (registers `blocks`; it imports this module)
-    import torchrec_aes.models.grouped  # noqa: F401  (registers `grouped`; it imports this module)
-
-    return KINDS
+def kind_names() -> list[str]:
+    """Every kind's name (the built-in ones and any registered)."""
+    return sorted({*BUILTIN_KINDS, *_KINDS})
 
 
 def kind_of(arch: Architecture) -> ArchKind:
-    """The kind of `arch`."""
-    return _kinds()[arch.kind]
+    """The kind of `arch` (a built-in kind's module is imported the first time it is asked for)."""
+    name = arch.kind
+    if name not in _KINDS and name in BUILTIN_KINDS:
+        importlib.import_module(BUILTIN_KINDS[name])
+    if name not in _KINDS:
+        raise ValueError(f"architecture kind '{name}' is not one of {', '.join(kind_names())}")
+    return _KINDS[name]

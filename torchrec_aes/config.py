@@ -13,6 +13,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import math
 import os
 import types
@@ -238,10 +239,21 @@ def unregister_section(name: str) -> None:
     del _SECTIONS[name]
 
 
-def method_sections() -> dict[str, type]:
-    """Every registered method section by name (importing the built-in methods first)."""
-    import torchrec_aes.search  # noqa: F401  (registers the built-in methods and their sections)
+BUILTIN_SECTIONS = {
+    "adass": "torchrec_aes.search.adass.config",
+    "bet": "torchrec_aes.search.bet.config",
+    "ihas": "torchrec_aes.search.ihas.config",
+    "nasrec": "torchrec_aes.search.nasrec.config",
+}
+"""The built-in method sections by name -> the module that registers it: resolved by name (as torchtitan
+resolves model names), so the loader never imports a method."""
 
+
+def method_sections() -> dict[str, type]:
+    """Every method section by name: the built-in ones (their modules imported by name) and any other
+    registered."""
+    for module in BUILTIN_SECTIONS.values():
+        importlib.import_module(module)
     return dict(_SECTIONS)
 
 
@@ -576,10 +588,10 @@ def validate(cfg: Config) -> None:
     if not cfg.run_dir.strip():
         raise ConfigError("run_dir: must not be empty (the directory every artifact of the run goes to)")
     if cfg.arch and is_local(cfg.arch):
-        from torchrec_aes import rundir
-        from torchrec_aes.architecture import Architecture
+        # Imported here for start-up time: `load_config` of a config without `arch` stays free of TorchRec.
+        from torchrec_aes.architecture import Architecture, architecture_file
 
-        path = rundir.architecture_file(cfg.arch).removeprefix("file://")
+        path = architecture_file(cfg.arch).removeprefix("file://")
         if not os.path.isfile(path):
             what = "is a directory" if os.path.isdir(path) else "no such file"
             raise ConfigError(f"arch: {path}: {what} (expected an architecture.yaml or a run directory)")
@@ -593,8 +605,8 @@ def validate(cfg: Config) -> None:
 def _check_budget_form(cfg: Config) -> None:
     """Parses each `search.budget` against an empty schema: its form and number are checked at load; what
     it amounts to needs the data (`Budget.parse` again, with the schema)."""
-    from torchrec_aes.data.schema import Schema
-    from torchrec_aes.planning.memory import Budget
+    # Imported here for start-up time (the planner's estimates import TorchRec); Schema is empty here.
+    from torchrec_aes.planning.memory import Budget, Schema
 
     if not cfg.search.budget:
         raise ConfigError("search.budget: [] is empty; expected at least one budget, e.g. '0.5 x uniform-64'")

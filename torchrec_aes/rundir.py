@@ -24,15 +24,20 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from torchrec_aes.io import join, makedirs, write_text_atomic
+from torchrec_aes.architecture import ARCHITECTURE_FILE
+from torchrec_aes.architecture import architecture_file as architecture_file  # re-exported
+from torchrec_aes.config import Config, save_config
+from torchrec_aes.io import join, makedirs, read_text, save_numpy_atomic, write_text_atomic
+from torchrec_aes.planning.plan import plan_architecture
+from torchrec_aes.planning.plan_io import save_plan
+from torchrec_aes.report import write_frontier, write_report
 
 if TYPE_CHECKING:
     from torchrec_aes.architecture import Architecture
-    from torchrec_aes.config import Config
     from torchrec_aes.planning.memory import Budget
 
 CONFIG = "config.yaml"
-ARCHITECTURE = "architecture.yaml"
+ARCHITECTURE = ARCHITECTURE_FILE
 PLAN = "plan.json"
 METRICS = "metrics.json"
 LANDSCAPE = "landscape.json"
@@ -58,7 +63,6 @@ def checkpoint_dir(run_dir: str, tag: str) -> str:
 def write_scores(run_dir: str, tag: str, scores: Any) -> str:
     """Saves a training's per-row test scores as `RUN/scores/<tag>.npy`; returns that path relative to RUN
     (what metrics.json records, so benchmarks can compare models on the same rows)."""
-    from torchrec_aes.io import save_numpy_atomic
 
     relative = f"scores/{tag}.npy"
     save_numpy_atomic(join(run_dir, relative), scores)
@@ -75,22 +79,11 @@ def method_dir(run_dir: str, method: str) -> str:
     return join(run_dir, method)
 
 
-def architecture_file(path_or_run_dir: str) -> str:
-    """The architecture file named by a path: the file itself, or `architecture.yaml` in a run directory."""
-    return (
-        path_or_run_dir
-        if path_or_run_dir.endswith((".yaml", ".yml"))
-        else join(path_or_run_dir, ARCHITECTURE)
-    )
-
-
 def write_plan(
     cfg: Config, world_size: int, arch: Architecture, module_path: str, run_dir: str
 ) -> dict[str, Any]:
     """Plans `arch` for the topology of `cfg.plan` (`plan.world_size` or `world_size`) into `plan.json`;
     returns the topology."""
-    from torchrec_aes.planning.plan import plan_architecture
-    from torchrec_aes.planning.plan_io import save_plan
 
     world_size = cfg.plan.world_size or world_size
     plan = plan_architecture(
@@ -128,16 +121,12 @@ def write_run(
 ) -> None:
     """Writes config, architecture, plan, metrics, the landscape (if any) and the report into
     `cfg.run_dir`. Call on rank 0 only."""
-    from torchrec_aes.config import save_config
-    from torchrec_aes.report import write_report
 
     run_dir = cfg.run_dir
     makedirs(run_dir)
     save_config(cfg, path(run_dir, CONFIG))
     arch.save(path(run_dir, ARCHITECTURE))
     if cfg.plan.file:  # the run was sharded with a given plan: keep that one
-        from torchrec_aes.io import read_text
-
         write_text_atomic(path(run_dir, PLAN), read_text(cfg.plan.file))
         metrics["plan_topology"] = {"file": cfg.plan.file, "world_size": world_size}
     else:
@@ -151,8 +140,6 @@ def write_run(
 def write_budgets(cfg: Config, summary: dict[str, Any], metric: str) -> None:
     """The parent of a budget list: config, summary metrics, the frontier (JSON + plot) and a report.
     Call on rank 0 only."""
-    from torchrec_aes.config import save_config
-    from torchrec_aes.report import write_frontier
 
     run_dir = cfg.run_dir
     makedirs(run_dir)

@@ -240,7 +240,7 @@ def _search(
         )
     arch.method = cfg.search.method
     arch.budget_bytes = budget.bytes
-    arch.embedding_bytes = kind_of(arch).bytes(arch, cfg.train.embedding_optimizer)
+    arch.embedding_bytes = arch_bytes(arch, cfg.train.embedding_optimizer)
     arch.seed = cfg.train.seed
     arch.schema_hash = schema.hash()
     metrics: dict[str, Any] = {

@@ -12,8 +12,8 @@ import torch
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config, DataConfig
 from torchrec_aes.data.interactions import CSR, InteractionData, load_interactions
-from torchrec_aes.models.cf import LightGCN, build_cf_model
-from torchrec_aes.tasks.cf import CFTask, TableHooks
+from torchrec_aes.models.cf import LightGCN, TableHooks, build_cf_model
+from torchrec_aes.tasks.cf import CFTask
 from torchrec_aes.train.ranking import evaluate_ranking, topk_items
 from torchrec_aes.train.trainer import Trainer
 

@@ -34,6 +34,7 @@ from torchrec_aes.models.blocks import (
     liveness,
     subnet_state,
 )
+from torchrec_aes.planning.memory import arch_bytes
 from torchrec_aes.search.nasrec.config import NASRecConfig, check_config
 from torchrec_aes.search.nasrec.evolution import EvolutionResult, evolve, mutations_at
 from torchrec_aes.search.nasrec.space import (
@@ -749,7 +750,7 @@ def test_blocks_architecture_saves_loads_and_trains_as_a_blocknet(tmp_path):
     dense, kjt = _inputs()
     with torch.no_grad():
         assert model(dense, kjt).shape == (BATCH,)
-    assert kind.bytes(loaded, "sgd") > 0
+    assert arch_bytes(loaded, "sgd") > 0
 
 
 @pytest.mark.parametrize(

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_aes.architecture import KINDS, Architecture, ArchKind
+from torchrec_aes.architecture import Architecture, ArchKind, register_kind
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.train.hooks import TrainHooks
 
@@ -697,4 +697,4 @@ class BlocksKind(ArchKind):
         return arch, BlocksHooks(graph, space)
 
 
-KINDS["blocks"] = BlocksKind()
+register_kind(BlocksKind())

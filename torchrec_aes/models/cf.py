@@ -33,12 +33,15 @@ import warnings
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.data.interactions import CSR, InteractionData
+from torchrec_aes.train.hooks import TrainHooks
 
 USER, ITEM = "user", "item"
 
@@ -314,3 +317,66 @@ def build_cf_model(
     if model_type == "lightgcn":
         return LightGCN(tables, normalized_adjacency(data.train, data.num_items), num_layers, device)
     raise ValueError(f"model.type: '{model_type}' is not a CF model; allowed: {', '.join(CF_MODELS)}")
+
+
+@torch.no_grad()
+def load_tables(model: CFModel, tables: dict[str, torch.Tensor]) -> None:
+    """Copies full table weights {"user": [U, d_user], "item": [I, d_item]} into a (sharded) model.
+
+    Each rank writes the slices of its local shards (table-wise, column-wise) or the whole table
+    (data-parallel, unsharded), so every rank must pass the same full tensors.
+    """
+    by_table = {}
+    shapes = {USER: (model.num_users, model.user_dim), ITEM: (model.num_items, model.item_dim)}
+    for feature, full in tables.items():
+        if feature not in shapes:
+            raise ValueError(f"initial tables: unknown feature '{feature}'; allowed: {USER}, {ITEM}")
+        if tuple(full.shape) != shapes[feature]:
+            raise ValueError(
+                f"initial '{feature}' table: expected shape {shapes[feature]}, got {tuple(full.shape)}"
+            )
+        by_table[model.table_names[feature]] = full
+    for key, value in model.ebc.state_dict().items():
+        name = key.split(".")[-2]  # embedding_bags.<table>.weight
+        if name not in by_table:
+            continue
+        full = by_table[name]
+        if isinstance(value, ShardedTensor):
+            for shard in value.local_shards():
+                (r0, c0), (nr, nc) = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                shard.tensor.copy_(full[r0 : r0 + nr, c0 : c0 + nc])
+        else:
+            value.copy_(full)
+
+
+class TableHooks(TrainHooks):
+    """CF training from given weights and/or under per-row sizes (BET), optionally keeping the best
+    epoch's raw tables.
+
+    Args:
+        init_tables: start from these weights ({"user": [U, d_user], "item": [I, d_item]}) instead of a
+            fresh initialisation; the optimizer starts fresh.
+        row_dims: per-row sizes {"user": [U], "item": [I]} applied as prefix masks.
+        keep_tables: keep the best epoch's unmasked weights in `best_tables` (CPU tensors).
+    """
+
+    def __init__(
+        self,
+        init_tables: dict[str, torch.Tensor] | None = None,
+        row_dims: dict[str, torch.Tensor] | None = None,
+        keep_tables: bool = False,
+    ) -> None:
+        self.init_tables, self.row_dims, self.keep_tables = init_tables, row_dims, keep_tables
+        self.best_tables: dict[str, torch.Tensor] | None = None
+
+    def on_model(self, dmp: DistributedModelParallel) -> None:
+        cf: CFModel = dmp.module
+        if self.init_tables is not None:
+            load_tables(cf, self.init_tables)
+        if self.row_dims is not None:
+            cf.set_row_dims(self.row_dims.get(USER), self.row_dims.get(ITEM))
+
+    def on_best(self, dmp: DistributedModelParallel) -> None:
+        if self.keep_tables:
+            cf: CFModel = dmp.module
+            self.best_tables = {k: v.cpu() for k, v in cf.raw_tables().items()}

@@ -39,7 +39,7 @@ from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_aes.architecture import KINDS, Architecture, ArchKind, TableArch, check_data_type
+from torchrec_aes.architecture import Architecture, ArchKind, TableArch, check_data_type, register_kind
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.io import exists, join, load_torch, save_torch_atomic
 from torchrec_aes.models.ctr import TableSpec, build_ctr_model
@@ -344,4 +344,4 @@ class GroupedKind(ArchKind):
         Router.load(source).save(run_dir)
 
 
-KINDS["grouped"] = GroupedKind()
+register_kind(GroupedKind())

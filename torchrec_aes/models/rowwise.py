@@ -27,7 +27,9 @@ Example::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,9 +39,10 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from torchrec_aes.architecture import Architecture, TableArch
+from torchrec_aes.architecture import Architecture, ArchKind, TableArch, register_kind
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.io import join, load_numpy, save_numpy_atomic
+from torchrec_aes.models.cf import TableHooks
 from torchrec_aes.planning.memory import table_storage
 
 ROW_DIMS_FILE = "row_dims.npy"
@@ -276,3 +279,19 @@ def masked_form(
     # The bucket tables' precision carries over to the training form (all buckets share one).
     data_type = arch.tables[0].data_type if arch.tables else "fp32"
     return Architecture.uniform(schema, max_dim, data_type), dict(layout.row_dims)
+
+
+class RowwiseKind(ArchKind):
+    """Per-row sizes (BET): size-bucket tables + `row_dims.npy` / `row_remap.npy`; trained masked."""
+
+    name = "rowwise"
+
+    def training_form(self, arch: Architecture, source: str, schema: Schema) -> tuple[Architecture, Any]:
+        full, row_dims = masked_form(arch, os.path.dirname(source), schema)
+        return full, TableHooks(row_dims=row_dims)
+
+    def carry(self, arch: Architecture, source: str, run_dir: str) -> None:
+        BucketLayout.load(arch, source).save(run_dir)
+
+
+register_kind(RowwiseKind())

@@ -56,7 +56,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
 
-from torchrec_aes.architecture import TORCHREC_DATA_TYPES, Architecture, kind_of
+from torchrec_aes.architecture import TORCHREC_DATA_TYPES, Architecture
 from torchrec_aes.data.schema import Schema
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -381,7 +381,7 @@ class Budget:
 
     def used(self, arch: Architecture) -> int:
         """What `arch` costs in this budget's unit: everything its kind needs to serve."""
-        return kind_of(arch).bytes(arch, self.optimizer, self.count)
+        return arch_bytes(arch, self.optimizer, self.count)
 
     def fits(self, arch: Architecture) -> bool:
         """True if `arch` costs at most the budget."""

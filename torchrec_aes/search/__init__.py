@@ -1,13 +1,6 @@
-"""Search methods; importing this package registers the built-in ones (and their config sections).
-
-Each method lives in a room of its own (`adass/`, `bet/`, `ihas/`, `nasrec/`; `baselines.py` for the zero-cost
-ones) and may import `supernet/`, `train/`, `tasks/`, `models/` and `planning/`, never another method.
+"""Search methods. Each lives in a room of its own (`adass/`, `bet/`, `ihas/`, `nasrec/`; `baselines.py` for
+the zero-cost ones) and may import `supernet/`, `train/`, `tasks/`, `models/` and `planning/`, never another
+method. Importing this package registers nothing: `search.base.get_method` imports a built-in method's
+module by name (`search.base.BUILTIN_METHODS`) when it is first asked for, and that module registers the
+method (`search.base.register`) and its config section (`config.register_section`).
 """
-
-from torchrec_aes.search import (
-    adass,  # noqa: F401
-    baselines,  # noqa: F401
-    bet,  # noqa: F401
-    ihas,  # noqa: F401
-    nasrec,  # noqa: F401
-)

@@ -19,7 +19,8 @@ Methods live in their own subpackage (`search/<method>/`) with their config sect
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -157,18 +158,35 @@ def unregister(name: str) -> None:
     del _METHODS[name]
 
 
-def _load_builtin() -> None:
-    import torchrec_aes.search  # noqa: F401  (registers the built-in methods)
+BUILTIN_METHODS = {
+    "uniform": "torchrec_aes.search.baselines",
+    "power_rule": "torchrec_aes.search.baselines",
+    "adass": "torchrec_aes.search.adass.search",
+    "bet": "torchrec_aes.search.bet.search",
+    "bet_su": "torchrec_aes.search.bet.search",
+    "bet_sr": "torchrec_aes.search.bet.search",
+    "ihas": "torchrec_aes.search.ihas.search",
+    "nasrec": "torchrec_aes.search.nasrec.search",
+}
+"""The built-in methods by name -> the module that registers it: imported by name when first asked for
+(torchtitan's way with model names), so this contract never imports a method."""
+
+
+def _load(names: Iterable[str]) -> None:
+    for name in names:
+        if name not in _METHODS and name in BUILTIN_METHODS:
+            importlib.import_module(BUILTIN_METHODS[name])
 
 
 def get_method(name: str, task: str | None = None) -> SearchMethod:
     """The method registered as `name`; a ValueError lists the registered ones, or (with `task`) says
     which methods support that task."""
-    _load_builtin()
+    _load([name])
     if name not in _METHODS:
-        raise ValueError(f"search.method: '{name}' is not one of {', '.join(sorted(_METHODS))}")
+        raise ValueError(f"search.method: '{name}' is not one of {', '.join(method_names())}")
     method = _METHODS[name]
     if task is not None and task not in method.tasks:
+        _load(BUILTIN_METHODS)
         fits = sorted(m.name for m in _METHODS.values() if task in m.tasks)
         raise ValueError(
             f"search.method: '{name}' searches {'/'.join(method.tasks)} data, but this config has {task} "
@@ -178,5 +196,6 @@ def get_method(name: str, task: str | None = None) -> SearchMethod:
 
 
 def method_names() -> list[str]:
-    _load_builtin()
+    """Every method's name (the built-in ones imported first)."""
+    _load(BUILTIN_METHODS)
     return sorted(_METHODS)

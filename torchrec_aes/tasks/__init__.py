@@ -4,7 +4,6 @@
 task, and search methods declare the tasks they support.
 """
 
-from torchrec_aes.tasks import cf, ctr  # noqa: F401  (register the built-in tasks)
 from torchrec_aes.tasks.base import Task, get_task, task_of
 
 __all__ = ["Task", "get_task", "task_of"]

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any, ClassVar, Protocol
@@ -145,6 +146,10 @@ class Task(ABC):
 
 _TASKS: dict[str, type[Task]] = {}
 
+BUILTIN_TASKS = {"ctr": "torchrec_aes.tasks.ctr", "cf": "torchrec_aes.tasks.cf"}
+"""The built-in tasks by name -> the module that registers it (imported by name: this contract never
+imports its implementations)."""
+
 
 def register_task(cls: type[Task]) -> type[Task]:
     _TASKS[cls.name] = cls
@@ -154,9 +159,10 @@ def register_task(cls: type[Task]) -> type[Task]:
 def task_of(cfg: Config) -> type[Task]:
     """The task class for `cfg.data.type` (interaction data is CF, everything else CTR), with its
     `model.type` checked."""
-    import torchrec_aes.tasks  # noqa: F401
-
-    cls = _TASKS["cf" if cfg.data.type == "interactions" else "ctr"]
+    name = "cf" if cfg.data.type == "interactions" else "ctr"
+    for module in BUILTIN_TASKS.values():  # both: a model.type of the other task names it in the error
+        importlib.import_module(module)
+    cls = _TASKS[name]
     if cfg.model.type not in cls.model_types:
         other = next(t for t in _TASKS.values() if cfg.model.type in t.model_types)
         raise ValueError(

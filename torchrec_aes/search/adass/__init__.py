@@ -69,5 +69,3 @@ World size: 2 ranks give each step twice the examples of 1 process (per-rank bat
 weights and hence the found architecture can differ from a 1-process run with the same seed; within a run
 every rank returns the same architecture (rank 0's, broadcast).
 """
-
-from torchrec_aes.search.adass import config, search  # noqa: F401  (register search.adass and the method)

@@ -38,5 +38,3 @@ Example::
     result.arch.tables                                           # bucket tables within the budget
     result.final["test"]["recall@20"]
 """
-
-from torchrec_aes.search.bet import config, search  # noqa: F401  (register search.bet and the methods)

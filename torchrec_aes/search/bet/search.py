@@ -17,13 +17,14 @@ from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config
 from torchrec_aes.data.interactions import InteractionData
 from torchrec_aes.io import exists, join, load_torch, makedirs, save_torch_atomic
+from torchrec_aes.models.cf import TableHooks
 from torchrec_aes.models.rowwise import BucketLayout, RowCost, bucket_architecture
 from torchrec_aes.planning.memory import Budget
 from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.bet.predictor import FitnessPredictor, PredictorTrainer, normalised_frequency
 from torchrec_aes.search.bet.sampler import Action, ActionSampler
 from torchrec_aes.search.finalists import Finalist
-from torchrec_aes.tasks.cf import CFTask, TableHooks
+from torchrec_aes.tasks.cf import CFTask
 from torchrec_aes.train.distributed import broadcast_object, init_distributed
 from torchrec_aes.train.trainer import Trainer
 

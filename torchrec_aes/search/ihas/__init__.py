@@ -37,5 +37,3 @@ Artifacts: `architecture.yaml` of kind `grouped` (group tables, router tables, `
 [K][F] dims and the deployment, `extra.router`), `router.pt`, `centroids.pt` and `test_groups.npy` (each
 test row's group, for the report's per-group AUC) beside it.
 """
-
-from torchrec_aes.search.ihas import config, search  # noqa: F401  (register search.ihas and the method)

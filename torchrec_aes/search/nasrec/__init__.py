@@ -32,5 +32,3 @@ Ours (README "Where we deviate"):
 Artifacts: `architecture.yaml` of kind `blocks` (tables + `extra.space` + `extra.blocks`); the report
 draws the block graph (`blocks.png`) and the evolution's best score per generation (`evolution.png`).
 """
-
-from torchrec_aes.search.nasrec import config, search  # noqa: F401  (register search.nasrec and the method)
