@@ -62,7 +62,7 @@ def child(argv: list[str]) -> None:
     cfg = load_config(config, overrides)
     report: dict = {}
     if mode == "load":
-        from torchrec_aes.data import load_data
+        from torchrec_aes.data.load import load_data
 
         t0 = time.perf_counter()
         splits = load_data(cfg.data)
@@ -71,7 +71,7 @@ def child(argv: list[str]) -> None:
             "rows": len(splits.train) + len(splits.val) + len(splits.test),
         }
     elif mode == "reader":
-        from torchrec_aes.data import load_data
+        from torchrec_aes.data.load import load_data
 
         splits = load_data(cfg.data)
         rows, t0 = 0, time.perf_counter()

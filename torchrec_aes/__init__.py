@@ -48,7 +48,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # Lazy: the API imports TorchRec (seconds); `import torchrec_aes` and the CLI's startup stay cheap.
     if name in __all__:
-        from torchrec_aes import api
+        from torchrec_aes import api  # start-up time (see above)
 
         return getattr(api, name)
     raise AttributeError(f"module 'torchrec_aes' has no attribute '{name}'")

@@ -33,6 +33,7 @@ Or search from Python on your own model and data (`search_embedding_dims`; see i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import shutil
 import tempfile
@@ -48,10 +49,16 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_aes import rundir
 from torchrec_aes.architecture import TORCHREC_DATA_TYPES, Architecture, TableArch  # noqa: F401
+from torchrec_aes.config import Config, load_config, validate
 from torchrec_aes.data.schema import Schema, SparseFeature
+from torchrec_aes.models.blocks import BlockNet, BlocksKind
 from torchrec_aes.planning import plan as planning
 from torchrec_aes.planning import plan_io
+from torchrec_aes.planning.memory import Budget
 from torchrec_aes.planning.plan_io import save_plan  # noqa: F401  (re-exported)
+from torchrec_aes.runs import search_task
+from torchrec_aes.tasks.user import UserTask, check_tables
+from torchrec_aes.train.distributed import init_distributed
 
 # The public names are listed once, in torchrec_aes/__init__.py (which re-exports them lazily).
 
@@ -255,7 +262,6 @@ def block_model(arch: Architecture, ebc: nn.Module, num_dense: int) -> nn.Module
     Raises:
         ValueError: `arch` is not a blocks architecture, or its `extra` is damaged (one line).
     """
-    from torchrec_aes.models.blocks import BlockNet, BlocksKind
 
     if arch.kind != "blocks":
         raise ValueError(
@@ -359,13 +365,6 @@ def search_embedding_dims(
         ebc = EmbeddingBagCollection(tables=result.configs, device=torch.device("meta"))
         model = DistributedModelParallel(TwoTower(ebc), plan=result.plan, device=device)
     """
-    import copy
-
-    from torchrec_aes.config import Config, load_config, validate
-    from torchrec_aes.planning.memory import Budget
-    from torchrec_aes.runs import search_task
-    from torchrec_aes.tasks.user import UserTask, check_tables
-    from torchrec_aes.train.distributed import init_distributed
 
     check_tables(tables)
     if isinstance(config, Config):

@@ -76,10 +76,10 @@ def _load(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> None:
-    from torchrec_aes.runs import run_train
+    from torchrec_aes import runs  # start-up time: `--help` and config errors answer without TorchRec
 
     cfg = _load(args)
-    metrics = run_train(cfg)
+    metrics = runs.run_train(cfg)
     if _rank() == 0:
         test = metrics["test"]
         print("test " + " ".join(f"{k}={v:.4f}" for k, v in sorted(test.items())))
@@ -87,11 +87,11 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _search(args: argparse.Namespace) -> None:
-    from torchrec_aes.planning.memory import format_amount, format_bytes
-    from torchrec_aes.runs import run_search
+    from torchrec_aes import planning, runs  # start-up time, as in `_train`
 
+    format_amount, format_bytes = planning.memory.format_amount, planning.memory.format_bytes
     cfg = _load(args)
-    metrics = run_search(cfg)
+    metrics = runs.run_search(cfg)
     if _rank() == 0:
         for m in metrics.get("budgets", [metrics]):  # a budget list: one line block per budget
             dims = " ".join(f"{k.removeprefix('t_')}={v}" for k, v in m["dims"].items())
@@ -109,15 +109,11 @@ def _search(args: argparse.Namespace) -> None:
 
 
 def _plan(args: argparse.Namespace) -> None:
-    from torchrec_aes import rundir
-    from torchrec_aes.architecture import Architecture
-    from torchrec_aes.planning.plan import (
-        format_plan_summary,
-        make_topology,
-        plan_architecture,
-        plan_summary,
-    )
-    from torchrec_aes.planning.plan_io import save_plan
+    from torchrec_aes import architecture, planning, rundir  # start-up time, as in `_train`
+
+    Architecture, save_plan = architecture.Architecture, planning.plan_io.save_plan
+    make_topology, plan_architecture = planning.plan.make_topology, planning.plan.plan_architecture
+    plan_summary, format_plan_summary = planning.plan.plan_summary, planning.plan.format_plan_summary
 
     for flag, value, ok in (
         ("--world-size", args.world_size, args.world_size >= 1),

@@ -31,6 +31,8 @@ from __future__ import annotations
 import errno
 import os
 
+import yaml
+
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 # OSErrors that say something about a path the user gave rather than about this program.
@@ -75,8 +77,6 @@ def user_error_message(exc: BaseException) -> str | None:
     if isinstance(exc, UserError):
         return _one_line(str(exc))
     try:
-        import yaml
-
         if isinstance(exc, yaml.YAMLError):
             return _one_line(f"not valid YAML: {exc}")
     except ImportError:  # pragma: no cover - yaml is a dependency

@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 
+import numpy as np
 from iopath.common.file_io import g_pathmgr
 
 
@@ -83,7 +84,6 @@ def write_text_atomic(path: str, text: str) -> None:
 
 
 def save_numpy_atomic(path: str, array) -> None:
-    import numpy as np
 
     buf = io.BytesIO()
     np.save(buf, array)
@@ -91,14 +91,13 @@ def save_numpy_atomic(path: str, array) -> None:
 
 
 def load_numpy(path: str):
-    import numpy as np
 
     return np.load(io.BytesIO(read_bytes(path)))
 
 
 def save_torch_atomic(path: str, obj) -> None:
     """`torch.save` of `obj` to `path`, atomically (checkpoints and caches of the searches)."""
-    import torch
+    import torch  # start-up time: the config loader imports this module and must not load torch
 
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -106,6 +105,6 @@ def save_torch_atomic(path: str, obj) -> None:
 
 
 def load_torch(path: str, weights_only: bool = True):
-    import torch
+    import torch  # start-up time, as in `save_torch_atomic`
 
     return torch.load(io.BytesIO(read_bytes(path)), weights_only=weights_only)

@@ -16,6 +16,9 @@ from torchrec_aes import rundir
 from torchrec_aes.architecture import Architecture, kind_of
 from torchrec_aes.config import Config
 from torchrec_aes.planning.memory import Budget, arch_bytes, table_bytes
+from torchrec_aes.planning.plan_io import plan_for_job
+from torchrec_aes.search.base import SearchContext, get_method
+from torchrec_aes.search.finalists import baseline_finalists, pick_finalist
 from torchrec_aes.tasks import Task, get_task, task_of
 from torchrec_aes.train.distributed import DistEnv, init_distributed
 from torchrec_aes.train.trainer import Trainer
@@ -69,8 +72,6 @@ def run_train(cfg: Config) -> dict[str, Any]:
     arch, train_arch, hooks, source = resolve_arch(cfg, task)
     plan = None
     if cfg.plan.file:
-        from torchrec_aes.planning.plan_io import plan_for_job
-
         plan = plan_for_job(cfg.plan.file, train_arch, task.ebc_path, env.world_size, env.device.type)
     result = Trainer(cfg, task, train_arch, cfg.run_dir, "train", hooks=hooks, plan=plan).fit()
     if source and env.is_main:
@@ -116,7 +117,6 @@ def search_task(cfg: Config, task: Task) -> tuple[Architecture, dict[str, Any]]:
 
 
 def _check_search(cfg: Config, task_name: str) -> None:
-    from torchrec_aes.search.base import get_method
 
     get_method(cfg.search.method, task_name)
     if cfg.plan.file:
@@ -205,8 +205,6 @@ def _search_one(
 def _search(
     cfg: Config, task: Task, shared_dir: str = "", cache: dict[str, Any] | None = None
 ) -> tuple[Architecture, dict[str, Any]]:
-    from torchrec_aes.search.base import SearchContext, get_method
-    from torchrec_aes.search.finalists import baseline_finalists, pick_finalist
 
     start = time.perf_counter()
     method = get_method(cfg.search.method, task.name)

@@ -11,7 +11,7 @@ import torch
 
 from tests.helpers import tiny_splits
 from torchrec_aes.config import DataConfig
-from torchrec_aes.data import load_data
+from torchrec_aes.data.load import load_data
 from torchrec_aes.data.binary import VOCAB_FILE, BinaryRows, find_days, load_criteo_binary, write_days
 from torchrec_aes.data.dataset import CTRData, Splits
 

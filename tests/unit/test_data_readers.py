@@ -14,7 +14,7 @@ from torchrec.datasets.utils import Batch
 
 from tests.conftest import SHARED_DATA
 from torchrec_aes.config import DataConfig, SyntheticConfig
-from torchrec_aes.data import load_data
+from torchrec_aes.data.load import load_data
 from torchrec_aes.data.criteo import read_criteo
 from torchrec_aes.data.dataset import iter_batches
 from torchrec_aes.data.libfm import read_libfm

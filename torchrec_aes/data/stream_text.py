@@ -38,6 +38,7 @@ from torchrec.datasets.criteo import BinaryCriteoUtils
 
 from torchrec_aes import io
 from torchrec_aes.config import DataConfig
+from torchrec_aes.data.binary import VOCAB_FILE, files_key, find_days, load_criteo_binary
 from torchrec_aes.data.dataset import Splits
 from torchrec_aes.data.preprocess import (
     OOV_ID,
@@ -165,7 +166,6 @@ def cache_dir(cfg: DataConfig) -> str:
 
 def convert(cfg: DataConfig, out: str) -> None:
     """The two passes (see the module docstring): `cfg`'s text files -> day files in `out`."""
-    from torchrec_aes.data.binary import VOCAB_FILE, files_key, find_days
 
     module, function = STREAM_READERS[cfg.type]
     read = getattr(importlib.import_module(module), function)
@@ -264,7 +264,6 @@ def convert(cfg: DataConfig, out: str) -> None:
 
 
 def _complete(directory: str) -> bool:
-    from torchrec_aes.data.binary import VOCAB_FILE
 
     return os.path.exists(os.path.join(directory, VOCAB_FILE))
 
@@ -297,7 +296,6 @@ def streamed(cfg: DataConfig) -> bool:
 
 def load_text_streamed(cfg: DataConfig) -> Splits:
     """`cfg`'s text files as streamed `Splits`, read per rank from their converted cache."""
-    from torchrec_aes.data.binary import load_criteo_binary
 
     out = converted(cfg)
     return load_criteo_binary(

@@ -23,7 +23,9 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config, TrainConfig
 from torchrec_aes.data.dataset import Rows, Splits, num_batches
+from torchrec_aes.data.load import load_data
 from torchrec_aes.data.schema import Schema
+from torchrec_aes.data.synthetic import load_synthetic
 from torchrec_aes.models.ctr import build_ctr_model
 from torchrec_aes.tasks.base import Task, register_task
 from torchrec_aes.train.distributed import DistEnv
@@ -105,11 +107,8 @@ class CTRTask(Task):
     @classmethod
     def load(cls, cfg: Config) -> CTRTask:
         if cfg.data.type == "synthetic":
-            from torchrec_aes.data.synthetic import load_synthetic
-
             splits, planted = load_synthetic(cfg.data, data_cache_dir(cfg))
             return cls(cfg, splits, planted)
-        from torchrec_aes.data import load_data
 
         return cls(cfg, load_data(cfg.data))
 

@@ -27,6 +27,8 @@ from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
+from torchrec_aes.models.ctr import build_ctr_model
+from torchrec_aes.train.distributed import all_reduce_sum, init_distributed
 from torchrec_aes.train.hooks import TrainHooks
 
 BLOCK = 4
@@ -148,7 +150,6 @@ class GateHooks(TrainHooks):
         self.gated: GatedEmbeddingBagCollection | None = None
 
     def make_model(self, task: Any, ebc: Any) -> nn.Module:
-        from torchrec_aes.models.ctr import build_ctr_model
 
         gated = GatedEmbeddingBagCollection(ebc, self.hidden, self.gates, self.gate_init)
         cfg = task.cfg
@@ -172,7 +173,6 @@ class GateHooks(TrainHooks):
         return loss
 
     def after_step(self, step: int, loss: float) -> float:
-        from torchrec_aes.train.distributed import all_reduce_sum, init_distributed
 
         env = init_distributed()
         kept = float(self.kept) if self.kept is not None else self.target

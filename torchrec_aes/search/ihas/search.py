@@ -10,17 +10,20 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.data.dataset import Rows
-from torchrec_aes.io import join, save_torch_atomic
-from torchrec_aes.models.grouped import GroupedHooks, GroupLayout, Router, grouped_architecture
+from torchrec_aes.data.synthetic import load_populations
+from torchrec_aes.io import join, save_numpy_atomic, save_torch_atomic
+from torchrec_aes.models.grouped import GroupedHooks, GroupLayout, Router, grouped_architecture, router_tables
 from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.finalists import Finalist
-from torchrec_aes.search.ihas.cluster import assign, minibatch_kmeans
+from torchrec_aes.search.ihas.cluster import adjusted_rand_index, assign, minibatch_kmeans
 from torchrec_aes.search.ihas.config import IHASConfig, check_config
 from torchrec_aes.search.ihas.gates import BLOCK, GateHooks
 from torchrec_aes.search.ihas.router import fit_router
+from torchrec_aes.tasks.ctr import data_cache_dir
 from torchrec_aes.train.distributed import DistEnv, init_distributed
 from torchrec_aes.train.trainer import Trainer
 
@@ -197,7 +200,6 @@ def fit_dims(
 
 def _route_ids(router: Router, ids: torch.Tensor, keys: list[str]) -> torch.Tensor:
     """[N] the router's group of each row of an [N, F] id matrix (columns in `keys` order)."""
-    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
     kjt = KeyedJaggedTensor.from_lengths_sync(
         keys=keys, values=ids.t().reshape(-1), lengths=torch.ones(ids.numel(), dtype=torch.int32)
@@ -257,7 +259,6 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
     cap = icfg.router_share * ctx.budget.bytes
 
     def router_fits(features: list[str]) -> bool:
-        from torchrec_aes.models.grouped import router_tables
 
         arch = Architecture(
             router_tables(
@@ -327,9 +328,6 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
     }
     if cfg.data.type == "synthetic" and cfg.data.synthetic.populations > 1:
         # Planted populations (hidden from the model): how well do the groups recover them?
-        from torchrec_aes.data.synthetic import load_populations
-        from torchrec_aes.search.ihas.cluster import adjusted_rand_index
-        from torchrec_aes.tasks.ctr import data_cache_dir
 
         populations = load_populations(cfg.data, data_cache_dir(cfg))
         if populations is not None:
@@ -360,7 +358,6 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
         groups = route_split(
             router, ctx.splits.test, schema.sparse_names, cfg.train.eval_batch_size, env.world_size
         )
-        from torchrec_aes.io import save_numpy_atomic
 
         save_numpy_atomic(join(run_dir, TEST_GROUPS_FILE), groups)
 

@@ -12,6 +12,7 @@ from dataclasses import replace
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
@@ -252,8 +253,6 @@ def score_on_ranks(scorer: SubnetScorer, cands: Sequence[Candidate]) -> list[dic
     owner = split_by_cost(costs, env.world_size)
     mine = {i: scorer.score(c) for i, c in enumerate(cands) if owner[i] == env.rank}
     if env.world_size > 1:
-        import torch.distributed as dist
-
         parts: list[Any] = [None] * env.world_size
         dist.all_gather_object(parts, mine)
         for part in parts:
