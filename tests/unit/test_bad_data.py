@@ -20,8 +20,8 @@ import pytest
 
 from tests.conftest import REPO
 from torchrec_aes.config import DataConfig
-from torchrec_aes.data.load import load_data, read_raw
 from torchrec_aes.data.interactions import MAX_ID, MAX_ID_SPARSITY, load_interactions
+from torchrec_aes.data.load import load_data, read_raw
 from torchrec_aes.data.textfile import MAX_SKIPPED_SHARE, SKIPPED_ROWS_TOLERATED, DataFileNotFoundError
 
 CORPUS = REPO / "tests" / "data" / "bad"

@@ -11,9 +11,9 @@ import torch
 
 from tests.helpers import tiny_splits
 from torchrec_aes.config import DataConfig
-from torchrec_aes.data.load import load_data
 from torchrec_aes.data.binary import VOCAB_FILE, BinaryRows, find_days, load_criteo_binary, write_days
 from torchrec_aes.data.dataset import CTRData, Splits
+from torchrec_aes.data.load import load_data
 
 
 def _write(tmp_path, n: int = 3000, days: int = 3):

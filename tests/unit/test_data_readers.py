@@ -14,10 +14,10 @@ from torchrec.datasets.utils import Batch
 
 from tests.conftest import SHARED_DATA
 from torchrec_aes.config import DataConfig, SyntheticConfig
-from torchrec_aes.data.load import load_data
 from torchrec_aes.data.criteo import read_criteo
 from torchrec_aes.data.dataset import iter_batches
 from torchrec_aes.data.libfm import read_libfm
+from torchrec_aes.data.load import load_data
 from torchrec_aes.data.tabular import read_tabular
 
 FRAPPE_OFFSETS = [0, 957, 5039, 5046, 5053, 5055, 5058, 5060, 5069, 5149]

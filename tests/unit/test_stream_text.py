@@ -12,9 +12,9 @@ import torch
 from tests.conftest import SHARED_DATA
 from tests.helpers import tiny_splits
 from torchrec_aes.config import DataConfig
-from torchrec_aes.data.load import load_data, read_raw
 from torchrec_aes.data.binary import BinaryRows
 from torchrec_aes.data.dataset import CTRData
+from torchrec_aes.data.load import load_data, read_raw
 from torchrec_aes.data.preprocess import build_vocabulary, transform_dense
 from torchrec_aes.data.stream_text import CACHE_DIR_NAME, ValueCounts, cache_dir, split_of_rows
 
