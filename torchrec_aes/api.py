@@ -57,6 +57,7 @@ from torchrec_aes.planning import plan_io
 from torchrec_aes.planning.memory import Budget
 from torchrec_aes.planning.plan_io import save_plan  # noqa: F401  (re-exported)
 from torchrec_aes.runs import search_task
+from torchrec_aes.search.base import get_method, method_names
 from torchrec_aes.tasks.user import UserTask, check_tables
 from torchrec_aes.train.distributed import init_distributed
 
@@ -271,11 +272,6 @@ def block_model(arch: Architecture, ebc: nn.Module, num_dense: int) -> nn.Module
     return BlockNet(ebc, num_dense, space, graph)
 
 
-SEARCHABLE = ("adass", "uniform", "power_rule")
-"""`search.method`s that `search_embedding_dims` runs on a user's model (the others need our models or
-in-memory rows)."""
-
-
 @dataclasses.dataclass
 class EmbeddingSearch:
     """What `search_embedding_dims` returns.
@@ -373,10 +369,10 @@ def search_embedding_dims(
         cfg = load_config(None, ["search.method=adass", "train.progress=false", *(config or [])])
     else:
         raise ValueError(f"config: a {type(config).__name__}; expected key=value overrides or a Config")
-    if cfg.search.method not in SEARCHABLE:
+    if not get_method(cfg.search.method).user_model:
+        fits = [m for m in method_names() if get_method(m).user_model]
         raise ValueError(
-            f"search.method: '{cfg.search.method}' does not search a user's model; "
-            f"one of {', '.join(SEARCHABLE)}"
+            f"search.method: '{cfg.search.method}' does not search a user's model; one of {', '.join(fits)}"
         )
     keep = bool(run_dir)
     cfg.search.budget = [str(budget)]

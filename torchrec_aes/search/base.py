@@ -115,12 +115,14 @@ SearchFn = Callable[[SearchContext], SearchResult]
 
 @dataclass(frozen=True)
 class SearchMethod:
-    """A registered method: its function, the tasks it supports and its config section name."""
+    """A registered method: its function, the tasks it supports, its config section name and whether it
+    searches a user's own model (`search_embedding_dims`)."""
 
     name: str
     fn: SearchFn
     tasks: tuple[str, ...]
     section: str | None = None
+    user_model: bool = False
 
     def __call__(self, ctx: SearchContext) -> SearchResult:
         return self.fn(ctx)
@@ -130,7 +132,10 @@ _METHODS: dict[str, SearchMethod] = {}
 
 
 def register(
-    name: str, tasks: tuple[str, ...] = ("ctr", "cf"), section: str | None = None
+    name: str,
+    tasks: tuple[str, ...] = ("ctr", "cf"),
+    section: str | None = None,
+    user_model: bool = False,
 ) -> Callable[[SearchFn], SearchFn]:
     """Registers a search method under `search.method=<name>`.
 
@@ -138,12 +143,14 @@ def register(
         name: the method's name.
         tasks: the tasks it supports (`ctr`, `cf`).
         section: its config section (`search.<section>`, registered with `config.register_section`).
+        user_model: it searches a user's own model and batches (`torchrec_aes.search_embedding_dims`): it
+            needs nothing of the task but its tables, `build` and `Rows` of batches.
     """
 
     def wrap(fn: SearchFn) -> SearchFn:
         if name in _METHODS:
             raise ValueError(f"search method '{name}' is registered twice")
-        _METHODS[name] = SearchMethod(name, fn, tuple(tasks), section)
+        _METHODS[name] = SearchMethod(name, fn, tuple(tasks), section, user_model)
         return fn
 
     return wrap

@@ -27,7 +27,7 @@ def largest_uniform(ctx: SearchContext, data_type: str | None = None) -> Archite
     return best
 
 
-@register("uniform", tasks=("ctr", "cf"))
+@register("uniform", tasks=("ctr", "cf"), user_model=True)
 def uniform(ctx: SearchContext) -> SearchResult:
     arch = largest_uniform(ctx)
     return SearchResult(arch, {"dim": arch.dims[0], "data_type": arch.tables[0].data_type})
@@ -66,7 +66,7 @@ def fit_power_rule(
     return best
 
 
-@register("power_rule", tasks=("ctr", "cf"))
+@register("power_rule", tasks=("ctr", "cf"), user_model=True)
 def power_rule(ctx: SearchContext) -> SearchResult:
     rows = [f.num_embeddings for f in ctx.schema.sparse]
     arch0 = Architecture.uniform(ctx.schema, min(ctx.candidates), ctx.cfg.search.precision)

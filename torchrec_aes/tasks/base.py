@@ -64,6 +64,11 @@ class Task(ABC):
         self.cfg = cfg
         self.data = data
         self.planted = planted
+        # What a method that reads batches itself needs (supernet slices, importance, samples): each
+        # split's rows (`data.dataset.Rows`) and the sparse feature names in KJT order. Tasks whose rows
+        # are not row batches (CF: per-user interactions) leave them empty.
+        self.rows: dict[str, Any] = {}
+        self.keys: list[str] = []
 
     # -- data ------------------------------------------------------------------------------------------
     @classmethod

@@ -22,7 +22,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config, TrainConfig
-from torchrec_aes.data.dataset import Rows, Splits, num_batches
+from torchrec_aes.data.dataset import Splits, num_batches
 from torchrec_aes.data.load import load_data
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.data.synthetic import load_synthetic
@@ -100,8 +100,8 @@ class CTRTask(Task):
 
     def __init__(self, cfg: Config, data: Splits, planted: list[int] | None = None) -> None:
         super().__init__(cfg, data, planted)
-        self.keys: list[str] = list(data.schema.sparse_names)
-        self.rows: dict[str, Rows] = {"train": data.train, "val": data.val, "test": data.test}
+        self.keys = list(data.schema.sparse_names)
+        self.rows = {"train": data.train, "val": data.val, "test": data.test}
         self.scores: Any = None  # [2, N] logits and labels of the last test pass (rank 0)
 
     @classmethod

@@ -31,7 +31,7 @@ def candidate_bytes(ctx: SearchContext) -> list[list[int]]:
     return [[table_storage(r, d, b.optimizer, b.count, p) for d, p in options(ctx)] for r in rows]
 
 
-@register("adass", tasks=("ctr",), section="adass")
+@register("adass", tasks=("ctr",), section="adass", user_model=True)
 def adass(ctx: SearchContext) -> SearchResult:
     """AdaS&S: supernet with adaptive sampling -> REINFORCE with resource competition -> budget step."""
     cfg, acfg = ctx.cfg, ctx.section

@@ -28,7 +28,7 @@ from torchrec_aes.search.adass.sampler import AdaptiveSampler
 from torchrec_aes.search.base import SearchContext
 from torchrec_aes.supernet.elastic import build_elastic_model, find_elastic
 from torchrec_aes.supernet.scorer import SupernetEvaluator, slice_evaluator
-from torchrec_aes.tasks.ctr import CTRTask
+from torchrec_aes.tasks.base import Task
 from torchrec_aes.train.distributed import DistEnv, all_reduce_sum, broadcast_object, init_distributed
 from torchrec_aes.train.hooks import TrainHooks
 from torchrec_aes.train.trainer import Trainer
@@ -73,7 +73,7 @@ class AdaptiveSamplingHooks(TrainHooks):
 
     def __init__(
         self,
-        task: CTRTask,
+        task: Task,
         acfg: AdaSSConfig,
         seed: int,
         candidates: Sequence[tuple[int, str]],
@@ -212,7 +212,7 @@ class SupernetTrainer:
         self.cfg = ctx.cfg
         self.candidates = ctx.candidates
         task = ctx.task
-        assert isinstance(task, CTRTask)
+
         self.build_model = model_factory(self.cfg, self.candidates, ctx.schema.num_dense, task)
         self.hooks = AdaptiveSamplingHooks(
             task, ctx.section, self.cfg.train.seed, options(ctx), self.build_model, writer

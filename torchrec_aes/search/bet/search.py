@@ -24,7 +24,7 @@ from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.bet.predictor import FitnessPredictor, PredictorTrainer, normalised_frequency
 from torchrec_aes.search.bet.sampler import Action, ActionSampler
 from torchrec_aes.search.finalists import Finalist
-from torchrec_aes.tasks.cf import CFTask
+from torchrec_aes.tasks.base import Task
 from torchrec_aes.train.distributed import broadcast_object, init_distributed
 from torchrec_aes.train.trainer import Trainer
 
@@ -45,7 +45,7 @@ def _with_epochs(cfg: Config, epochs: int) -> Config:
 
 
 def _finalists(
-    cfg: Config, task: CFTask, method: str, candidates: list[Action], log: dict[str, Any]
+    cfg: Config, task: Task, method: str, candidates: list[Action], log: dict[str, Any]
 ) -> SearchResult:
     """The candidates as finalists for the final pick (`search/finalists.py`): each row-wise candidate is
     deployed as size buckets and trained in its masked form; the same-budget uniform (SU) is an ordinary
@@ -89,7 +89,7 @@ def _sampler(cfg: Config, data: InteractionData, budget: Budget) -> ActionSample
 
 
 def bet_search(
-    cfg: Config, task: CFTask, budget: Budget, run_dir: str = "", variant: str = "bet"
+    cfg: Config, task: Task, budget: Budget, run_dir: str = "", variant: str = "bet"
 ) -> SearchResult:
     """Runs BET (`variant="bet"`) or a baseline ("bet_su", "bet_sr") on CF data under `budget`.
 
@@ -242,7 +242,6 @@ def bet_search(
 
 def _registered(variant: str):
     def method(ctx: SearchContext) -> SearchResult:
-        assert isinstance(ctx.task, CFTask)
         return bet_search(ctx.cfg, ctx.task, ctx.budget, ctx.run_dir, variant)
 
     method.__name__ = variant
