@@ -5,7 +5,7 @@ Runs, one after the other on the same machine:
 1. `torchrec-aes train CONFIG model.embedding_dim=<d_max>`: plain training of uniform-d_max (the
    supernet's tables without elastic dims), batch size from the config;
 2. `torchrec-aes search CONFIG search.method=adass`: supernet + RL + budget step, then the final pick
-   (AdaS&S's finalists and the zero-cost baselines trained by successive halving), with the same batch
+   (AdaS&S's finalists and the zero-cost baselines, compared as `search.pick` says), with the same batch
    size; with `--budgets`, one search over that budget list (one supernet for all);
 3. the plain training of 1. again (throughput is the mean of 1. and 3.: the load of a shared machine
    drifts).
