@@ -14,7 +14,7 @@ from `--out/<run>/result.json`, so an interrupted benchmark continues.
     .venv/bin/python tools/bench_cf.py --config configs/bet_movielens_mf.yaml --seeds 0 1 \\
         search.bet.max_dim=32 search.bet.iterations=6 search.bet.actions=20 search.bet.finetune_epochs=1 \\
         search.bet.top_k=2 train.epochs=8
-    # LightGCN on Gowalla as in the README (about 1.5 hours for 3 seeds x 3 sparsities x 3 methods)
+    # LightGCN on Gowalla as in docs/results.md (about 1.5 hours for 3 seeds x 3 sparsities x 3 methods)
     .venv/bin/python tools/bench_cf.py --config configs/bet_gowalla_lightgcn.yaml search.bet.max_dim=64 \\
         search.bet.iterations=5 search.bet.actions=20 search.bet.finetune_epochs=1 search.bet.top_k=2 \\
         train.epochs=6 train.patience=2 train.batch_size=8192

@@ -5,7 +5,7 @@ Runs, one after the other on the same machine:
 1. `torchrec-aes train CONFIG model.embedding_dim=<d_max>`: plain training of uniform-d_max (the
    supernet's tables without elastic dims), batch size from the config;
 2. `torchrec-aes search CONFIG search.method=adass`: supernet + RL + budget step, then the final pick
-   (AdaS&S's finalists and the zero-cost baselines trained by successive halving), with the same batch
+   (AdaS&S's finalists and the zero-cost baselines, compared as `search.pick` says), with the same batch
    size; with `--budgets`, one search over that budget list (one supernet for all);
 3. the plain training of 1. again (throughput is the mean of 1. and 3.: the load of a shared machine
    drifts).
@@ -13,9 +13,10 @@ Runs, one after the other on the same machine:
 and reads metrics.json of both. Prints:
 
 * supernet training throughput (examples/s over the supernet's train steps, and over its whole stage 1
-  with the importance measurements) vs plain uniform-d_max training, and the ratio (issue target >= 0.7);
+  with the importance measurements) vs plain uniform-d_max training, and the ratio (target >= 0.7: the
+  elastic supernet should cost little more than plain training);
 * the whole search's wall time (supernet + RL + budget step + final pick) as a multiple of one full
-  training of uniform-d_max (wall time, early stopping included; issue 9's target <= 4), and with a
+  training of uniform-d_max (wall time, early stopping included; target <= 4), and with a
   budget list the cost of each extra budget in the same unit (target <= 1);
 * examples/s of the final mixed-dim model vs uniform-d_max under the trainer;
 * the whole search as a multiple of one training of the architecture it returned (`cost_ratio` of

@@ -2,7 +2,7 @@
 
 An architecture is a list of TorchRec tables (name, feature names, rows, dim) plus what the search
 recorded (method, budget, measured bytes, seed, schema hash) and kind-specific extras (BET's row-size
-file; later iHAS's groups, NASRec's block graph) under `extra`. Stored as `architecture.yaml`.
+file, iHAS's groups, NASRec's block graph) under `extra`. Stored as `architecture.yaml`.
 
 Its `kind` says how it deploys, and every consumer dispatches on it (never on `extra` or the data):
 

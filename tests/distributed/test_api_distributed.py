@@ -1,4 +1,4 @@
-"""The README's Python API flow on a spawned gloo rank: a searched architecture and its saved plan in a
+"""docs/usage.md's Python API flow on a spawned gloo rank: a searched architecture and its saved plan in a
 plain TorchRec training loop (DMP, fused row-wise Adagrad)."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def run_dir(tmp_path: Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# The README flow: a plain TorchRec training loop with the searched sizes and the saved plan
+# The docs/usage.md flow: a plain TorchRec training loop with the searched sizes and the saved plan
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -48,7 +48,7 @@ class _UserModel(nn.Module):
 
 
 def _train_with_saved_plan(rank: int, world_size: int, run_dir: str) -> tuple[list[float], dict[str, str]]:
-    # --- what the README shows -------------------------------------------------------------------------
+    # --- what docs/usage.md shows ---------------------------------------------------------------------
     arch = torchrec_aes.load_architecture(run_dir)
     tables = torchrec_aes.resize_configs(_user_tables(), arch)
     model = _UserModel(EmbeddingBagCollection(tables=tables, device=torch.device("meta")))

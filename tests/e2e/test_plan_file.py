@@ -1,5 +1,5 @@
-"""The production loop (README): search on a small job -> plan for the production topology -> train with
-that plan on 2 processes; a plan that does not fit the job is a one-line error naming what differs."""
+"""The production loop (docs/usage.md): search on a small job -> plan for the production topology -> train
+with that plan on 2 processes; a plan that does not fit the job is a one-line error naming what differs."""
 
 from __future__ import annotations
 

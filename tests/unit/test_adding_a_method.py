@@ -1,4 +1,4 @@
-"""README "Adding a search method": a small complete method through the public interface, end to end.
+"""docs/design.md "Adding a search method": a small complete method through the public interface, end to end.
 
 The method, `small_tables_first`, keeps every table at the smallest candidate and grows the tables with the
 fewest rows (cheapest per extra dim) to `search.small_tables_first.max_dim` while the budget allows.

@@ -110,7 +110,7 @@ CASES: dict[str, Case] = {
     "unknown choice": _override("model.type=xgboost", "'xgboost' is not one of"),
     "override without =": lambda e: (e.base() + ["train"], ["unrecognized arguments: train", "a.b.c=value"]),
     "override with bad YAML": _override("train.epochs=[1", "override 'train.epochs=[1'", "not valid YAML"),
-    # --- ranges (the accepted-but-wrong cases first)
+    # --- ranges (first the values that parse as the right type but would run wrongly)
     "train.max_steps=-5": _override("train.max_steps=-5", "-5", ">= 0"),
     "model.over_arch=[0]": _override("model.over_arch=[0]", "[0]", "> 0"),
     "model.dense_arch=[]": _override("model.dense_arch=[]", "[]", "non-empty"),

@@ -1,4 +1,4 @@
-"""Budgets are hard, for every method (issue 14, item 5): over 1,000 random (schema, budget) pairs each,
+"""Budgets are hard, for every method: over 1,000 random (schema, budget) pairs each,
 the architecture a method's final budget step returns never exceeds its budget by TorchRec's estimate."""
 
 from __future__ import annotations

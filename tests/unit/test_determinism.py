@@ -1,4 +1,4 @@
-"""Same seed and world size -> same architecture and metrics, per method (issue 14, item 7)."""
+"""Same seed and world size -> same architecture and metrics, per method, so a run can be repeated exactly."""
 
 from __future__ import annotations
 

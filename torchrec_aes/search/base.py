@@ -14,7 +14,7 @@ Example::
         return SearchResult(Architecture.from_dims(ctx.schema, dims), log={"steps": 10})
 
 Methods live in their own subpackage (`search/<method>/`) with their config section registered through
-`torchrec_aes.config.register_section`; README "Adding a search method" walks through one.
+`torchrec_aes.config.register_section`; docs/design.md "Adding a search method" walks through one.
 """
 
 from __future__ import annotations

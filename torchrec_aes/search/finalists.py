@@ -16,7 +16,7 @@ finishes), then keeps the best on validation of the fully trained ones. A method
 slowly than a uniform table (masked rows, block graphs, grouped models, a budget-filling variant) is
 therefore never dropped after a short training. `joint` halves all finalists together: cheaper, but on
 Frappe its choice was more than 0.001 AUC below the best fully trained finalist on validation in 4 of 9
-sets (`tools/bench_pick.py`; README, "Final pick: regret and cost").
+sets (`tools/bench_pick.py`; docs/results.md, "Final pick: regret and cost").
 
 Baselines are trained once: a baseline's result depends only on its architecture, the data and the
 training config, so it is trained under `search.cache_dir` (default: the run directory, or the parent run

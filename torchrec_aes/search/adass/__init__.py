@@ -40,8 +40,9 @@ bias). A second, budget-filling variant keeps growing on the even rows alone. Th
 the budget (`Budget.fits`, TorchRec's storage estimate).
 
 Final pick (shared with every method, `search/finalists.py`): both variants and the zero-cost baselines at
-the same budget (same-memory uniform, power_rule) are trained from scratch by successive halving, and the
-best on validation is kept, so a supernet whose ranking does not carry over to retrained models cannot
+the same budget (same-memory uniform, power_rule, uniform in fp16) are trained from scratch (`search.pick`:
+by default both variants fully, the baselines by successive halving among themselves), and the best on
+validation is kept, so a supernet whose ranking does not carry over to retrained models cannot
 make the result worse than what a user gets for free (on validation).
 
 Our details (not in the paper): the loss-relative temperature, the importance measure and its refresh, the

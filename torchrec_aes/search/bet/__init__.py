@@ -36,5 +36,5 @@ Example::
 
     result = bet_search(cfg, CFTask.load(cfg), budget, run_dir)  # SearchResult
     result.arch.tables                                           # bucket tables within the budget
-    result.final["test"]["recall@20"]
+    result.finalists                                             # top-k and SU, for the final pick
 """

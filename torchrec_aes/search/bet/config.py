@@ -1,5 +1,5 @@
 """BET's config section, `search.bet` (defaults are the paper's values; `search/bet/__init__.py` and the
-README's "Where we deviate from the papers" say what is ours)."""
+docs/methods/bet.md say what is ours)."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ multiplied element-wise with the embeddings; stochastic gates in the search with
 bi-polarization regulariser; then deterministic gates, K-Means on the masked embeddings, and one model
 per group retrained with its group's dims. No code or hyperparameters are public.
 
-Ours (configurable in `search.ihas`, README "Where we deviate"):
+Ours (configurable in `search.ihas`, docs/methods/ihas.md "Where we deviate"):
 
 1. Gates (`gates.py`): a controller MLP (`controller_hidden`) maps a sample's pooled embeddings, all fields
    at the base dim D = max(search.candidates), to one logit per (field, block of 4 dims); training samples

@@ -10,7 +10,7 @@ probability falls linearly over 15,000 steps; Adagrad 0.12 with a cosine schedul
 scoring = fine-tune the final layer 500 steps at 0.04, then validation log loss; aging evolution with
 population 128, sample 64, 8 children, 240 generations, top-2 retrained.
 
-Ours (README "Where we deviate"):
+Ours (docs/methods/nasrec.md, "Where we deviate"):
 
 1. Embedding dims are searched with the blocks (`search_dims`): one dim per table from
    `search.candidates`, mutated like any block field, under the budget (the paper fixes 16). Every table
@@ -25,7 +25,7 @@ Ours (README "Where we deviate"):
    evolution is the same on every rank and gets faster with more processes.
 4. Budget: a candidate's tables are counted by TorchRec's storage estimate; one over the budget is never
    scored or returned (random candidates are shrunk table by table until they fit). The dense part is
-   not counted, as for every other kind (README "Budgets").
+   not counted, as for every other kind (docs/usage.md, "Budgets").
 5. Final: the top-k are trained from scratch with the run's `train` settings by the shared final pick,
    with the zero-cost baselines (DLRM/DCN per `model.type`) at the same budget.
 

@@ -1,4 +1,4 @@
-"""NASRec's config section, `search.nasrec`. Paper values (NASRec's public code, `../shared/METHODS.md`) are
+"""NASRec's config section, `search.nasrec`. Paper values (NASRec's public code, facebookresearch/NasRec) are
 the defaults where they exist; the rest are ours and say so. CPU-sized settings live in configs/."""
 
 from __future__ import annotations
