@@ -1,8 +1,9 @@
 """BET benchmark on CF data: SU vs SR vs BET at several sparsities, as one markdown table.
 
 For each config (a BET config: data, model, `search.bet`), sparsity c and method (bet_su, bet_sr, bet)
-and seed, runs the search in this process (data loaded once per config) and reads the final candidate's
-test Recall@20 / NDCG@20 (mean ± std over seeds; the seed drives initialisation, sampling and the
+and seed, runs the search and its final pick in this process (data loaded once per config;
+`runs.search_task`) and reads the returned architecture's test Recall@20 / NDCG@20 (mean ± std over
+seeds; the seed drives initialisation, sampling and the
 search) and the search wall time. The budget is the paper's: (1 - c) x 128 x (|U| + |I|) parameters,
 i.e. `search.budget="(1-c) x uniform-128"` with `search.count=params`, whatever `search.bet.max_dim`
 (a smaller d_max only caps the largest row size). Finished runs are read back
@@ -51,8 +52,7 @@ def main() -> None:
 
     from torchrec_aes.config import load_config
     from torchrec_aes.data.interactions import load_interactions
-    from torchrec_aes.planning.memory import Budget
-    from torchrec_aes.search.bet.search import bet_search
+    from torchrec_aes.runs import search_task
     from torchrec_aes.tasks.cf import CFTask
 
     out = Path(args.out)
@@ -87,20 +87,19 @@ def main() -> None:
                             f"run_dir={run_dir}",
                         ],
                     )
-                    budget = Budget.parse(
-                        cfg.search.budget[0], data.schema, cfg.train.embedding_optimizer, "params"
-                    )
+                    # The same search and final pick as `torchrec-aes search`, on the data loaded once.
+                    cfg.search.method = method
                     start = time.perf_counter()
-                    result = bet_search(cfg, CFTask(cfg, data), budget, str(run_dir), method)
-                    assert result.final is not None
+                    _, metrics = search_task(cfg, CFTask(cfg, data))
                     seconds = time.perf_counter() - start
                     record = {
-                        "test": result.final["test"],
-                        "val": result.final["val"],
+                        "test": metrics["test"],
+                        "val": metrics["val"],
+                        "winner": metrics.get("winner"),
                         "seconds": seconds,
-                        "budget": budget.bytes,
-                        "used": budget.used(result.arch),
-                        "row_dims": result.log["row_dims"],
+                        "budget": metrics["budget_bytes"],
+                        "used": metrics["budget_used"],
+                        "candidates": metrics["search_log"].get("candidates"),
                     }
                     result_file.write_text(json.dumps(record, indent=1))
                     print(
@@ -116,19 +115,21 @@ def main() -> None:
         f"budget = (1 - c) x {args.reference_dim} x (|U| + |I|) params",
         "",
         "| data | sparsity | method | test Recall@20 | test NDCG@20 | params used / budget "
-        "| mean user / item size | search s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| mean user / item size of the search's first candidate | winner of the final pick | search s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, sparsity, method, runs in rows:
         recall = mean_std([r["test"]["recall@20"] for r in runs])
         ndcg = mean_std([r["test"]["ndcg@20"] for r in runs])
         used = statistics.mean(r["used"] / r["budget"] for r in runs)
-        user = statistics.mean(r["row_dims"]["user"]["mean"] for r in runs)
-        item = statistics.mean(r["row_dims"]["item"]["mean"] for r in runs)
+        own = [r["candidates"][0]["row_dims"] for r in runs if r.get("candidates")]
+        user = statistics.mean(d["user"]["mean"] for d in own) if own else float("nan")
+        item = statistics.mean(d["item"]["mean"] for d in own) if own else float("nan")
+        winners = ", ".join(str(r.get("winner")) for r in runs)
         seconds = statistics.mean(r["seconds"] for r in runs)
         lines.append(
             f"| {name} | {sparsity:.0%} | {method} | {recall} | {ndcg} | {used:.3f} "
-            f"| {user:.1f} / {item:.1f} | {seconds:.0f} |"
+            f"| {user:.1f} / {item:.1f} | {winners} | {seconds:.0f} |"
         )
     text = "\n".join(lines)
     print(text)
