@@ -15,7 +15,7 @@ import yaml
 from tests.conftest import REPO, cli
 from torchrec_aes.architecture import Architecture, kind_of
 from torchrec_aes.cli import main as cli_main
-from torchrec_aes.models.blocks import BlockGraph, BlockSpace, live_key
+from torchrec_aes.models.block_graph import BlockGraph, BlockSpace, live_key
 from torchrec_aes.search.nasrec.search import SCORES_FILE
 
 pytestmark = pytest.mark.e2e

@@ -20,20 +20,18 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_aes.architecture import Architecture, kind_of
 from torchrec_aes.data.schema import Schema, SparseFeature
-from torchrec_aes.models.blocks import (
+from torchrec_aes.models.block_graph import (
     DENSE_OPS,
     SPARSE_OPS,
     Block,
     BlockGraph,
-    BlockNet,
     BlockSpace,
     Live,
-    blocks_architecture,
     check_block,
     live_key,
     liveness,
-    subnet_state,
 )
+from torchrec_aes.models.blocks import BlockNet, blocks_architecture, subnet_state
 from torchrec_aes.planning.memory import arch_bytes
 from torchrec_aes.search.nasrec.config import NASRecConfig, check_config
 from torchrec_aes.search.nasrec.evolution import EvolutionResult, evolve, mutations_at

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torchrec_aes.config import register_section
-from torchrec_aes.models.blocks import SPACES
+from torchrec_aes.models.block_graph import SPACES
 
 
 @dataclass

@@ -19,7 +19,8 @@ from tqdm import tqdm
 from torchrec_aes import rundir
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.io import exists, join, read_text, write_text_atomic
-from torchrec_aes.models.blocks import BlockNet, BlocksHooks, BlockSpace, blocks_architecture
+from torchrec_aes.models.block_graph import BlockSpace
+from torchrec_aes.models.blocks import BlockNet, BlocksHooks, blocks_architecture
 from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.baselines import largest_uniform
 from torchrec_aes.search.finalists import Finalist

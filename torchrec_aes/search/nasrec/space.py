@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, replace
 
-from torchrec_aes.models.blocks import Block, BlockGraph, BlockSpace, live_key
+from torchrec_aes.models.block_graph import Block, BlockGraph, BlockSpace, live_key
 
 
 @dataclass(frozen=True)

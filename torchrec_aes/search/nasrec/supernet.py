@@ -18,7 +18,8 @@ from torch import nn
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
-from torchrec_aes.models.blocks import BlockNet, BlockSpace, subnet_state
+from torchrec_aes.models.block_graph import BlockSpace
+from torchrec_aes.models.blocks import BlockNet, subnet_state
 from torchrec_aes.models.ctr import TableSpec
 from torchrec_aes.search.nasrec.space import Candidate, cost, full_graph, random_graph
 from torchrec_aes.supernet.elastic import find_elastic
