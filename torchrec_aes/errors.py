@@ -47,6 +47,15 @@ class UserError(ValueError):
     """
 
 
+class ConfigError(UserError):
+    """A config file or override is invalid; the message names the dotted key, the value and what is
+    allowed."""
+
+
+class ConfigFileNotFoundError(ConfigError, FileNotFoundError):
+    """The config file does not exist (a user error that callers catching `FileNotFoundError` still see)."""
+
+
 class CheckpointError(UserError):
     """A checkpoint cannot be used: corrupt, incomplete, or written by another config, data or seed."""
 
