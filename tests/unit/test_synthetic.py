@@ -14,17 +14,14 @@ import torch
 
 from torchrec_aes.config import ConfigError, DataConfig, SyntheticConfig, load_config
 from torchrec_aes.data.dataset import CTRData, split_rows
-from torchrec_aes.data.synthetic import (
+from torchrec_aes.data.planted import (
     DEFAULT_RANK_PATTERN,
-    cache_key,
     generate,
-    load_populations,
-    load_synthetic,
     population_ids,
     resolve_population_ranks,
     resolve_ranks,
-    synthetic_cache_dir,
 )
+from torchrec_aes.data.synthetic import cache_key, load_populations, load_synthetic, synthetic_cache_dir
 
 # Small but structured: a 30-id wide field to stratify on, signal-free fields from 10 to 10^5 rows.
 MIXED = SyntheticConfig(

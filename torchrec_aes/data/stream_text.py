@@ -40,6 +40,7 @@ from torchrec_aes import io
 from torchrec_aes.config import DataConfig
 from torchrec_aes.data.binary import VOCAB_FILE, files_key, find_days, load_criteo_binary
 from torchrec_aes.data.dataset import Splits
+from torchrec_aes.data.planted import hash_uniform
 from torchrec_aes.data.preprocess import (
     OOV_ID,
     RawTable,
@@ -48,7 +49,6 @@ from torchrec_aes.data.preprocess import (
     hash_ids,
     transform_dense,
 )
-from torchrec_aes.data.synthetic import hash_uniform
 from torchrec_aes.data.textfile import input_paths
 
 logger = logging.getLogger(__name__)
