@@ -22,34 +22,10 @@ import argparse
 import json
 import random
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_quality import BIN, REPO, _scores, mean_std, paired_bootstrap, run_one, with_dir  # noqa: E402
-
-
-def kendall_tau(x: list[float], y: list[float]) -> float:
-    """Kendall's tau-b (ties in either list counted as neither concordant nor discordant)."""
-    concordant = discordant = ties_x = ties_y = 0
-    for i in range(len(x)):
-        for j in range(i + 1, len(x)):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                ties_x += 1
-            elif dy == 0:
-                ties_y += 1
-            elif (dx > 0) == (dy > 0):
-                concordant += 1
-            else:
-                discordant += 1
-    n0 = concordant + discordant
-    denom = ((n0 + ties_x) * (n0 + ties_y)) ** 0.5
-    return (concordant - discordant) / denom if denom else 0.0
+from harness import kendall_tau, mean_std, paired_bootstrap, run_one, scores, with_dir
 
 
 def quality(args: argparse.Namespace) -> None:
@@ -94,7 +70,7 @@ def quality(args: argparse.Namespace) -> None:
     ]
     for label in [k for k in variants if k.startswith("nasrec")]:
         for base in ("dlrm", "dcn"):
-            pairs = [(_scores(a), _scores(b)) for a, b in zip(runs[label], runs[base], strict=True)]
+            pairs = [(scores(a), scores(b)) for a, b in zip(runs[label], runs[base], strict=True)]
             res = paired_bootstrap(pairs, args.bootstrap)
             point, lo, hi = res["mean"]
             verdict = "better" if lo > 0 else ("worse" if hi < 0 else "tie")
@@ -181,28 +157,7 @@ def speed(args: argparse.Namespace) -> None:
     ]
     results = {}
     for procs in (1, 2):
-        run_dir = out / f"procs{procs}"
-        metrics_file = run_dir / "metrics.json"
-        if not metrics_file.exists():
-            launcher = (
-                [str(BIN / "torchrec-aes")]
-                if procs == 1
-                else [
-                    str(BIN / "torchrun"),
-                    "--standalone",
-                    "--nproc_per_node",
-                    "2",
-                    "-m",
-                    "torchrec_aes.cli",
-                ]
-            )
-            cmd = [*launcher, "search", args.config, "--run-dir", str(run_dir), *overrides]
-            start = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-            print(f"{procs} process(es): {time.perf_counter() - start:.0f}s", flush=True)
-        m = json.loads(metrics_file.read_text())
+        m = run_one("search", args.config, out / f"procs{procs}", overrides[1:], procs=procs)
         log = m["search_log"]
         results[procs] = {
             "search_seconds": m["search_seconds"],

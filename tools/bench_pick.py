@@ -39,34 +39,14 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-sys.path.insert(0, str(REPO))
+from harness import kendall_tau, run_one
 
-from torchrec_aes.search.finalists import halving_epochs  # noqa: E402
+from torchrec_aes.search.finalists import halving_epochs
 
 CF_TARGET, CTR_TARGET = 0.02, 0.001
-
-
-def run_search(config: str, run_dir: Path, overrides: list[str]) -> None:
-    if (run_dir / "metrics.json").exists():
-        return
-    cmd = [str(BIN / "torchrec-aes"), "search", config, "--run-dir", str(run_dir), "train.progress=false"]
-    cmd += ["search.halving=false", *overrides]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    print(f"  {run_dir}: {time.perf_counter() - start:.0f}s", flush=True)
-    for ckpt in run_dir.rglob("checkpoints"):
-        shutil.rmtree(ckpt, ignore_errors=True)
 
 
 def finalist_sets(run_dir: Path) -> list[dict]:
@@ -179,17 +159,6 @@ def _halving(hist: list[list[float]], epochs: int, group: list[int], score) -> t
     return best, first, trained
 
 
-def kendall_tau(x: list[float], y: list[float]) -> float:
-    concordant = discordant = 0
-    for i in range(len(x)):
-        for j in range(i + 1, len(x)):
-            s = (x[i] - x[j]) * (y[i] - y[j])
-            concordant += s > 0
-            discordant += s < 0
-    total = concordant + discordant
-    return (concordant - discordant) / total if total else float("nan")
-
-
 SCHEMES = ("full", "halving", "extrapolate", "at_half", "staged_halved", "staged")
 
 
@@ -263,7 +232,7 @@ def main() -> None:
             for seed in args.seeds:
                 run_dir = Path(args.out) / f"{Path(config).stem}_{args.method}_s{seed}"
                 overrides = [f"search.method={args.method}", f"search.budget={budget}", f"train.seed={seed}"]
-                run_search(config, run_dir, overrides + args.set)
+                run_one("search", config, run_dir, ["search.halving=false", *overrides, *args.set])
     by_data: dict[str, list[dict]] = {}
     for out in outs:
         for run in sorted(p for p in out.iterdir() if (p / "metrics.json").exists()):

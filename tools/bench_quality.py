@@ -33,60 +33,10 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-def run_one(
-    command: str, config: str, run_dir: Path, overrides: list[str], keep_checkpoints: bool = False
-) -> dict:
-    metrics_file = run_dir / "metrics.json"
-    if metrics_file.exists():  # resumable: finished runs are not repeated
-        return json.loads(metrics_file.read_text())
-    cmd = [
-        str(BIN / "torchrec-aes"),
-        command,
-        config,
-        "--run-dir",
-        str(run_dir),
-        "train.progress=false",
-        *overrides,
-    ]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise SystemExit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
-    print(f"  {run_dir.name}: {time.perf_counter() - start:.0f}s", flush=True)
-    if not keep_checkpoints:  # a finished run needs only its metrics; checkpoints are GBs per run
-        for ckpt in [run_dir / "checkpoints", *run_dir.glob("budget_*/checkpoints")]:
-            shutil.rmtree(ckpt, ignore_errors=True)
-    return json.loads(metrics_file.read_text())
-
-
-def with_dir(metrics: dict, run_dir: Path) -> dict:
-    return {**metrics, "_run_dir": str(run_dir)}
-
-
-def budget_runs(summary: dict, run_dir: Path) -> list[dict]:
-    """The per-budget sub-runs of a budget-list search, as full metrics dicts."""
-    out = []
-    for i, _ in enumerate(summary["budgets"]):
-        sub = run_dir / f"budget_{i}"
-        out.append(with_dir(json.loads((sub / "metrics.json").read_text()), sub))
-    return out
-
-
-def mean_std(values: list[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
+from harness import budget_runs, mean_std, paired_bootstrap, run_one, scores, verdict, with_dir
 
 
 def main() -> None:
@@ -263,57 +213,6 @@ def planted_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _scores(run: dict):
-    import numpy as np
-
-    rel = run.get("test_scores")
-    return None if rel is None else np.load(Path(run["_run_dir"]) / rel)
-
-
-def _weighted_auc(order, labels, weights):
-    """AUC of scores sorted by `order` under row weights [B, N] (ties between scores ignored)."""
-    import numpy as np
-
-    y = labels[order]
-    w = weights[:, order]
-    wpos, wneg = w * y, w * (1 - y)
-    below = np.cumsum(wneg, axis=1) - wneg  # negative weight strictly before each row
-    return (wpos * below).sum(1) / np.maximum(wpos.sum(1) * wneg.sum(1), 1e-12)
-
-
-def paired_bootstrap(pairs: list[tuple], resamples: int, seed: int = 0) -> dict:
-    """AUC(method) - AUC(baseline) per seed and for the mean over seeds, with 95% intervals from a paired
-    Poisson bootstrap over test rows. `pairs`: per seed (method scores [2, N], baseline scores [2, N])."""
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    per_seed, draws = [], []
-    for a, b in pairs:
-        if a.shape != b.shape or not np.array_equal(a[1], b[1]):
-            raise SystemExit("paired comparison: the two runs' test rows differ (split or world size?)")
-        labels = a[1]
-        oa, ob = np.argsort(a[0], kind="stable"), np.argsort(b[0], kind="stable")
-        ones = np.ones((1, labels.size))
-        point = float(_weighted_auc(oa, labels, ones)[0] - _weighted_auc(ob, labels, ones)[0])
-        d = []
-        for start in range(0, resamples, 50):
-            w = rng.poisson(1.0, size=(min(50, resamples - start), labels.size)).astype(np.float64)
-            d.append(_weighted_auc(oa, labels, w) - _weighted_auc(ob, labels, w))
-        d = np.concatenate(d)
-        draws.append(d)
-        per_seed.append((point, float(np.quantile(d, 0.025)), float(np.quantile(d, 0.975))))
-    mean = np.mean(draws, axis=0)
-    point = float(np.mean([p[0] for p in per_seed]))
-    return {
-        "per_seed": per_seed,
-        "mean": (point, float(np.quantile(mean, 0.025)), float(np.quantile(mean, 0.975))),
-    }
-
-
-def _verdict(lo: float, hi: float) -> str:
-    return "better" if lo > 0 else ("worse" if hi < 0 else "tie")
-
-
 def paired_lines(rows: list[dict], resamples: int, baselines: list[str]) -> list[str]:
     """Each search method against each baseline at the same budget (and uniform-64), paired per seed."""
     lines = [
@@ -344,7 +243,7 @@ def paired_lines(rows: list[dict], resamples: int, baselines: list[str]) -> list
             if other is None:
                 continue
             seeds = min(len(row["runs"]), len(other["runs"]))
-            pairs = [(_scores(row["runs"][i]), _scores(other["runs"][i])) for i in range(seeds)]
+            pairs = [(scores(row["runs"][i]), scores(other["runs"][i])) for i in range(seeds)]
             if any(a is None or b is None for a, b in pairs):
                 continue
             result = paired_bootstrap(pairs, resamples)
@@ -353,7 +252,7 @@ def paired_lines(rows: list[dict], resamples: int, baselines: list[str]) -> list
             p, lo, hi = result["mean"]
             lines.append(
                 f"| {row['config']} | {row['kind']}{at} | {other['label'].split(' ', 1)[1]} "
-                f"| {seeds_text} | {p:+.4f} [{lo:+.4f}, {hi:+.4f}] | {_verdict(lo, hi)} |"
+                f"| {seeds_text} | {p:+.4f} [{lo:+.4f}, {hi:+.4f}] | {verdict(lo, hi)} |"
             )
     return lines
 

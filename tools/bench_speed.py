@@ -39,7 +39,7 @@ import shutil
 import time
 from pathlib import Path
 
-from bench_quality import run_one  # tools/ is on sys.path when this script runs
+from harness import run_one
 
 
 def run(
