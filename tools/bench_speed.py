@@ -76,18 +76,17 @@ def _rerun_pick(
     return metrics
 
 
-def compare_picks(
-    args: argparse.Namespace, out: Path, staged: dict, search_wall: float, plain_wall: float
-) -> None:
+def compare_picks(args: argparse.Namespace, out: Path, staged: dict, plain_wall: float) -> None:
     """The final pick's cost under `search.pick=joint` (the previous pick) and with the baselines already
     in the cache (a rerun, another budget or method on the same data), beside the staged pick measured
-    above; the search phases before the pick are the same in all three (same seed), so each whole-search
-    figure is the staged run's wall time with its final pick replaced."""
+    above, for the (first) budget's search: the phases before the pick are the same in all three (same
+    seed), so each whole-search figure is that search's wall time with its final pick replaced."""
     joint = _rerun_pick(args, out, "adass_joint", ["search.pick=joint"], baselines=False)
     cached = _rerun_pick(args, out, "adass_cached", ["search.pick=staged"], baselines=True)
-    base = search_wall - staged["final_seconds"]
+    base = staged["wall_seconds"] - staged["final_seconds"]
     print()
     print(
+        f"First budget's search (supernet, RL and budget step {base:.1f} s) with each final pick:\n\n"
         "| final pick | pick seconds | winner (test AUC) | whole search / uniform-64 training | "
         "/ one training of the returned architecture |"
     )
@@ -195,7 +194,7 @@ def main() -> None:
         f"same run): {search['cost_ratio']:.2f}x"
     )
     if args.compare_picks:
-        compare_picks(args, out, search, search_wall, plain_wall)
+        compare_picks(args, out, search, plain_wall)
         for ckpt in list(out.rglob("checkpoints")):  # finished: keep metrics and reports only
             shutil.rmtree(ckpt, ignore_errors=True)
     print(
