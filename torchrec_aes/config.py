@@ -69,7 +69,7 @@ class DataConfig:
     test_path: str = ""
     """Optional separate test file (interactions: LightGCN test.txt). Empty: split `path`."""
     cache_dir: str = ""
-    """Where generated synthetic data is cached. Empty: under the run directory's parent `data_cache`."""
+    """Where generated synthetic data is cached. Empty: `~/.cache/torchrec_aes`."""
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     """Train/val/test fractions of a seeded random split (CTR) or of each user's items (CF)."""
     split_seed: int = 0
@@ -250,8 +250,8 @@ class SearchConfig:
     """Which search to run and under which budget."""
 
     method: str = "uniform"
-    """A registered search method: uniform | power_rule | adass | bet | bet_su | bet_sr (`torchrec-aes
-    search --help` lists them)."""
+    """A registered search method: uniform | power_rule | adass | bet | bet_su | bet_sr | ihas | nasrec
+    (`torchrec-aes search --help` lists them)."""
     budget: list[str] = field(default_factory=lambda: ["0.25 x uniform-64"])
     """Bytes ("800MB", "1.5GiB", "123456") or a fraction of a reference ("0.5 x uniform-64"); a list (YAML
     list, or comma-separated) runs one search per budget sharing what does not depend on it (AdaS&S trains
@@ -268,9 +268,10 @@ class SearchConfig:
     retrain: bool = True
     """Retrain the found architecture from scratch and report test metrics (methods without finalists)."""
     final_baselines: bool = True
-    """Methods that return finalists (adass, bet) have them trained from scratch and the best on validation
-    kept; with this, the zero-cost baselines at the same budget (same-memory uniform, power_rule) are
-    finalists too, so a search result never loses to them on validation."""
+    """Methods that return finalists (adass, bet, ihas, nasrec) have them trained from scratch and the best
+    on validation kept; with this, the zero-cost baselines at the same budget (same-memory uniform,
+    power_rule, same-memory uniform in fp16) are finalists too, so a search result never loses to a fully
+    trained one on validation (`search.pick`)."""
     halving: bool = True
     """Train the finalists by successive halving over epochs (needs checkpoints); else each fully."""
     pick: str = "staged"
