@@ -201,20 +201,24 @@ class PlanConfig:
 # ---------------------------------------------------------------------------------------------------------
 
 _SECTIONS: dict[str, type] = {}
+_CHECKS: dict[str, Callable[[Any], None]] = {}
 
 
-def register_section(name: str, cls: type) -> type:
-    """Registers a search method's config dataclass as section `search.<name>`.
+def register_section(name: str, cls: type, check: Callable[[Any], None] | None = None) -> type:
+    """Registers a search method's config dataclass as section `search.<name>`, with its range checks.
 
-    The method packages call this when they are imported; `SearchConfig` imports `torchrec_aes.search`
-    (which imports every built-in method) the first time it needs the sections, so the strict loader knows
-    every key. A section is read as `cfg.search.<name>` (e.g. `cfg.search.adass.rl_updates`).
+    A method's config module calls this when it is imported; `method_sections` imports the built-in ones
+    by name (`BUILTIN_SECTIONS`), so the strict loader knows every key. A section is read as
+    `cfg.search.<name>` (e.g. `cfg.search.adass.rl_updates`). `check(section)` raises ValueError naming
+    the `search.<name>.*` key of a bad value; `load_config` runs it, before any data is read.
     """
     if not dataclasses.is_dataclass(cls):
         raise TypeError(f"config section '{name}' must be a dataclass, got {cls!r}")
     if _SECTIONS.get(name, cls) is not cls:
         raise ValueError(f"config section 'search.{name}' is registered twice")
     _SECTIONS[name] = cls
+    if check is not None:
+        _CHECKS[name] = check
     return cls
 
 
@@ -225,6 +229,7 @@ def unregister_section(name: str) -> None:
     if name not in _SECTIONS:
         raise ValueError(f"config section 'search.{name}' is not registered")
     del _SECTIONS[name]
+    _CHECKS.pop(name, None)
 
 
 BUILTIN_SECTIONS = {
@@ -473,6 +478,11 @@ def validate(cfg: Config) -> None:
         except ValueError as e:
             raise ConfigError(f"arch: {e}") from None
     _check_budget_form(cfg)
+    for name, check in _CHECKS.items():  # every method section's own ranges
+        try:
+            check(getattr(cfg.search, name))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _check_budget_form(cfg: Config) -> None:

@@ -62,3 +62,13 @@ def test_invalid_yaml_is_reported_with_the_file(tmp_path):
 def test_missing_config_file_names_the_path(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.yaml"):
         load_config(str(tmp_path / "nope.yaml"))
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["search.adass.supernet_epochs=0", "search.ihas.search_epochs=0", "search.nasrec.population=0"],
+)
+def test_a_method_sections_bad_value_is_refused_when_the_config_loads(override: str) -> None:
+    # Whatever search.method is: the section's own checks run in load_config, before any data is read.
+    with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
+        load_config(None, [override])

@@ -74,9 +74,6 @@ class AdaSSConfig:
     """Save the RL state every this many updates (the supernet is saved every epoch)."""
 
 
-register_section("adass", AdaSSConfig)
-
-
 def check_config(acfg: AdaSSConfig) -> None:
     """Raises ValueError naming the `search.adass.*` key of an out-of-range value."""
     rules: dict[str, tuple[float, Callable[[float], bool], str]] = {
@@ -108,3 +105,6 @@ def check_config(acfg: AdaSSConfig) -> None:
         raise ValueError(
             f"search.adass.precisions: {acfg.precisions}; allowed: distinct values of fp32, fp16"
         )
+
+
+register_section("adass", AdaSSConfig, check_config)

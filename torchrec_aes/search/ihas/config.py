@@ -55,9 +55,6 @@ class IHASConfig:
     """Scale the groups' dims to fill the budget (keeping their proportions), not only shrink to it."""
 
 
-register_section("ihas", IHASConfig)
-
-
 def check_config(icfg: IHASConfig) -> None:
     """Raises ValueError naming the `search.ihas.*` key of an out-of-range value."""
     rules: dict[str, tuple[float, Callable[[float], bool], str]] = {
@@ -83,3 +80,6 @@ def check_config(icfg: IHASConfig) -> None:
             f"search.ihas.deployment: '{icfg.deployment}' is not one of {', '.join(DEPLOYMENTS)}"
         )
     check_data_type(icfg.router_data_type, "search.ihas.router_data_type")
+
+
+register_section("ihas", IHASConfig, check_config)

@@ -68,9 +68,6 @@ class NASRecConfig:
     """Best architectures trained from scratch in the final pick (paper: 2)."""
 
 
-register_section("nasrec", NASRecConfig)
-
-
 def check_config(ncfg: NASRecConfig) -> None:
     """Raises ValueError naming the `search.nasrec.*` key of an out-of-range value."""
     positive = lambda v: v >= 1  # noqa: E731
@@ -105,3 +102,6 @@ def check_config(ncfg: NASRecConfig) -> None:
         values = getattr(ncfg, key)
         if not values or any(v < 1 for v in values):
             raise ValueError(f"search.nasrec.{key}: {values}; expected a non-empty list of positive sizes")
+
+
+register_section("nasrec", NASRecConfig, check_config)
