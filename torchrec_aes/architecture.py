@@ -339,6 +339,10 @@ class ArchKind:
     def carry(self, arch: Architecture, source: str, run_dir: str) -> None:
         """Copies the side files of `arch` (loaded from directory `source`) into `run_dir`."""
 
+    def report(self, run_dir: str, arch: Architecture, metrics: dict[str, Any]) -> list[str]:
+        """This kind's section of `report.md` (markdown lines; pictures it writes go into `run_dir`)."""
+        return []
+
 
 _KINDS: dict[str, ArchKind] = {"tables": ArchKind()}
 

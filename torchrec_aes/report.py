@@ -11,12 +11,12 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from torchrec_aes.architecture import Architecture  # noqa: E402
-from torchrec_aes.io import exists, join, load_numpy, write_bytes_atomic, write_text_atomic  # noqa: E402
+from torchrec_aes.architecture import Architecture, kind_of  # noqa: E402
+from torchrec_aes.io import join, write_bytes_atomic, write_text_atomic  # noqa: E402
 from torchrec_aes.planning.memory import Budget, format_bytes  # noqa: E402
 
 
-def _save_png(fig, path: str) -> None:
+def save_png(fig, path: str) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
@@ -54,7 +54,7 @@ def plot_dims(
     ax2.set_xticks([0], ["tables (stacked)"])
     ax2.set_ylabel("MiB (TorchRec storage estimate)")
     ax2.set_title(f"total {format_bytes(int(total * 2**20))}")
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def plot_landscape(landscape: dict[str, Any], budget: Budget | None, path: str) -> None:
@@ -89,7 +89,7 @@ def plot_landscape(landscape: dict[str, Any], budget: Budget | None, path: str) 
     ax.set_xlabel(f"MiB: {landscape.get('x', 'bytes')}")
     ax.set_ylabel(landscape.get("y", "quality"))
     ax.legend(fontsize=8)
-    _save_png(fig, path)
+    save_png(fig, path)
 
 
 def _finalists_table(metrics: dict[str, Any]) -> list[str]:
@@ -129,7 +129,7 @@ def _finalists_table(metrics: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
+def binary_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Rank AUC (ties averaged); nan without both classes."""
     pos = labels > 0.5
     if pos.all() or not pos.any():
@@ -145,131 +145,6 @@ def _auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(scores) - n_pos)))
 
 
-def _grouped_section(run_dir: str, arch: Architecture, metrics: dict[str, Any]) -> list[str]:
-    """iHAS: a groups x fields heatmap of dims (`groups.png`) and each group's share, router share and
-    test AUC (from the winner's test scores and `test_groups.npy`, when the grouped model won)."""
-    spec = arch.extra.get("groups", {})
-    dims = np.array(spec.get("dims", []))
-    if dims.size == 0:
-        return []
-    log = metrics.get("search_log", {})
-    # The first F tables are one per field in schema order (shared `t_<f>`, or group 0's `g0_t_<f>`).
-    features = [t.feature_names[0] for t in arch.tables[: dims.shape[1]]]
-    fig, ax = plt.subplots(figsize=(max(6, 0.45 * dims.shape[1] + 2), 0.5 * dims.shape[0] + 1.5))
-    im = ax.imshow(dims, cmap="Blues", aspect="auto")
-    for (k, f), d in np.ndenumerate(dims):
-        ax.text(f, k, str(d), ha="center", va="center", fontsize=7)
-    ax.set_xticks(range(dims.shape[1]), features, rotation=70, fontsize=7)
-    ax.set_yticks(range(dims.shape[0]), [f"group {k}" for k in range(dims.shape[0])])
-    ax.set_title(f"embedding dim per group and field ({spec.get('deployment')} tables)")
-    fig.colorbar(im, ax=ax)
-    _save_png(fig, join(run_dir, "groups.png"))
-    router = log.get("router", {})
-    lines = [
-        "",
-        f"Groups: {dims.shape[0]}, deployment `{spec.get('deployment')}`; router reads "
-        f"{', '.join(router.get('features', [])) or 'nothing (one group)'}: "
-        f"{format_bytes(int(router.get('bytes', 0)))} ({router.get('share_of_budget', 0.0):.1%} of the "
-        f"budget), agrees with the nearest centroid on {router.get('accuracy', float('nan')):.1%} of "
-        "held-out rows.",
-        "",
-        "![dims per group and field](groups.png)",
-        "",
-    ]
-    scores_path, groups_path = metrics.get("test_scores"), join(run_dir, "test_groups.npy")
-    if scores_path and not scores_path.startswith("/") and "://" not in scores_path:
-        scores_path = join(run_dir, scores_path)
-    per_group: dict[int, tuple[int, float]] = {}
-    if (
-        scores_path
-        and exists(scores_path)
-        and exists(groups_path)
-        and metrics.get("winner", "ihas") == "ihas"
-    ):
-        scores, groups = load_numpy(scores_path), load_numpy(groups_path)
-        if scores.shape[1] == len(groups):
-            for k in range(dims.shape[0]):
-                mask = groups == k
-                per_group[k] = (int(mask.sum()), _auc(scores[0][mask], scores[1][mask]))
-    lines += ["| group | train share | dims (sum) | test rows | test auc |", "|---|---|---|---|---|"]
-    for k in range(dims.shape[0]):
-        share = log.get("groups", [{}] * dims.shape[0])[k].get("share", float("nan"))
-        rows, auc = per_group.get(k, (0, float("nan")))
-        lines.append(f"| {k} | {share:.1%} | {int(dims[k].sum())} | {rows} | {auc:.4f} |")
-    return lines
-
-
-def plot_blocks(blocks: list[dict[str, Any]], title: str, path: str) -> None:
-    """A block graph (NASRec): node 0 (the input) and each block as a box with its ops and sizes; dense
-    inputs as blue arcs above, sparse inputs as orange dashed arcs below."""
-    n = len(blocks) + 1
-    fig, ax = plt.subplots(figsize=(max(7, 1.9 * n), 4.2))
-    for j in range(n):
-        if j == 0:
-            text = "0: input\ndense + tokens"
-        else:
-            b = blocks[j - 1]
-            extras = " ".join(x for x, on in (("+merge", b["merge"]), ("+fm", b["fm"])) if on)
-            text = f"{j}: {b['dense_op']} {b['width']}\n{b['sparse_op']} {b['tokens']}t\n{extras}".rstrip()
-        ax.text(j, 0, text, ha="center", va="center", fontsize=8, bbox={"boxstyle": "round", "fc": "0.93"})
-    for j, b in enumerate(blocks, start=1):
-        for side, color, style, sign in (
-            ("dense_in", "tab:blue", "-", 1),
-            ("sparse_in", "tab:orange", "--", -1),
-        ):
-            for i in b[side]:
-                ax.annotate(
-                    "",
-                    xy=(j - 0.3, 0.12 * sign),
-                    xytext=(i + 0.3, 0.12 * sign),
-                    arrowprops={
-                        "arrowstyle": "->",
-                        "color": color,
-                        "linestyle": style,
-                        "connectionstyle": f"arc3,rad={-0.35 * sign if j - i > 1 else 0}",
-                    },
-                )
-    ax.plot([], [], color="tab:blue", label="dense input")
-    ax.plot([], [], color="tab:orange", linestyle="--", label="sparse input")
-    ax.legend(fontsize=8, loc="lower right")
-    ax.set_xlim(-0.7, n - 0.3)
-    ax.set_ylim(-1.2, 1.2)
-    ax.axis("off")
-    ax.set_title(title)
-    _save_png(fig, path)
-
-
-def _blocks_section(run_dir: str, arch: Architecture, metrics: dict[str, Any]) -> list[str]:
-    """NASRec: the chosen block graph (`blocks.png`; the search's best when a baseline won) and the
-    evolution's best score per generation (`evolution.png`)."""
-    log = metrics.get("search_log", {})
-    best = log.get("best_per_generation")
-    blocks = arch.extra.get("blocks") if arch.kind == "blocks" else log.get("best_blocks")
-    if not best and not blocks:
-        return []
-    lines = [""]
-    if blocks:
-        which = "the chosen architecture" if arch.kind == "blocks" else "the search's best (a baseline won)"
-        plot_blocks(blocks, f"block graph: {which}", join(run_dir, "blocks.png"))
-        lines += [f"Block graph of {which}:", "", "![block graph](blocks.png)", ""]
-    if best:
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        ax.plot(range(-1, len(best) - 1), best, marker=".")
-        ax.set_xlabel("generation (-1 = initial population)")
-        ax.set_ylabel("best supernet score so far")
-        ax.set_title(f"regularized evolution: {log.get('scored', '?')} scored")
-        _save_png(fig, join(run_dir, "evolution.png"))
-        lines += [
-            f"Evolution: {log.get('scored', '?')} architectures scored in "
-            f"{log.get('evolution_seconds', float('nan')):.1f} s on {log.get('world_size', 1)} process(es); "
-            f"supernet {log.get('supernet_seconds', float('nan')):.1f} s.",
-            "",
-            "![evolution](evolution.png)",
-            "",
-        ]
-    return lines
-
-
 def write_report(
     run_dir: str,
     arch: Architecture,
@@ -277,9 +152,12 @@ def write_report(
     budget: Budget | None = None,
     planted: list[int] | None = None,
     landscape: dict[str, Any] | None = None,
+    sections: list[str] | None = None,
 ) -> None:
     """Writes `report.md`, `dims.png` and, with a search's `landscape` (scored architectures: "points"
-    [[bytes, quality]], "named" {label: [bytes, quality]}, axis labels "x"/"y"), `quality_vs_bytes.png`."""
+    [[bytes, quality]], "named" {label: [bytes, quality]}, axis labels "x"/"y"), `quality_vs_bytes.png`.
+    The architecture's kind adds its own section (`ArchKind.report`), the search method its `sections`
+    (markdown lines; `search.base.register(report=...)`)."""
     if planted is not None and len(planted) != len(arch.tables):
         planted = None  # per field, not per table (a grouped architecture has more tables)
     plot_dims(arch, metrics, budget, planted, join(run_dir, "dims.png"))
@@ -313,9 +191,9 @@ def write_report(
             f"({metrics['training_seconds']:.1f} s); phases: {phases}"
         )
     lines += _finalists_table(metrics)
-    if arch.kind == "grouped":
-        lines += _grouped_section(run_dir, arch, metrics)
-    lines += _blocks_section(run_dir, arch, metrics)
+    # What only an architecture kind or a search method knows (iHAS's groups, NASRec's block graphs).
+    lines += kind_of(arch).report(run_dir, arch, metrics)
+    lines += sections or []
     lines += [
         "",
         "![per-table dims and bytes](dims.png)",
@@ -370,7 +248,7 @@ def write_frontier(run_dir: str, method: str, summary: dict[str, Any], frontier:
     )
     ax.title.set_fontsize(8)
     ax.legend(fontsize=7)
-    _save_png(fig, join(run_dir, "frontier.png"))
+    save_png(fig, join(run_dir, "frontier.png"))
     lines = [f"# Budget list: {method}", "", f"![test {metric} vs bytes](frontier.png)", ""]
     lines += [
         f"| budget | bytes used / budget | winner | test {metric} | finalists (test {metric}, epochs) "

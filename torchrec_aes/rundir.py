@@ -22,6 +22,7 @@ Every rank computes; rank 0 writes, through a temporary file and a rename (`io.w
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from torchrec_aes.architecture import ARCHITECTURE_FILE
@@ -118,9 +119,10 @@ def write_run(
     budget: Budget | None = None,
     planted: list[int] | None = None,
     landscape: dict[str, Any] | None = None,
+    report: Callable[[str, Architecture, dict[str, Any]], list[str]] | None = None,
 ) -> None:
     """Writes config, architecture, plan, metrics, the landscape (if any) and the report into
-    `cfg.run_dir`. Call on rank 0 only."""
+    `cfg.run_dir`, with the search method's own `report` section (if any). Call on rank 0 only."""
 
     run_dir = cfg.run_dir
     makedirs(run_dir)
@@ -134,7 +136,8 @@ def write_run(
     write_text_atomic(path(run_dir, METRICS), json.dumps(metrics, indent=1, sort_keys=True))
     if landscape:
         write_text_atomic(path(run_dir, LANDSCAPE), json.dumps(landscape))
-    write_report(run_dir, arch, metrics, budget, planted, landscape)
+    sections = report(run_dir, arch, metrics) if report is not None else None
+    write_report(run_dir, arch, metrics, budget, planted, landscape, sections)
 
 
 def write_budgets(cfg: Config, summary: dict[str, Any], metric: str) -> None:

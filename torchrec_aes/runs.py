@@ -50,6 +50,7 @@ def _write(
     metrics: dict[str, Any],
     budget: Budget | None = None,
     landscape: dict[str, Any] | None = None,
+    report: Any = None,
 ) -> None:
     if env.is_main:
         rundir.write_run(
@@ -61,6 +62,7 @@ def _write(
             budget=budget,
             planted=task.planted,
             landscape=landscape,
+            report=report,
         )
 
 
@@ -279,5 +281,5 @@ def _search(
     if one:
         metrics["training_seconds"] = one
         metrics["cost_ratio"] = metrics["wall_seconds"] / one
-    _write(cfg, env, task, arch, metrics, budget, result.landscape)
+    _write(cfg, env, task, arch, metrics, budget, result.landscape, method.report)
     return arch, metrics

@@ -54,6 +54,7 @@ from torchrec_aes.models.block_graph import (
     Live,
     liveness,
 )
+from torchrec_aes.models.blocks_report import graph_section
 from torchrec_aes.train.hooks import TrainHooks
 
 # ---------------------------------------------------------------------------------------------------------
@@ -456,6 +457,9 @@ class BlocksKind(ArchKind):
             )
         graph, space = self.graph(arch, source)
         return arch, BlocksHooks(graph, space)
+
+    def report(self, run_dir: str, arch: Architecture, metrics: dict[str, Any]) -> list[str]:
+        return graph_section(run_dir, arch.extra["blocks"], "the chosen architecture")
 
 
 register_kind(BlocksKind())

@@ -43,6 +43,7 @@ from torchrec_aes.architecture import Architecture, ArchKind, TableArch, check_d
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.io import exists, join, load_torch, save_torch_atomic
 from torchrec_aes.models.ctr import TableSpec, build_ctr_model
+from torchrec_aes.models.grouped_report import grouped_section
 from torchrec_aes.train.hooks import TrainHooks
 
 DEPLOYMENTS = ("shared", "separate")
@@ -342,6 +343,9 @@ class GroupedKind(ArchKind):
 
     def carry(self, arch: Architecture, source: str, run_dir: str) -> None:
         Router.load(source).save(run_dir)
+
+    def report(self, run_dir: str, arch: Architecture, metrics: dict[str, Any]) -> list[str]:
+        return grouped_section(run_dir, arch, metrics)
 
 
 register_kind(GroupedKind())

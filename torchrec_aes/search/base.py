@@ -111,6 +111,7 @@ class SearchResult:
 
 
 SearchFn = Callable[[SearchContext], SearchResult]
+ReportFn = Callable[[str, Architecture, dict[str, Any]], list[str]]
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ class SearchMethod:
     tasks: tuple[str, ...]
     section: str | None = None
     user_model: bool = False
+    report: ReportFn | None = None
 
     def __call__(self, ctx: SearchContext) -> SearchResult:
         return self.fn(ctx)
@@ -136,6 +138,7 @@ def register(
     tasks: tuple[str, ...] = ("ctr", "cf"),
     section: str | None = None,
     user_model: bool = False,
+    report: ReportFn | None = None,
 ) -> Callable[[SearchFn], SearchFn]:
     """Registers a search method under `search.method=<name>`.
 
@@ -145,12 +148,13 @@ def register(
         section: its config section (`search.<section>`, registered with `config.register_section`).
         user_model: it searches a user's own model and batches (`torchrec_aes.search_embedding_dims`): it
             needs nothing of the task but its tables, `build` and `Rows` of batches.
+        report: `(run_dir, arch, metrics) -> markdown lines`: its section of the run's `report.md`.
     """
 
     def wrap(fn: SearchFn) -> SearchFn:
         if name in _METHODS:
             raise ValueError(f"search method '{name}' is registered twice")
-        _METHODS[name] = SearchMethod(name, fn, tuple(tasks), section, user_model)
+        _METHODS[name] = SearchMethod(name, fn, tuple(tasks), section, user_model, report)
         return fn
 
     return wrap

@@ -26,6 +26,7 @@ from torchrec_aes.search.baselines import largest_uniform
 from torchrec_aes.search.finalists import Finalist
 from torchrec_aes.search.nasrec.config import NASRecConfig, check_config
 from torchrec_aes.search.nasrec.evolution import EvolutionResult, evolve
+from torchrec_aes.search.nasrec.report import nasrec_report
 from torchrec_aes.search.nasrec.space import Candidate, mutate, random_candidate
 from torchrec_aes.search.nasrec.supernet import SubnetScorer, SupernetHooks, score_on_ranks
 from torchrec_aes.supernet.elastic import ElasticEmbeddingBagCollection, find_elastic
@@ -147,7 +148,7 @@ def train_supernet(
     return scorer, log
 
 
-@register("nasrec", tasks=("ctr",), section="nasrec")
+@register("nasrec", tasks=("ctr",), section="nasrec", report=nasrec_report)
 def nasrec_search(ctx: SearchContext) -> SearchResult:
     """NASRec: see `torchrec_aes/search/nasrec/__init__.py`."""
     cfg, ncfg, task = ctx.cfg, ctx.section, ctx.task
