@@ -240,15 +240,19 @@ def bet_search(
     return _finalists(cfg, task, variant, [*candidates, sampler.uniform()], log)
 
 
-def _registered(variant: str):
-    def method(ctx: SearchContext) -> SearchResult:
-        return bet_search(ctx.cfg, ctx.task, ctx.budget, ctx.run_dir, variant)
-
-    method.__name__ = variant
-    method.__doc__ = f"search.method={variant} (see the package doc)."
-    return register(variant, tasks=("cf",), section="bet")(method)
+@register("bet", tasks=("cf",), section="bet")
+def bet(ctx: SearchContext) -> SearchResult:
+    """BET: budget-guaranteed per-row sizes, a DeepSets fitness predictor (see the package doc)."""
+    return bet_search(ctx.cfg, ctx.task, ctx.budget, ctx.run_dir, "bet")
 
 
-bet = _registered("bet")
-bet_su = _registered("bet_su")
-bet_sr = _registered("bet_sr")
+@register("bet_su", tasks=("cf",), section="bet")
+def bet_su(ctx: SearchContext) -> SearchResult:
+    """The paper's same-budget uniform (SU) baseline."""
+    return bet_search(ctx.cfg, ctx.task, ctx.budget, ctx.run_dir, "bet_su")
+
+
+@register("bet_sr", tasks=("cf",), section="bet")
+def bet_sr(ctx: SearchContext) -> SearchResult:
+    """The paper's one-random-action (SR) baseline."""
+    return bet_search(ctx.cfg, ctx.task, ctx.budget, ctx.run_dir, "bet_sr")
