@@ -3,18 +3,26 @@
 ```
 RUN/
   config.yaml          the fully resolved config (rerun with `torchrec-aes search RUN/config.yaml`)
-  architecture.yaml    what was trained or found (+ files its kind names, e.g. BET's row_dims.npy)
+  architecture.yaml    what was trained or found, and the side files its kind names beside it (BET's
+                       row_dims.npy / row_remap.npy, iHAS's router.pt / centroids.pt / test_groups.npy)
   plan.json            sharding plan for the `plan.*` topology
-  metrics.json         val/test metrics, bytes, budget, timings, the search log
+  metrics.json         val/test metrics, bytes, budget, the search log, the final pick's finalists and
+                       its cost (`phase_seconds`, `training_seconds`, `cost_ratio`)
   landscape.json       a search's scored architectures (quality vs bytes), if it has one
-  report.md, *.png     the report and its plots
+  report.md, *.png     the report and its plots (dims.png, quality_vs_bytes.png; the kind's and the
+                       method's own sections: groups.png, blocks.png, evolution.png)
   tb/<tag>/            TensorBoard events of each training / search phase
   checkpoints/<tag>/   DCP checkpoints of each training / search phase (resume)
   scores/<tag>.npy     each training's test logits and labels, row by row ([2, N]; CTR)
   <method>/            a method's own state (e.g. bet/)
+  baselines/<hash>/    trained zero-cost baselines by identity (`search.cache_dir`, default here):
+                       checkpoints, tb, scores and the finished `result.json` (`search/finalists.py`)
   budget_<i>/          with a list of budgets: one complete run directory per budget, and in RUN/ the
                        summary metrics.json, frontier.json / frontier.png and report.md
 ```
+
+This table is the one answer to "what does a run write": a kind or method that writes another file adds
+its line here.
 
 Every rank computes; rank 0 writes, through a temporary file and a rename (`io.write_*_atomic`).
 """
