@@ -14,7 +14,8 @@ RUN/
   tb/<tag>/            TensorBoard events of each training / search phase
   checkpoints/<tag>/   DCP checkpoints of each training / search phase (resume)
   scores/<tag>.npy     each training's test logits and labels, row by row ([2, N]; CTR)
-  <method>/            a method's own state (e.g. bet/)
+  <method>/            a method's own state (e.g. bet/; AdaS&S's under checkpoints/adass/), each file with
+                       a `<file>.json` manifest of the run's identity and checksum (`search/state.py`)
   baselines/<hash>/    trained zero-cost baselines by identity (`search.cache_dir`, default here):
                        checkpoints, tb, scores and the finished `result.json` (`search/finalists.py`)
   budget_<i>/          with a list of budgets: one complete run directory per budget, and in RUN/ the

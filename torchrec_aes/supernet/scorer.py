@@ -19,7 +19,6 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from torchrec_aes.data.dataset import Rows
-from torchrec_aes.io import load_torch, save_torch_atomic
 from torchrec_aes.supernet.elastic import find_elastic
 from torchrec_aes.supernet.stats import placement_difference, placements
 from torchrec_aes.train.distributed import DistEnv
@@ -254,23 +253,24 @@ class SupernetEvaluator:
         panel += torch.randint(0, k, (max(size - 2, 0), num_tables), generator=g).tolist()
         return sum(self.auc(c) for c in panel) / len(panel)
 
-    def save(self, path: str) -> None:
-        save_torch_atomic(
-            path,
-            {
-                "pooled": self.pooled,
-                "dense": self.dense,
-                "labels": self.labels,
-                "dense_state": self.dense_state,
-                "candidates": self.candidates,
-            },
-        )
+    def state_dict(self) -> dict[str, Any]:
+        """What rebuilds this evaluator (`from_state`): the slice's pooled lookups, dense features and
+        labels, and the dense weights (a method saves it with its run's identity)."""
+        return {
+            "pooled": self.pooled,
+            "dense": self.dense,
+            "labels": self.labels,
+            "dense_state": self.dense_state,
+            "candidates": self.candidates,
+        }
 
     @classmethod
-    def load(
-        cls, path: str, build_model: Callable[[nn.Module], nn.Module], configs: list[EmbeddingBagConfig]
+    def from_state(
+        cls,
+        blob: dict[str, Any],
+        build_model: Callable[[nn.Module], nn.Module],
+        configs: list[EmbeddingBagConfig],
     ) -> SupernetEvaluator:
-        blob = load_torch(path)
         return cls(
             build_model,
             configs,

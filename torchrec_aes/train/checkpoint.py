@@ -83,7 +83,7 @@ def run_identity(
     return json.loads(json.dumps(identity))
 
 
-def _differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+def differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     out = []
     for key in sorted(set(saved) | set(current), key=lambda k: (k != "train.seed", k)):
         a, b = saved.get(key, "(unset)"), current.get(key, "(unset)")
@@ -290,7 +290,7 @@ class Checkpointer:
         raise CheckpointError(
             f"{self.directory} holds checkpoints of another architecture, config, data or "
             "seed (checkpoint vs now: "
-            f"{'; '.join(_differences(saved, current))}); set train.resume=false to start fresh (ignore "
+            f"{'; '.join(differences(saved, current))}); set train.resume=false to start fresh (ignore "
             "and replace them), or use another run directory"
         )
 

@@ -66,6 +66,11 @@ Checkpoints (with `train.checkpoint` and a run directory), so a killed run resum
 * `checkpoints/adass/rl_state.pt` -- policy, optimizer, baseline and history every `checkpoint_every`
   updates and at the end.
 
+Both `.pt` files are saved with a manifest (`<file>.json`: the run's identity and the file's sha256,
+`search/state.py`): a rerun with another seed, data, training/model config, candidates or supernet
+settings (and, for the RL state, another budget or RL settings) is refused in one line naming what
+differs; a damaged file is said so and its phase runs again. Raising `rl_updates` continues the RL.
+
 World size: 2 ranks give each step twice the examples of 1 process (per-rank batches), so the supernet's
 weights and hence the found architecture can differ from a 1-process run with the same seed; within a run
 every rank returns the same architecture (rank 0's, broadcast).

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from torchrec_aes.io import exists, load_torch, save_torch_atomic
 from torchrec_aes.search.adass.config import AdaSSConfig
+from torchrec_aes.search.state import load_state, save_state
 from torchrec_aes.supernet.sampling import step_generator
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,8 @@ class PolicySearch:
         acfg: the knobs (rl_*, penalty).
         seed: sampling seed.
         writer: TensorBoard writer or None.
-        state_path: where the RL state is saved ("" = nowhere); an existing one is resumed.
+        state_path: where the RL state is saved ("" = nowhere); an existing one of this run is resumed.
+        identity: the run identity the state is saved with and checked against (`search.state`).
         progress: show a tqdm bar.
     """
 
@@ -40,6 +42,7 @@ class PolicySearch:
         seed: int,
         writer: SummaryWriter | None = None,
         state_path: str = "",
+        identity: dict[str, Any] | None = None,
         progress: bool = False,
     ) -> None:
         self.score = score
@@ -49,6 +52,7 @@ class PolicySearch:
         self.seed = seed
         self.writer = writer
         self.state_path = state_path
+        self.identity = identity or {}
         self.progress = progress
         num_tables, k = self.bytes.shape
         self.logits = torch.zeros(num_tables, k, requires_grad=True)  # [F, K]
@@ -56,11 +60,11 @@ class PolicySearch:
         self.baseline: torch.Tensor | None = None  # [F]
         self.update = 0
         self.history: list[dict[str, float]] = []
-        if state_path and exists(state_path):
-            self._load()
+        if state_path and (blob := load_state(state_path, self.identity)) is not None:
+            self._load(blob)
 
     def _save(self) -> None:
-        save_torch_atomic(
+        save_state(
             self.state_path,
             {
                 "logits": self.logits.detach(),
@@ -69,10 +73,10 @@ class PolicySearch:
                 "update": self.update,
                 "history": self.history,
             },
+            self.identity,
         )
 
-    def _load(self) -> None:
-        blob = load_torch(self.state_path)
+    def _load(self, blob: dict[str, Any]) -> None:
         with torch.no_grad():
             self.logits.copy_(blob["logits"])
         self.optimizer.load_state_dict(blob["optimizer"])

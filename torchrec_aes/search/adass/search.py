@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -18,6 +19,7 @@ from torchrec_aes.search.adass.policy import PolicySearch
 from torchrec_aes.search.adass.supernet import SupernetTrainer, model_factory, options
 from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.finalists import Finalist
+from torchrec_aes.search.state import load_state_on_main, save_state, state_identity
 from torchrec_aes.supernet.scorer import SupernetEvaluator
 from torchrec_aes.train.distributed import broadcast_object, init_distributed
 
@@ -29,6 +31,28 @@ def candidate_bytes(ctx: SearchContext) -> list[list[int]]:
     if b.count == "bytes":
         warm_cache(rows, ctx.candidates, b.optimizer, ctx.section.precisions)
     return [[table_storage(r, d, b.optimizer, b.count, p) for d, p in options(ctx)] for r in rows]
+
+
+# Knobs that do not shape the supernet (the RL's and the budget step's) or only say how far to go.
+_NOT_SUPERNET = ("rl_updates", "rl_samples", "rl_lr", "rl_entropy", "rl_baseline_decay", "penalty")
+_NOT_RL = ("rl_updates", "checkpoint_every", "confidence")
+
+
+def supernet_settings(ctx: SearchContext) -> dict[str, Any]:
+    """What the trained supernet (its evaluator) depends on besides data and training config."""
+    acfg = dataclasses.asdict(ctx.section)
+    skip = (*_NOT_SUPERNET, *_NOT_RL)
+    return {"candidates": ctx.candidates, "adass": {k: v for k, v in acfg.items() if k not in skip}}
+
+
+def rl_settings(ctx: SearchContext) -> dict[str, Any]:
+    """What the RL state depends on: the supernet's settings and the RL's own (not how many updates)."""
+    acfg = dataclasses.asdict(ctx.section)
+    return {
+        "candidates": ctx.candidates,
+        "count": ctx.budget.count,
+        "adass": {k: v for k, v in acfg.items() if k not in _NOT_RL},
+    }
 
 
 @register("adass", tasks=("ctr",), section="adass", user_model=True)
@@ -59,18 +83,16 @@ def adass(ctx: SearchContext) -> SearchResult:
                 remove_tree(stale)
     elif not cfg.train.resume and env.is_main and rl_dir and exists(join(rl_dir, "rl_state.pt")):
         remove_tree(join(rl_dir, "rl_state.pt"))
-    resume = bool(broadcast_object(bool(eval_path) and env.is_main and exists(eval_path)))
+    supernet_id = state_identity(cfg, ctx.task, supernet_settings(ctx))
+    saved, resume = (None, False)
+    if "adass_evaluator" not in ctx.cache and eval_path:
+        saved, resume = load_state_on_main(eval_path, supernet_id)
     if "adass_evaluator" in ctx.cache:
         evaluator = ctx.cache["adass_evaluator"]
         log["supernet"] = {"shared": True}
     elif resume:
         configs = Architecture.uniform(ctx.schema, max(ctx.candidates)).to_ebc_configs()
-        evaluator = SupernetEvaluator.load(eval_path, build_model, configs) if env.is_main else None
-        if evaluator is not None and evaluator.options != opts:
-            raise ValueError(
-                f"{eval_path} was trained for the options {evaluator.options}, not {opts} "
-                "(search.candidates / search.adass.precisions changed); use a new run directory"
-            )
+        evaluator = SupernetEvaluator.from_state(saved, build_model, configs) if saved is not None else None
         log["supernet"] = {"resumed": True}
     else:
         supernet = SupernetTrainer(ctx, writer)
@@ -78,7 +100,7 @@ def adass(ctx: SearchContext) -> SearchResult:
         evaluator = supernet.evaluator()
         supernet.close()
         if evaluator is not None and eval_path:
-            evaluator.save(eval_path)
+            save_state(eval_path, evaluator.state_dict(), supernet_id)
             # A resume starts from the evaluator from now on; the supernet's DCP checkpoint (every table
             # at d_max plus optimizer state: the largest file of the run) is no longer needed.
             remove_tree(join(ckpt_dir, "supernet"))
@@ -96,6 +118,7 @@ def adass(ctx: SearchContext) -> SearchResult:
             cfg.train.seed,
             writer,
             join(rl_dir, "rl_state.pt") if rl_dir else "",
+            state_identity(cfg, ctx.task, rl_settings(ctx), ctx.budget.bytes),
             cfg.train.progress,
         )
         argmax = search.run()

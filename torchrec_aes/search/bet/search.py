@@ -4,6 +4,7 @@ shared final pick trains from scratch (`search/finalists.py`)."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -16,7 +17,7 @@ from torchrec_aes import rundir
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config
 from torchrec_aes.data.interactions import InteractionData
-from torchrec_aes.io import exists, join, load_torch, makedirs, save_torch_atomic
+from torchrec_aes.io import join, makedirs
 from torchrec_aes.models.cf import TableHooks
 from torchrec_aes.models.rowwise import BucketLayout, RowCost, bucket_architecture
 from torchrec_aes.planning.memory import Budget
@@ -24,6 +25,7 @@ from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.bet.predictor import FitnessPredictor, PredictorTrainer, normalised_frequency
 from torchrec_aes.search.bet.sampler import Action, ActionSampler
 from torchrec_aes.search.finalists import Finalist
+from torchrec_aes.search.state import load_state, save_state, state_identity
 from torchrec_aes.tasks.base import Task
 from torchrec_aes.train.distributed import broadcast_object, init_distributed
 from torchrec_aes.train.trainer import Trainer
@@ -135,14 +137,23 @@ def bet_search(
     # Pre-train the full-size model once (kept across resumes).
     pre_path = join(state_dir, "pretrained.pt") if state_dir else ""
     resume = bc.resume and cfg.train.resume  # train.resume=false starts every phase fresh
-    if pre_path and resume and exists(pre_path):
-        pre = load_torch(pre_path, weights_only=False)
-    else:
+    # Saved state carries the run's identity (`search.state`): the pre-trained model depends on the data
+    # and training config; the loop's state also on the budget and the BET settings.
+    pre_id = state_identity(cfg, task, {"bet.max_dim": bc.max_dim, "bet.precision": bc.precision})
+    # Not in it: how far the loop goes (`iterations`), what is kept of it (`top_k`) and `resume` itself.
+    bet_settings = {
+        k: v for k, v in dataclasses.asdict(bc).items() if k not in ("iterations", "top_k", "resume")
+    }
+    loop_id = state_identity(
+        cfg, task, {"bet": bet_settings, "variant": variant, "count": budget.count}, budget.bytes
+    )
+    pre = load_state(pre_path, pre_id, weights_only=False) if pre_path and resume else None
+    if pre is None:
         keep = TableHooks(keep_tables=True)
         res = Trainer(cfg, task, full_arch, run_dir, "bet/pretrain", hooks=keep).fit()
         pre = {"tables": keep.best_tables, "val": res["val"]}
         if pre_path and main:
-            save_torch_atomic(pre_path, pre)
+            save_state(pre_path, pre, pre_id)
     full_quality = quality(pre["val"], ks)
     log["full_model"] = {"val": pre["val"], "quality": full_quality}
 
@@ -151,8 +162,8 @@ def bet_search(
     replay: list[dict[str, Any]] = []
     start_iter = 0
     state_path = join(state_dir, "state.pt") if state_dir else ""
-    if state_path and resume and exists(state_path):
-        state = load_torch(state_path, weights_only=False)
+    state = load_state(state_path, loop_id, weights_only=False) if state_path and resume else None
+    if state is not None:
         replay, start_iter = state["replay"], state["iteration"]
         trainer.load_state_dict(state["predictor"])
         gen.set_state(state["generator"])
@@ -203,7 +214,7 @@ def bet_search(
             r = replay[-1] if u == 0 else replay[int(torch.randint(len(replay), (1,), generator=gen))]
             losses.append(trainer.update(r["dims"].long(), r["fitness"]))
         if state_path and main:
-            save_torch_atomic(
+            save_state(
                 state_path,
                 {
                     "replay": replay,
@@ -211,6 +222,7 @@ def bet_search(
                     "predictor": trainer.state_dict(),
                     "generator": gen.get_state(),
                 },
+                loop_id,
             )
         best_fitness = max(r["fitness"] for r in replay)
         if writer:
