@@ -84,14 +84,12 @@ def write_text_atomic(path: str, text: str) -> None:
 
 
 def save_numpy_atomic(path: str, array) -> None:
-
     buf = io.BytesIO()
     np.save(buf, array)
     write_bytes_atomic(path, buf.getvalue())
 
 
 def load_numpy(path: str):
-
     return np.load(io.BytesIO(read_bytes(path)))
 
 

@@ -119,7 +119,6 @@ def search_task(cfg: Config, task: Task) -> tuple[Architecture, dict[str, Any]]:
 
 
 def _check_search(cfg: Config, task_name: str) -> None:
-
     get_method(cfg.search.method, task_name)
     if cfg.plan.file:
         raise ValueError(
@@ -207,7 +206,6 @@ def _search_one(
 def _search(
     cfg: Config, task: Task, shared_dir: str = "", cache: dict[str, Any] | None = None
 ) -> tuple[Architecture, dict[str, Any]]:
-
     start = time.perf_counter()
     method = get_method(cfg.search.method, task.name)
     env = init_distributed()

@@ -264,7 +264,6 @@ def convert(cfg: DataConfig, out: str) -> None:
 
 
 def _complete(directory: str) -> bool:
-
     return os.path.exists(os.path.join(directory, VOCAB_FILE))
 
 

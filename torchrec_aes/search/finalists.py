@@ -40,7 +40,6 @@ Example::
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -53,6 +52,7 @@ from torchrec_aes.architecture import Architecture
 from torchrec_aes.io import exists, join, read_text, write_text_atomic
 from torchrec_aes.search.base import SearchContext
 from torchrec_aes.search.baselines import fit_power_rule, largest_uniform
+from torchrec_aes.search.state import state_identity
 from torchrec_aes.train.distributed import broadcast_object, init_distributed
 from torchrec_aes.train.hooks import TrainHooks
 from torchrec_aes.train.trainer import Trainer
@@ -142,22 +142,15 @@ def halving_epochs(epochs: int, rounds: int) -> list[int]:
 
 
 def baseline_identity(ctx: SearchContext, arch: Architecture) -> dict[str, Any]:
-    """What a baseline's trained result depends on, as JSON: its architecture, the data (the `data`
-    section, schema hash, examples per split), the `train` and `model` sections (without bookkeeping
-    fields) and the world size (1 and 2 processes train differently)."""
-    cfg, task = ctx.cfg, ctx.task
-    bookkeeping = ("progress", "log_every", "checkpoint", "resume")
-    identity = {
-        "task": task.name,
+    """What a baseline's trained result depends on, as JSON: the data and training config that every
+    saved search state is keyed by (`search.state.state_identity`), its architecture, the task and the
+    world size (1 and 2 processes train differently)."""
+    settings = {
+        "task": ctx.task.name,
         "arch": [arch.kind, [list(t) for t in _arch_key(arch)[1]], arch.extra],
-        "data": dataclasses.asdict(cfg.data),
-        "data.schema": task.schema.hash(),
-        "data.examples": task.num_examples(),
-        "train": {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in bookkeeping},
-        "model": dataclasses.asdict(cfg.model),
         "world_size": init_distributed().world_size,
     }
-    return json.loads(json.dumps(identity, default=str))
+    return state_identity(ctx.cfg, ctx.task, settings)
 
 
 class BaselineCache:
@@ -243,7 +236,6 @@ def pick_finalist(
         for i, f in enumerate(finalists)
         if cache is not None and f.baseline and f.train_arch is None and f.hooks is None
     }
-    assert cache is not None or not identities
     finished: dict[int, dict[str, Any]] = {}
     for i, identity in identities.items():
         if (saved := cache.load(identity)) is not None:  # type: ignore[union-attr]

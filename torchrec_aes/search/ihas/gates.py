@@ -150,7 +150,6 @@ class GateHooks(TrainHooks):
         self.gated: GatedEmbeddingBagCollection | None = None
 
     def make_model(self, task: Any, ebc: Any) -> nn.Module:
-
         gated = GatedEmbeddingBagCollection(ebc, self.hidden, self.gates, self.gate_init)
         cfg = task.cfg
         return build_ctr_model(cfg.model.type, gated, task.schema.num_dense, cfg.model)  # type: ignore[arg-type]
@@ -173,7 +172,6 @@ class GateHooks(TrainHooks):
         return loss
 
     def after_step(self, step: int, loss: float) -> float:
-
         env = init_distributed()
         kept = float(self.kept) if self.kept is not None else self.target
         total_loss, total_kept = all_reduce_sum([loss / env.world_size, kept / env.world_size])

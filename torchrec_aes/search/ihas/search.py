@@ -259,7 +259,6 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
     cap = icfg.router_share * ctx.budget.bytes
 
     def router_fits(features: list[str]) -> bool:
-
         arch = Architecture(
             router_tables(
                 features, dict(zip(schema.sparse_names, rows, strict=True)), k, icfg.router_data_type
