@@ -384,7 +384,7 @@ def search_embedding_dims(
         # The budget against the tables before any data is read: an infeasible one names the minimum.
         schema = Schema(sparse=[SparseFeature(t.feature_names[0], t.num_embeddings) for t in tables])
         b = Budget.parse(cfg.search.budget[0], schema, cfg.train.embedding_optimizer, cfg.search.count)
-        b.check_feasible(schema, cfg.search.candidates)
+        b.check_feasible(schema, cfg.search.candidates, cfg.search.precision)
         task = UserTask(cfg, tables, model_factory, train, val, test, loss, train_steps_per_epoch)
         arch, metrics = search_task(cfg, task)
         named = _as_named_by(arch, tables)

@@ -13,6 +13,9 @@ Its `kind` says how it deploys, and every consumer dispatches on it (never on `e
   (`router.pt` beside the file), the groups' dims under `extra.groups`; trained as one `GroupedModel`.
 * `blocks` -- a block graph over one table per feature (NASRec, `models/blocks.py`): the graph under
   `extra.blocks` and its space under `extra.space`; trained as a `BlockNet`.
+* `frequency` -- each feature's ids, ranked by training frequency, cut into buckets with their own table,
+  dim and rows (MDE's blocks, hashed tails; `models/frequency.py`): the bucket ends under
+  `extra.frequency`; trained as listed, the task remapping ids into the buckets.
 
 A kind (`ArchKind`) checks an architecture against the data, gives its training form and carries its side
 files into a new run; its bytes are those of its tables, which list everything serving needs.
@@ -339,6 +342,15 @@ class ArchKind:
     def carry(self, arch: Architecture, source: str, run_dir: str) -> None:
         """Copies the side files of `arch` (loaded from directory `source`) into `run_dir`."""
 
+    def lookup(self, arch: Architecture, task: Any) -> Any:
+        """How a task's features reach the tables when they are not one table per feature, or None.
+
+        Otherwise an object with `features` (the data features read, in order), `batch(Batch) -> Batch`
+        (the batch as the tables see it) and `wrap(ebc) -> nn.Module` (the sparse arch the model sees: it
+        returns one pooled embedding per feature and has `embedding_bag_configs()` sized per feature).
+        """
+        return None
+
     def report(self, run_dir: str, arch: Architecture, metrics: dict[str, Any]) -> list[str]:
         """This kind's section of `report.md` (markdown lines; pictures it writes go into `run_dir`)."""
         return []
@@ -351,6 +363,7 @@ BUILTIN_KINDS = {
     "rowwise": "torchrec_aes.models.rowwise",
     "grouped": "torchrec_aes.models.grouped",
     "blocks": "torchrec_aes.models.blocks",
+    "frequency": "torchrec_aes.models.frequency",
 }
 """The built-in kinds by name -> the module that registers it (resolved by name when first needed)."""
 

@@ -267,6 +267,15 @@ class SearchConfig:
     """What the budget counts: bytes (TorchRec storage estimate) | params (the papers' convention)."""
     power_alpha: float = 0.3
     """power_rule: exponent alpha in d_f ~ n_f^-alpha."""
+    frequency_blocks: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
+    """Where the frequency blocks of a feature end, as fractions of its ids ranked by training frequency
+    (the `mde` baseline's blocks; increasing, the last 1.0). Features with few ids get fewer blocks."""
+    baselines: list[str] = field(
+        default_factory=lambda: ["uniform", "power_rule", "uniform_fp16", "mde", "hashed"]
+    )
+    """The zero-cost baselines of a final pick (those that fit the budget join): uniform, power_rule,
+    uniform_fp16 (same-memory uniform in fp16), mde (power rule over frequency blocks, CTR), hashed
+    (uniform at the largest candidate dim, rows cut by hashing, CTR)."""
     precision: str = "fp32"
     """Table precision of the zero-cost baselines (uniform, power_rule): fp32 | fp16. fp16 halves a
     table's bytes (TorchRec's estimate), so at the same budget the baselines get about twice the dims."""
@@ -419,6 +428,10 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
+BASELINES = ("uniform", "power_rule", "uniform_fp16", "mde", "hashed")
+"""The zero-cost baselines a final pick may train (`search.baselines`)."""
+
+
 def _get(cfg: Config, dotted: str) -> Any:
     node: Any = cfg
     for part in dotted.split("."):
@@ -463,6 +476,14 @@ def validate(cfg: Config) -> None:
             f"search.candidates: {cfg.search.candidates} must be non-empty multiples of 4 "
             "(FBGEMM's fused kernels need dims divisible by 4)"
         )
+    blocks = cfg.search.frequency_blocks
+    if not blocks or blocks[-1] != 1.0 or any(b <= a for a, b in zip([0.0, *blocks], blocks, strict=False)):
+        raise ConfigError(
+            f"search.frequency_blocks: {blocks} must be increasing fractions in (0, 1], the last 1.0"
+        )
+    unknown = sorted(set(cfg.search.baselines) - set(BASELINES))
+    if unknown:
+        raise ConfigError(f"search.baselines: {unknown} are not baselines; allowed: {', '.join(BASELINES)}")
     if not cfg.run_dir.strip():
         raise ConfigError("run_dir: must not be empty (the directory every artifact of the run goes to)")
     if cfg.arch and is_local(cfg.arch):

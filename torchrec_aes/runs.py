@@ -212,9 +212,9 @@ def _search(
     schema = task.schema
     (text,) = cfg.search.budget
     budget = Budget.parse(text, schema, cfg.train.embedding_optimizer, cfg.search.count)
-    budget.check_feasible(schema, cfg.search.candidates)
     section = getattr(cfg.search, method.section) if method.section else None
     ctx = SearchContext(cfg, task, budget, cfg.run_dir, section, shared_dir, {} if cache is None else cache)
+    method.check_floor(ctx)
     t0 = time.perf_counter()
     result = method(ctx)
     search_seconds = time.perf_counter() - t0

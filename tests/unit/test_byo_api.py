@@ -224,7 +224,7 @@ def test_bad_input_is_a_one_line_value_error_naming_what_is_wrong() -> None:
 
 def test_a_budget_below_the_smallest_architecture_names_the_minimum() -> None:
     good = list(random_batches(2, 0))
-    smallest = r"below the smallest possible architecture \(every table at dim 4\), which needs"
+    smallest = r"below the smallest possible architecture \(every table at dim 4 in fp32\), which needs"
     _raises_one_line(smallest, user_tables(), good, good, budget="1KB")
 
 

@@ -58,6 +58,7 @@ def test_a_worse_search_result_loses_to_a_baseline_trained_from_scratch(tmp_path
     cfg = tiny_config()
     cfg.train.epochs = 3
     cfg.search.pick = "joint"
+    cfg.search.baselines = ["uniform", "power_rule", "uniform_fp16"]  # the frequency ones: test_frequency
     task = CTRTask(cfg, splits)
     ctx = SearchContext(cfg, task, Budget.parse("0.5 x uniform-16", splits.schema), str(tmp_path))
     mine = Architecture.from_dims(splits.schema, [4] * len(splits.schema.sparse))
@@ -80,6 +81,7 @@ def test_a_staged_pick_trains_the_methods_finalist_fully_before_comparing_it_wit
     cfg = tiny_config()
     cfg.train.epochs = 4
     cfg.train.patience = 4
+    cfg.search.baselines = ["uniform", "power_rule", "uniform_fp16"]
     task = CTRTask(cfg, splits)
     ctx = SearchContext(cfg, task, Budget.parse("0.5 x uniform-16", splits.schema), str(tmp_path))
     mine = Architecture.from_dims(splits.schema, [4] * len(splits.schema.sparse))

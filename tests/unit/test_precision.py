@@ -102,7 +102,7 @@ def test_baselines_of_the_final_pick_include_same_memory_uniform_in_fp16() -> No
     cfg.search.candidates = [4, 8, 16, 32, 64]
     budget = Budget.parse("0.5 x uniform-64", splits.schema)
     by_label = {f.label: f.arch for f in baseline_finalists(SearchContext(cfg, CTRTask(cfg, splits), budget))}
-    assert set(by_label) == {"uniform", "power_rule", "uniform_fp16"}
+    assert set(by_label) == {"uniform", "power_rule", "uniform_fp16", "mde", "hashed"}
     # At half the bytes of uniform-64 in fp32, fp16 affords uniform-64 again (TorchRec counts exactly half).
     assert by_label["uniform_fp16"].dims == [64] * 5 and set(by_label["uniform_fp16"].data_types) == {"fp16"}
     assert by_label["uniform"].dims[0] < 64 and budget.fits(by_label["uniform_fp16"])

@@ -12,7 +12,7 @@ files in chunks, so memory is bounded by the chunk, not by the data set.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -95,6 +95,46 @@ class CTRData:
         max_batches: int = 0,
     ) -> Iterator[Batch]:
         return iter_batches(self, keys, batch_size, rank, world_size, shuffle, seed, drop_last, max_batches)
+
+
+class MappedRows:
+    """`Rows` whose batches pass through `fn` (e.g. the id remap of an architecture kind's `lookup`)."""
+
+    def __init__(self, rows: Rows, fn: Callable[[Batch], Batch]) -> None:
+        self.inner, self.fn = rows, fn
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def batches(
+        self,
+        keys: list[str],
+        batch_size: int,
+        rank: int = 0,
+        world_size: int = 1,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        max_batches: int = 0,
+    ) -> Iterator[Batch]:
+        inner = self.inner.batches(
+            keys,
+            batch_size,
+            rank,
+            world_size,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=drop_last,
+            max_batches=max_batches,
+        )
+        return map(self.fn, inner)
+
+    def head(self, n: int) -> MappedRows:
+        return MappedRows(self.inner.head(n), self.fn)
+
+    def select(self, columns: list[int]) -> MappedRows:
+        return MappedRows(self.inner.select(columns), self.fn)
 
 
 @dataclass

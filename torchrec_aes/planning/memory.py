@@ -391,8 +391,9 @@ class Budget:
         """Budget left after `arch` (negative if over)."""
         return self.bytes - self.used(arch)
 
-    def check_feasible(self, schema: Schema, candidates: Sequence[int]) -> int:
-        """Raises ValueError if even every table at the smallest candidate dim exceeds the budget.
+    def check_feasible(self, schema: Schema, candidates: Sequence[int], data_type: str = "fp32") -> int:
+        """Raises ValueError if even every table at the smallest candidate dim (in `data_type`) exceeds
+        the budget.
 
         Returns:
             The cost of that smallest architecture.
@@ -400,12 +401,16 @@ class Budget:
         if not candidates:
             raise ValueError("no candidate dims given")
         smallest = min(candidates)
-        minimum = arch_bytes(Architecture.uniform(schema, smallest), self.optimizer, self.count)
+        arch = Architecture.uniform(schema, smallest, data_type)
+        return self.check_floor(arch, f"every table at dim {smallest} in {data_type}")
+
+    def check_floor(self, smallest: Architecture, what: str) -> int:
+        """Raises ValueError if `smallest` (described by `what`) exceeds the budget; returns its cost."""
+        minimum = self.used(smallest)
         if minimum > self.bytes:
             raise ValueError(
                 f"budget '{self.text or self.bytes}' = {format_amount(self.bytes, self.count)} is below the "
-                f"smallest possible architecture (every table at dim {smallest}), which needs "
-                f"{format_amount(minimum, self.count)}"
+                f"smallest possible architecture ({what}), which needs {format_amount(minimum, self.count)}"
             )
         return minimum
 

@@ -112,6 +112,7 @@ class SearchResult:
 
 SearchFn = Callable[[SearchContext], SearchResult]
 ReportFn = Callable[[str, Architecture, dict[str, Any]], list[str]]
+FloorFn = Callable[[SearchContext], tuple[Architecture, str]]
 
 
 @dataclass(frozen=True)
@@ -125,9 +126,17 @@ class SearchMethod:
     section: str | None = None
     user_model: bool = False
     report: ReportFn | None = None
+    floor: FloorFn | None = None
 
     def __call__(self, ctx: SearchContext) -> SearchResult:
         return self.fn(ctx)
+
+    def check_floor(self, ctx: SearchContext) -> None:
+        """A one-line ValueError if ctx's budget is below the smallest architecture this method returns."""
+        if self.floor is not None:
+            ctx.budget.check_floor(*self.floor(ctx))
+        else:
+            ctx.budget.check_feasible(ctx.schema, ctx.candidates, ctx.cfg.search.precision)
 
 
 _METHODS: dict[str, SearchMethod] = {}
@@ -139,6 +148,7 @@ def register(
     section: str | None = None,
     user_model: bool = False,
     report: ReportFn | None = None,
+    floor: FloorFn | None = None,
 ) -> Callable[[SearchFn], SearchFn]:
     """Registers a search method under `search.method=<name>`.
 
@@ -149,12 +159,15 @@ def register(
         user_model: it searches a user's own model and batches (`torchrec_aes.search_embedding_dims`): it
             needs nothing of the task but its tables, `build` and `Rows` of batches.
         report: `(run_dir, arch, metrics) -> markdown lines`: its section of the run's `report.md`.
+        floor: `ctx -> (the smallest architecture it can return, a description)`; a budget below its bytes
+            is refused before the search starts, naming them. Default: every table at the smallest
+            candidate dim in `search.precision`.
     """
 
     def wrap(fn: SearchFn) -> SearchFn:
         if name in _METHODS:
             raise ValueError(f"search method '{name}' is registered twice")
-        _METHODS[name] = SearchMethod(name, fn, tuple(tasks), section, user_model, report)
+        _METHODS[name] = SearchMethod(name, fn, tuple(tasks), section, user_model, report, floor)
         return fn
 
     return wrap
@@ -172,6 +185,8 @@ def unregister(name: str) -> None:
 BUILTIN_METHODS = {
     "uniform": "torchrec_aes.search.baselines",
     "power_rule": "torchrec_aes.search.baselines",
+    "mde": "torchrec_aes.search.baselines",
+    "hashed": "torchrec_aes.search.baselines",
     "adass": "torchrec_aes.search.adass.search",
     "bet": "torchrec_aes.search.bet.search",
     "bet_su": "torchrec_aes.search.bet.search",

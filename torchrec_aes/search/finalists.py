@@ -45,13 +45,14 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.io import exists, join, read_text, write_text_atomic
 from torchrec_aes.search.base import SearchContext
-from torchrec_aes.search.baselines import fit_power_rule, largest_uniform
+from torchrec_aes.search.baselines import fit_hashed, fit_mde, fit_power_rule, largest_uniform
 from torchrec_aes.search.state import state_identity
 from torchrec_aes.train.distributed import broadcast_object, init_distributed
 from torchrec_aes.train.hooks import TrainHooks
@@ -86,27 +87,37 @@ class Finalist:
 
 
 def baseline_finalists(ctx: SearchContext) -> list[Finalist]:
-    """Same-memory uniform (the largest uniform multiple of 4 that fits), the power rule, and same-memory
-    uniform with fp16 tables (what a TorchRec user gets for free by halving precision), at ctx's budget;
-    a baseline that cannot fit the budget is left out."""
-    out = []
-    try:
-        out.append(Finalist("uniform", largest_uniform(ctx), baseline=True))
-    except ValueError:
-        pass
-    rows = [f.num_embeddings for f in ctx.schema.sparse]
+    """The zero-cost baselines of `search.baselines` at ctx's budget: same-memory uniform (the largest
+    uniform multiple of 4 that fits), the power rule, same-memory uniform with fp16 tables (what a TorchRec
+    user gets for free by halving precision) and, on CTR data, MDE's frequency blocks and hashed tables
+    (rows as a lever). A baseline that cannot fit the budget is left out."""
+    cfg = ctx.cfg.search
     low, high = min(ctx.candidates), max(ctx.candidates)
-    try:
-        arch0 = Architecture.uniform(ctx.schema, low, ctx.cfg.search.precision)
-        rule = fit_power_rule(rows, ctx.budget, arch0, ctx.cfg.search.power_alpha, low, high)
-        out.append(Finalist("power_rule", rule, baseline=True))
-    except ValueError:
-        pass
-    if ctx.cfg.search.precision != "fp16":
+    rows = [f.num_embeddings for f in ctx.schema.sparse]
+
+    def power_rule() -> Architecture:
+        arch0 = Architecture.uniform(ctx.schema, low, cfg.precision)
+        return fit_power_rule(rows, ctx.budget, arch0, cfg.power_alpha, low, high)
+
+    makers: dict[str, Callable[[], Architecture | None]] = {
+        "uniform": lambda: largest_uniform(ctx),
+        "power_rule": power_rule,
+    }
+    if cfg.precision != "fp16":
+        makers["uniform_fp16"] = lambda: largest_uniform(ctx, "fp16")
+    if ctx.task.remaps_ids:  # frequency buckets: CTR rows (not a user's own model)
+        makers["mde"] = lambda: fit_mde(ctx)
+        makers["hashed"] = lambda: fit_hashed(ctx)
+    out = []
+    for name in cfg.baselines:
+        if name not in makers:
+            continue
         try:
-            out.append(Finalist("uniform_fp16", largest_uniform(ctx, "fp16"), baseline=True))
+            arch = makers[name]()
         except ValueError:
-            pass
+            continue
+        if arch is not None:
+            out.append(Finalist(name, arch, baseline=True))
     return out
 
 

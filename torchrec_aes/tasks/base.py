@@ -59,6 +59,9 @@ class Task(ABC):
     name: ClassVar[str]
     model_types: ClassVar[tuple[str, ...]]
     ebc_path: ClassVar[str]
+    remaps_ids: ClassVar[bool] = False
+    """Its `build` feeds architectures whose kind remaps ids (`ArchKind.lookup`: frequency buckets), and
+    its training rows give id frequencies."""
 
     def __init__(self, cfg: Config, data: Any, planted: list[int] | None = None) -> None:
         self.cfg = cfg
@@ -69,6 +72,8 @@ class Task(ABC):
         # are not row batches (CF: per-user interactions) leave them empty.
         self.rows: dict[str, Any] = {}
         self.keys: list[str] = []
+        # What is derived from the data once and reused by every training of the run (e.g. id frequencies).
+        self.memo: dict[str, Any] = {}
 
     # -- data ------------------------------------------------------------------------------------------
     @classmethod

@@ -20,9 +20,9 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 
-from torchrec_aes.architecture import Architecture
+from torchrec_aes.architecture import Architecture, kind_of
 from torchrec_aes.config import Config, TrainConfig
-from torchrec_aes.data.dataset import Splits, num_batches
+from torchrec_aes.data.dataset import MappedRows, Splits, num_batches
 from torchrec_aes.data.load import load_data
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.data.synthetic import load_synthetic
@@ -95,6 +95,7 @@ class CTRTask(Task):
     name = "ctr"
     model_types = ("dlrm", "dcn")
     ebc_path = "model.sparse_arch"
+    remaps_ids = True
 
     data: Splits
 
@@ -129,7 +130,11 @@ class CTRTask(Task):
         build_model: Callable[[EmbeddingBagCollection], nn.Module] | None = None,
         extra_loss: ExtraLoss | None = None,
     ) -> tuple[nn.Module, EmbeddingBagCollection]:
-        self.keys = [n for t in arch.active_tables for n in t.feature_names]
+        lookup = kind_of(arch).lookup(arch, self)
+        if lookup is None:
+            self.keys = [n for t in arch.active_tables for n in t.feature_names]
+        else:
+            self.keys = list(lookup.features)
         columns = [self.schema.sparse_names.index(k) for k in self.keys]
         self.rows = {
             name: d.select(columns)
@@ -137,10 +142,16 @@ class CTRTask(Task):
         }
         # Tables on meta: nothing is materialised until DMP shards them.
         ebc = EmbeddingBagCollection(tables=arch.to_ebc_configs(), device=torch.device("meta"))
+        sparse: nn.Module = ebc
+        self.ebc_path = type(self).ebc_path  # type: ignore[misc]
+        if lookup is not None:  # the tables see remapped batches; the model sees one embedding per feature
+            self.rows = {name: MappedRows(rows, lookup.batch) for name, rows in self.rows.items()}
+            sparse = lookup.wrap(ebc)
+            self.ebc_path = f"{type(self).ebc_path}.ebc"  # type: ignore[misc]
         if build_model is None:
-            model = build_ctr_model(self.cfg.model.type, ebc, self.schema.num_dense, self.cfg.model)
+            model = build_ctr_model(self.cfg.model.type, sparse, self.schema.num_dense, self.cfg.model)
         else:
-            model = build_model(ebc)
+            model = build_model(sparse)
         return CTRModule(model, extra_loss), ebc
 
     def other_optimizer(self, params: dict[str, torch.Tensor], tc: TrainConfig) -> KeyedOptimizer | None:

@@ -290,6 +290,7 @@ class UserTask(CTRTask):
     name = "ctr"
     model_types = ()  # type: ignore[assignment]  # no `model.type`: the model is the user's
     ebc_path = "model.model"  # + the EBC's path in the user's model (set per instance)
+    remaps_ids = False  # the user's model looks its tables up itself
 
     def __init__(
         self,
