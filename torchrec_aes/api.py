@@ -48,7 +48,7 @@ from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_aes import rundir
-from torchrec_aes.architecture import TORCHREC_DATA_TYPES, Architecture, TableArch  # noqa: F401
+from torchrec_aes.architecture import TORCHREC_DATA_TYPES, Architecture, TableArch, training_type  # noqa: F401
 from torchrec_aes.config import Config, load_config, validate
 from torchrec_aes.data.schema import Schema, SparseFeature
 from torchrec_aes.models.blocks import BlockNet, BlocksKind
@@ -135,7 +135,9 @@ def resize_configs(configs: Sequence[EmbeddingBagConfig], arch: Architecture) ->
         ValueError: a config that the architecture does not cover, or whose rows differ (names the table).
     """
     return [
-        dataclasses.replace(c, embedding_dim=t.embedding_dim, data_type=TORCHREC_DATA_TYPES[t.data_type])
+        dataclasses.replace(
+            c, embedding_dim=t.embedding_dim, data_type=TORCHREC_DATA_TYPES[training_type(t.data_type)]
+        )
         for c, t in zip(configs, _match(configs, arch), strict=True)
         if t.embedding_dim > 0
     ]

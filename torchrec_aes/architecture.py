@@ -43,22 +43,42 @@ from torchrec_aes.io import join, read_text, write_text_atomic
 DATA_TYPES = ("fp32", "fp16")
 """Table precisions that train (FBGEMM's fused kernels, CPU and GPU)."""
 
-INFERENCE_ONLY = ("int8", "int4")
-"""Quantized precisions that only TorchRec's inference path serves; not supported here yet."""
+SERVING_TYPES = ("int8", "int4")
+"""Row-wise quantized precisions of TorchRec's inference path (`QuantEmbeddingBagCollection`): a table in
+one of them trains in fp32 and is quantized for serving; its test metrics are the quantized model's."""
 
-TORCHREC_DATA_TYPES = {"fp32": DataType.FP32, "fp16": DataType.FP16}
+TABLE_TYPES = DATA_TYPES + SERVING_TYPES
+
+TORCHREC_DATA_TYPES = {
+    "fp32": DataType.FP32,
+    "fp16": DataType.FP16,
+    "int8": DataType.INT8,
+    "int4": DataType.INT4,
+}
+
+
+def training_type(data_type: str) -> str:
+    """The precision a table of `data_type` trains in (serving types train in fp32)."""
+    return "fp32" if data_type in SERVING_TYPES else data_type
 
 
 def check_data_type(value: object, where: str) -> str:
-    """`value` if it is a supported table precision, else a one-line ValueError naming `where`."""
+    """`value` if it is a precision tables train in, else a one-line ValueError naming `where`."""
     if value in DATA_TYPES:
         return str(value)
-    if value in INFERENCE_ONLY:
+    if value in SERVING_TYPES:
         raise ValueError(
-            f"{where}: '{value}' is an inference-only precision (TorchRec's quantized serving path); "
+            f"{where}: '{value}' is a serving-only precision (TorchRec's quantized inference path); "
             f"tables that train are one of {', '.join(DATA_TYPES)}"
         )
     raise ValueError(f"{where}: '{value}' is not one of {', '.join(DATA_TYPES)}")
+
+
+def check_table_type(value: object, where: str) -> str:
+    """`value` if it is a table precision of an architecture (trained, or quantized for serving)."""
+    if value in TABLE_TYPES:
+        return str(value)
+    raise ValueError(f"{where}: '{value}' is not one of {', '.join(TABLE_TYPES)}")
 
 
 @dataclass
@@ -71,7 +91,8 @@ class TableArch:
         num_embeddings: rows.
         embedding_dim: columns; 0 drops the table (its features are not used).
         data_type: storage precision of the weights: "fp32" or "fp16" (`EmbeddingBagConfig.data_type`;
-            the fused optimizer's state stays fp32).
+            the fused optimizer's state stays fp32), or "int8" / "int4": trained in fp32, served row-wise
+            quantized by TorchRec's inference path (test metrics are the quantized model's).
     """
 
     name: str
@@ -123,7 +144,7 @@ class Architecture:
             raise ValueError(f"got {len(dims)} dims for {len(schema.sparse)} sparse features")
         types = [data_types] * len(dims) if isinstance(data_types, str) else list(data_types)
         for t in types:
-            check_data_type(t, "data_type")
+            check_table_type(t, "data_type")
         tables = [
             TableArch(f"t_{f.name}", [f.name], f.num_embeddings, int(d), dt)
             for f, d, dt in zip(schema.sparse, dims, types, strict=True)
@@ -150,7 +171,8 @@ class Architecture:
         return [t.data_type for t in self.tables]
 
     def to_ebc_configs(self) -> list[EmbeddingBagConfig]:
-        """`EmbeddingBagConfig`s of the active tables (dim > 0), sum pooling, each in its precision."""
+        """`EmbeddingBagConfig`s of the active tables (dim > 0), sum pooling, each in the precision it
+        trains in (`training_type`)."""
         return [
             EmbeddingBagConfig(
                 name=t.name,
@@ -158,10 +180,15 @@ class Architecture:
                 num_embeddings=t.num_embeddings,
                 feature_names=list(t.feature_names),
                 pooling=PoolingType.SUM,
-                data_type=TORCHREC_DATA_TYPES[t.data_type],
+                data_type=TORCHREC_DATA_TYPES[training_type(t.data_type)],
             )
             for t in self.active_tables
         ]
+
+    @property
+    def served_types(self) -> dict[str, str]:
+        """{table name: int8 | int4} of the active tables that serve quantized."""
+        return {t.name: t.data_type for t in self.active_tables if t.data_type in SERVING_TYPES}
 
     def check_schema(self, schema: Schema, source: str = "architecture") -> None:
         """Raises ValueError if the tables do not match the data: a feature the data does not have, a
@@ -227,7 +254,7 @@ class Architecture:
                     list(names),
                     _integer(t["num_embeddings"], f"{where}.num_embeddings", minimum=1),
                     _integer(t["embedding_dim"], f"{where}.embedding_dim", minimum=0),
-                    check_data_type(t.get("data_type", "fp32"), f"{where}.data_type"),
+                    check_table_type(t.get("data_type", "fp32"), f"{where}.data_type"),
                 )
             )
         names = [t.name for t in tables]

@@ -99,9 +99,10 @@ def _search(args: argparse.Namespace) -> None:
             print(f"{metrics['method']}{winner}: dims {dims}")
             used, budget, count = m["budget_used"], m["budget_bytes"], m.get("budget_count", "bytes")
             size = format_bytes(m["embedding_bytes"])
+            served = format_bytes(m.get("serving_bytes", m["embedding_bytes"]))
             print(
                 f"embedding {count} {format_amount(used, count)} <= budget {format_amount(budget, count)} "
-                f"({used / max(budget, 1):.0%} used; {size} by TorchRec's storage estimate)"
+                f"({used / max(budget, 1):.0%} used; TorchRec's estimate: {size} to train, {served} to serve)"
             )
             if m.get("test"):
                 print("test " + " ".join(f"{k}={v:.4f}" for k, v in sorted(m["test"].items())))

@@ -120,7 +120,8 @@ class ModelConfig:
     embedding_dim: int = 16
     """Uniform table dim used when no architecture file is given."""
     data_type: str = "fp32"
-    """Precision of the uniform tables used when no architecture file is given: fp32 | fp16."""
+    """Precision of the uniform tables used when no architecture file is given: fp32 | fp16 | int8 | int4
+    (int8 / int4: trained in fp32, tested as TorchRec's quantized inference path serves them)."""
     dense_arch: list[int] = field(default_factory=lambda: [64, 16])
     """DLRM bottom MLP layer sizes; the last one is the common interaction dim D."""
     over_arch: list[int] = field(default_factory=lambda: [64, 32])
@@ -264,21 +265,26 @@ class SearchConfig:
     candidates: list[int] = field(default_factory=lambda: [4, 8, 16, 24, 32, 48, 64])
     """Candidate table dims (multiples of 4 for FBGEMM's fused kernels)."""
     count: str = "bytes"
-    """What the budget counts: bytes (TorchRec storage estimate) | params (the papers' convention)."""
+    """What the budget counts: bytes (TorchRec's storage estimate for training: weights + optimizer state)
+    | serving (TorchRec's estimate for its inference path: weights in their serving precision, int8/int4
+    row-wise quantized with scale and bias) | params (the papers' convention)."""
     power_alpha: float = 0.3
     """power_rule: exponent alpha in d_f ~ n_f^-alpha."""
     frequency_blocks: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0])
     """Where the frequency blocks of a feature end, as fractions of its ids ranked by training frequency
     (the `mde` baseline's blocks; increasing, the last 1.0). Features with few ids get fewer blocks."""
     baselines: list[str] = field(
-        default_factory=lambda: ["uniform", "power_rule", "uniform_fp16", "mde", "hashed"]
+        default_factory=lambda: ["uniform", "power_rule", "uniform_fp16", "uniform_int8", "mde", "hashed"]
     )
     """The zero-cost baselines of a final pick (those that fit the budget join): uniform, power_rule,
-    uniform_fp16 (same-memory uniform in fp16), mde (power rule over frequency blocks, CTR), hashed
-    (uniform at the largest candidate dim, rows cut by hashing, CTR)."""
+    uniform_fp16 (same-memory uniform in fp16), uniform_int8 (served in int8; with `search.count=serving`
+    only), mde (power rule over frequency blocks, CTR), hashed (uniform at the largest candidate dim, rows
+    cut by hashing, CTR)."""
     precision: str = "fp32"
-    """Table precision of the zero-cost baselines (uniform, power_rule): fp32 | fp16. fp16 halves a
-    table's bytes (TorchRec's estimate), so at the same budget the baselines get about twice the dims."""
+    """Table precision of the zero-cost baselines (uniform, power_rule, mde, hashed): fp32 | fp16 | int8 |
+    int4. fp16 halves a table's bytes (TorchRec's estimate), so at the same budget the baselines get about
+    twice the dims; int8 / int4 tables train in fp32 and serve quantized, so they save bytes only under
+    `search.count=serving`."""
     retrain: bool = True
     """Retrain the found architecture from scratch and report test metrics (methods without finalists)."""
     final_baselines: bool = True
@@ -428,7 +434,7 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
 ]
 
 
-BASELINES = ("uniform", "power_rule", "uniform_fp16", "mde", "hashed")
+BASELINES = ("uniform", "power_rule", "uniform_fp16", "uniform_int8", "mde", "hashed")
 """The zero-cost baselines a final pick may train (`search.baselines`)."""
 
 
@@ -452,13 +458,13 @@ def validate(cfg: Config) -> None:
             ("synthetic", "criteo", "tabular", "libfm", "criteo_binary", "interactions"),
         ),
         "model.type": (cfg.model.type, ("dlrm", "dcn", "mf", "lightgcn")),
-        "model.data_type": (cfg.model.data_type, ("fp32", "fp16")),
-        "search.precision": (cfg.search.precision, ("fp32", "fp16")),
+        "model.data_type": (cfg.model.data_type, ("fp32", "fp16", "int8", "int4")),
+        "search.precision": (cfg.search.precision, ("fp32", "fp16", "int8", "int4")),
         "search.pick": (cfg.search.pick, ("staged", "joint")),
         "train.embedding_optimizer": (cfg.train.embedding_optimizer, ("rowwise_adagrad", "adagrad", "sgd")),
         "train.dense_optimizer": (cfg.train.dense_optimizer, ("adam", "adagrad", "sgd")),
         "plan.device": (cfg.plan.device, ("cpu", "cuda")),
-        "search.count": (cfg.search.count, ("bytes", "params")),
+        "search.count": (cfg.search.count, ("bytes", "serving", "params")),
         "data.streaming": (cfg.data.streaming, ("auto", "always", "never")),
     }
     for key, (value, allowed) in choices.items():

@@ -174,11 +174,17 @@ def write_report(
         lines.append("")
     used = metrics.get("embedding_bytes")
     if used is not None:
-        lines.append(f"- embedding bytes (TorchRec estimate): {used} ({format_bytes(used)})")
-    if budget is not None:
+        lines.append(f"- embedding bytes for training (TorchRec estimate): {used} ({format_bytes(used)})")
+    if "serving_bytes" in metrics:
+        served = metrics["serving_bytes"]
         lines.append(
-            f"- budget: {budget.bytes} ({format_bytes(budget.bytes)}), from '{budget.text}'; "
-            f"slack {budget.bytes - (used or 0)} bytes"
+            f"- embedding bytes for serving (TorchRec inference estimate): {served} ({format_bytes(served)})"
+        )
+    if budget is not None:
+        spent = metrics.get("budget_used", used or 0)
+        lines.append(
+            f"- budget ({budget.count}): {budget.bytes} ({format_bytes(budget.bytes)}), "
+            f"from '{budget.text}'; slack {budget.bytes - spent}"
         )
         lines.append(f"- bytes used / budget: {metrics.get('budget_share_used', 0.0):.1%}")
     for key in ("search_seconds", "final_seconds", "retrain_seconds", "wall_seconds"):

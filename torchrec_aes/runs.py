@@ -82,6 +82,7 @@ def run_train(cfg: Config) -> dict[str, Any]:
     metrics = {
         **result,
         "embedding_bytes": arch.embedding_bytes,
+        "serving_bytes": arch_bytes(arch, count="serving"),
         "table_bytes": table_bytes(arch, cfg.train.embedding_optimizer),
         "num_examples": task.num_examples(),
         "world_size": env.world_size,
@@ -248,6 +249,7 @@ def _search(
         "budget_used": used,
         "budget_share_used": used / max(budget.bytes, 1),
         "embedding_bytes": arch.embedding_bytes,
+        "serving_bytes": arch_bytes(arch, count="serving"),
         "table_bytes": table_bytes(arch, cfg.train.embedding_optimizer),
         "dims": {t.name: t.embedding_dim for t in arch.tables},
         "candidates": sorted(cfg.search.candidates),

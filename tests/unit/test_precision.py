@@ -1,4 +1,5 @@
-"""Table precision as a byte lever: fp16 tables in architectures, budgets, baselines and training."""
+"""Table precision as a byte lever: fp16 tables and int8/int4 serving in architectures, budgets, baselines,
+training and the served model's test."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig
 import torchrec_aes
 from tests.conftest import REPO
 from tests.helpers import tiny_config, tiny_splits
-from torchrec_aes.architecture import Architecture
+from torchrec_aes.architecture import Architecture, check_data_type
+from torchrec_aes.models.quantized import served_rows
 from torchrec_aes.planning.memory import Budget, arch_bytes, meta_ebc, table_storage
 from torchrec_aes.search.base import SearchContext, get_method
 from torchrec_aes.search.finalists import baseline_finalists
@@ -36,14 +38,47 @@ def test_fp16_tables_are_stored_planned_and_counted_at_half_the_bytes(tmp_path) 
     assert again.data_types == ["fp16"] * len(schema.sparse) and again == arch
 
 
-def test_an_inference_only_precision_is_a_clear_error() -> None:
+def test_serving_precisions_train_in_fp32_and_are_counted_as_torchrec_serves_them() -> None:
     schema = tiny_splits(n=10).schema
-    with pytest.raises(ValueError, match="'int8' is an inference-only precision"):
-        Architecture.from_dims(schema, [8] * len(schema.sparse), data_types="int8")
+    fp32 = Architecture.uniform(schema, 64)
+    for data_type, per_row in (("int8", 84), ("int4", 52)):
+        arch = Architecture.uniform(schema, 64, data_type)
+        assert {c.data_type for c in arch.to_ebc_configs()} == {DataType.FP32}
+        assert arch.served_types == {t.name: data_type for t in arch.tables}
+        assert arch_bytes(arch) == arch_bytes(fp32)  # training memory: the fp32 table and its state
+        # TorchRec's inference estimate: 64 one-byte (int8) or half-byte (int4) weights, a scale and a
+        # bias per row, rows aligned to 16 bytes.
+        assert table_storage(1000, 64, count="serving", data_type=data_type) == 1000 * per_row
+    assert table_storage(1000, 64, count="serving") == 1000 * 260
     data = Architecture.uniform(schema, 8).to_dict()
     data["tables"][0]["data_type"] = "bf8"
-    with pytest.raises(ValueError, match=r"tables\[0\].data_type: 'bf8' is not one of fp32, fp16"):
+    with pytest.raises(
+        ValueError, match=r"tables\[0\].data_type: 'bf8' is not one of fp32, fp16, int8, int4"
+    ):
         Architecture.from_dict(data, "arch.yaml")
+    with pytest.raises(ValueError, match="router: 'int8' is a serving-only precision"):
+        check_data_type("int8", "router")
+
+
+def test_served_rows_are_torchrecs_row_wise_quantization() -> None:
+    weights = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
+    span = (weights.max(1).values - weights.min(1).values).unsqueeze(1)
+    for data_type, levels in (("int8", 255), ("int4", 15)):
+        served = served_rows(weights, data_type)
+        error = (served - weights).abs()
+        assert not torch.equal(served, weights)
+        # Row-wise: within half a quantization step of the row's own range (fp16 scale: a little slack).
+        assert bool((error <= span / levels / 2 * 1.01 + 1e-3).all()), data_type
+
+
+def test_an_int4_model_is_tested_as_served() -> None:
+    splits = tiny_splits(n=3000)
+    cfg = tiny_config()
+    cfg.train.epochs = 2
+    result = Trainer(cfg, CTRTask(cfg, splits), Architecture.uniform(splits.schema, 16, "int4")).fit()
+    test = result["test"]
+    assert {"auc", "trained_auc", "logloss", "trained_logloss"} <= set(test)
+    assert test["logloss"] != test["trained_logloss"] and abs(test["auc"] - test["trained_auc"]) < 0.01
 
 
 def test_resize_configs_applies_the_searched_precision() -> None:
@@ -195,3 +230,20 @@ def test_bet_with_fp16_tables_affords_twice_the_row_sizes_within_the_same_byte_b
         assert budget.used(su.arch) <= budget.bytes and set(su.arch.data_types) == {precision}
         results[precision] = su.arch.dims[0]
     assert results["fp16"] >= 2 * results["fp32"] - 4  # sizes are multiples of 4
+
+
+def test_a_serving_budget_affords_int8_tables_uniform_64_at_a_third_of_fp32() -> None:
+    splits = tiny_splits(n=10)
+    cfg = tiny_config()
+    cfg.search.count = "serving"
+    budget = Budget.parse("0.35 x uniform-64", splits.schema, count="serving")
+    by_label = {f.label: f.arch for f in baseline_finalists(SearchContext(cfg, CTRTask(cfg, splits), budget))}
+    # int8 at dim 64 serves in 84 B a row, fp32 in 260 B: about a third.
+    assert by_label["uniform_int8"].dims == [64] * 5 and set(by_label["uniform_int8"].data_types) == {"int8"}
+    assert by_label["uniform"].dims[0] < 24 and by_label["uniform_fp16"].dims[0] < 48
+    assert all(budget.fits(a) for a in by_label.values())
+    cfg.search.count = "bytes"  # training memory: int8 tables train in fp32 and save nothing
+    budget = Budget.parse("0.35 x uniform-64", splits.schema)
+    assert "uniform_int8" not in {
+        f.label for f in baseline_finalists(SearchContext(cfg, CTRTask(cfg, splits), budget))
+    }

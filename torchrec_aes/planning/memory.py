@@ -23,6 +23,11 @@ monotone in ``dim``. A table of dim 0 is dropped and costs 0. A table the planne
 
 ``count="params"`` counts ``rows * dim`` instead (the papers' convention), without optimizer state.
 
+``count="serving"`` counts what serving holds: the table in its serving precision (fp32, fp16, or row-wise
+quantized int8 / int4 with its per-row scale and bias) as TorchRec's inference path stores it -- the
+`EmbeddingStorageEstimator(is_inference=True)` estimate of a `QuantEmbeddingBagCollection` with the QUANT
+kernel, in the same canonical setting; no optimizer state.
+
 Searches call this thousands of times, so TorchRec is asked once per distinct (rows, dim, optimizer) and
 the answer cached; `warm_cache` asks for a whole candidate grid in one call.
 
@@ -51,12 +56,14 @@ from torchrec.distributed.planner import ParameterConstraints, Topology
 from torchrec.distributed.planner.enumerators import EmbeddingEnumerator
 from torchrec.distributed.planner.shard_estimators import EmbeddingStorageEstimator
 from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
+from torchrec.distributed.quant_embeddingbag import QuantEmbeddingBagCollectionSharder
 from torchrec.distributed.types import ShardingType
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim import RowWiseAdagrad
+from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEmbeddingBagCollection
 
-from torchrec_aes.architecture import TORCHREC_DATA_TYPES, Architecture
+from torchrec_aes.architecture import TORCHREC_DATA_TYPES, Architecture, training_type
 from torchrec_aes.data.schema import Schema
 
 OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
@@ -65,7 +72,7 @@ OPTIMIZERS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "adagrad": torch.optim.Adagrad,
     "sgd": torch.optim.SGD,
 }
-COUNTS = ("bytes", "params")
+COUNTS = ("bytes", "params", "serving")
 
 
 def _check_optimizer(optimizer: str) -> None:
@@ -117,11 +124,13 @@ _CACHE: dict[tuple[int, int, str, str], int] = {}
 
 
 def _estimate(keys: Iterable[tuple[int, int] | tuple[int, int, str]], optimizer: str) -> None:
-    """Asks TorchRec for the storage of every (rows, dim[, data type]) not cached yet, in one enumeration."""
+    """Asks TorchRec for the storage of every (rows, dim[, data type]) not cached yet, in one enumeration
+    (`optimizer` "serving": the inference estimate of the quantized tables)."""
     full = {(k[0], k[1], k[2] if len(k) > 2 else "fp32") for k in keys}  # type: ignore[misc]
     missing = sorted(k for k in full if k[1] > 0 and (k[0], k[1], optimizer, k[2]) not in _CACHE)
     if not missing:
         return
+    serving = optimizer == "serving"
     configs = [
         EmbeddingBagConfig(
             name=f"t{i}",
@@ -129,16 +138,15 @@ def _estimate(keys: Iterable[tuple[int, int] | tuple[int, int, str]], optimizer:
             num_embeddings=r,
             feature_names=[f"f{i}"],
             pooling=PoolingType.SUM,
-            data_type=TORCHREC_DATA_TYPES[dt],
+            data_type=TORCHREC_DATA_TYPES[dt if serving else training_type(dt)],
         )
         for i, (r, d, dt) in enumerate(missing)
     ]
-    ebc = meta_ebc(configs, optimizer)
     topology = _canonical_topology()
+    kernel = EmbeddingComputeKernel.QUANT if serving else EmbeddingComputeKernel.FUSED
     constraints = {
         c.name: ParameterConstraints(
-            sharding_types=[ShardingType.TABLE_WISE.value],
-            compute_kernels=[EmbeddingComputeKernel.FUSED.value],
+            sharding_types=[ShardingType.TABLE_WISE.value], compute_kernels=[kernel.value]
         )
         for c in configs
     }
@@ -147,9 +155,17 @@ def _estimate(keys: Iterable[tuple[int, int] | tuple[int, int, str]], optimizer:
         topology=topology,
         batch_size=0,
         constraints=constraints,
-        estimator=[EmbeddingStorageEstimator(topology=topology, constraints=constraints)],
+        estimator=[
+            EmbeddingStorageEstimator(topology=topology, constraints=constraints, is_inference=serving)
+        ],
     )
-    options = enumerator.enumerate(ebc, [EmbeddingBagCollectionSharder()])
+    if serving:
+        module: nn.Module = QuantEmbeddingBagCollection(
+            configs, is_weighted=False, device=torch.device("meta")
+        )
+        options = enumerator.enumerate(module, [QuantEmbeddingBagCollectionSharder()])  # type: ignore[list-item]
+    else:
+        options = enumerator.enumerate(meta_ebc(configs, optimizer), [EmbeddingBagCollectionSharder()])
     by_name = {o.name: o for o in options}
     for c, (r, d, dt) in zip(configs, missing, strict=True):
         (shard,) = by_name[c.name].shards
@@ -164,8 +180,9 @@ def warm_cache(
     data_types: Sequence[str] = ("fp32",),
 ) -> None:
     """Estimates every (rows, dim, data type) combination in one TorchRec call, e.g. a schema x candidate
-    grid."""
-    _check_optimizer(optimizer)
+    grid (`optimizer="serving"`: the serving estimate)."""
+    if optimizer != "serving":
+        _check_optimizer(optimizer)
     dims = list(dims)
     _estimate([(r, d, dt) for r in rows for d in dims for dt in data_types], optimizer)
 
@@ -178,14 +195,17 @@ def table_storage(
     data_type: str = "fp32",
 ) -> int:
     """Bytes (or parameters) of one table of `num_embeddings` x `embedding_dim` stored in `data_type`;
-    0 for dim 0. TorchRec counts the weights at the element size of `data_type` (fp16: 2 bytes) and the
-    fused optimizer's state as it keeps it (row-wise Adagrad: one fp32 per row)."""
+    0 for dim 0. TorchRec counts the weights at the element size of the precision the table trains in
+    (fp16: 2 bytes; int8 / int4 tables train in fp32) and the fused optimizer's state as it keeps it
+    (row-wise Adagrad: one fp32 per row); `count="serving"`: the weights as served (module docstring)."""
     _check_count(count)
     _check_optimizer(optimizer)
     if embedding_dim <= 0:
         return 0
     if count == "params":
         return num_embeddings * embedding_dim
+    if count == "serving":
+        optimizer = "serving"
     key = (num_embeddings, embedding_dim, optimizer, data_type)
     if key not in _CACHE:
         _estimate([(num_embeddings, embedding_dim, data_type)], optimizer)
@@ -198,8 +218,9 @@ def table_bytes(
     """Bytes (or parameters) of every table of `arch`, by table name (dropped tables: 0)."""
     _check_count(count)
     _check_optimizer(optimizer)
-    if count == "bytes":
-        _estimate([(t.num_embeddings, t.embedding_dim, t.data_type) for t in arch.tables], optimizer)
+    if count != "params":
+        keys = [(t.num_embeddings, t.embedding_dim, t.data_type) for t in arch.tables]
+        _estimate(keys, "serving" if count == "serving" else optimizer)
     return {
         t.name: table_storage(t.num_embeddings, t.embedding_dim, optimizer, count, t.data_type)
         for t in arch.tables
@@ -311,9 +332,9 @@ class Budget:
     """A memory budget for the embedding tables.
 
     Args:
-        bytes: the budget: bytes of TorchRec storage estimate (`count="bytes"`), or parameters
-            (`count="params"`).
-        count: what `bytes` counts: "bytes" or "params".
+        bytes: the budget: bytes of TorchRec's storage estimate for training (`count="bytes"`) or for
+            serving (`count="serving"`), or parameters (`count="params"`).
+        count: what `bytes` counts: "bytes", "serving" or "params".
         optimizer: the table optimizer whose state is counted (bytes only).
         text: the string it was parsed from, for messages.
 
@@ -355,13 +376,13 @@ class Budget:
                 factor, rhs = float(m.group(1)), m.group(3).strip()
                 if rhs.lower().startswith("uniform") or rhs.endswith((".yaml", ".yml")):
                     return cls._of_reference(factor, rhs, schema, optimizer, count, s)
-                if count != "bytes":
-                    raise ValueError("a topology budget needs count=bytes")
+                if count == "params":
+                    raise ValueError("a topology budget needs count=bytes or serving")
                 if not factor.is_integer() or not 1 <= factor <= 2**20:
                     raise ValueError(f"world size {m.group(1)} must be an integer in [1, 2^20]")
                 amount = int(factor) * parse_bytes(rhs)
             else:
-                amount = parse_bytes(s) if count == "bytes" else _parse_params(s)
+                amount = _parse_params(s) if count == "params" else parse_bytes(s)
             if amount <= 0:
                 raise ValueError(f"{format_amount(amount, count)} must be positive")
             return cls(amount, count, optimizer, s)

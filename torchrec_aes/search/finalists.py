@@ -105,6 +105,8 @@ def baseline_finalists(ctx: SearchContext) -> list[Finalist]:
     }
     if cfg.precision != "fp16":
         makers["uniform_fp16"] = lambda: largest_uniform(ctx, "fp16")
+    if cfg.count == "serving" and cfg.precision != "int8":  # int8 saves serving bytes only
+        makers["uniform_int8"] = lambda: largest_uniform(ctx, "int8")
     if ctx.task.remaps_ids:  # frequency buckets: CTR rows (not a user's own model)
         makers["mde"] = lambda: fit_mde(ctx)
         makers["hashed"] = lambda: fit_hashed(ctx)

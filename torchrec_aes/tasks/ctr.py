@@ -27,6 +27,7 @@ from torchrec_aes.data.load import load_data
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.data.synthetic import load_synthetic
 from torchrec_aes.models.ctr import build_ctr_model
+from torchrec_aes.models.quantized import served_tables
 from torchrec_aes.tasks.base import Task, register_task
 from torchrec_aes.train.distributed import DistEnv
 from torchrec_aes.train.metrics import BinaryMetrics
@@ -104,6 +105,7 @@ class CTRTask(Task):
         self.keys = list(data.schema.sparse_names)
         self.rows = {"train": data.train, "val": data.val, "test": data.test}
         self.scores: Any = None  # [2, N] logits and labels of the last test pass (rank 0)
+        self.served: dict[str, str] = {}  # tables of the built architecture served quantized (int8/int4)
 
     @classmethod
     def load(cls, cfg: Config) -> CTRTask:
@@ -131,6 +133,7 @@ class CTRTask(Task):
         extra_loss: ExtraLoss | None = None,
     ) -> tuple[nn.Module, EmbeddingBagCollection]:
         lookup = kind_of(arch).lookup(arch, self)
+        self.served = arch.served_types
         if lookup is None:
             self.keys = [n for t in arch.active_tables for n in t.feature_names]
         else:
@@ -229,7 +232,15 @@ class CTRTask(Task):
         return self.metrics(dmp, env, "val"), None
 
     def test(self, dmp: DistributedModelParallel, env: DistEnv, snapshot: Any) -> dict[str, float]:
-        return self.metrics(dmp, env, "test", keep_scores=True)
+        """Test metrics of the model as served: tables in int8/int4 are measured through TorchRec's
+        quantized lookups (`models/quantized.py`), and the trained model's metrics are kept beside them
+        as `trained_<metric>`."""
+        if not self.served:
+            return self.metrics(dmp, env, "test", keep_scores=True)
+        trained = self.metrics(dmp, env, "test")
+        with served_tables(dmp, self.served):
+            served = self.metrics(dmp, env, "test", keep_scores=True)
+        return {**served, **{f"trained_{k}": v for k, v in trained.items()}}
 
     def test_scores(self) -> Any:
         return self.scores
