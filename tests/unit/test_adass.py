@@ -8,11 +8,13 @@ import random
 
 import pytest
 import torch
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from tests.conftest import REPO
 from tests.helpers import CARDINALITIES, tiny_splits
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import load_config
+from torchrec_aes.models.frequency import check_frequency
 from torchrec_aes.planning.memory import Budget
 from torchrec_aes.search.adass.budget_step import NoiselessJudge, fit_to_budget
 from torchrec_aes.search.adass.config import AdaSSConfig, check_config
@@ -20,7 +22,7 @@ from torchrec_aes.search.adass.policy import PolicySearch
 from torchrec_aes.search.adass.sampler import AdaptiveSampler
 from torchrec_aes.search.adass.search import adass, candidate_bytes
 from torchrec_aes.search.adass.supernet import model_factory
-from torchrec_aes.search.base import SearchContext
+from torchrec_aes.search.base import SearchContext, get_method
 from torchrec_aes.supernet.scorer import SupernetEvaluator, _CachedLookup, binary_auc
 from torchrec_aes.supernet.stats import auc_difference
 from torchrec_aes.tasks.ctr import CTRTask
@@ -338,3 +340,60 @@ def test_a_supernet_stopped_after_an_epoch_resumes_exactly(tmp_path):
     ]
     assert resumed_log["importance"] == whole_log["importance"]
     assert resumed_scores == whole_scores
+
+
+def test_blocks_evaluator_scores_like_the_supernet_with_blocks_pooled_per_feature():
+    # With frequency blocks the elastic EBC sits inside a per-feature pooling; the evaluator stands in for
+    # both, and a block's "shared row" option scores as the block zeroed.
+    torch.manual_seed(0)
+    cfg = load_config(None, ["search.candidates=[4,8,16]", "model.dense_arch=[8,8]"])
+    blocks = [("a", ["a__b0", "a__b1"]), ("b", ["b__b0"]), ("c", ["c__b0", "c__b1", "c__b2"])]
+    configs = [
+        EmbeddingBagConfig(name=f"t_{k}", embedding_dim=16, num_embeddings=10, feature_names=[k])
+        for _, keys in blocks
+        for k in keys
+    ]
+    n = 400
+    pooled = {c.feature_names[0]: torch.randn(n, 16) for c in configs}
+    dense, labels = torch.randn(n, 3), (torch.rand(n) < 0.3).float()
+    build = model_factory(cfg, [4, 8, 16], 3, groups=blocks)
+    model = build(_CachedLookup(configs, pooled))
+    options = [(0, "fp32"), (4, "fp32"), (8, "fp32"), (16, "fp32")]
+    evaluator = SupernetEvaluator(build, configs, options, pooled, dense, labels, model.state_dict())
+    reference = build(_CachedLookup(configs, pooled))
+    reference.load_state_dict(model.state_dict())
+    reference.eval()
+    elastic = next(m for m in reference.modules() if hasattr(m, "set_dims"))
+    rng = random.Random(0)
+    for _ in range(6):
+        choice = [rng.randrange(0, 4) for _ in configs]
+        elastic.set_dims([options[k][0] for k in choice])
+        with torch.no_grad():
+            expected = binary_auc(reference(dense, None), labels)
+        assert evaluator.auc(choice) == pytest.approx(expected, abs=1e-6)
+
+
+def test_blocks_search_returns_a_frequency_architecture_far_below_every_uniform_table(tmp_path):
+    cfg = load_config(
+        str(REPO / "configs" / "tests" / "adass_tiny.yaml"),
+        [
+            f"data.cache_dir={tmp_path / 'cache'}",
+            "search.adass.rows=blocks",
+            "search.adass.rl_updates=10",
+            "search.budget=0.03125 x uniform-64",
+        ],
+    )
+    task = CTRTask.load(cfg)
+    budget = Budget.parse(cfg.search.budget[0], task.schema)
+    ctx = SearchContext(cfg, task, budget, "", cfg.search.adass)
+    with pytest.raises(ValueError, match="every table at dim 4 in fp32"):
+        budget.check_feasible(task.schema, cfg.search.candidates)
+    result = adass(ctx)
+    arch = result.arch
+    assert arch.kind == "frequency" and budget.fits(arch)
+    check_frequency(arch, task.schema)
+    assert {t.embedding_dim for t in arch.tables if t.num_embeddings > 1} <= set(cfg.search.candidates)
+    assert all(f.arch.kind == "frequency" and budget.fits(f.arch) for f in result.finalists)
+    tiny = Budget.parse("50B", task.schema)
+    with pytest.raises(ValueError, match="every frequency block one shared row of dim 4"):
+        get_method("adass").check_floor(SearchContext(cfg, task, tiny, "", cfg.search.adass))

@@ -14,6 +14,7 @@ from torchrec_aes.data.dataset import CTRData, Splits
 from torchrec_aes.models.ctr import build_ctr_model
 from torchrec_aes.models.frequency import (
     FrequencyLookup,
+    block_ends,
     bucket_key,
     check_frequency,
     feature_ranks,
@@ -22,7 +23,7 @@ from torchrec_aes.models.frequency import (
 )
 from torchrec_aes.planning.memory import Budget, arch_bytes
 from torchrec_aes.search.base import SearchContext, get_method
-from torchrec_aes.search.baselines import block_ends, fit_hashed, fit_mde, mde_buckets
+from torchrec_aes.search.baselines import fit_hashed, fit_mde, mde_buckets
 from torchrec_aes.tasks.ctr import CTRTask
 from torchrec_aes.train.trainer import Trainer
 
@@ -106,7 +107,7 @@ def test_pooled_embedding_is_the_ids_row_zero_padded_to_the_widest_bucket():
         keys=keys, values=ids.t().reshape(-1), lengths=torch.ones(ids.numel(), dtype=torch.int32)
     )
     pooled = tables(lookup.remap(kjt)).to_dict()
-    weights = {name.removeprefix("embedding_bags."): w for name, w in tables.ebc.state_dict().items()}
+    weights = {name.removeprefix("embedding_bags."): w for name, w in tables.inner.state_dict().items()}
     for i, k in enumerate(keys):
         hot = weights[f"t_{bucket_key(k, 0)}.weight"][3]
         assert torch.allclose(pooled[k][0], hot)
@@ -136,7 +137,7 @@ def test_one_exact_bucket_per_feature_scores_like_one_table_per_feature():
     state = plain.state_dict()
     own = {}
     for name in model.state_dict():
-        if name.startswith("sparse_arch.ebc."):
+        if name.startswith("sparse_arch.inner."):
             feature = name.split("embedding_bags.t_")[1].split("__b")[0]
             rows = state[f"sparse_arch.embedding_bags.t_{feature}.weight"]
             own[name] = torch.empty_like(rows)

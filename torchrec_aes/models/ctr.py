@@ -7,6 +7,7 @@ TorchRec's own `DLRM` asserts one embedding dim for all tables, so we compose it
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchrec.models.dlrm import DenseArch, InteractionArch, OverArch
 from torchrec.modules.crossnet import LowRankCrossNet
@@ -116,6 +117,56 @@ class MixedDimDCN(nn.Module):
             [dense_features] + [per_feature[n] for n in self.feature_names], dim=1
         )  # [B, Dd+sum d_f]
         return self.over_arch(self.crossnet(x)).squeeze(-1)
+
+
+class FeatureGroups(nn.Module):
+    """Several tables pooled into one embedding per feature: the outputs of a feature's tables (e.g. its
+    frequency buckets, `models/frequency.py`) zero-padded to the widest and summed. A model built around
+    it sees one feature per group, as if each had one table of that width.
+
+    Args:
+        inner: the tables (an EBC, or a supernet's elastic EBC; anything with `embedding_bag_configs()`
+            and `forward(KJT) -> KeyedTensor` keyed by the tables' features).
+        groups: [(feature, [keys of `inner` pooled into it])], in the order the model sees the features.
+    """
+
+    def __init__(self, inner: nn.Module, groups: list[tuple[str, list[str]]]) -> None:
+        super().__init__()
+        self.inner = inner
+        self.groups = [(f, list(keys)) for f, keys in groups]
+        configs = {n: c for c in inner.embedding_bag_configs() for n in c.feature_names}  # type: ignore[operator]
+        self._widths = {k: configs[k].embedding_dim for _, keys in self.groups for k in keys}
+        self._configs = [
+            EmbeddingBagConfig(
+                name=f"t_{feature}",
+                embedding_dim=max(configs[k].embedding_dim for k in keys),
+                num_embeddings=sum(configs[k].num_embeddings for k in keys),
+                feature_names=[feature],
+            )
+            for feature, keys in self.groups
+        ]
+
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        """One config per feature, at its widest table (what the model's layers are sized by)."""
+        return list(self._configs)
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        pooled = self.inner(features).to_dict()
+        tensors = []
+        for (_, keys), config in zip(self.groups, self._configs, strict=True):
+            width = config.embedding_dim
+            # Widths from the configs (Python ints), so the train pipeline's torch.fx pass can trace this.
+            parts = [
+                pooled[k] if self._widths[k] == width else F.pad(pooled[k], (0, width - self._widths[k]))
+                for k in keys
+            ]
+            tensors.append(parts[0] if len(parts) == 1 else torch.stack(parts).sum(0))
+        return KeyedTensor(
+            keys=[f for f, _ in self.groups],
+            length_per_key=[c.embedding_dim for c in self._configs],
+            values=torch.cat(tensors, dim=1),
+            key_dim=1,
+        )
 
 
 class TableSpec:

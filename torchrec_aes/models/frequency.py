@@ -16,8 +16,8 @@ much).
 
 How it runs (`FrequencyLookup`): batches are remapped before the model sees them -- every id of feature
 `f` becomes an id of its bucket's key `f__b<k>` (`bucket_key`), so TorchRec's pipeline and sharding see
-ordinary KJTs -- and the model's sparse arch is `FrequencyTables`, which wraps the EBC of the bucket
-tables and gives the model one pooled embedding per *feature*: each bucket's output zero-padded to the
+ordinary KJTs -- and the model's sparse arch is `models.ctr.FeatureGroups` over the bucket tables' EBC,
+which gives the model one pooled embedding per *feature*: each bucket's output zero-padded to the
 feature's widest bucket and summed (an id lives in exactly one bucket, so this is its row, padded). The
 models (DLRM, DCN) see one feature of that width, exactly as for one table per feature.
 
@@ -35,15 +35,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchrec.datasets.utils import Batch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_aes.architecture import Architecture, ArchKind, TableArch, register_kind
 from torchrec_aes.data.schema import Schema
+from torchrec_aes.models.ctr import FeatureGroups
 
 SEPARATOR = "__b"
 """Between a feature's name and its bucket index in the bucket's KJT key (`c0__b1`)."""
@@ -112,6 +110,11 @@ def feature_counts(task: Any) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------------------------------------------------
 # The architecture
 # ---------------------------------------------------------------------------------------------------------
+
+
+def block_ends(num_ids: int, fractions: list[float]) -> list[int]:
+    """Where a feature's frequency blocks end (ranks), from fractions of its ids; at least one id each."""
+    return sorted({min(num_ids, max(1, round(f * num_ids))) for f in fractions} | {num_ids})
 
 
 def frequency_architecture(
@@ -201,44 +204,6 @@ def check_frequency(arch: Architecture, schema: Schema, source: str = "architect
 # ---------------------------------------------------------------------------------------------------------
 
 
-class FrequencyTables(nn.Module):
-    """The sparse arch a model sees: the bucket tables' EBC, pooled back to one embedding per feature.
-
-    Args:
-        ebc: the bucket tables (any device; sharded by DMP like any EBC).
-        groups: [(feature, [(bucket key, dim)])] of the active buckets, features in model order.
-    """
-
-    def __init__(self, ebc: EmbeddingBagCollection, groups: list[tuple[str, list[tuple[str, int]]]]) -> None:
-        super().__init__()
-        self.ebc = ebc
-        self.groups = groups
-        self.widths = {f: max(d for _, d in buckets) for f, buckets in groups}
-        self._rows = {c.feature_names[0]: c.num_embeddings for c in ebc.embedding_bag_configs()}
-
-    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
-        """One config per feature at its widest bucket (what the model's layers are sized by)."""
-        return [
-            EmbeddingBagConfig(
-                name=f"t_{f}",
-                embedding_dim=self.widths[f],
-                num_embeddings=sum(self._rows[k] for k, _ in buckets),
-                feature_names=[f],
-                pooling=PoolingType.SUM,
-            )
-            for f, buckets in self.groups
-        ]
-
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        pooled = self.ebc(features).to_dict()
-        tensors = []
-        for f, buckets in self.groups:
-            width = self.widths[f]
-            parts = [F.pad(pooled[k], (0, width - d)) if d < width else pooled[k] for k, d in buckets]
-            tensors.append(torch.stack(parts).sum(0) if len(parts) > 1 else parts[0])
-        return KeyedTensor.from_tensor_list(keys=[f for f, _ in self.groups], tensors=tensors)
-
-
 class FrequencyLookup:
     """How a task feeds a `frequency` architecture: which data features it reads, the remap of a batch's
     ids into bucket ids, and the sparse arch wrapping the bucket tables.
@@ -295,10 +260,15 @@ class FrequencyLookup:
     def batch(self, batch: Batch) -> Batch:
         return Batch(batch.dense_features, self.remap(batch.sparse_features), batch.labels)
 
-    def wrap(self, ebc: EmbeddingBagCollection) -> FrequencyTables:
-        return FrequencyTables(
-            ebc, [(f, [(key, d) for _, key, d in active]) for f, _, _, _, active in self.plan]
-        )
+    @property
+    def groups(self) -> list[tuple[str, list[str]]]:
+        """[(feature, its active bucket keys)] in model order."""
+        return [(f, [key for _, key, _ in active]) for f, _, _, _, active in self.plan]
+
+    def wrap(self, tables: nn.Module) -> FeatureGroups:
+        """The sparse arch the model sees: the bucket tables (an EBC, or a supernet's elastic one) pooled
+        back to one embedding per feature."""
+        return FeatureGroups(tables, self.groups)
 
 
 class FrequencyKind(ArchKind):

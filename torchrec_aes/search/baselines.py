@@ -19,7 +19,7 @@ import torch
 
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.data.schema import Schema
-from torchrec_aes.models.frequency import Bucket, feature_counts, frequency_architecture
+from torchrec_aes.models.frequency import Bucket, block_ends, feature_counts, frequency_architecture
 from torchrec_aes.planning.memory import Budget, warm_cache
 from torchrec_aes.search.base import SearchContext, SearchResult, register
 
@@ -114,11 +114,6 @@ def largest_fitting(
         else:
             hi = mid
     return best
-
-
-def block_ends(num_ids: int, fractions: list[float]) -> list[int]:
-    """Where a feature's frequency blocks end (ranks), from fractions of its ids; at least one id each."""
-    return sorted({min(num_ids, max(1, round(f * num_ids))) for f in fractions} | {num_ids})
 
 
 def mde_buckets(counts: torch.Tensor, ends: list[int], alpha: float, scale: float, high: int) -> list[Bucket]:

@@ -32,7 +32,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_aes.config import ModelConfig
-from torchrec_aes.models.ctr import build_ctr_model
+from torchrec_aes.models.ctr import FeatureGroups, build_ctr_model
 
 
 def _projection_key(feature: str, dim: int) -> str:
@@ -188,18 +188,15 @@ class ElasticEmbeddingBagCollection(nn.Module):
                     out = F.linear(emb[:, :d], proj.weight[:, :d])
             else:
                 out = self.projections[_projection_key(feature, d)](emb[:, :d])
-            if (
-                self.output_dim is not None
-                and not self.shared_projection
-                and self.training
-                and torch.is_grad_enabled()
-            ):
+            if self.output_dim is not None and self.training and torch.is_grad_enabled():
                 # DMP wraps dense modules in DDP with static_graph=True, which needs every parameter in
-                # every step's graph; the other candidates' projections enter with weight 0.
+                # every step's graph; projections this choice does not use (the other candidates', or the
+                # shared one of a zeroed table) enter with weight 0.
+                idle = [self.max_dim] if self.shared_projection else self.candidates
                 unused.extend(
                     p.sum()
-                    for k in self.candidates
-                    if k != d
+                    for k in idle
+                    if k != d and (d == 0 or not self.shared_projection)
                     for p in self.projections[_projection_key(feature, k)].parameters()
                 )
             outputs.append(out)
@@ -226,11 +223,14 @@ def build_elastic_model(
     candidates: Sequence[int],
     num_dense: int,
     shared_projection: bool = True,
+    groups: list[tuple[str, list[str]]] | None = None,
 ) -> nn.Module:
     """The CTR model of `model_cfg` around an elastic EBC over `lookup` (tables at max(candidates)).
 
     DLRM: projections to the interaction dim (one per table with `shared_projection`, else one per
-    (table, candidate)), so the model sees fixed widths. DCN: zero padding to max(candidates).
+    (table, candidate)), so the model sees fixed widths. DCN: zero padding to max(candidates). With
+    `groups` ([(feature, table features)], e.g. a feature's frequency blocks), the elastic tables' outputs
+    are summed per feature (`models.ctr.FeatureGroups`) before the model sees them.
     """
     if model_cfg.type == "dlrm":
         elastic = ElasticEmbeddingBagCollection(
@@ -240,7 +240,8 @@ def build_elastic_model(
         elastic = ElasticEmbeddingBagCollection(lookup, candidates)
     else:
         raise ValueError(f"model.type: elastic supernets support dlrm and dcn, got '{model_cfg.type}'")
-    return build_ctr_model(model_cfg.type, elastic, num_dense, model_cfg)  # type: ignore[arg-type]
+    sparse: nn.Module = elastic if groups is None else FeatureGroups(elastic, groups)
+    return build_ctr_model(model_cfg.type, sparse, num_dense, model_cfg)  # type: ignore[arg-type]
 
 
 def find_elastic(model: nn.Module) -> ElasticEmbeddingBagCollection:

@@ -19,6 +19,7 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedTensor
 
 from torchrec_aes.data.dataset import Rows
+from torchrec_aes.models.ctr import FeatureGroups
 from torchrec_aes.supernet.elastic import find_elastic
 from torchrec_aes.supernet.stats import placement_difference, placements
 from torchrec_aes.train.distributed import DistEnv
@@ -64,21 +65,33 @@ class _CachedLookup(nn.Module):
 
 class _ChoiceLookup(nn.Module):
     """Stands in for the elastic EBC in the evaluator: every (table, candidate) output on the fixed slice
-    is computed once, and a forward only picks the current choice's (no lookup, no projection)."""
+    is computed once, and a forward only picks the current choice's (no lookup, no projection). With
+    `groups` it stands in for the per-feature pooling around the elastic EBC too (`FeatureGroups`): a
+    feature's output is the sum of its tables' chosen outputs.
+
+    Args:
+        configs: what the model sees (the elastic EBC's configs, or the pooling's per-feature ones).
+        table_of_feature: the table of each elastic feature.
+        outputs: [elastic feature][candidate] -> [N, width], or None where the output is zero.
+        width: output columns per feature.
+        groups: per model feature, the elastic features summed into it (None: one each).
+    """
 
     def __init__(
         self,
         configs: list[EmbeddingBagConfig],
         table_of_feature: list[int],
-        outputs: list[list[torch.Tensor]],
+        outputs: list[list[torch.Tensor | None]],
         width: int,
+        groups: list[list[int]] | None = None,
     ) -> None:
         super().__init__()
         self._configs = configs
         self.keys = [n for c in configs for n in c.feature_names]
         self.table_of_feature = table_of_feature
-        self.outputs = outputs  # [feature][candidate] -> [N, width]
-        self.zero = torch.zeros_like(outputs[0][0])
+        self.outputs = outputs
+        self.groups = groups or [[i] for i in range(len(table_of_feature))]
+        self.zero = torch.zeros_like(next(o for row in outputs for o in row if o is not None))
         self.width = width
         self.choice: list[int] = []
 
@@ -86,10 +99,17 @@ class _ChoiceLookup(nn.Module):
         return self._configs
 
     def forward(self, features: Any) -> KeyedTensor:
-        per_feature = [
-            self.outputs[i][k] if (k := self.choice[t]) >= 0 else self.zero
-            for i, t in enumerate(self.table_of_feature)
-        ]
+        per_feature = []
+        for members in self.groups:
+            chosen = [
+                out
+                for i in members
+                if (k := self.choice[self.table_of_feature[i]]) >= 0
+                and (out := self.outputs[i][k]) is not None
+            ]
+            per_feature.append(
+                chosen[0] if len(chosen) == 1 else sum(chosen[1:], chosen[0]) if chosen else self.zero
+            )
         return KeyedTensor(
             keys=self.keys,
             length_per_key=[self.width] * len(self.keys),
@@ -162,21 +182,28 @@ class SupernetEvaluator:
         """Replaces the elastic EBC and the dense arch by their outputs on the slice (see the class doc)."""
         elastic = self.elastic
         num_tables = len(self.table_names)
-        outputs: list[list[torch.Tensor]] = [[] for _ in elastic.feature_names]
+        outputs: list[list[torch.Tensor | None]] = [[] for _ in elastic.feature_names]
         for d, data_type in self.options:
             elastic.set_dims([d] * num_tables)
             elastic.set_half([data_type == "fp16"] * num_tables)
             per_feature = elastic(None).to_dict()
             for i, name in enumerate(elastic.feature_names):
-                outputs[i].append(per_feature[name].contiguous())
+                outputs[i].append(per_feature[name].contiguous() if d > 0 else None)  # d = 0: zeroed
         table_index = {name: t for t, name in enumerate(self.table_names)}
         table_of_feature = [
             table_index[c.name] for c in elastic.embedding_bag_configs() for _ in c.feature_names
         ]
-        self._choice_lookup = _ChoiceLookup(
-            elastic.embedding_bag_configs(), table_of_feature, outputs, int(elastic.output_dim or 0)
-        )
-        self.model.sparse_arch = self._choice_lookup
+        # With frequency blocks the elastic EBC sits inside a per-feature pooling: stand in for both.
+        pooling: nn.Module = _parent(self.model, elastic)
+        if isinstance(pooling, FeatureGroups):
+            index = {name: i for i, name in enumerate(elastic.feature_names)}
+            groups = [[index[k] for k in keys] for _, keys in pooling.groups]
+            configs, replaced = pooling.embedding_bag_configs(), pooling
+        else:
+            groups, configs, replaced = None, elastic.embedding_bag_configs(), elastic  # type: ignore[assignment]
+        width = int(elastic.output_dim or 0)
+        self._choice_lookup = _ChoiceLookup(configs, table_of_feature, outputs, width, groups)
+        _replace_module(self.model, replaced, self._choice_lookup)
         dense_arch: nn.Module = self.model.dense_arch  # type: ignore[assignment]
         self.model.dense_arch = _Constant(dense_arch(self.dense))
 
@@ -280,6 +307,21 @@ class SupernetEvaluator:
             blob["labels"],
             blob["dense_state"],
         )
+
+
+def _parent(model: nn.Module, child: nn.Module) -> nn.Module:
+    """The module of `model` that holds `child`."""
+    for parent in model.modules():
+        if any(c is child for c in parent.children()):
+            return parent
+    raise ValueError("the module is not in the model")
+
+
+def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    """Puts `new` where `old` sits in `model`."""
+    parent = _parent(model, old)
+    name = next(n for n, c in parent.named_children() if c is old)
+    setattr(parent, name, new)
 
 
 @torch.no_grad()

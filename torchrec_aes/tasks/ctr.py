@@ -145,16 +145,15 @@ class CTRTask(Task):
         }
         # Tables on meta: nothing is materialised until DMP shards them.
         ebc = EmbeddingBagCollection(tables=arch.to_ebc_configs(), device=torch.device("meta"))
-        sparse: nn.Module = ebc
         self.ebc_path = type(self).ebc_path  # type: ignore[misc]
-        if lookup is not None:  # the tables see remapped batches; the model sees one embedding per feature
+        if lookup is not None:  # the tables see remapped batches; the model one embedding per feature
             self.rows = {name: MappedRows(rows, lookup.batch) for name, rows in self.rows.items()}
-            sparse = lookup.wrap(ebc)
-            self.ebc_path = f"{type(self).ebc_path}.ebc"  # type: ignore[misc]
+            self.ebc_path = f"{type(self).ebc_path}.inner"  # type: ignore[misc]
         if build_model is None:
+            sparse = lookup.wrap(ebc) if lookup is not None else ebc
             model = build_ctr_model(self.cfg.model.type, sparse, self.schema.num_dense, self.cfg.model)
-        else:
-            model = build_model(sparse)
+        else:  # a factory (a supernet) gets the tables and pools them per feature itself
+            model = build_model(ebc)
         return CTRModule(model, extra_loss), ebc
 
     def other_optimizer(self, params: dict[str, torch.Tensor], tc: TrainConfig) -> KeyedOptimizer | None:

@@ -61,6 +61,9 @@ def fit_to_budget(
        whenever it gains on the select half (the budget-filling variant, which the final pick weighs
        against the others on validation).
 
+    Phases 2 and 3 rank moves lazily: a move's score is kept from when it was computed until it reaches
+    the top, where it is recomputed against the current architecture (the code says why).
+
     Why select-then-confirm: the best of ~100 moves on one slice is mostly the one with the luckiest
     noise; an independent half carries no selection bias. Why standard errors and not a fixed AUC
     tolerance: a tolerance tuned on one data set shrank nearly every table of another to the smallest dim.
@@ -101,9 +104,11 @@ def fit_to_budget(
                 out.append((f, k, abs(table_bytes[f][k] - table_bytes[f][k_cur]), c))
         return out
 
-    while True:  # 1. free shrink
-        free = []
-        for f, k, saved, c in neighbours(smaller=True):
+    while True:  # 1. free shrink: the free move saving the most bytes (ties: the larger gain)
+        free: list[tuple[int, float, int, int, list[int]]] = []
+        for f, k, saved, c in sorted(neighbours(smaller=True), key=lambda o: -o[2]):
+            if free and saved < free[0][0]:
+                break  # moves saving less cannot beat a free one found already: not scored
             gain, se = judge.compare(cur, c, "all")
             if gain >= -z * se:
                 free.append((saved, gain, f, k, c))
@@ -111,26 +116,60 @@ def fit_to_budget(
             break
         _, gain, f, k, cur = max(free, key=lambda o: (o[0], o[1]))
         moves.append(f"free-shrink {f} -> {k} ({gain:+.5f})")
-    while cost(cur) > budget:  # 2. shrink while over budget
-        base = judge.score(cur, "all")
-        f, k, saved, c = min(
-            neighbours(smaller=True), key=lambda o: (base - judge.score(o[3], "all")) / max(o[2], 1)
-        )
-        cur = c
+    # Phases 2 and 3 choose among every move of every table; a move's score is computed against the
+    # architecture of the moment and kept (stale) until the move reaches the top of the order, where it is
+    # recomputed against the current architecture and taken only if it still leads (lazy greedy: the same
+    # choice as rescoring everything each round when moves of different tables do not interact, at a
+    # fraction of the scorings).
+    stale: dict[tuple[int, int], float] = {}
+
+    def lazy_best(
+        candidates: list[tuple[int, int, int, list[int]]], fresh: Callable[[list[int], int], float]
+    ):
+        """The move of `candidates` with the highest `fresh(choice, bytes changed)`, scoring lazily."""
+        order = sorted(candidates, key=lambda o: -stale.get((o[0], o[1]), float("inf")))
+        while order:
+            f, k, delta, c = order[0]
+            value = fresh(c, delta)
+            stale[(f, k)] = value
+            rest = max((stale.get((o[0], o[1]), float("inf")) for o in order[1:]), default=-float("inf"))
+            if value >= rest:
+                return order[0], value
+            order.sort(key=lambda o: -stale.get((o[0], o[1]), float("inf")))
+        return None, 0.0
+
+    def moved(f: int) -> None:
+        for key in [key for key in stale if key[0] == f]:  # a moved table's moves start from elsewhere
+            del stale[key]
+
+    def loss_per_byte(base: float) -> Callable[[list[int], int], float]:
+        return lambda c, saved: -(base - judge.score(c, "all")) / max(saved, 1)
+
+    def gain_per_byte(base: float) -> Callable[[list[int], int], float]:
+        return lambda c, added: (judge.score(c, "select") - base) / max(added, 1)
+
+    while cost(cur) > budget:  # 2. shrink while over budget: the least loss per byte saved
+        best, _ = lazy_best(neighbours(smaller=True), loss_per_byte(judge.score(cur, "all")))
+        assert best is not None  # over budget, so some table is above its smallest candidate
+        f, k, _, cur = best
+        moved(f)
         moves.append(f"shrink {f} -> {k}")
+    stale.clear()
     while True:  # 3. grow while there is slack
         total = cost(cur)
         base = judge.score(cur, "select")
-        grows = []
-        for f, k, added, c in neighbours(smaller=False):
-            if total + added > budget:  # checked first: a grow that does not fit is not scored
-                continue
-            gain = judge.score(c, "select") - base
-            if gain > 0:
-                grows.append((gain / max(added, 1), f, k, c))
-        grows.sort(key=lambda o: -o[0])
+        fitting = [o for o in neighbours(smaller=False) if total + o[2] <= budget]  # others are not scored
+        tried: set[tuple[int, int]] = set()
         accepted = None
-        for tries, (_, f, k, c) in enumerate(grows[:1] if fill else grows, start=1):
+        tries = 0
+        while True:
+            left = [o for o in fitting if (o[0], o[1]) not in tried]
+            best, ratio = lazy_best(left, gain_per_byte(base))
+            if best is None or ratio <= 0:
+                break
+            f, k, _, c = best
+            tried.add((f, k))
+            tries += 1
             if fill:
                 accepted = (f, k, c, "")
                 break
@@ -141,5 +180,6 @@ def fit_to_budget(
         if accepted is None:
             break
         f, k, cur, note = accepted
+        moved(f)
         moves.append(f"grow {f} -> {k}{note}")
     return cur, moves

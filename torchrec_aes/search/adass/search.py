@@ -16,7 +16,13 @@ from torchrec_aes.planning.memory import table_storage, warm_cache
 from torchrec_aes.search.adass.budget_step import fit_to_budget
 from torchrec_aes.search.adass.config import check_config
 from torchrec_aes.search.adass.policy import PolicySearch
-from torchrec_aes.search.adass.supernet import SupernetTrainer, model_factory, options
+from torchrec_aes.search.adass.supernet import (
+    SearchSpace,
+    SupernetTrainer,
+    model_factory,
+    options,
+    search_space,
+)
 from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.finalists import Finalist
 from torchrec_aes.search.state import load_state_on_main, save_state, state_identity
@@ -24,13 +30,23 @@ from torchrec_aes.supernet.scorer import SupernetEvaluator
 from torchrec_aes.train.distributed import broadcast_object, init_distributed
 
 
-def candidate_bytes(ctx: SearchContext) -> list[list[int]]:
-    """[F][K] cost of each table at each candidate, in the budget's unit (TorchRec's estimate, cached)."""
+def candidate_bytes(ctx: SearchContext, space: SearchSpace | None = None) -> list[list[int]]:
+    """[F][K] cost of each searched table (of `space`, default ctx's) at each option, in the budget's
+    unit (TorchRec's estimate, cached); a shared row costs one row of dim 4."""
     b = ctx.budget
-    rows = [f.num_embeddings for f in ctx.schema.sparse]
-    if b.count == "bytes":
-        warm_cache(rows, ctx.candidates, b.optimizer, ctx.section.precisions)
-    return [[table_storage(r, d, b.optimizer, b.count, p) for d, p in options(ctx)] for r in rows]
+    space = space or search_space(ctx)
+    if b.count != "params":
+        optimizer = "serving" if b.count == "serving" else b.optimizer
+        warm_cache([*space.rows, 1], [4, *ctx.candidates], optimizer, ctx.section.precisions)
+    return [
+        [
+            table_storage(1, 4, b.optimizer, b.count, p)
+            if d == 0
+            else table_storage(r, d, b.optimizer, b.count, p)
+            for d, p in options(ctx)
+        ]
+        for r in space.rows
+    ]
 
 
 # Knobs that do not shape the supernet (the RL's and the budget step's) or only say how far to go.
@@ -42,20 +58,34 @@ def supernet_settings(ctx: SearchContext) -> dict[str, Any]:
     """What the trained supernet (its evaluator) depends on besides data and training config."""
     acfg = dataclasses.asdict(ctx.section)
     skip = (*_NOT_SUPERNET, *_NOT_RL)
-    return {"candidates": ctx.candidates, "adass": {k: v for k, v in acfg.items() if k not in skip}}
+    settings = {"candidates": ctx.candidates, "adass": {k: v for k, v in acfg.items() if k not in skip}}
+    if ctx.section.rows == "blocks":
+        settings["frequency_blocks"] = ctx.cfg.search.frequency_blocks
+    return settings
 
 
 def rl_settings(ctx: SearchContext) -> dict[str, Any]:
     """What the RL state depends on: the supernet's settings and the RL's own (not how many updates)."""
     acfg = dataclasses.asdict(ctx.section)
     return {
-        "candidates": ctx.candidates,
+        **supernet_settings(ctx),
         "count": ctx.budget.count,
         "adass": {k: v for k, v in acfg.items() if k not in _NOT_RL},
     }
 
 
-@register("adass", tasks=("ctr",), section="adass", user_model=True)
+def adass_floor(ctx: SearchContext) -> tuple[Architecture, str]:
+    """The smallest architecture AdaS&S can return: every searched table at its cheapest option."""
+    check_config(ctx.section)
+    space = search_space(ctx)
+    cheapest = options(ctx)[0]
+    arch = space.architecture([cheapest] * len(space.rows))
+    if ctx.section.rows == "blocks":
+        return arch, "every frequency block one shared row of dim 4"
+    return arch, f"every table at dim {cheapest[0]} in {cheapest[1]}"
+
+
+@register("adass", tasks=("ctr",), section="adass", user_model=True, floor=adass_floor)
 def adass(ctx: SearchContext) -> SearchResult:
     """AdaS&S: supernet with adaptive sampling -> REINFORCE with resource competition -> budget step."""
     cfg, acfg = ctx.cfg, ctx.section
@@ -70,10 +100,12 @@ def adass(ctx: SearchContext) -> SearchResult:
     rl_dir = rundir.checkpoint_dir(ctx.run_dir, "adass") if ctx.run_dir and cfg.train.checkpoint else ""
     eval_path = join(ckpt_dir, "supernet_eval.pt") if ckpt_dir else ""
     writer = SummaryWriter(rundir.tb_dir(ctx.run_dir, "adass")) if ctx.run_dir and env.is_main else None
-    build_model = model_factory(cfg, ctx.candidates, ctx.schema.num_dense, ctx.task)
+    space = search_space(ctx)
+    build_model = model_factory(cfg, ctx.candidates, ctx.schema.num_dense, ctx.task, space.groups)
     opts = options(ctx)
-    # "64" for an fp32 option, "64/fp16" for an fp16 one (names in logs and the landscape).
-    labels = [f"{d}" if p == "fp32" else f"{d}/{p}" for d, p in opts]
+    # "64" for an fp32 option, "64/fp16" for an fp16 one, "shared" for a block's shared row (names in logs
+    # and the landscape).
+    labels = ["shared" if d == 0 else f"{d}" if p == "fp32" else f"{d}/{p}" for d, p in opts]
     log: dict[str, Any] = {}
     # Rank 0 decides, so every rank takes the same branch (the run directory may be rank 0's only).
     if not cfg.train.resume and env.is_main and "adass_evaluator" not in ctx.cache:
@@ -91,7 +123,7 @@ def adass(ctx: SearchContext) -> SearchResult:
         evaluator = ctx.cache["adass_evaluator"]
         log["supernet"] = {"shared": True}
     elif resume:
-        configs = Architecture.uniform(ctx.schema, max(ctx.candidates)).to_ebc_configs()
+        configs = space.arch.to_ebc_configs()
         evaluator = SupernetEvaluator.from_state(saved, build_model, configs) if saved is not None else None
         log["supernet"] = {"resumed": True}
     else:
@@ -109,7 +141,7 @@ def adass(ctx: SearchContext) -> SearchResult:
     if env.is_main:
         assert evaluator is not None
         t0 = time.perf_counter()
-        costs = candidate_bytes(ctx)
+        costs = candidate_bytes(ctx, space)
         search = PolicySearch(
             evaluator.auc,
             costs,
@@ -155,10 +187,7 @@ def adass(ctx: SearchContext) -> SearchResult:
             writer.add_scalar("rl/final_val_auc", rl_log["final_val_auc"], search.update)
             writer.flush()
     final, filled, log["rl"], landscape = broadcast_object(result)
-    arch, filled_arch = (
-        Architecture.from_dims(ctx.schema, [opts[k][0] for k in c], "adass", [opts[k][1] for k in c])
-        for c in (final, filled)
-    )
+    arch, filled_arch = (space.architecture([opts[k] for k in c]) for c in (final, filled))
     for a in (arch, filled_arch):  # fit_to_budget's sums are the same estimates: an internal error
         if not ctx.budget.fits(a):
             raise AssertionError(f"adass: {ctx.budget.used(a)} > budget {ctx.budget.bytes}")

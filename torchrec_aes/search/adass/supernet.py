@@ -9,8 +9,10 @@ which early stopping maximises; the best epoch's evaluator is what stage 2 score
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,6 +24,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config
 from torchrec_aes.data.dataset import Rows
+from torchrec_aes.models.frequency import block_ends, bucket_key, frequency_architecture
 from torchrec_aes.planning.memory import table_storage
 from torchrec_aes.search.adass.config import AdaSSConfig
 from torchrec_aes.search.adass.sampler import AdaptiveSampler
@@ -33,26 +36,81 @@ from torchrec_aes.train.distributed import DistEnv, all_reduce_sum, broadcast_ob
 from torchrec_aes.train.hooks import TrainHooks
 from torchrec_aes.train.trainer import Trainer
 
+SHARED_ROW = (0, "fp32")
+"""With `search.adass.rows=blocks`, the first option: the block's ids share one row (of dim 4); the
+supernet scores it as the block's embedding zeroed."""
+
 
 def options(ctx: SearchContext) -> list[tuple[int, str]]:
     """What a table can be: every (candidate dim, precision in `search.adass.precisions`), cheapest first
-    by TorchRec's estimate per row (ties: smaller dim first). Choices index this list."""
+    by TorchRec's estimate per row (ties: smaller dim first); with `rows=blocks`, `SHARED_ROW` first.
+    Choices index this list."""
     b = ctx.budget
     pairs = [(d, p) for p in ctx.section.precisions for d in ctx.candidates]
-    return sorted(pairs, key=lambda o: (table_storage(1000, o[0], b.optimizer, b.count, o[1]), o[0], o[1]))
+    ranked = sorted(pairs, key=lambda o: (table_storage(1000, o[0], b.optimizer, b.count, o[1]), o[0], o[1]))
+    return [SHARED_ROW, *ranked] if ctx.section.rows == "blocks" else ranked
 
 
-def model_factory(cfg: Config, candidates: Sequence[int], num_dense: int, task: Any = None):
-    """`lookup -> model`: the run's CTR model around an elastic EBC over `lookup` (AdaS&S's projections),
-    or the task's own supernet model when it has one (`supernet_model(lookup, candidates)`: a user's model
-    from the Python API, `tasks/user.py`)."""
+@dataclass
+class SearchSpace:
+    """The tables AdaS&S chooses for: one per feature, or (`rows=blocks`) one per frequency block.
+
+    Args:
+        arch: the supernet's tables, each at the largest candidate.
+        rows: rows of each searched table (a block's ids), in the supernet's table order.
+        groups: with blocks, [(feature, its block keys)]: how blocks pool into features; else None.
+    """
+
+    arch: Architecture
+    rows: list[int]
+    groups: list[tuple[str, list[str]]] | None = None
+
+    def architecture(self, choice: Sequence[tuple[int, str]]) -> Architecture:
+        """The architecture of one option (dim, precision) per searched table; a block's `SHARED_ROW`
+        becomes a table of one row at dim 4."""
+        tables = [
+            dataclasses.replace(t, num_embeddings=1, embedding_dim=4, data_type=p)
+            if d == 0
+            else dataclasses.replace(t, embedding_dim=d, data_type=p)
+            for t, (d, p) in zip(self.arch.tables, choice, strict=True)
+        ]
+        return dataclasses.replace(self.arch, tables=tables, method="adass")
+
+
+def search_space(ctx: SearchContext) -> SearchSpace:
+    """AdaS&S's tables for ctx (`search.adass.rows`)."""
+    top = max(ctx.candidates)
+    if ctx.section.rows == "tables":
+        arch = Architecture.uniform(ctx.schema, top)
+        return SearchSpace(arch, [f.num_embeddings for f in ctx.schema.sparse])
+    if not ctx.task.remaps_ids:
+        raise ValueError(
+            "search.adass.rows=blocks needs CTR data read by torchrec-aes (not a user's own model)"
+        )
+    ends = {f.name: block_ends(f.num_embeddings, ctx.cfg.search.frequency_blocks) for f in ctx.schema.sparse}
+    buckets = {f: [(e, e - s, top) for s, e in zip([0, *es[:-1]], es, strict=True)] for f, es in ends.items()}
+    arch = frequency_architecture(ctx.schema, buckets, method="adass")
+    groups = [(f, [bucket_key(f, k) for k in range(len(es))]) for f, es in ends.items()]
+    return SearchSpace(arch, [t.num_embeddings for t in arch.tables], groups)
+
+
+def model_factory(
+    cfg: Config,
+    candidates: Sequence[int],
+    num_dense: int,
+    task: Any = None,
+    groups: list[tuple[str, list[str]]] | None = None,
+):
+    """`lookup -> model`: the run's CTR model around an elastic EBC over `lookup` (AdaS&S's projections;
+    with `groups`, the elastic tables pooled per feature), or the task's own supernet model when it has
+    one (`supernet_model(lookup, candidates)`: a user's model from the Python API, `tasks/user.py`)."""
     own = getattr(task, "supernet_model", None)
     if own is not None:
         return lambda lookup: own(lookup, candidates)
     shared = cfg.search.adass.shared_projection
 
     def build(lookup: nn.Module) -> nn.Module:
-        return build_elastic_model(cfg.model, lookup, candidates, num_dense, shared)
+        return build_elastic_model(cfg.model, lookup, candidates, num_dense, shared, groups)
 
     return build
 
@@ -213,14 +271,15 @@ class SupernetTrainer:
         self.candidates = ctx.candidates
         task = ctx.task
 
-        self.build_model = model_factory(self.cfg, self.candidates, ctx.schema.num_dense, task)
+        space = search_space(ctx)
+        self.build_model = model_factory(self.cfg, self.candidates, ctx.schema.num_dense, task, space.groups)
         self.hooks = AdaptiveSamplingHooks(
             task, ctx.section, self.cfg.train.seed, options(ctx), self.build_model, writer
         )
         self.trainer = Trainer(
             self.cfg,
             task,
-            Architecture.uniform(ctx.schema, max(self.candidates)),
+            space.arch,
             run_dir=ctx.state_dir,
             tag="adass/supernet",
             hooks=self.hooks,
