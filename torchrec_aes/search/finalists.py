@@ -320,6 +320,7 @@ def pick_finalist(
                 "history": [h.get(f"val_{key}") for h in r.get("history", [])],
                 "seconds": seconds[i],
                 "cached": i in finished and seconds[i] == 0.0,
+                "test_scores": r.get("test_scores"),
                 "chosen": i == best,
                 "baseline": f.baseline,
             }
