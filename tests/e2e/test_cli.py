@@ -154,3 +154,45 @@ def test_train_on_real_frappe_data(tmp_path):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["num_examples"]["train"] == 69266
     assert metrics["test"]["auc"] > 0.85
+
+
+def test_a_budget_below_every_table_is_met_by_rows_and_the_result_retrains_and_serves_in_int8(tmp_path):
+    # 1/64 of uniform-64: no table keeps a row per id at dim 4, so `uniform` names its floor in one line...
+    refused = cli(
+        tmp_path,
+        "search",
+        TINY,
+        "--run-dir",
+        str(tmp_path / "u"),
+        "search.budget=0.015625 x uniform-64",
+        check=False,
+    )
+    assert (
+        refused.returncode == 2 and "every table at dim 4 in fp32" in refused.stderr.strip().splitlines()[-1]
+    )
+    # ... and MDE's frequency blocks (hashed tails, shared rows) meet it.
+    run = tmp_path / "mde"
+    cli(
+        tmp_path,
+        "search",
+        TINY,
+        "--run-dir",
+        str(run),
+        "search.method=mde",
+        "search.budget=0.015625 x uniform-64",
+    )
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["budget_used"] <= metrics["budget_bytes"] and "serving_bytes" in metrics
+    arch = yaml.safe_load((run / "architecture.yaml").read_text())
+    assert arch["kind"] == "frequency" and "Frequency buckets" in (run / "report.md").read_text()
+    # The searched architecture retrains as it is, its tables served in int8 and tested as served.
+    edited = tmp_path / "int8.yaml"
+    for t in arch["tables"]:
+        t["data_type"] = "int8"
+    edited.write_text(yaml.safe_dump(arch))
+    retrain = tmp_path / "retrain"
+    cli(tmp_path, "train", TINY, "--run-dir", str(retrain), f"arch={edited}")
+    result = json.loads((retrain / "metrics.json").read_text())
+    assert {"auc", "trained_auc"} <= set(result["test"]) and result["serving_bytes"] < result[
+        "embedding_bytes"
+    ]
