@@ -21,7 +21,7 @@ from torchrec_aes.search.adass.config import AdaSSConfig, check_config
 from torchrec_aes.search.adass.policy import PolicySearch
 from torchrec_aes.search.adass.sampler import AdaptiveSampler
 from torchrec_aes.search.adass.search import adass, candidate_bytes
-from torchrec_aes.search.adass.supernet import model_factory
+from torchrec_aes.search.adass.supernet import model_factory, uses_blocks
 from torchrec_aes.search.base import SearchContext, get_method
 from torchrec_aes.supernet.scorer import SupernetEvaluator, _CachedLookup, binary_auc
 from torchrec_aes.supernet.stats import auc_difference
@@ -397,3 +397,8 @@ def test_blocks_search_returns_a_frequency_architecture_far_below_every_uniform_
     tiny = Budget.parse("50B", task.schema)
     with pytest.raises(ValueError, match="every frequency block one shared row of dim 4"):
         get_method("adass").check_floor(SearchContext(cfg, task, tiny, "", cfg.search.adass))
+    # The default, rows=auto: blocks exactly when no per-table architecture fits.
+    cfg.search.adass.rows = "auto"
+    assert uses_blocks(ctx)
+    roomy = Budget.parse("0.6 x uniform-16", task.schema)
+    assert not uses_blocks(SearchContext(cfg, task, roomy, "", cfg.search.adass))

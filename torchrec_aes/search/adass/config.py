@@ -72,11 +72,11 @@ class AdaSSConfig:
     scoring sees the loss of precision; the final tables are real fp16 TorchRec tables."""
     checkpoint_every: int = 10
     """Save the RL state every this many updates (the supernet is saved every epoch)."""
-    rows: str = "tables"
-    """What a choice is made for: "tables" (one dim per table) or "blocks" (CTR data: each table cut into
-    its frequency blocks, `search.frequency_blocks`, and each block chooses a dim or to share one row; the
-    result is a `frequency` architecture -- rows as a lever, for budgets far below every table at the
-    smallest dim)."""
+    rows: str = "auto"
+    """What a choice is made for: "tables" (one dim per table), "blocks" (CTR data: each table cut into its
+    frequency blocks, `search.frequency_blocks`, and each block chooses a dim or to share one row; the
+    result is a `frequency` architecture -- rows as a lever), or "auto": blocks when no per-table
+    architecture fits the budget (every table at its cheapest option is over it), else tables."""
 
 
 def check_config(acfg: AdaSSConfig) -> None:
@@ -105,8 +105,8 @@ def check_config(acfg: AdaSSConfig) -> None:
     for key, (value, ok, allowed) in rules.items():
         if not ok(value):
             raise ValueError(f"search.adass.{key}: {value} is out of range; allowed: {allowed}")
-    if acfg.rows not in ("tables", "blocks"):
-        raise ValueError(f"search.adass.rows: '{acfg.rows}' is not one of tables, blocks")
+    if acfg.rows not in ("auto", "tables", "blocks"):
+        raise ValueError(f"search.adass.rows: '{acfg.rows}' is not one of auto, tables, blocks")
     bad = [p for p in acfg.precisions if p not in ("fp32", "fp16")]
     if bad or not acfg.precisions or len(set(acfg.precisions)) != len(acfg.precisions):
         raise ValueError(

@@ -22,6 +22,8 @@ from torchrec_aes.search.adass.supernet import (
     model_factory,
     options,
     search_space,
+    supernet_name,
+    uses_blocks,
 )
 from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.finalists import Finalist
@@ -59,7 +61,7 @@ def supernet_settings(ctx: SearchContext) -> dict[str, Any]:
     acfg = dataclasses.asdict(ctx.section)
     skip = (*_NOT_SUPERNET, *_NOT_RL)
     settings = {"candidates": ctx.candidates, "adass": {k: v for k, v in acfg.items() if k not in skip}}
-    if ctx.section.rows == "blocks":
+    if uses_blocks(ctx):
         settings["frequency_blocks"] = ctx.cfg.search.frequency_blocks
     return settings
 
@@ -80,7 +82,7 @@ def adass_floor(ctx: SearchContext) -> tuple[Architecture, str]:
     space = search_space(ctx)
     cheapest = options(ctx)[0]
     arch = space.architecture([cheapest] * len(space.rows))
-    if ctx.section.rows == "blocks":
+    if uses_blocks(ctx):
         return arch, "every frequency block one shared row of dim 4"
     return arch, f"every table at dim {cheapest[0]} in {cheapest[1]}"
 
@@ -98,7 +100,9 @@ def adass(ctx: SearchContext) -> SearchResult:
     # run directory (and kept in memory for the other budgets); the RL state is per budget.
     ckpt_dir = rundir.checkpoint_dir(ctx.state_dir, "adass") if ctx.state_dir and cfg.train.checkpoint else ""
     rl_dir = rundir.checkpoint_dir(ctx.run_dir, "adass") if ctx.run_dir and cfg.train.checkpoint else ""
-    eval_path = join(ckpt_dir, "supernet_eval.pt") if ckpt_dir else ""
+    name = supernet_name(ctx)
+    eval_path = join(ckpt_dir, f"{name}_eval.pt") if ckpt_dir else ""
+    cached = f"adass_evaluator/{name}"
     writer = SummaryWriter(rundir.tb_dir(ctx.run_dir, "adass")) if ctx.run_dir and env.is_main else None
     space = search_space(ctx)
     build_model = model_factory(cfg, ctx.candidates, ctx.schema.num_dense, ctx.task, space.groups)
@@ -108,7 +112,7 @@ def adass(ctx: SearchContext) -> SearchResult:
     labels = ["shared" if d == 0 else f"{d}" if p == "fp32" else f"{d}/{p}" for d, p in opts]
     log: dict[str, Any] = {}
     # Rank 0 decides, so every rank takes the same branch (the run directory may be rank 0's only).
-    if not cfg.train.resume and env.is_main and "adass_evaluator" not in ctx.cache:
+    if not cfg.train.resume and env.is_main and cached not in ctx.cache:
         # train.resume=false: start fresh, replacing the saved phases (the supernet's, once per run).
         for stale in (eval_path, join(rl_dir, "rl_state.pt") if rl_dir else ""):
             if stale and exists(stale):
@@ -117,10 +121,10 @@ def adass(ctx: SearchContext) -> SearchResult:
         remove_tree(join(rl_dir, "rl_state.pt"))
     supernet_id = state_identity(cfg, ctx.task, supernet_settings(ctx))
     saved, resume = (None, False)
-    if "adass_evaluator" not in ctx.cache and eval_path:
+    if cached not in ctx.cache and eval_path:
         saved, resume = load_state_on_main(eval_path, supernet_id)
-    if "adass_evaluator" in ctx.cache:
-        evaluator = ctx.cache["adass_evaluator"]
+    if cached in ctx.cache:
+        evaluator = ctx.cache[cached]
         log["supernet"] = {"shared": True}
     elif resume:
         configs = space.arch.to_ebc_configs()
@@ -135,8 +139,8 @@ def adass(ctx: SearchContext) -> SearchResult:
             save_state(eval_path, evaluator.state_dict(), supernet_id)
             # A resume starts from the evaluator from now on; the supernet's DCP checkpoint (every table
             # at d_max plus optimizer state: the largest file of the run) is no longer needed.
-            remove_tree(join(ckpt_dir, "supernet"))
-    ctx.cache["adass_evaluator"] = evaluator
+            remove_tree(join(ckpt_dir, name))
+    ctx.cache[cached] = evaluator
     result: tuple[list[int], list[int], dict[str, Any], dict[str, Any]] | None = None
     if env.is_main:
         assert evaluator is not None

@@ -41,14 +41,36 @@ SHARED_ROW = (0, "fp32")
 supernet scores it as the block's embedding zeroed."""
 
 
-def options(ctx: SearchContext) -> list[tuple[int, str]]:
-    """What a table can be: every (candidate dim, precision in `search.adass.precisions`), cheapest first
-    by TorchRec's estimate per row (ties: smaller dim first); with `rows=blocks`, `SHARED_ROW` first.
-    Choices index this list."""
+def _table_options(ctx: SearchContext) -> list[tuple[int, str]]:
     b = ctx.budget
     pairs = [(d, p) for p in ctx.section.precisions for d in ctx.candidates]
-    ranked = sorted(pairs, key=lambda o: (table_storage(1000, o[0], b.optimizer, b.count, o[1]), o[0], o[1]))
-    return [SHARED_ROW, *ranked] if ctx.section.rows == "blocks" else ranked
+    return sorted(pairs, key=lambda o: (table_storage(1000, o[0], b.optimizer, b.count, o[1]), o[0], o[1]))
+
+
+def uses_blocks(ctx: SearchContext) -> bool:
+    """Whether AdaS&S chooses per frequency block: `rows=blocks`; or `rows=auto` on CTR data read by
+    torchrec-aes when no per-table architecture fits (every table at its cheapest option is over budget)."""
+    rows = ctx.section.rows
+    if rows != "auto":
+        return rows == "blocks"
+    if not ctx.task.remaps_ids:
+        return False
+    dim, precision = _table_options(ctx)[0]
+    return not ctx.budget.fits(Architecture.uniform(ctx.schema, dim, precision))
+
+
+def supernet_name(ctx: SearchContext) -> str:
+    """The supernet's name in the run directory (`checkpoints/adass/<name>`, `<name>_eval.pt`): one per
+    search space, so a budget list whose budgets need both trains both."""
+    return "supernet_blocks" if uses_blocks(ctx) else "supernet"
+
+
+def options(ctx: SearchContext) -> list[tuple[int, str]]:
+    """What a table can be: every (candidate dim, precision in `search.adass.precisions`), cheapest first
+    by TorchRec's estimate per row (ties: smaller dim first); with blocks (`uses_blocks`), `SHARED_ROW`
+    first. Choices index this list."""
+    ranked = _table_options(ctx)
+    return [SHARED_ROW, *ranked] if uses_blocks(ctx) else ranked
 
 
 @dataclass
@@ -80,7 +102,7 @@ class SearchSpace:
 def search_space(ctx: SearchContext) -> SearchSpace:
     """AdaS&S's tables for ctx (`search.adass.rows`)."""
     top = max(ctx.candidates)
-    if ctx.section.rows == "tables":
+    if not uses_blocks(ctx):
         arch = Architecture.uniform(ctx.schema, top)
         return SearchSpace(arch, [f.num_embeddings for f in ctx.schema.sparse])
     if not ctx.task.remaps_ids:
@@ -258,7 +280,8 @@ class SupernetTrainer:
     """Stage 1 on all ranks: the supernet through the `Trainer` with `AdaptiveSamplingHooks`; then the
     evaluator of its best epoch for stage 2 (on rank 0).
 
-    Checkpoints (with `train.checkpoint` and a run directory) go to `checkpoints/adass/supernet/`.
+    Checkpoints (with `train.checkpoint` and a run directory) go to `checkpoints/adass/supernet/` (with
+    frequency blocks, `checkpoints/adass/supernet_blocks/`).
 
     Args:
         ctx: the search context.
@@ -281,7 +304,7 @@ class SupernetTrainer:
             task,
             space.arch,
             run_dir=ctx.state_dir,
-            tag="adass/supernet",
+            tag=f"adass/{supernet_name(ctx)}",
             hooks=self.hooks,
             build_model=self.build_model,
         )
