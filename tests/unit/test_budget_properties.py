@@ -15,7 +15,7 @@ from torchrec_aes.models.rowwise import BucketLayout, RowCost, bucket_architectu
 from torchrec_aes.planning.memory import Budget
 from torchrec_aes.search.adass.budget_step import NoiselessJudge, fit_to_budget
 from torchrec_aes.search.adass.search import candidate_bytes
-from torchrec_aes.search.adass.supernet import options
+from torchrec_aes.search.adass.supernet import options, search_space
 from torchrec_aes.search.base import SearchContext, get_method
 from torchrec_aes.search.bet.sampler import ActionSampler
 from torchrec_aes.tasks.ctr import CTRTask
@@ -80,9 +80,8 @@ def test_the_adass_budget_step_never_exceeds_random_budgets_with_dims_and_precis
             start, costs, ctx.budget.bytes, NoiselessJudge(score), fill=rng.random() < 0.5
         )
         opts = options(ctx)
-        arch = Architecture.from_dims(
-            ctx.schema, [opts[i][0] for i in final], "adass", [opts[i][1] for i in final]
-        )
+        # Per table, or (budgets no per-table architecture fits, rows=auto) per frequency block.
+        arch = search_space(ctx).architecture([opts[i] for i in final])
         tried += 1
         violations += ctx.budget.used(arch) > ctx.budget.bytes
     assert tried >= PAIRS // 2 and violations == 0
