@@ -39,8 +39,15 @@ best of ~100 moves on one slice is mostly the luckiest noise; an independent hal
 bias). A second, budget-filling variant keeps growing on the even rows alone. The result never exceeds
 the budget (`Budget.fits`, TorchRec's storage estimate).
 
+Rows (ours; `search.adass.rows`, by default whenever no per-table architecture fits the budget): the
+searched tables are each feature's frequency blocks (`models/frequency.py`), every block held at the
+largest candidate, the blocks of a feature summed before the model sees them (`models.ctr.FeatureGroups`);
+each block's options are the candidates and "shared" (its ids share one row; scored as the block zeroed).
+The result is a `frequency` architecture. The budget step ranks moves lazily (a move's score is recomputed
+only when it reaches the top), which keeps it to seconds with a few hundred (block, option) moves.
+
 Final pick (shared with every method, `search/finalists.py`): both variants and the zero-cost baselines at
-the same budget (same-memory uniform, power_rule, uniform in fp16) are trained from scratch (`search.pick`:
+the same budget (same-memory uniform, power_rule, uniform in fp16, and on CTR data mde and hashed) are trained from scratch (`search.pick`:
 by default both variants fully, the baselines by successive halving among themselves), and the best on
 validation is kept, so a supernet whose ranking does not carry over to retrained models cannot
 make the result worse than what a user gets for free (on validation).
@@ -60,7 +67,8 @@ tolerances).
 Checkpoints (with `train.checkpoint` and a run directory), so a killed run resumes:
 
 * `checkpoints/adass/supernet/` -- DCP checkpoint of the supernet and sampler state after every epoch
-  (deleted once the evaluator below is written: it is the run's largest file and no longer needed);
+  (deleted once the evaluator below is written: it is the run's largest file and no longer needed; with
+  frequency blocks `supernet_blocks/` and `supernet_blocks_eval.pt`);
 * `checkpoints/adass/supernet_eval.pt` -- the trained supernet's evaluator (dense weights + the gathered
   validation embeddings), written when stage 1 finishes; with it, a rerun skips stage 1 entirely;
 * `checkpoints/adass/rl_state.pt` -- policy, optimizer, baseline and history every `checkpoint_every`
