@@ -46,11 +46,11 @@ each block's options are the candidates and "shared" (its ids share one row; sco
 The result is a `frequency` architecture. The budget step ranks moves lazily (a move's score is recomputed
 only when it reaches the top), which keeps it to seconds with a few hundred (block, option) moves.
 
-Final pick (shared with every method, `search/finalists.py`): both variants and the zero-cost baselines at
-the same budget (same-memory uniform, power_rule, uniform in fp16, and on CTR data mde and hashed) are trained from scratch (`search.pick`:
-by default both variants fully, the baselines by successive halving among themselves), and the best on
-validation is kept, so a supernet whose ranking does not carry over to retrained models cannot
-make the result worse than what a user gets for free (on validation).
+Final pick (shared with every method, `search/finalists.py`): both variants and the zero-cost baselines
+at the same budget (same-memory uniform, power_rule, uniform in fp16, and on CTR data mde and hashed) are
+trained from scratch (`search.pick`: by default both variants fully, the baselines by successive halving
+among themselves), and the best on validation is kept, so a supernet whose ranking does not carry over to
+retrained models cannot make the result worse than what a user gets for free (on validation).
 
 Our details (not in the paper): the loss-relative temperature, the importance measure and its refresh, the
 sandwich default, the supernet's early stopping, the advantage normalisation, the free-shrink pass,
