@@ -247,7 +247,12 @@ def write_frontier(run_dir: str, method: str, summary: dict[str, Any], frontier:
                 label=p["label"] if p["label"] not in ax.get_legend_handles_labels()[1] else None,
             )
         ax.axvline(point["budget_bytes"] / 2**20, color="grey", linestyle=":", linewidth=0.8)
-    ax.set_xlabel("embedding bytes (MiB, TorchRec estimate); dotted: budgets")
+    sizes = [point["budget_bytes"] for point in frontier["points"]]
+    wide = bool(sizes) and max(sizes) >= 8 * max(min(sizes), 1)
+    if wide:  # budgets from 1/2 to 1/64 of a model: equal steps on a log axis
+        ax.set_xscale("log")
+    scale = ", log scale" if wide else ""
+    ax.set_xlabel(f"embedding bytes (MiB, TorchRec estimate{scale}); dotted: budgets")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(
         f"{method}: filled = chosen on validation; hollow = other finalists (may have trained fewer epochs)"
