@@ -32,10 +32,10 @@ def test_cli_search_runs_end_to_end_and_a_rerun_resumes_from_the_saved_phases(tm
     landscape = json.loads((run / "landscape.json").read_text())
     named = landscape["named"]
     assert named["final"][0] <= metrics["budget_bytes"]
-    # The final pick: the search's two variants and both baselines, trained from scratch, best on val.
+    # The final pick: the search's two variants and the baselines, trained from scratch, best on val.
     finalists = {r["label"]: r for r in metrics["finalists"]}
     assert (
-        {"adass", "adass_fill", "uniform", "power_rule", "uniform_fp16"}
+        {"adass", "adass_fill", "uniform", "power_rule", "uniform_fp16", "mde", "hashed"}
         >= set(finalists)
         >= {"adass", "uniform"}
     )

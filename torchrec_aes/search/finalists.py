@@ -327,4 +327,5 @@ def pick_finalist(
         )
     chosen = dict(results[best])
     chosen.setdefault("training_seconds", seconds[best])
-    return finalists[best], chosen, rows
+    # Rank 0's rows on every rank (only it wrote the test scores, so only its rows name them).
+    return finalists[best], chosen, broadcast_object(rows)
