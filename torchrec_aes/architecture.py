@@ -416,3 +416,9 @@ def kind_of(arch: Architecture) -> ArchKind:
     if name not in _KINDS:
         raise ValueError(f"architecture kind '{name}' is not one of {', '.join(kind_names())}")
     return _KINDS[name]
+
+
+def pools_tables(arch: Architecture) -> bool:
+    """Whether the model sees `arch`'s tables pooled per feature by its kind (`ArchKind.lookup`), so the
+    EBC sits one module deeper (`<sparse arch>.inner`)."""
+    return type(kind_of(arch)).lookup is not ArchKind.lookup

@@ -113,6 +113,7 @@ def _plan(args: argparse.Namespace) -> None:
     from torchrec_aes import architecture, planning, rundir  # start-up time, as in `_train`
 
     Architecture, save_plan = architecture.Architecture, planning.plan_io.save_plan
+    pools_tables = architecture.pools_tables
     make_topology, plan_architecture = planning.plan.make_topology, planning.plan.plan_architecture
     plan_summary, format_plan_summary = planning.plan.plan_summary, planning.plan.format_plan_summary
 
@@ -134,7 +135,8 @@ def _plan(args: argparse.Namespace) -> None:
         args.ddr_gb,
         args.batch_size,
         args.optimizer,
-        module_path=args.module_path,
+        module_path=args.module_path
+        or ("model.sparse_arch.inner" if pools_tables(arch) else "model.sparse_arch"),
     )
     topology = make_topology(args.world_size, args.device, args.hbm_gb, args.ddr_gb)
     rows = plan_summary(plan, arch, topology, args.batch_size, args.optimizer)
@@ -174,8 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimizer", default="rowwise_adagrad", help="fused table optimizer")
     p.add_argument(
         "--module-path",
-        default="model.sparse_arch",
-        help="where the EBC sits in the DMP-wrapped model (our trainer: model.sparse_arch)",
+        default="",
+        help="where the EBC sits in the DMP-wrapped model (default: where our trainer puts it, "
+        "model.sparse_arch, or model.sparse_arch.inner for frequency buckets)",
     )
     p.add_argument("--out", default="", help="plan file (default: beside the architecture)")
     p.set_defaults(fn=_plan)

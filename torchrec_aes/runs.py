@@ -74,7 +74,8 @@ def run_train(cfg: Config) -> dict[str, Any]:
     arch, train_arch, hooks, source = resolve_arch(cfg, task)
     plan = None
     if cfg.plan.file:
-        plan = plan_for_job(cfg.plan.file, train_arch, task.ebc_path, env.world_size, env.device.type)
+        path = task.ebc_path_for(train_arch)
+        plan = plan_for_job(cfg.plan.file, train_arch, path, env.world_size, env.device.type)
     result = Trainer(cfg, task, train_arch, cfg.run_dir, "train", hooks=hooks, plan=plan).fit()
     if source and env.is_main:
         kind_of(arch).carry(arch, source, cfg.run_dir)

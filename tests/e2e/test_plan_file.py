@@ -38,3 +38,26 @@ def test_an_exported_plan_drives_a_two_process_training_and_a_mismatch_is_one_li
     other = cli(tmp_path, "train", TINY, "--run-dir", str(tmp_path / "other"), "model.embedding_dim=12",
                 f"plan.file={plan}", check=False)  # fmt: skip
     assert other.returncode == 2 and "is planned as 10 x 16 but the architecture has 10 x 12" in other.stderr
+
+
+def test_a_plan_of_frequency_buckets_names_the_tables_where_the_trainer_holds_them(tmp_path: Path) -> None:
+    # The model sees bucket tables pooled per feature, so their EBC sits at model.sparse_arch.inner: the
+    # plan command's default and the trainer agree.
+    run = tmp_path / "mde"
+    cli(
+        tmp_path,
+        "search",
+        TINY,
+        "--run-dir",
+        str(run),
+        "search.method=mde",
+        "search.budget=0.03 x uniform-64",
+    )
+    plan = tmp_path / "plan1.json"
+    cli(None, "plan", str(run), "--world-size", "1", "--device", "cpu", "--out", str(plan), timeout=120)
+    assert "model.sparse_arch.inner" in json.loads(plan.read_text())["plan"]
+    train = tmp_path / "train"
+    cli(
+        tmp_path, "train", TINY, "--run-dir", str(train), f"arch={run}", f"plan.file={plan}", "train.epochs=1"
+    )
+    assert json.loads((train / "plan.json").read_text()) == json.loads(plan.read_text())

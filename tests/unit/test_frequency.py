@@ -228,3 +228,15 @@ def test_floor_counts_the_precision_asked_for():
     tiny = _ctx("99B")
     with pytest.raises(ValueError, match=r"every feature one row of dim 4 in fp32\), which needs 100 B"):
         get_method("mde").check_floor(tiny)
+
+
+def test_plans_name_the_bucket_tables_where_the_model_holds_them():
+    splits = tiny_splits(300)
+    task = CTRTask(tiny_config(), splits)
+    arch = _arch(splits.schema)
+    module, ebc = task.build(arch)
+    assert task.ebc_path_for(arch) == task.ebc_path == "model.sparse_arch.inner"
+    assert module.get_submodule(task.ebc_path_for(arch)) is ebc
+    plain = Architecture.uniform(splits.schema, 8)
+    module, ebc = task.build(plain)
+    assert module.get_submodule(task.ebc_path_for(plain)) is ebc and task.ebc_path == "model.sparse_arch"

@@ -108,6 +108,10 @@ class Task(ABC):
                 (a search's regularisers).
         """
 
+    def ebc_path_for(self, arch: Architecture) -> str:
+        """Where `build(arch)` puts the EBC in the module DMP wraps (plans name their tables by it)."""
+        return self.ebc_path
+
     def after_shard(self, dmp: DistributedModelParallel, env: DistEnv) -> None:  # noqa: B027 (optional)
         """Called once DMP has materialised the model (e.g. to tell it its compute device)."""
 

@@ -20,7 +20,7 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 
-from torchrec_aes.architecture import Architecture, kind_of
+from torchrec_aes.architecture import Architecture, kind_of, pools_tables
 from torchrec_aes.config import Config, TrainConfig
 from torchrec_aes.data.dataset import MappedRows, Splits, num_batches
 from torchrec_aes.data.load import load_data
@@ -145,16 +145,20 @@ class CTRTask(Task):
         }
         # Tables on meta: nothing is materialised until DMP shards them.
         ebc = EmbeddingBagCollection(tables=arch.to_ebc_configs(), device=torch.device("meta"))
-        self.ebc_path = type(self).ebc_path  # type: ignore[misc]
+        self.ebc_path = self.ebc_path_for(arch)  # type: ignore[misc]
         if lookup is not None:  # the tables see remapped batches; the model one embedding per feature
             self.rows = {name: MappedRows(rows, lookup.batch) for name, rows in self.rows.items()}
-            self.ebc_path = f"{type(self).ebc_path}.inner"  # type: ignore[misc]
         if build_model is None:
             sparse = lookup.wrap(ebc) if lookup is not None else ebc
             model = build_ctr_model(self.cfg.model.type, sparse, self.schema.num_dense, self.cfg.model)
         else:  # a factory (a supernet) gets the tables and pools them per feature itself
             model = build_model(ebc)
         return CTRModule(model, extra_loss), ebc
+
+    def ebc_path_for(self, arch: Architecture) -> str:
+        """`model.sparse_arch`, or `model.sparse_arch.inner` for kinds whose tables the model sees pooled
+        per feature (`ArchKind.lookup`: frequency buckets)."""
+        return f"{type(self).ebc_path}.inner" if pools_tables(arch) else type(self).ebc_path
 
     def other_optimizer(self, params: dict[str, torch.Tensor], tc: TrainConfig) -> KeyedOptimizer | None:
         dense_cls = DENSE_OPTIMIZERS[tc.dense_optimizer]

@@ -384,6 +384,9 @@ class UserTask(CTRTask):
         beyond the sampled dim), for AdaS&S's supernet and scorer."""
         return Logits(self.user_factory(ElasticEmbeddingBagCollection(lookup, candidates)))
 
+    def ebc_path_for(self, arch: Architecture) -> str:
+        return self.ebc_path  # the user's module path, whatever the architecture
+
     def build(
         self,
         arch: Architecture,
