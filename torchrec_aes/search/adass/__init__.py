@@ -43,8 +43,9 @@ Rows (ours; `search.adass.rows`, by default whenever no per-table architecture f
 searched tables are each feature's frequency blocks (`models/frequency.py`), every block held at the
 largest candidate, the blocks of a feature summed before the model sees them (`models.ctr.FeatureGroups`);
 each block's options are the candidates and "shared" (its ids share one row; scored as the block zeroed).
-The result is a `frequency` architecture. The budget step ranks moves lazily (a move's score is recomputed
-only when it reaches the top), which keeps it to seconds with a few hundred (block, option) moves.
+The result is a `frequency` architecture. With blocks the budget step ranks moves lazily (a move's score is
+recomputed only when it reaches the top): a few hundred (block, option) moves made the exact step take
+minutes (132 s instead of 10 s on criteo_sample; over 20 minutes on the planted quickstart data).
 
 Final pick (shared with every method, `search/finalists.py`): both variants and the zero-cost baselines
 at the same budget (same-memory uniform, power_rule, uniform in fp16, and on CTR data mde and hashed) are

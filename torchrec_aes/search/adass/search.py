@@ -160,9 +160,11 @@ def adass(ctx: SearchContext) -> SearchResult:
         argmax = search.run()
         # Select on the even rows, confirm on the odd ones, every decision against its standard error
         # (fit_to_budget's doc); the budget-filling variant is the second finalist.
-        final, moves = fit_to_budget(argmax, costs, ctx.budget.bytes, evaluator, acfg.confidence)
+        # Frequency blocks make hundreds of (block, option) moves: their budget step ranks them lazily.
+        lazy = space.groups is not None
+        final, moves = fit_to_budget(argmax, costs, ctx.budget.bytes, evaluator, acfg.confidence, lazy=lazy)
         filled, fill_moves = fit_to_budget(
-            final, costs, ctx.budget.bytes, evaluator, acfg.confidence, fill=True
+            final, costs, ctx.budget.bytes, evaluator, acfg.confidence, fill=True, lazy=lazy
         )
         names = evaluator.table_names
         rl_log = {
