@@ -58,7 +58,7 @@ def _write(
             arch,
             metrics,
             world_size=env.world_size,
-            module_path=task.ebc_path,
+            module_path=task.ebc_path_for(arch),
             budget=budget,
             planted=task.planted,
             landscape=landscape,
