@@ -291,19 +291,25 @@ def test_evaluator_scores_like_the_supernet_itself(model_type):
     pooled = {f.name: torch.randn(n, 16) for f in schema.sparse}
     dense, labels = torch.randn(n, schema.num_dense), (torch.rand(n) < 0.3).float()
     build = model_factory(cfg, [4, 8, 16], schema.num_dense)
+    choices = [[random.Random(i).randrange(-1, 3) for _ in configs] for i in range(6)]
+    _assert_scores_like_the_supernet(build, configs, [4, 8, 16], pooled, dense, labels, choices, 1e-9)
+
+
+def _assert_scores_like_the_supernet(build, configs, candidates, pooled, dense, labels, choices, tol):
+    """The evaluator's AUC of each choice (candidate index per table, -1 = zeroed) equals the AUC of the
+    supernet model itself with those dims."""
     model = build(_CachedLookup(configs, pooled))
-    evaluator = SupernetEvaluator(build, configs, [4, 8, 16], pooled, dense, labels, model.state_dict())
+    evaluator = SupernetEvaluator(build, configs, candidates, pooled, dense, labels, model.state_dict())
     reference = build(_CachedLookup(configs, pooled))
     reference.load_state_dict(model.state_dict())
     reference.eval()
     elastic = next(m for m in reference.modules() if hasattr(m, "set_dims"))
-    rng = random.Random(0)
-    for _ in range(6):
-        choice = [rng.randrange(-1, 3) for _ in configs]
-        elastic.set_dims([[4, 8, 16][k] if k >= 0 else 0 for k in choice])
+    dims = [c if isinstance(c, int) else c[0] for c in candidates]
+    for choice in choices:
+        elastic.set_dims([dims[k] if k >= 0 else 0 for k in choice])
         with torch.no_grad():
             expected = binary_auc(reference(dense, None), labels)
-        assert evaluator.auc(choice) == pytest.approx(expected, abs=1e-9)
+        assert evaluator.auc(choice) == pytest.approx(expected, abs=tol)
 
 
 def test_tiny_schema_has_the_expected_tables():
@@ -382,20 +388,9 @@ def test_blocks_evaluator_scores_like_the_supernet_with_blocks_pooled_per_featur
     pooled = {c.feature_names[0]: torch.randn(n, 16) for c in configs}
     dense, labels = torch.randn(n, 3), (torch.rand(n) < 0.3).float()
     build = model_factory(cfg, [4, 8, 16], 3, groups=blocks)
-    model = build(_CachedLookup(configs, pooled))
     options = [(0, "fp32"), (4, "fp32"), (8, "fp32"), (16, "fp32")]
-    evaluator = SupernetEvaluator(build, configs, options, pooled, dense, labels, model.state_dict())
-    reference = build(_CachedLookup(configs, pooled))
-    reference.load_state_dict(model.state_dict())
-    reference.eval()
-    elastic = next(m for m in reference.modules() if hasattr(m, "set_dims"))
-    rng = random.Random(0)
-    for _ in range(6):
-        choice = [rng.randrange(0, 4) for _ in configs]
-        elastic.set_dims([options[k][0] for k in choice])
-        with torch.no_grad():
-            expected = binary_auc(reference(dense, None), labels)
-        assert evaluator.auc(choice) == pytest.approx(expected, abs=1e-6)
+    choices = [[random.Random(i).randrange(0, 4) for _ in configs] for i in range(6)]
+    _assert_scores_like_the_supernet(build, configs, options, pooled, dense, labels, choices, 1e-6)
 
 
 def test_blocks_search_returns_a_frequency_architecture_far_below_every_uniform_table(tmp_path):
