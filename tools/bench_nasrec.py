@@ -8,6 +8,10 @@ correlation with training from scratch, and search time with 1 and 2 processes.
     # Kendall tau between supernet scores and from-scratch validation log loss of 20 random subnets
     .venv/bin/python tools/bench_nasrec.py tau --config configs/nasrec_frappe.yaml --subnets 20 \\
         --out runs/bench_nasrec_tau
+    # the space: DLRM and DCN hand-built and as block graphs, and random graphs of a space, all at
+    # uniform-16 and trained alike (paired test-AUC differences against the hand-built models)
+    .venv/bin/python tools/bench_nasrec.py space --config configs/nasrec_synthetic.yaml --dim 16 \
+        --seeds 0 1 2 --random 4 --random-space paper_full --out runs/bench_nasrec_space
     # search wall time with 1 and 2 processes (torchrun, gloo), the ratio printed
     .venv/bin/python tools/bench_nasrec.py speed --config configs/nasrec_frappe.yaml \\
         --out runs/bench_nasrec_speed
@@ -19,6 +23,7 @@ config as given plus the overrides after the subcommand's arguments (key=value).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import random
 import statistics
@@ -81,6 +86,82 @@ def quality(args: argparse.Namespace) -> None:
     (out / "summary.md").write_text(table + "\n")
 
 
+def _graph_archs(args: argparse.Namespace, out: Path) -> dict[str, Path]:
+    """architecture.yaml files at uniform `--dim`: DLRM and DCN as graphs of the config's space, and
+    `--random` random graphs of `--random-space` (drawn once, seed 0), keyed by label."""
+    from torchrec_aes.config import load_config
+    from torchrec_aes.models.blocks import blocks_architecture
+    from torchrec_aes.search.nasrec.search import space_of
+    from torchrec_aes.search.nasrec.space import dcn_graph, dlrm_graph, random_graph
+    from torchrec_aes.tasks.base import get_task
+
+    cfg = load_config(args.config, ["train.progress=false", *args.overrides])
+    model, ncfg = cfg.model, cfg.search.nasrec
+    space = space_of(ncfg, model)
+    schema = get_task(cfg).schema
+    graphs = {
+        "dlrm_blocks": (space, dlrm_graph(space, list(model.dense_arch), list(model.over_arch))),
+        "dcn_blocks": (space, dcn_graph(space, list(model.over_arch))),
+    }
+    rspace = dataclasses.replace(space, space=args.random_space)
+    rng = random.Random(0)
+    for i in range(args.random):
+        graphs[f"random{i}_{args.random_space}"] = (rspace, random_graph(rng, rspace))
+    paths = {}
+    for label, (sp, graph) in graphs.items():
+        path = out / f"{label}.yaml"
+        if not path.exists():
+            arch = blocks_architecture(schema, [args.dim] * len(schema.sparse), graph, sp)
+            arch.save(str(path))
+        paths[label] = path
+    return paths
+
+
+def space_bench(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    variants: dict[str, list[str]] = {
+        "dlrm": ["model.type=dlrm", f"model.embedding_dim={args.dim}"],
+        "dcn": ["model.type=dcn", f"model.embedding_dim={args.dim}"],
+    }
+    variants.update({label: [f"arch={path}"] for label, path in _graph_archs(args, out).items()})
+    runs: dict[str, list[dict]] = {k: [] for k in variants}
+    for seed in args.seeds:
+        for label, overrides in variants.items():
+            run_dir = out / f"{label}_s{seed}"
+            print(f"{label} seed {seed}", flush=True)
+            m = run_one("train", args.config, run_dir, [*overrides, f"train.seed={seed}", *args.overrides])
+            runs[label].append(with_dir(m, run_dir))
+    lines = [
+        f"config {args.config}; uniform dim {args.dim}; seeds {args.seeds}",
+        "",
+        "| model | test AUC | val AUC | best epoch | dense params | train s |",
+        "|---|---|---|---|---|---|",
+    ]
+    for label, rs in runs.items():
+        lines.append(
+            f"| {label} | {mean_std([r['test']['auc'] for r in rs])} | "
+            f"{mean_std([r['val']['auc'] for r in rs])} | "
+            f"{statistics.mean(r.get('best_epoch', -1) for r in rs):.1f} | "
+            f"{rs[0].get('dense_params', '')} | "
+            f"{statistics.mean(r['train_seconds'] for r in rs):.0f} |"
+        )
+    lines += ["", "Paired test-AUC differences (95% paired bootstrap over test rows):", ""]
+    lines += ["| model | vs | mean [interval] | verdict |", "|---|---|---|---|"]
+    for label in [k for k in variants if k not in ("dlrm", "dcn")]:
+        bases = (
+            ["dlrm" if label.startswith("dlrm") else "dcn"] if label.endswith("_blocks") else ["dlrm", "dcn"]
+        )
+        for base in bases:
+            pairs = [(scores(a), scores(b)) for a, b in zip(runs[label], runs[base], strict=True)]
+            point, lo, hi = paired_bootstrap(pairs, args.bootstrap)["mean"]
+            verdict = "better" if lo > 0 else ("worse" if hi < 0 else "tie")
+            lines.append(f"| {label} | {base} | {point:+.4f} [{lo:+.4f}, {hi:+.4f}] | {verdict} |")
+    table = "\n".join(lines)
+    print(table)
+    (out / "summary.md").write_text(table + "\n")
+
+
 def tau(args: argparse.Namespace) -> None:
     """In one process: train the supernet (the search's own function), sample random subnets under the
     budget, score them with the supernet, train each from scratch, correlate."""
@@ -104,7 +185,7 @@ def tau(args: argparse.Namespace) -> None:
     ncfg = cfg.search.nasrec
     budget = Budget.parse(cfg.search.budget[0], task.schema, cfg.train.embedding_optimizer, cfg.search.count)
     ctx = SearchContext(cfg, task, budget, run_dir=str(out / "supernet"), section=ncfg)
-    space = space_of(ncfg)
+    space = space_of(ncfg, cfg.model)
     candidates = sorted(cfg.search.candidates)
     done = json.loads(result_file.read_text()) if result_file.exists() else {"subnets": []}
     t0 = time.perf_counter()
@@ -192,13 +273,19 @@ def main() -> None:
     t.add_argument("--subnets", type=int, default=20)
     t.add_argument("--epochs", type=int, default=2, help="from-scratch epochs per subnet")
     t.add_argument("--seed", type=int, default=0, help="seed of the subnet sample")
+    g = sub.add_parser("space")
+    g.add_argument("--dim", type=int, default=16, help="uniform dim of every model")
+    g.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    g.add_argument("--bootstrap", type=int, default=1000)
+    g.add_argument("--random", type=int, default=0, help="random graphs to train besides DLRM/DCN")
+    g.add_argument("--random-space", default="paper_full", help="the space of those random graphs")
     s = sub.add_parser("speed")
-    for p in (q, t, s):
+    for p in (q, t, g, s):
         p.add_argument("--config", required=True)
         p.add_argument("--out", required=True)
         p.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
-    {"quality": quality, "tau": tau, "speed": speed}[args.command](args)
+    {"quality": quality, "tau": tau, "space": space_bench, "speed": speed}[args.command](args)
 
 
 if __name__ == "__main__":

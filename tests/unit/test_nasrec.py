@@ -188,8 +188,9 @@ def test_the_fixed_model_holds_exactly_the_modules_of_its_chosen_ops():
                 assert set(mod.dense["fc"]) == {"linear", "ln"}
             if live.dense:
                 assert mod.dense[b.dense_op]["ln"].normalized_shape == (b.width,)
+        last, final_sparse = cand.graph.blocks[-1], cand.graph.final_sparse
         assert liveness(cand.graph)[-1] == Live(
-            True, True, cand.graph.blocks[-1].fm, cand.graph.blocks[-1].merge
+            True, final_sparse or last.fm, last.fm, final_sparse and last.merge
         )
     # Training a fixed model gives every one of its parameters a gradient (no dead parameters, whose
     # missing optimizer state broke resuming a checkpoint of the final pick).
@@ -277,7 +278,7 @@ def test_block_graph_round_trips_through_dicts_and_its_key_is_stable():
 
 
 def _bad(index: int, **change) -> list[dict]:
-    data = random_graph(random.Random(5), _space("small")).to_dict()
+    data = random_graph(random.Random(5), _space("small")).to_dict()["blocks"]  # the bare-list form
     data[index].update(change)
     for k in [k for k, v in change.items() if v is None]:
         del data[index][k]
@@ -287,7 +288,11 @@ def _bad(index: int, **change) -> list[dict]:
 @pytest.mark.parametrize(
     "data, where, problem",
     [
-        (_bad(1, dense_op="gating"), "blocks[1]", "dense_op 'gating' is not one of fc, dot (small space)"),
+        (
+            _bad(1, dense_op="gating"),
+            "blocks[1]",
+            "dense_op 'gating' is not one of fc, dot, interact, cross (small space)",
+        ),
         (
             _bad(2, sparse_op="attention"),
             "blocks[2]",
@@ -305,7 +310,10 @@ def _bad(index: int, **change) -> list[dict]:
         (_bad(0, fm=None), "blocks[0]", "has keys"),
         (_bad(0, colour="red"), "blocks[0]", "has keys"),
         ([], "blocks", "expected a non-empty list of blocks"),
-        ({"dense_in": [0]}, "blocks", "expected a non-empty list of blocks"),
+        ({"dense_in": [0]}, "blocks", "has keys ['dense_in']; expected ['blocks', 'final_sparse']"),
+        ({"blocks": [], "final_sparse": False}, "blocks.blocks", "expected a non-empty list of blocks"),
+        ({"blocks": _bad(0), "final_sparse": "no"}, "blocks.final_sparse", "expected true or false"),
+        ({"blocks": _bad(1, width=64), "final_sparse": True}, "blocks.blocks[1]", "width 64 is not one"),
         (["fc"], "blocks[0]", "has keys 'fc'"),
     ],
 )
@@ -754,10 +762,11 @@ def test_blocks_architecture_saves_loads_and_trains_as_a_blocknet(tmp_path):
 @pytest.mark.parametrize(
     "edit, problem",
     [
-        (lambda x: x["blocks"][1].update(width=999), "extra.blocks[1]: width 999"),
-        (lambda x: x["blocks"][2].pop("fm"), "extra.blocks[2]: has keys"),
-        (lambda x: x["blocks"][0].update(dense_in=[1]), "extra.blocks[0]: dense_in [1]"),
-        (lambda x: x["blocks"].__setitem__(0, "fc"), "extra.blocks[0]: has keys"),
+        (lambda x: x["blocks"]["blocks"][1].update(width=999), "extra.blocks.blocks[1]: width 999"),
+        (lambda x: x["blocks"]["blocks"][2].pop("fm"), "extra.blocks.blocks[2]: has keys"),
+        (lambda x: x["blocks"]["blocks"][0].update(dense_in=[1]), "extra.blocks.blocks[0]: dense_in [1]"),
+        (lambda x: x["blocks"]["blocks"].__setitem__(0, "fc"), "extra.blocks.blocks[0]: has keys"),
+        (lambda x: x["blocks"].pop("final_sparse"), "extra.blocks: has keys ['blocks']"),
         (lambda x: x.__setitem__("blocks", "three fc blocks"), "extra.blocks: expected a non-empty list"),
         (lambda x: x["space"].update(heads=3), "extra.space:"),
         (lambda x: x.pop("space"), "needs extra.space and extra.blocks"),
@@ -803,14 +812,17 @@ def test_candidates_differing_only_in_dead_parts_share_a_key():
             other = dataclasses.replace(b, width=[w for w in space.widths if w != b.width][0], fm=not b.fm)
             blocks = list(cand.graph.blocks)
             blocks[j] = other
-            twin = Candidate(BlockGraph(tuple(blocks)), cand.dims)
+            twin = Candidate(BlockGraph(tuple(blocks), cand.graph.final_sparse), cand.dims)
             assert twin.graph.key() != cand.graph.key() and twin.key() == cand.key()
             found += 1
         live_last = dataclasses.replace(
             cand.graph.blocks[-1], width=[w for w in space.widths if w != cand.graph.blocks[-1].width][0]
         )
-        changed = Candidate(BlockGraph(cand.graph.blocks[:-1] + (live_last,)), cand.dims)
+        final_sparse = cand.graph.final_sparse
+        changed = Candidate(BlockGraph(cand.graph.blocks[:-1] + (live_last,), final_sparse), cand.dims)
         assert changed.key() != cand.key()  # the last block is always live
+        flipped = Candidate(BlockGraph(cand.graph.blocks, not final_sparse), cand.dims)
+        assert flipped.key() != cand.key()  # what the final layer reads is part of the function
     assert found > 10
 
 

@@ -12,10 +12,21 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-DENSE_OPS = ("fc", "sum", "gating", "dot")
+DENSE_OPS = ("fc", "sum", "gating", "dot", "interact", "cross")
 SPARSE_OPS = ("efc", "attention")
-SPACES = {"full": (DENSE_OPS, SPARSE_OPS), "small": (("fc", "dot"), ("efc",))}
-"""NASRec's two spaces: "full" (the code's `xlarge`) and "small" (`autoctr`)."""
+SPACES = {
+    "full": (DENSE_OPS, SPARSE_OPS),
+    "small": (("fc", "dot", "interact", "cross"), ("efc",)),
+    "paper_full": (("fc", "sum", "gating", "dot"), SPARSE_OPS),
+    "paper_small": (("fc", "dot"), ("efc",)),
+}
+"""NASRec's two spaces, "full" (the code's `xlarge`) and "small" (`autoctr`), each with two dense ops of
+ours that read the raw embeddings (node 0's tokens) as DLRM and DCN do -- `interact` (DLRM's dot
+interaction) and `cross` (DCN's cross layers) -- so that DLRM and DCN are points of the space;
+"paper_full" and "paper_small" are the paper's op sets exactly."""
+
+EMBEDDING_OPS = ("interact", "cross")
+"""Dense ops that read node 0's tokens (the embeddings), whatever their sparse inputs."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +68,8 @@ class BlockSpace:
         heads: attention heads (divides `token_dim`).
         dot_tokens: tokens the `dot` op compresses its sparse inputs to (0 = round(sqrt(2 max(widths))),
             as NASRec's code).
+        cross_layers: low-rank cross layers of the `cross` op (DCN's; the run's `model.cross_layers`).
+        cross_rank: their rank (the run's `model.cross_rank`).
     """
 
     num_blocks: int = 7
@@ -67,6 +80,8 @@ class BlockSpace:
     merger_tokens: int = 8
     heads: int = 8
     dot_tokens: int = 0
+    cross_layers: int = 3
+    cross_rank: int = 16
 
     def __post_init__(self) -> None:
         if self.space not in SPACES:
@@ -77,6 +92,10 @@ class BlockSpace:
             values = getattr(self, name)
             if not values or any(int(v) < 1 for v in values):
                 raise ValueError(f"{name}: {list(values)}; expected a non-empty list of positive sizes")
+        if self.cross_layers < 0 or self.cross_rank < 1:
+            raise ValueError(
+                f"cross_layers {self.cross_layers}, cross_rank {self.cross_rank}: expected >= 0 and >= 1"
+            )
         if self.token_dim < 1 or self.merger_tokens < 1 or self.heads < 1 or self.token_dim % self.heads:
             raise ValueError(
                 f"token_dim {self.token_dim}, merger_tokens {self.merger_tokens}, heads {self.heads}: "
@@ -122,18 +141,35 @@ class BlockSpace:
 @dataclass(frozen=True)
 class BlockGraph:
     """The blocks of one architecture: a serialisable, hashable value (with the table dims, the search's
-    candidate; see `search/nasrec/space.py` for sampling and mutation)."""
+    candidate; see `search/nasrec/space.py` for sampling and mutation).
+
+    Args:
+        blocks: the N blocks.
+        final_sparse: the final layer reads the last block's flattened sparse output as well as its dense
+            output (NASRec's); false: its dense output only (as DLRM's and DCN's top MLPs do).
+    """
 
     blocks: tuple[Block, ...]
+    final_sparse: bool = True
 
-    def to_dict(self) -> list[dict[str, Any]]:
-        return [
+    def to_dict(self) -> dict[str, Any]:
+        blocks = [
             {**asdict(b), "dense_in": list(b.dense_in), "sparse_in": list(b.sparse_in)} for b in self.blocks
         ]
+        return {"blocks": blocks, "final_sparse": self.final_sparse}
 
     @classmethod
     def from_dict(cls, data: Any, space: BlockSpace, source: str = "blocks") -> BlockGraph:
-        """Reads `to_dict()` output; every error is one line naming `source`, the block and the key."""
+        """Reads `to_dict()` output (or a bare list of blocks, the earlier form: `final_sparse` true);
+        every error is one line naming `source`, the block and the key."""
+        final_sparse = True
+        if isinstance(data, dict):
+            if set(data) != {"blocks", "final_sparse"}:
+                raise ValueError(f"{source}: has keys {sorted(data)}; expected ['blocks', 'final_sparse']")
+            if not isinstance(data["final_sparse"], bool):
+                raise ValueError(f"{source}.final_sparse: {data['final_sparse']!r}; expected true or false")
+            final_sparse, data = data["final_sparse"], data["blocks"]
+            source = f"{source}.blocks"
         if not isinstance(data, list) or not data:
             raise ValueError(f"{source}: expected a non-empty list of blocks")
         keys = set(Block.__dataclass_fields__)
@@ -166,7 +202,7 @@ class BlockGraph:
             if problem:
                 raise ValueError(f"{where}: {problem}")
             blocks.append(block)
-        return cls(tuple(blocks))
+        return cls(tuple(blocks), final_sparse)
 
     def key(self) -> str:
         """A stable hash of the graph (16 hex digits)."""
@@ -209,11 +245,12 @@ class Live:
 
 
 def liveness(graph: BlockGraph) -> list[Live]:
-    """Per block, what reaches the final layer (which reads the last block's dense and sparse outputs).
-    A part that does not is dead: it cannot change the output, and a fixed model neither builds nor runs
-    it (its parameters would never get a gradient)."""
+    """Per block, what reaches the final layer (which reads the last block's dense output, and its sparse
+    output if `graph.final_sparse`). A part that does not is dead: it cannot change the output, and a
+    fixed model neither builds nor runs it (its parameters would never get a gradient). Node 0's tokens
+    are always computed (`interact` and `cross` read them)."""
     n = len(graph.blocks)
-    dense_read, sparse_read = {n}, {n}
+    dense_read, sparse_read = {n}, ({n} if graph.final_sparse else set())
     out: list[Live] = []
     for j in range(n, 0, -1):
         b = graph.blocks[j - 1]
@@ -237,7 +274,7 @@ ALL_LIVE = Live(True, True, True, True)
 def live_key(graph: BlockGraph) -> str:
     """A hash of what of `graph` reaches the output (`liveness`): two graphs that differ only in dead parts
     compute the same function and share this key (16 hex digits)."""
-    parts = []
+    parts: list[Any] = [graph.final_sparse]
     for b, live in zip(graph.blocks, liveness(graph), strict=True):
         reads_tokens = live.sparse or (live.dense and b.dense_op == "dot")
         parts.append(

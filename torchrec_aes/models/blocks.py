@@ -8,7 +8,10 @@ dim, projected to `token_dim`). Block j (1..N) reads 1-4 earlier nodes on each s
   sum of a linear map of its first input and one of the others), `gating` (LayerNorm of
   sigmoid(linear(first)) x linear(others)) or `dot` (DLRM's pairwise dot products between the dense
   inputs projected to one token and the sparse inputs compressed to `dot_tokens` tokens, then linear
-  and LayerNorm) -- `width` columns;
+  and LayerNorm), `interact` (DLRM's dot interaction: its dense inputs projected to one token, pairwise
+  dot products of that token and the embeddings -- node 0's tokens --, the token and the products through
+  linear, LayerNorm, ReLU) or `cross` (DCN's low-rank cross layers over its dense inputs and the
+  flattened embeddings, then linear, LayerNorm, ReLU) -- `width` columns;
 * a sparse op on its sparse inputs (concatenated along tokens): `efc` (a linear map over the token axis,
   per-token LayerNorm) or `attention` (the same map, then a transformer layer: multi-head self-attention
   and a feed-forward layer, each with a residual and LayerNorm) -- `tokens` tokens;
@@ -16,7 +19,9 @@ dim, projected to `token_dim`). Block j (1..N) reads 1-4 earlier nodes on each s
   its dense output (sparse -> dense merger), and `merge`: its dense output projected to
   `merger_tokens` tokens appended to its sparse output (dense -> sparse merger).
 
-The last block's dense output and flattened sparse output feed the final linear layer (one logit).
+The last block's dense output (and its flattened sparse output, if the graph's `final_sparse`) feeds the
+final linear layer (one logit). DLRM and DCN are points of this space (`search/nasrec/space.py`,
+`dlrm_graph` and `dcn_graph`).
 
 One class, two modes (`BlockNet`):
 
@@ -74,6 +79,29 @@ class SlotLinear(nn.Linear):
         self.source = source
 
 
+class CrossStack(nn.Module):
+    """DCN-v2's low-rank cross layers, x_{l+1} = x_0 * (V_l U_l x_l + b_l) + x_l (as TorchRec's
+    `LowRankCrossNet`), over `width` columns; `source` as `SlotLinear`'s (a fixed model's columns are these
+    supernet columns: U's inputs, V's outputs and b are cut to them). A column that is zero in x_0 stays
+    zero, so the supernet's masked inputs compute the fixed model's output exactly."""
+
+    def __init__(self, width: int, layers: int, rank: int, source: list[int] | None = None) -> None:
+        super().__init__()
+        self.source, self.layers = source, layers
+        self.u = nn.Parameter(torch.empty(layers, rank, width))
+        self.v = nn.Parameter(torch.empty(layers, width, rank))
+        self.b = nn.Parameter(torch.zeros(layers, width))
+        for layer in range(layers):
+            nn.init.xavier_normal_(self.u.data[layer])
+            nn.init.xavier_normal_(self.v.data[layer])
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for layer in range(self.layers):  # (a Python int: TorchRec's pipeline traces with torch.fx)
+            x = x0 * F.linear(F.linear(x, self.u[layer]), self.v[layer], self.b[layer]) + x
+        return x
+
+
 def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm, active: int) -> torch.Tensor:
     """LayerNorm of the first `active` columns (the rest stay zero): a prefix-masked LayerNorm equal to a
     LayerNorm of width `active`. (Widths are Python ints, never tensor shapes: TorchRec's train pipeline
@@ -102,7 +130,11 @@ class _Block(nn.Module):
         dense_in: int,
         tokens_in: int,
         live: Live = ALL_LIVE,
+        embeddings: int = 0,
+        cross_cols: list[int] | None = None,
     ) -> None:
+        """`embeddings`: node 0's token count (the features); `cross_cols`: the `cross` op's input columns
+        in the supernet's (its dense inputs, then the flattened embeddings; None: the supernet)."""
         super().__init__()
         d = space.token_dim
         width = block.width if block else space.max_width
@@ -122,6 +154,23 @@ class _Block(nn.Module):
                     {
                         "left": SlotLinear(dense_in, width, True, dense_cols),
                         "right": SlotLinear(dense_in, width, True, dense_cols),
+                        "ln": nn.LayerNorm(width),
+                    }
+                )
+            elif op == "interact":
+                self.dense[op] = nn.ModuleDict(
+                    {
+                        "dense_proj": SlotLinear(dense_in, d, True, dense_cols),
+                        "linear": nn.Linear(d + (embeddings + 1) * embeddings // 2, width),
+                        "ln": nn.LayerNorm(width),
+                    }
+                )
+            elif op == "cross":
+                n = dense_in + embeddings * d
+                self.dense[op] = nn.ModuleDict(
+                    {
+                        "cross": CrossStack(n, space.cross_layers, space.cross_rank, cross_cols),
+                        "linear": SlotLinear(n, width, True, cross_cols),
                         "ln": nn.LayerNorm(width),
                     }
                 )
@@ -192,8 +241,10 @@ class BlockNet(nn.Module):
         self.blocks = nn.ModuleList()
         self.block_dense_in: list[int] = []
         self.live = liveness(graph) if graph else [ALL_LIVE] * space.num_blocks
+        n_embedded = len(self.feature_names)
         for j in range(1, space.num_blocks + 1):
             b = graph.blocks[j - 1] if graph else None
+            cross_cols = None
             if b is None:
                 dense_cols = token_cols = None
                 dense_in, tokens_in = sum(self.dense_width), sum(self.token_width)
@@ -201,20 +252,34 @@ class BlockNet(nn.Module):
                 dense_cols = self._cols(b.dense_in, self._dense_slot)
                 token_cols = self._cols(b.sparse_in, self._token_slot)
                 dense_in, tokens_in = len(dense_cols), len(token_cols)
+                supernet_dense_in = num_dense + (j - 1) * space.max_width
+                cross_cols = dense_cols + [supernet_dense_in + c for c in range(n_embedded * d)]
             self.block_dense_in.append(dense_in)
             self.blocks.append(
-                _Block(space, b, dense_cols, token_cols, dense_in, tokens_in, self.live[j - 1])
+                _Block(
+                    space,
+                    b,
+                    dense_cols,
+                    token_cols,
+                    dense_in,
+                    tokens_in,
+                    self.live[j - 1],
+                    n_embedded,
+                    cross_cols,
+                )
             )
             self.dense_width.append(b.width if b else space.max_width)
             self.token_width.append(b.tokens + space.merger_tokens * b.merge if b else big_tokens)
         last = graph.blocks[-1] if graph else None
         final_cols = None
+        final_in = self.dense_width[-1] + self.token_width[-1] * d
         if last is not None:
-            tok = self._token_slot(space.num_blocks)
+            assert graph is not None
+            tok = self._token_slot(space.num_blocks) if graph.final_sparse else []
             final_cols = list(range(last.width)) + [
                 space.max_width + t * d + c for t in tok for c in range(d)
             ]
-        final_in = self.dense_width[-1] + self.token_width[-1] * d
+            final_in = len(final_cols)
         self.final = SlotLinear(final_in, 1, True, final_cols)
         self._path: BlockGraph | None = graph
 
@@ -311,7 +376,9 @@ class BlockNet(nn.Module):
                 if live.sparse or (live.dense and b.dense_op == "dot"):
                     tokens_in = torch.cat([token_nodes[i] for i in b.sparse_in], dim=1)
             dense_out: Any = (
-                self._dense_op(mod, b, dense_in, left_in, right_in, tokens_in) if live.dense else None
+                self._dense_op(mod, b, dense_in, left_in, right_in, tokens_in, tokens0)
+                if live.dense
+                else None
             )
             sparse_out: Any = self._sparse_op(mod, b, tokens_in) if live.sparse else None
             if live.fm and b.fm:
@@ -328,6 +395,11 @@ class BlockNet(nn.Module):
                 merged.append(sparse_out[:, :1].mul(0.0).expand(-1, m_tokens, -1))
             dense_nodes.append(dense_out)
             token_nodes.append(torch.cat([sparse_out] + merged, dim=1) if sparse_out is not None else None)
+        if not graph.final_sparse:
+            if not supernet:
+                return dense_nodes[-1]
+            # (times 0, not zeros: DDP's static graph needs the token projections in every step's graph)
+            token_nodes[-1] = token_nodes[-1] * 0.0
         return torch.cat([dense_nodes[-1], token_nodes[-1].flatten(1)], dim=1)
 
     @staticmethod
@@ -345,6 +417,7 @@ class BlockNet(nn.Module):
         left: torch.Tensor,
         right: torch.Tensor,
         tokens: torch.Tensor,
+        embeddings: torch.Tensor,
     ) -> torch.Tensor:
         op: Any = mod.dense[b.dense_op]
         w = b.width
@@ -356,6 +429,18 @@ class BlockNet(nn.Module):
         elif b.dense_op == "gating":
             y = torch.sigmoid(op["left"](left)) * op["right"](right)
             y = _layer_norm(self._mask(y, w, ln), ln, w)
+        elif b.dense_op == "interact":
+            t0 = op["dense_proj"](x)  # [B, d]
+            t = torch.cat([t0.unsqueeze(1), embeddings], dim=1)  # [B, 1 + F, d]
+            z = torch.bmm(t, t.transpose(1, 2))
+            k = len(self.feature_names) + 1
+            li, lj = torch.tril_indices(k, k, offset=-1)
+            y = op["linear"](torch.cat([t0, z[:, li, lj]], dim=1))
+            y = F.relu(_layer_norm(self._mask(y, w, ln), ln, w))
+        elif b.dense_op == "cross":
+            x0 = torch.cat([x, embeddings.flatten(1)], dim=1)
+            y = op["linear"](op["cross"](x0))
+            y = F.relu(_layer_norm(self._mask(y, w, ln), ln, w))
         else:  # dot
             t0 = op["dense_ln"](op["dense_proj"](x)).unsqueeze(1)  # [B, 1, d]
             compressed = op["compress"](tokens.transpose(1, 2)).transpose(1, 2)  # [B, k, d]
@@ -402,6 +487,11 @@ def subnet_state(supernet: BlockNet, subnet: BlockNet) -> dict[str, torch.Tensor
         module = owners[name.rsplit(".", 1)[0]]
         if isinstance(module, SlotLinear) and module.source is not None and name.endswith("weight"):
             src = src[: p.shape[0]][:, module.source]
+        elif isinstance(module, CrossStack) and module.source is not None:
+            cols = torch.tensor(module.source)
+            src = {"u": lambda t: t[:, :, cols], "v": lambda t: t[:, cols, :], "b": lambda t: t[:, cols]}[
+                name.rsplit(".", 1)[1]
+            ](src)
         else:
             src = src[tuple(slice(0, s) for s in p.shape)]
         if src.shape != p.shape:

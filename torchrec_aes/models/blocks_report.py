@@ -50,7 +50,14 @@ def plot_blocks(blocks: list[dict[str, Any]], title: str, path: str) -> None:
     save_png(fig, path)
 
 
-def graph_section(run_dir: str, blocks: list[dict[str, Any]], which: str) -> list[str]:
-    """`blocks.png` of a graph ("the chosen architecture", ...) and the report lines showing it."""
-    plot_blocks(blocks, f"block graph: {which}", join(run_dir, "blocks.png"))
+def graph_section(run_dir: str, graph: dict[str, Any] | list[dict[str, Any]], which: str) -> list[str]:
+    """`blocks.png` of a graph (`BlockGraph.to_dict()`, or a bare list of blocks) ("the chosen
+    architecture", ...) and the report lines showing it."""
+    blocks = graph["blocks"] if isinstance(graph, dict) else graph
+    final = "dense + sparse" if not isinstance(graph, dict) or graph["final_sparse"] else "dense only"
+    plot_blocks(
+        blocks,
+        f"block graph: {which} (final layer reads block {len(blocks)}'s {final})",
+        join(run_dir, "blocks.png"),
+    )
     return ["", f"Block graph of {which}:", "", "![block graph](blocks.png)", ""]

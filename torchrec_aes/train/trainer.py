@@ -90,6 +90,8 @@ class Trainer:
             hooks_ = self.hooks
             build_model = lambda ebc: hooks_.make_model(task, ebc)  # noqa: E731
         module, ebc = task.build(arch, build_model, self.hooks.extra_loss if overridden else None)
+        tables = {id(p) for p in ebc.parameters()}
+        self.dense_params = sum(p.numel() for p in module.parameters() if id(p) not in tables)
         # Fused into backward, so DMP runs FBGEMM's fused optimizer and the planner counts its state.
         attach_table_optimizer(ebc, tc.embedding_optimizer, tc.embedding_lr)
         topology = make_topology(self.env.world_size, self.env.device.type, cfg.plan.hbm_gb, cfg.plan.ddr_gb)
@@ -238,6 +240,9 @@ class Trainer:
             "history": state["history"],
             "train_seconds": state["train_seconds"],
             "examples_per_second": state["examples"] / max(state["train_seconds"], 1e-9),
+            # The model outside its tables (MLPs, projections, block ops): parameters, fp32 bytes.
+            "dense_params": self.dense_params,
+            "dense_bytes": 4 * self.dense_params,
             **task.describe(self.plan),
         }
         if test:

@@ -9,13 +9,17 @@ from dataclasses import dataclass, field
 from torchrec_aes.config import register_section
 from torchrec_aes.models.block_graph import SPACES
 
+SEED_GRAPHS = ("dlrm", "dcn")
+
 
 @dataclass
 class NASRecConfig:
     """NASRec (search.method=nasrec): weight-sharing supernet over block graphs, regularized evolution."""
 
     space: str = "full"
-    """"full" (dense fc, sum, gating, dot | sparse efc, attention) or "small" (fc, dot | efc)."""
+    """"full" (dense fc, sum, gating, dot, interact, cross | sparse efc, attention), "small" (fc, dot,
+    interact, cross | efc), or the paper's exact op sets "paper_full" / "paper_small" (without `interact`
+    and `cross`, ours, which make DLRM and DCN points of the space)."""
     num_blocks: int = 7
     """Blocks per architecture."""
     widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256, 512, 768, 1024])
@@ -66,6 +70,10 @@ class NASRecConfig:
     schedule is not stated beyond "falling over time")."""
     top_k: int = 2
     """Best architectures trained from scratch in the final pick (paper: 2)."""
+    seed_graphs: list[str] = field(default_factory=lambda: ["dlrm", "dcn"])
+    """Hand-built models the evolution's first population starts with, as block graphs at the largest
+    uniform dim that fits (ours; the paper starts from random candidates only): "dlrm", "dcn" (sized
+    by `model.dense_arch`, `model.over_arch`, `model.cross_layers`, `model.cross_rank`); [] = none."""
 
 
 def check_config(ncfg: NASRecConfig) -> None:
@@ -96,6 +104,9 @@ def check_config(ncfg: NASRecConfig) -> None:
     for key, (value, ok, allowed) in rules.items():
         if not ok(value):
             raise ValueError(f"search.nasrec.{key}: {value} is out of range; allowed: {allowed}")
+    for name in ncfg.seed_graphs:
+        if name not in SEED_GRAPHS:
+            raise ValueError(f"search.nasrec.seed_graphs: '{name}' is not one of {', '.join(SEED_GRAPHS)}")
     if ncfg.space not in SPACES:
         raise ValueError(f"search.nasrec.space: '{ncfg.space}' is not one of {', '.join(SPACES)}")
     for key in ("widths", "tokens"):

@@ -51,6 +51,7 @@ def evolve(
     mutations: int,
     on_generation: Callable[[int, EvolutionResult], None] | None = None,
     max_tries: int = 100,
+    seeds: Sequence[Any] = (),
 ) -> EvolutionResult:
     """Runs the search; higher scores are better.
 
@@ -63,6 +64,8 @@ def evolve(
         population, sample_size, children, generations, mutations: see `NASRecConfig`.
         on_generation: called after the initial population (generation -1) and each generation.
         max_tries: attempts per wanted candidate before giving up on new ones (small spaces run dry).
+        seeds: candidates the initial population starts with (those that fit, once each); random ones
+            fill the rest.
 
     Raises:
         ValueError: no candidate of the initial population fits the budget.
@@ -82,7 +85,12 @@ def evolve(
             out.append(c)
         return out
 
-    initial = fresh(lambda: new_candidate(rng), population)
+    initial: list[Any] = []
+    for c in seeds:
+        if len(initial) < population and c.key() not in seen and fits(c):
+            seen.add(c.key())
+            initial.append(c)
+    initial += fresh(lambda: new_candidate(rng), population - len(initial))
     if not initial:
         raise ValueError("no candidate fits the budget")
     pool: deque[tuple[Any, float]] = deque()

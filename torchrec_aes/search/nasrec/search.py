@@ -19,7 +19,7 @@ from tqdm import tqdm
 from torchrec_aes import rundir
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.io import exists, join, read_text, write_text_atomic
-from torchrec_aes.models.block_graph import BlockSpace
+from torchrec_aes.models.block_graph import BlockGraph, BlockSpace
 from torchrec_aes.models.blocks import BlockNet, BlocksHooks, blocks_architecture
 from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.baselines import largest_uniform
@@ -27,7 +27,13 @@ from torchrec_aes.search.finalists import Finalist
 from torchrec_aes.search.nasrec.config import NASRecConfig, check_config
 from torchrec_aes.search.nasrec.evolution import EvolutionResult, evolve
 from torchrec_aes.search.nasrec.report import nasrec_report
-from torchrec_aes.search.nasrec.space import Candidate, mutate, random_candidate
+from torchrec_aes.search.nasrec.space import (
+    Candidate,
+    dcn_graph,
+    dlrm_graph,
+    mutate,
+    random_candidate,
+)
 from torchrec_aes.search.nasrec.supernet import SubnetScorer, SupernetHooks, score_on_ranks
 from torchrec_aes.supernet.elastic import ElasticEmbeddingBagCollection, find_elastic
 from torchrec_aes.supernet.scorer import dense_state, lookup_slice
@@ -41,7 +47,8 @@ SCORES_FILE = "nasrec_scores.json"
 takes these instead of scoring again, so an interrupted search resumes where it stopped."""
 
 
-def space_of(ncfg: NASRecConfig) -> BlockSpace:
+def space_of(ncfg: NASRecConfig, model: Any) -> BlockSpace:
+    """The search space of `search.nasrec` (its `cross` op sized as the run's DCN, `model.cross_*`)."""
     return BlockSpace(
         num_blocks=ncfg.num_blocks,
         space=ncfg.space,
@@ -50,7 +57,24 @@ def space_of(ncfg: NASRecConfig) -> BlockSpace:
         token_dim=ncfg.token_dim,
         merger_tokens=ncfg.merger_tokens,
         heads=ncfg.heads,
+        cross_layers=model.cross_layers,
+        cross_rank=model.cross_rank,
     )
+
+
+def seed_graphs(ncfg: NASRecConfig, space: BlockSpace, model: Any) -> list[BlockGraph]:
+    """The hand-built models of `search.nasrec.seed_graphs` as graphs of `space`."""
+    make = {
+        "dlrm": lambda: dlrm_graph(space, list(model.dense_arch), list(model.over_arch)),
+        "dcn": lambda: dcn_graph(space, list(model.over_arch)),
+    }
+    graphs = []
+    for name in ncfg.seed_graphs:
+        try:
+            graphs.append(make[name]())
+        except ValueError as e:
+            raise ValueError(f"search.nasrec.seed_graphs: {e}") from None
+    return graphs
 
 
 def _load_scores(path: str, identity: dict[str, Any]) -> dict[str, dict[str, float]]:
@@ -156,14 +180,15 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
     check_config(ncfg)
     env = init_distributed()
     schema = task.schema
-    space = space_of(ncfg)
+    space = space_of(ncfg, cfg.model)
     precision = cfg.search.precision
     num_tables = len(schema.sparse)
+    graphs = seed_graphs(ncfg, space, cfg.model)
+    uniform_dims = largest_uniform(ctx).dims if graphs or not ncfg.search_dims else []
     if ncfg.search_dims:
         candidates, fixed_dims = sorted(ctx.candidates), None
     else:
-        uniform = largest_uniform(ctx)
-        candidates, fixed_dims = [uniform.dims[0]], uniform.dims
+        candidates, fixed_dims = [uniform_dims[0]], uniform_dims
 
     bytes_of: dict[tuple[int, ...], int] = {}
 
@@ -190,6 +215,12 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
             t = rng.choice([i for i, d in enumerate(dims) if d > candidates[0]])
             dims[t] = max(c for c in candidates if c < dims[t])
         return Candidate(cand.graph, tuple(dims))
+
+    # The hand-built models start at the largest uniform candidate dim that fits.
+    fitting = [c for c in candidates if uniform_dims and c <= uniform_dims[0]]
+    seed_dims = tuple([max(fitting)] * num_tables) if fitting else ()
+    if not fitting:
+        graphs = []
 
     def child(rng: random.Random, parent: Candidate, m: int) -> Candidate:
         return mutate(rng, parent, space, candidates, m, fixed_dims is None)
@@ -247,6 +278,7 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
         ncfg.generations,
         ncfg.mutations,
         on_generation=checkpoint,
+        seeds=[Candidate(g, seed_dims) for g in graphs],
     )
     evolution_seconds = time.perf_counter() - t1
     bar.close()

@@ -3,9 +3,13 @@ and hashed.
 
 Sampling is NASRec's any-path macro / single-operator micro rule: block j reads 1 + Binomial(min(j-1, 3),
 0.5) distinct earlier nodes on each side (uniformly chosen), one dense and one sparse op, a width, a token
-count and the two merger flags, all uniform; dims are uniform over the candidates. The "full path" (the
-supernet warm-up) reads every earlier node (the last four, at most) at the largest sizes with both mergers
-on, an op per block still drawn at random (one op per block is the space).
+count and the two merger flags, all uniform; whether the final layer reads the last block's sparse output
+is a fair coin (ours); dims are uniform over the candidates. The "full path" (the supernet warm-up) reads
+every earlier node (the last four, at most) at the largest sizes with both mergers on, an op per block
+still drawn at random (one op per block is the space).
+
+`dlrm_graph` and `dcn_graph` are the hand-built models as points of the space (the run's `model.*`
+sizes); the evolution's first population includes them (`search.nasrec.seed_graphs`).
 """
 
 from __future__ import annotations
@@ -52,7 +56,8 @@ def random_block(rng: random.Random, j: int, space: BlockSpace) -> Block:
 
 
 def random_graph(rng: random.Random, space: BlockSpace) -> BlockGraph:
-    return BlockGraph(tuple(random_block(rng, j, space) for j in range(1, space.num_blocks + 1)))
+    blocks = tuple(random_block(rng, j, space) for j in range(1, space.num_blocks + 1))
+    return BlockGraph(blocks, rng.random() < 0.5)
 
 
 def full_graph(rng: random.Random, space: BlockSpace) -> BlockGraph:
@@ -72,7 +77,50 @@ def full_graph(rng: random.Random, space: BlockSpace) -> BlockGraph:
                 True,
             )
         )
-    return BlockGraph(tuple(blocks))
+    return BlockGraph(tuple(blocks), True)
+
+
+def _snap(width: int, space: BlockSpace) -> int:
+    """The space's width nearest to `width` (the smaller on a tie)."""
+    return min(space.widths, key=lambda w: (abs(w - width), w))
+
+
+def chain_graph(space: BlockSpace, layers: list[tuple[str, int]], name: str) -> BlockGraph:
+    """A chain of dense layers as a graph: layer i (a dense op and a width, snapped to the space's
+    nearest) reads the one before it (the first reads node 0); the last layer is block N and the blocks
+    between are dead (they read node 0 and nothing reads them); every sparse op is dead, and the final
+    layer reads the last block's dense output only."""
+    n = space.num_blocks
+    if not 1 <= len(layers) <= n:
+        raise ValueError(f"{name} needs {len(layers)} blocks; search.nasrec.num_blocks is {n}")
+    for op, _ in layers:
+        if op not in space.dense_ops:
+            raise ValueError(f"{name} needs the dense op '{op}', not in the '{space.space}' space")
+
+    def block(op: str, width: int, reads: int) -> Block:
+        return Block(
+            (reads,), (0,), op, space.sparse_ops[0], _snap(width, space), min(space.tokens), False, False
+        )
+
+    blocks = [block(op, w, j) for j, (op, w) in enumerate(layers[:-1])]
+    blocks += [block(space.dense_ops[0], min(space.widths), 0)] * (n - len(layers))
+    blocks.append(block(layers[-1][0], layers[-1][1], len(layers) - 1))
+    return BlockGraph(tuple(blocks), False)
+
+
+def dlrm_graph(space: BlockSpace, dense_arch: list[int], over_arch: list[int]) -> BlockGraph:
+    """DLRM as a graph: the bottom MLP's hidden layers (`fc`), `interact` (its dense projection is the
+    bottom MLP's last layer; its width the top MLP's first), the top MLP's other layers (`fc`)."""
+    top = over_arch or [max(space.widths)]
+    layers = [("fc", w) for w in dense_arch[:-1]] + [("interact", top[0])] + [("fc", w) for w in top[1:]]
+    return chain_graph(space, layers, "DLRM")
+
+
+def dcn_graph(space: BlockSpace, over_arch: list[int]) -> BlockGraph:
+    """DCN as a graph: `cross` over the raw dense features and the embeddings (its width: the top MLP's
+    first layer), the top MLP's other layers (`fc`)."""
+    top = over_arch or [max(space.widths)]
+    return chain_graph(space, [("cross", top[0])] + [("fc", w) for w in top[1:]], "DCN")
 
 
 def random_candidate(
@@ -91,6 +139,7 @@ def random_candidate(
 
 
 MUTABLE = ("dense_in", "sparse_in", "dense_op", "sparse_op", "width", "tokens", "merge", "fm")
+"""Block fields a mutation may redraw (besides the graph's `final_sparse` and, with dim search, a dim)."""
 
 
 def mutate(
@@ -101,14 +150,19 @@ def mutate(
     mutations: int,
     search_dims: bool,
 ) -> Candidate:
-    """`mutations` random edits: one field of one block redrawn (or, with `search_dims`, one table's dim,
-    with probability tables / (tables + blocks x fields)); the result differs from `cand` when it can."""
+    """`mutations` random edits: one field of one block redrawn, or the graph's `final_sparse` flipped
+    (one field more), or, with `search_dims`, one table's dim (with probability tables / (tables +
+    fields)); the result differs from `cand` when it can."""
     graph, dims = list(cand.graph.blocks), list(cand.dims)
+    final_sparse = cand.graph.final_sparse
     for _ in range(mutations):
-        block_fields = len(graph) * len(MUTABLE)
-        if search_dims and len(candidates) > 1 and rng.random() < len(dims) / (len(dims) + block_fields):
+        fields = len(graph) * len(MUTABLE) + 1
+        if search_dims and len(candidates) > 1 and rng.random() < len(dims) / (len(dims) + fields):
             t = rng.randrange(len(dims))
             dims[t] = rng.choice([c for c in candidates if c != dims[t]])
+            continue
+        if rng.random() < 1 / fields:
+            final_sparse = not final_sparse
             continue
         j = rng.randrange(len(graph))
         field = rng.choice(MUTABLE)
@@ -117,7 +171,7 @@ def mutate(
             if value != getattr(graph[j], field):
                 break
         graph[j] = replace(graph[j], **{field: value})
-    return Candidate(BlockGraph(tuple(graph)), tuple(dims))
+    return Candidate(BlockGraph(tuple(graph), final_sparse), tuple(dims))
 
 
 def cost(cand: Candidate, space: BlockSpace, num_features: int, num_dense: int) -> float:
@@ -133,6 +187,12 @@ def cost(cand: Candidate, space: BlockSpace, num_features: int, num_dense: int) 
             total += din * b.width
         elif b.dense_op in ("sum", "gating"):
             total += 2 * din * b.width
+        elif b.dense_op == "interact":
+            f = num_features + 1
+            total += din * d + f * f * d / 2 + (d + f * (f - 1) / 2) * b.width
+        elif b.dense_op == "cross":
+            n = din + num_features * d
+            total += 2 * n * space.cross_rank * space.cross_layers + n * b.width
         else:
             k = space.compressed_tokens
             total += din * d + k * tin * d + (k + 1) ** 2 * d + (k + 1) * k / 2 * b.width
@@ -142,4 +202,4 @@ def cost(cand: Candidate, space: BlockSpace, num_features: int, num_dense: int) 
         total += (d * b.width if b.fm else 0) + (b.width * m * d if b.merge else 0)
         dense_w.append(b.width)
         tokens_w.append(b.tokens + m * b.merge)
-    return total + dense_w[-1] + tokens_w[-1] * d
+    return total + dense_w[-1] + (tokens_w[-1] * d if cand.graph.final_sparse else 0)
