@@ -489,9 +489,8 @@ def subnet_state(supernet: BlockNet, subnet: BlockNet) -> dict[str, torch.Tensor
             src = src[: p.shape[0]][:, module.source]
         elif isinstance(module, CrossStack) and module.source is not None:
             cols = torch.tensor(module.source)
-            src = {"u": lambda t: t[:, :, cols], "v": lambda t: t[:, cols, :], "b": lambda t: t[:, cols]}[
-                name.rsplit(".", 1)[1]
-            ](src)
+            leaf = name.rsplit(".", 1)[1]  # u [L, r, n]: columns; v [L, n, r]: rows; b [L, n]
+            src = src[:, :, cols] if leaf == "u" else (src[:, cols, :] if leaf == "v" else src[:, cols])
         else:
             src = src[tuple(slice(0, s) for s in p.shape)]
         if src.shape != p.shape:
