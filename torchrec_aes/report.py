@@ -104,19 +104,20 @@ def _finalists_table(metrics: dict[str, Any]) -> list[str]:
         "Final pick: finalists trained from scratch (successive halving over epochs), the best on validation "
         "kept:",
         "",
-        "| finalist | bytes | epochs | seconds | "
+        "| finalist | bytes | dense params | epochs | seconds | "
         + " | ".join(f"val {k}" for k in keys)
         + " | "
         + " | ".join(f"test {k}" for k in keys)
         + " | chosen |",
-        "|---|---|---|---|" + "---|" * (2 * len(keys)) + "---|",
+        "|---|---|---|---|---|" + "---|" * (2 * len(keys)) + "---|",
     ]
     for r in rows:
         val = " | ".join(f"{r['val'].get(k, float('nan')):.4f}" for k in keys)
         test = " | ".join(f"{r['test'].get(k, float('nan')):.4f}" for k in keys)
         secs = "cached" if r.get("cached") else f"{r.get('seconds', float('nan')):.1f}"
         lines.append(
-            f"| {r['label']} | {format_bytes(r['bytes'])} | {r['epochs']} | {secs} | {val} | {test} | "
+            f"| {r['label']} | {format_bytes(r['bytes'])} | {r.get('dense_params') or ''} | {r['epochs']} | "
+            f"{secs} | {val} | {test} | "
             f"{'**yes**' if r['chosen'] else ''} |"
         )
     winner = next(r for r in rows if r["chosen"])

@@ -62,8 +62,13 @@ def test_search_writes_the_blocks_run_directory(search_run):
     for top in log["top"]:
         assert top["score"] == pytest.approx(-top["logloss"]) and top["bytes"] <= metrics["budget_bytes"]
         assert set(top["dims"]) <= set(metrics["candidates"])
+        assert top["dense_params"] > 0
     space = BlockSpace.from_dict(log["space"])
     assert space.num_blocks == TINY["num_blocks"] and list(space.widths) == TINY["widths"]
+    # DLRM and DCN as block graphs started the first population and were scored.
+    assert [s["name"] for s in log["seeded"]] == ["dlrm", "dcn"]
+    assert all(s["score"] <= bpg[0] for s in log["seeded"])
+    assert all(f["dense_params"] > 0 for f in metrics["finalists"])
 
     scores = json.loads((run / SCORES_FILE).read_text())
     assert len(scores["scores"]) == log["scored"] and scores["identity"]["supernet"] == log["supernet"]["tag"]
@@ -81,7 +86,8 @@ def test_search_writes_the_blocks_run_directory(search_run):
         assert arch["kind"] == "tables"
 
     report = (run / "report.md").read_text()
-    assert "Final pick" in report and "nasrec" in report
+    assert "Final pick" in report and "nasrec" in report and "dense params" in report
+    assert "Supernet scores of the hand-built models as block graphs: DLRM" in report
     for png in ("blocks.png", "evolution.png"):
         assert png in report and (run / png).stat().st_size > 1000
 

@@ -37,6 +37,8 @@ from torchrec_aes.search.nasrec.config import NASRecConfig, check_config
 from torchrec_aes.search.nasrec.evolution import EvolutionResult, evolve, mutations_at
 from torchrec_aes.search.nasrec.space import (
     Candidate,
+    dcn_graph,
+    dlrm_graph,
     full_graph,
     mutate,
     random_candidate,
@@ -129,6 +131,8 @@ def test_a_fixed_blocknet_cut_from_the_supernet_computes_the_supernets_output(sp
     rng = random.Random(99)
     cands.append(Candidate(full_graph(rng, space), (16, 16, 16)))  # the warm-up path, no masks at all
     cands.append(Candidate(full_graph(rng, space), (4, 8, 16)))
+    cands.append(Candidate(dlrm_graph(space, [16, 8], [32, 16]), (8, 16, 4)))  # the hand-built models
+    cands.append(Candidate(dcn_graph(space, [32, 8]), (16, 4, 8)))
     for i, cand in enumerate(cands):
         for b in cand.graph.blocks:
             seen["dense_op"].add(b.dense_op)
@@ -158,6 +162,47 @@ def test_a_fixed_blocknet_cut_from_the_supernet_computes_the_supernets_output(sp
     assert seen["n_in"] == {1, 2, 3, 4}, seen  # single and multiple inputs (binary ops' both branches)
     if space_name == "full":
         assert set(space.dense_ops) == set(DENSE_OPS) and set(space.sparse_ops) == set(SPARSE_OPS)
+
+
+def test_dlrm_and_dcn_are_chains_of_the_space_with_their_layers_live():
+    space = _space("small", num_blocks=5)
+    dlrm = dlrm_graph(space, [32, 8], [16, 8])
+    # bottom fc 32 (block 1) -> interact, width 16 (block 2) -> fc 8 (block 5); blocks 3-4 are dead.
+    assert [b.dense_op for b in dlrm.blocks] == ["fc", "interact", "fc", "fc", "fc"]
+    assert [b.width for b in dlrm.blocks] == [32, 16, 8, 8, 8]
+    assert [b.dense_in for b in dlrm.blocks] == [(0,), (1,), (0,), (0,), (2,)]
+    assert not dlrm.final_sparse
+    assert [(live.dense, live.sparse) for live in liveness(dlrm)] == [
+        (True, False),
+        (True, False),
+        (False, False),
+        (False, False),
+        (True, False),
+    ]
+    dcn = dcn_graph(space, [32, 16])
+    assert [b.dense_op for b in dcn.blocks][0] == "cross" and dcn.blocks[-1].dense_in == (1,)
+    assert [live.dense for live in liveness(dcn)] == [True, False, False, False, True]
+    for graph in (dlrm, dcn):
+        assert BlockGraph.from_dict(graph.to_dict(), space) == graph
+    # widths snap to the space's nearest; too few blocks or a space without the op is an error
+    assert [b.width for b in dcn_graph(space, [30, 9]).blocks][::4] == [32, 8]
+    with pytest.raises(ValueError, match="DLRM needs 3 blocks; search.nasrec.num_blocks is 2"):
+        dlrm_graph(_space("small", num_blocks=2), [32, 8], [16, 8])
+    with pytest.raises(ValueError, match="DCN needs the dense op 'cross', not in the 'paper_small' space"):
+        dcn_graph(_space("paper_small"), [16])
+    # The DCN block holds DCN's low-rank cross layers over [dense, flattened embeddings].
+    net = BlockNet(
+        EmbeddingBagCollection(tables=Architecture.uniform(_schema(), 8).to_ebc_configs()),
+        NUM_DENSE,
+        space,
+        dcn,
+    )
+    cross = net.blocks[0].dense["cross"]["cross"]
+    n = NUM_DENSE + len(KEYS) * space.token_dim
+    assert cross.u.shape == (space.cross_layers, space.cross_rank, n) and cross.v.shape[1] == n
+    assert net.final.in_features == 16  # the last block's dense output only
+    dense, kjt = _inputs()
+    assert net(dense, kjt).shape == (BATCH,)
 
 
 def test_the_fixed_model_holds_exactly_the_modules_of_its_chosen_ops():
@@ -538,6 +583,13 @@ def test_evolution_finds_the_toy_optimum_within_the_budget_and_never_rescores():
     assert set(ms) == {1, 2, 3}
     top = result.top(3)
     assert [s for _, s in top] == sorted((s for _, s in result.scored), reverse=True)[:3]
+
+
+def test_seeds_start_the_first_population_once_each_and_only_if_they_fit():
+    seeds = [Toy([2, 2, 2, 2, 2, 2]), Toy([9, 9, 9, 9, 9, 9]), Toy([2, 2, 2, 2, 2, 2]), Toy([1] * 6)]
+    result, scored, *_ = _run_toy(seed=0, generations=2, seeds=seeds)
+    assert scored[:2] == [seeds[0], seeds[3]]  # over the budget and repeated seeds are skipped
+    assert len([c for c in scored[:16] if c in seeds]) == 2 and len(scored[:16]) == 16
 
 
 def test_evolution_is_a_pure_function_of_the_seed():

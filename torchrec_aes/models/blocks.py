@@ -60,6 +60,7 @@ from torchrec_aes.models.block_graph import (
     liveness,
 )
 from torchrec_aes.models.blocks_report import graph_section
+from torchrec_aes.models.ctr import TableSpec
 from torchrec_aes.train.hooks import TrainHooks
 
 # ---------------------------------------------------------------------------------------------------------
@@ -497,6 +498,15 @@ def subnet_state(supernet: BlockNet, subnet: BlockNet) -> dict[str, torch.Tensor
             raise ValueError(f"{name}: supernet {tuple(src.shape)} cannot give subnet {tuple(p.shape)}")
         out[name] = src.detach().clone()
     return out
+
+
+def dense_parameters(schema: Schema, dims: list[int], graph: BlockGraph, space: BlockSpace) -> int:
+    """Parameters of the fixed model of `graph` outside its tables (built on the meta device: no memory,
+    no initialisation)."""
+    configs = Architecture.from_dims(schema, list(dims)).to_ebc_configs()
+    with torch.device("meta"):
+        net = BlockNet(TableSpec(configs), schema.num_dense, space, graph)
+    return sum(p.numel() for n, p in net.named_parameters() if not n.startswith("sparse_arch."))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -314,6 +314,7 @@ def pick_finalist(
             {
                 "label": f.label,
                 "bytes": ctx.budget.used(f.arch),
+                "dense_params": r.get("dense_params"),
                 "val": r["val"],
                 "test": r.get("test", {}),
                 "epochs": r["epochs_run"],

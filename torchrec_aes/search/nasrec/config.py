@@ -70,6 +70,10 @@ class NASRecConfig:
     schedule is not stated beyond "falling over time")."""
     top_k: int = 2
     """Best architectures trained from scratch in the final pick (paper: 2)."""
+    count_dense: bool = False
+    """Count a candidate's dense part (its parameters outside the tables: 4 bytes each as fp32 weights,
+    or parameters under `search.count=params`) in the budget with its tables (ours: a NASRec model is a
+    whole model). The baselines of the final pick are counted by their tables, as always."""
     seed_graphs: list[str] = field(default_factory=lambda: ["dlrm", "dcn"])
     """Hand-built models the evolution's first population starts with, as block graphs at the largest
     uniform dim that fits (ours; the paper starts from random candidates only): "dlrm", "dcn" (sized

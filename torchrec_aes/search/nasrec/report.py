@@ -35,4 +35,12 @@ def nasrec_report(run_dir: str, arch: Architecture, metrics: dict[str, Any]) -> 
             "![evolution](evolution.png)",
             "",
         ]
+    seeded = log.get("seeded")
+    if seeded and best:
+        scores = ", ".join(f"{s['name'].upper()} {s['score']:.4f}" for s in seeded)
+        lines += [
+            f"Supernet scores of the hand-built models as block graphs: {scores}; the best found "
+            f"{max(best):.4f}.",
+            "",
+        ]
     return lines

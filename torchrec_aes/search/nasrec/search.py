@@ -20,7 +20,7 @@ from torchrec_aes import rundir
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.io import exists, join, read_text, write_text_atomic
 from torchrec_aes.models.block_graph import BlockGraph, BlockSpace
-from torchrec_aes.models.blocks import BlockNet, BlocksHooks, blocks_architecture
+from torchrec_aes.models.blocks import BlockNet, BlocksHooks, blocks_architecture, dense_parameters
 from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.baselines import largest_uniform
 from torchrec_aes.search.finalists import Finalist
@@ -197,8 +197,22 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
             bytes_of[dims] = ctx.budget.used(Architecture.from_dims(schema, list(dims), data_types=precision))
         return bytes_of[dims]
 
+    dense_of: dict[str, int] = {}
+
+    def dense(c: Candidate) -> int:
+        """The candidate's dense parameters (memoised by its key)."""
+        if c.key() not in dense_of:
+            dense_of[c.key()] = dense_parameters(schema, list(c.dims), c.graph, space)
+        return dense_of[c.key()]
+
+    per_param = 1 if ctx.budget.count == "params" else 4
+
+    def counted(c: Candidate) -> int:
+        """What the budget counts of `c`: its tables, and its dense part with `count_dense`."""
+        return used(c.dims) + (per_param * dense(c) if ncfg.count_dense else 0)
+
     def fits(c: Candidate) -> bool:
-        return used(c.dims) <= ctx.budget.bytes
+        return counted(c) <= ctx.budget.bytes
 
     smallest = tuple([min(candidates)] * num_tables)
     if used(smallest) > ctx.budget.bytes:
@@ -211,7 +225,9 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
     def new_candidate(rng: random.Random) -> Candidate:
         cand = random_candidate(rng, space, num_tables, candidates, fixed_dims)
         dims = list(cand.dims)
-        while not fits(Candidate(cand.graph, tuple(dims))):  # shrink random tables until it fits
+        # Shrink random tables until it fits (with count_dense, a dense part too large for the budget
+        # leaves a candidate that does not fit: the evolution draws another).
+        while not fits(Candidate(cand.graph, tuple(dims))) and max(dims) > candidates[0]:
             t = rng.choice([i for i, d in enumerate(dims) if d > candidates[0]])
             dims[t] = max(c for c in candidates if c < dims[t])
         return Candidate(cand.graph, tuple(dims))
@@ -280,6 +296,11 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
         on_generation=checkpoint,
         seeds=[Candidate(g, seed_dims) for g in graphs],
     )
+    seeded = [
+        {"name": name, "key": c.key(), **scorer.cache[c.key()]}
+        for name, c in zip(ncfg.seed_graphs, [Candidate(g, seed_dims) for g in graphs], strict=False)
+        if c.key() in scorer.cache
+    ]
     evolution_seconds = time.perf_counter() - t1
     bar.close()
     if writer:
@@ -296,6 +317,7 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
     log: dict[str, Any] = {
         "space": space.to_dict(),
         "search_dims": ncfg.search_dims,
+        "count_dense": ncfg.count_dense,
         "supernet": supernet_log,
         "supernet_seconds": supernet_seconds,
         "evolution_seconds": evolution_seconds,
@@ -304,9 +326,17 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
         "scored_here": scorer.evaluations,
         "resumed_scores": resumed,
         "best_per_generation": result.best_per_generation,
+        "seeded": seeded,
         "best_blocks": top[0][0].graph.to_dict(),
         "top": [
-            {"key": c.key(), "score": s, **scorer.score(c), "dims": list(c.dims), "bytes": used(c.dims)}
+            {
+                "key": c.key(),
+                "score": s,
+                **scorer.score(c),
+                "dims": list(c.dims),
+                "bytes": used(c.dims),
+                "dense_params": dense(c),
+            }
             for c, s in top
         ],
     }
