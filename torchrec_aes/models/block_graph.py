@@ -25,8 +25,7 @@ ours that read the raw embeddings (node 0's tokens) as DLRM and DCN do -- `inter
 interaction) and `cross` (DCN's cross layers) -- so that DLRM and DCN are points of the space;
 "paper_full" and "paper_small" are the paper's op sets exactly."""
 
-EMBEDDING_OPS = ("interact", "cross")
-"""Dense ops that read node 0's tokens (the embeddings), whatever their sparse inputs."""
+TOKEN_INITS = ("identity", "random")
 
 
 @dataclass(frozen=True)
@@ -70,6 +69,10 @@ class BlockSpace:
             as NASRec's code).
         cross_layers: low-rank cross layers of the `cross` op (DCN's; the run's `model.cross_layers`).
         cross_rank: their rank (the run's `model.cross_rank`).
+        layer_norm: LayerNorm on every op's output (the paper's); false: none (a transformer layer keeps
+            its own two).
+        token_init: initial token projections: "identity" (node 0's tokens start as the embeddings) or
+            "random" (PyTorch's default for a linear layer).
     """
 
     num_blocks: int = 7
@@ -82,6 +85,8 @@ class BlockSpace:
     dot_tokens: int = 0
     cross_layers: int = 3
     cross_rank: int = 16
+    layer_norm: bool = True
+    token_init: str = "random"
 
     def __post_init__(self) -> None:
         if self.space not in SPACES:
@@ -92,6 +97,8 @@ class BlockSpace:
             values = getattr(self, name)
             if not values or any(int(v) < 1 for v in values):
                 raise ValueError(f"{name}: {list(values)}; expected a non-empty list of positive sizes")
+        if self.token_init not in TOKEN_INITS:
+            raise ValueError(f"token_init: '{self.token_init}' is not one of {', '.join(TOKEN_INITS)}")
         if self.cross_layers < 0 or self.cross_rank < 1:
             raise ValueError(
                 f"cross_layers {self.cross_layers}, cross_rank {self.cross_rank}: expected >= 0 and >= 1"

@@ -103,10 +103,25 @@ class CrossStack(nn.Module):
         return x
 
 
-def _layer_norm(x: torch.Tensor, ln: nn.LayerNorm, active: int) -> torch.Tensor:
+class NoNorm(nn.Module):
+    """Stands in for a block's LayerNorm in a space without normalisation (`BlockSpace.layer_norm`
+    false): the identity, with the width it would normalise."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.normalized_shape = (width,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def _layer_norm(x: torch.Tensor, ln: nn.Module, active: int) -> torch.Tensor:
     """LayerNorm of the first `active` columns (the rest stay zero): a prefix-masked LayerNorm equal to a
-    LayerNorm of width `active`. (Widths are Python ints, never tensor shapes: TorchRec's train pipeline
-    traces the model with torch.fx.)"""
+    LayerNorm of width `active` (`NoNorm`: x). (Widths are Python ints, never tensor shapes: TorchRec's
+    train pipeline traces the model with torch.fx.)"""
+    if isinstance(ln, NoNorm):
+        return x
+    assert isinstance(ln, nn.LayerNorm)
     width = ln.normalized_shape[0]
     if active == width:
         return ln(x)
@@ -138,6 +153,7 @@ class _Block(nn.Module):
         in the supernet's (its dense inputs, then the flattened embeddings; None: the supernet)."""
         super().__init__()
         d = space.token_dim
+        norm = nn.LayerNorm if space.layer_norm else NoNorm  # (a transformer layer keeps its own)
         width = block.width if block else space.max_width
         tokens = block.tokens if block else space.max_tokens
         dense_ops = ([block.dense_op] if live.dense else []) if block else list(space.dense_ops)
@@ -148,14 +164,14 @@ class _Block(nn.Module):
         for op in dense_ops:
             if op == "fc":
                 self.dense[op] = nn.ModuleDict(
-                    {"linear": SlotLinear(dense_in, width, True, dense_cols), "ln": nn.LayerNorm(width)}
+                    {"linear": SlotLinear(dense_in, width, True, dense_cols), "ln": norm(width)}
                 )
             elif op in ("sum", "gating"):
                 self.dense[op] = nn.ModuleDict(
                     {
                         "left": SlotLinear(dense_in, width, True, dense_cols),
                         "right": SlotLinear(dense_in, width, True, dense_cols),
-                        "ln": nn.LayerNorm(width),
+                        "ln": norm(width),
                     }
                 )
             elif op == "interact":
@@ -163,7 +179,7 @@ class _Block(nn.Module):
                     {
                         "dense_proj": SlotLinear(dense_in, d, True, dense_cols),
                         "linear": nn.Linear(d + (embeddings + 1) * embeddings // 2, width),
-                        "ln": nn.LayerNorm(width),
+                        "ln": norm(width),
                     }
                 )
             elif op == "cross":
@@ -172,7 +188,7 @@ class _Block(nn.Module):
                     {
                         "cross": CrossStack(n, space.cross_layers, space.cross_rank, cross_cols),
                         "linear": SlotLinear(n, width, True, cross_cols),
-                        "ln": nn.LayerNorm(width),
+                        "ln": norm(width),
                     }
                 )
             else:  # dot
@@ -180,18 +196,18 @@ class _Block(nn.Module):
                 self.dense[op] = nn.ModuleDict(
                     {
                         "dense_proj": SlotLinear(dense_in, d, True, dense_cols),
-                        "dense_ln": nn.LayerNorm(d),
+                        "dense_ln": norm(d),
                         "compress": SlotLinear(tokens_in, k, True, token_cols),
-                        "token_ln": nn.LayerNorm(d),
+                        "token_ln": norm(d),
                         "linear": nn.Linear((k + 1) * k // 2, width),
-                        "ln": nn.LayerNorm(width),
+                        "ln": norm(width),
                     }
                 )
         self.sparse = nn.ModuleDict()
         for op in sparse_ops:
             mods: dict[str, nn.Module] = {
                 "tokens": SlotLinear(tokens_in, tokens, True, token_cols),
-                "ln": nn.LayerNorm(d),
+                "ln": norm(d),
             }
             if op == "attention":
                 mods["attn"] = nn.MultiheadAttention(d, space.heads, batch_first=True)
@@ -204,11 +220,11 @@ class _Block(nn.Module):
             self.merge = nn.ModuleDict(
                 {
                     "linear": nn.Linear(width, space.merger_tokens * d),
-                    "ln": nn.LayerNorm(space.merger_tokens * d),
+                    "ln": norm(space.merger_tokens * d),
                 }
             )
         if block is None or live.fm:
-            self.fm = nn.ModuleDict({"linear": nn.Linear(d, width), "ln": nn.LayerNorm(width)})
+            self.fm = nn.ModuleDict({"linear": nn.Linear(d, width), "ln": norm(width)})
 
 
 class BlockNet(nn.Module):
@@ -235,6 +251,12 @@ class BlockNet(nn.Module):
         dims = {n: c.embedding_dim for c in configs for n in c.feature_names}
         d = space.token_dim
         self.token_proj = nn.ModuleDict({n: nn.Linear(dims[n], d, bias=False) for n in self.feature_names})
+        if space.token_init == "identity":
+            # Node 0's tokens start as the embeddings themselves (a table of d_f < token_dim fills the
+            # first d_f columns), as DLRM and DCN use them; the prefix of the supernet's is a subnet's.
+            with torch.no_grad():
+                for proj in self.token_proj.values():
+                    proj.weight.copy_(torch.eye(*proj.weight.shape))
         # Node widths: dense columns and token slots (supernet: the largest; fixed: the chosen).
         big_tokens = space.max_tokens + space.merger_tokens
         self.dense_width = [num_dense]
@@ -404,7 +426,7 @@ class BlockNet(nn.Module):
         return torch.cat([dense_nodes[-1], token_nodes[-1].flatten(1)], dim=1)
 
     @staticmethod
-    def _mask(x: torch.Tensor, active: int, ln: nn.LayerNorm) -> torch.Tensor:
+    def _mask(x: torch.Tensor, active: int, ln: nn.Module) -> torch.Tensor:
         """Zeroes the columns of x from `active` on, x as wide as `ln` (supernet prefix masks; a fixed
         model is at its width)."""
         width = ln.normalized_shape[0]

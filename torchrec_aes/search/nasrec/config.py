@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torchrec_aes.config import register_section
-from torchrec_aes.models.block_graph import SPACES
+from torchrec_aes.models.block_graph import SPACES, TOKEN_INITS
 
 SEED_GRAPHS = ("dlrm", "dcn")
 
@@ -32,6 +32,11 @@ class NASRecConfig:
     """Tokens the dense -> sparse merger appends."""
     heads: int = 8
     """Attention heads of the `attention` op (NASRec's code: 8 over 16-dim tokens)."""
+    layer_norm: bool = True
+    """LayerNorm on every block op's output (paper: on); false: none (attention keeps its own two)."""
+    token_init: str = "random"
+    """Initial token projections of node 0: "random" (PyTorch's default, as the paper's code) or
+    "identity" (each token starts as its table's embedding, as DLRM and DCN read them; ours)."""
     search_dims: bool = True
     """Search one embedding dim per table (from search.candidates) with the blocks -- our extension; false:
     every table at the largest uniform dim that fits the budget, only the blocks searched (the paper)."""
@@ -111,6 +116,10 @@ def check_config(ncfg: NASRecConfig) -> None:
     for name in ncfg.seed_graphs:
         if name not in SEED_GRAPHS:
             raise ValueError(f"search.nasrec.seed_graphs: '{name}' is not one of {', '.join(SEED_GRAPHS)}")
+    if ncfg.token_init not in TOKEN_INITS:
+        raise ValueError(
+            f"search.nasrec.token_init: '{ncfg.token_init}' is not one of {', '.join(TOKEN_INITS)}"
+        )
     if ncfg.space not in SPACES:
         raise ValueError(f"search.nasrec.space: '{ncfg.space}' is not one of {', '.join(SPACES)}")
     for key in ("widths", "tokens"):

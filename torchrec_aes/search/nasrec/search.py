@@ -59,6 +59,8 @@ def space_of(ncfg: NASRecConfig, model: Any) -> BlockSpace:
         heads=ncfg.heads,
         cross_layers=model.cross_layers,
         cross_rank=model.cross_rank,
+        layer_norm=ncfg.layer_norm,
+        token_init=ncfg.token_init,
     )
 
 
