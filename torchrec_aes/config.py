@@ -164,6 +164,9 @@ class TrainConfig:
     """Dense optimizer: adam | adagrad | sgd."""
     dense_lr: float = 1e-3
     """Learning rate of the dense optimizer."""
+    allreduce_precision: str = "fp32"
+    """Precision of the dense gradients' all-reduce across processes: fp32 | fp16 | bf16 (CUDA only)
+    (TorchRec's `DefaultDataParallelWrapper(allreduce_comm_precision=...)`: half the bytes on the wire)."""
     weight_decay: float = 0.0
     """Dense weight decay."""
     checkpoint: bool = True
@@ -463,6 +466,7 @@ def validate(cfg: Config) -> None:
         "search.pick": (cfg.search.pick, ("staged", "joint")),
         "train.embedding_optimizer": (cfg.train.embedding_optimizer, ("rowwise_adagrad", "adagrad", "sgd")),
         "train.dense_optimizer": (cfg.train.dense_optimizer, ("adam", "adagrad", "sgd")),
+        "train.allreduce_precision": (cfg.train.allreduce_precision, ("fp32", "bf16", "fp16")),
         "plan.device": (cfg.plan.device, ("cpu", "cuda")),
         "search.count": (cfg.search.count, ("bytes", "serving", "params")),
         "data.streaming": (cfg.data.streaming, ("auto", "always", "never")),

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
-from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.model_parallel import DefaultDataParallelWrapper, DistributedModelParallel
 from torchrec.distributed.types import ShardingPlan
 from torchrec.optim.keyed import CombinedOptimizer
 from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -98,8 +98,18 @@ class Trainer:
         self.plan = plan or plan_model(
             module, arch, topology, tc.batch_size, pg=self.env.pg, sharding_types=sharding_types
         )
+        precision = None if tc.allreduce_precision == "fp32" else tc.allreduce_precision
+        if precision == "bf16" and self.env.device.type != "cuda":
+            raise ValueError(
+                "train.allreduce_precision (search.nasrec.allreduce_precision for its supernet): bf16 "
+                "needs CUDA (NCCL); on CPU use fp16 or fp32"
+            )
         self.model = DistributedModelParallel(
-            module, device=self.env.device, plan=self.plan, sharders=default_sharders()
+            module,
+            device=self.env.device,
+            plan=self.plan,
+            sharders=default_sharders(),
+            data_parallel_wrapper=DefaultDataParallelWrapper(allreduce_comm_precision=precision),
         )
         task.after_shard(self.model, self.env)
         self.other = task.other_optimizer(

@@ -46,6 +46,10 @@ class NASRecConfig:
     """Adagrad learning rate of the supernet's dense part (paper: 0.12), cosine schedule."""
     lr_warmup: float = 0.1
     """Share of the supernet's steps with a linear learning-rate warm-up (paper: 10%)."""
+    allreduce_precision: str = "fp16"
+    """Precision of the supernet's dense-gradient all-reduce with several processes (ours; the run's
+    `train.allreduce_precision` for everything else): the supernet's dense part is large and every
+    step all-reduces all of it."""
     grad_clip: float = 1.0
     """Gradient-norm clipping of the supernet's dense part (ours; the paper's value is not stated)."""
     warmup_steps: int = 15000
@@ -116,6 +120,10 @@ def check_config(ncfg: NASRecConfig) -> None:
     for name in ncfg.seed_graphs:
         if name not in SEED_GRAPHS:
             raise ValueError(f"search.nasrec.seed_graphs: '{name}' is not one of {', '.join(SEED_GRAPHS)}")
+    if ncfg.allreduce_precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(
+            f"search.nasrec.allreduce_precision: '{ncfg.allreduce_precision}' is not one of fp32, bf16, fp16"
+        )
     if ncfg.token_init not in TOKEN_INITS:
         raise ValueError(
             f"search.nasrec.token_init: '{ncfg.token_init}' is not one of {', '.join(TOKEN_INITS)}"

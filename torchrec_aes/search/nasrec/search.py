@@ -104,6 +104,7 @@ def train_supernet(
     scfg.train.epochs = ncfg.supernet_epochs
     scfg.train.dense_optimizer = "adagrad"
     scfg.train.dense_lr = ncfg.supernet_lr
+    scfg.train.allreduce_precision = ncfg.allreduce_precision
     schema = task.schema
     num_dense = schema.num_dense
     steps = task.steps_per_epoch(env) * ncfg.supernet_epochs
