@@ -41,6 +41,8 @@ class Block:
         tokens: tokens of its sparse op's output.
         merge: append its dense output, projected to `merger_tokens` tokens, to its sparse output.
         fm: add an FM term of its sparse output (projected to `width`) to its dense output.
+        norm: LayerNorm on its ops' outputs (the paper's, always on; ours: a choice of the space,
+            `BlockSpace.layer_norm`); a transformer layer keeps its own two either way.
     """
 
     dense_in: tuple[int, ...]
@@ -51,6 +53,11 @@ class Block:
     tokens: int
     merge: bool
     fm: bool
+    norm: bool = True
+
+
+NORMS = {"always": (True,), "never": (False,), "searched": (True, False)}
+"""`BlockSpace.layer_norm`: the values a block's `norm` may take."""
 
 
 @dataclass(frozen=True)
@@ -69,8 +76,8 @@ class BlockSpace:
             as NASRec's code).
         cross_layers: low-rank cross layers of the `cross` op (DCN's; the run's `model.cross_layers`).
         cross_rank: their rank (the run's `model.cross_rank`).
-        layer_norm: LayerNorm on every op's output (the paper's); false: none (a transformer layer keeps
-            its own two).
+        layer_norm: "always" (every block normalises its ops' outputs: the paper's), "never", or "searched"
+            (each block's `norm` is a choice of the search).
         token_init: initial token projections: "identity" (node 0's tokens start as the embeddings) or
             "random" (PyTorch's default for a linear layer).
     """
@@ -85,7 +92,7 @@ class BlockSpace:
     dot_tokens: int = 0
     cross_layers: int = 3
     cross_rank: int = 16
-    layer_norm: bool = True
+    layer_norm: str = "always"
     token_init: str = "random"
 
     def __post_init__(self) -> None:
@@ -97,6 +104,8 @@ class BlockSpace:
             values = getattr(self, name)
             if not values or any(int(v) < 1 for v in values):
                 raise ValueError(f"{name}: {list(values)}; expected a non-empty list of positive sizes")
+        if self.layer_norm not in NORMS:
+            raise ValueError(f"layer_norm: '{self.layer_norm}' is not one of {', '.join(NORMS)}")
         if self.token_init not in TOKEN_INITS:
             raise ValueError(f"token_init: '{self.token_init}' is not one of {', '.join(TOKEN_INITS)}")
         if self.cross_layers < 0 or self.cross_rank < 1:
@@ -116,6 +125,10 @@ class BlockSpace:
     @property
     def sparse_ops(self) -> tuple[str, ...]:
         return SPACES[self.space][1]
+
+    @property
+    def norms(self) -> tuple[bool, ...]:
+        return NORMS[self.layer_norm]
 
     @property
     def max_width(self) -> int:
@@ -183,7 +196,8 @@ class BlockGraph:
         blocks = []
         for j, b in enumerate(data, start=1):
             where = f"{source}[{j - 1}]"
-            if not isinstance(b, dict) or set(b) != keys:
+            # ("norm" may be missing: files written before it existed normalise every block)
+            if not isinstance(b, dict) or not keys - {"norm"} <= set(b) <= keys:
                 got = sorted(b) if isinstance(b, dict) else repr(b)
                 raise ValueError(f"{where}: has keys {got}; expected {sorted(keys)}")
             for key in ("dense_in", "sparse_in"):
@@ -192,7 +206,8 @@ class BlockGraph:
             for key in ("width", "tokens"):
                 if not _is_int(b[key]):
                     raise ValueError(f"{where}.{key}: {b[key]!r}; expected an integer")
-            for key in ("merge", "fm"):
+            b = {"norm": True, **b}
+            for key in ("merge", "fm", "norm"):
                 if not isinstance(b[key], bool):
                     raise ValueError(f"{where}.{key}: {b[key]!r}; expected true or false")
             block = Block(
@@ -204,6 +219,7 @@ class BlockGraph:
                 b["tokens"],
                 b["merge"],
                 b["fm"],
+                b["norm"],
             )
             problem = check_block(block, j, space)
             if problem:
@@ -236,6 +252,8 @@ def check_block(b: Block, j: int, space: BlockSpace) -> str:
         return f"width {b.width} is not one of {list(space.widths)}"
     if b.tokens not in space.tokens:
         return f"tokens {b.tokens} is not one of {list(space.tokens)}"
+    if b.norm not in space.norms:
+        return f"norm {str(b.norm).lower()} is not allowed with layer_norm '{space.layer_norm}'"
     return ""
 
 
@@ -294,6 +312,7 @@ def live_key(graph: BlockGraph) -> str:
                 b.tokens if live.sparse else None,
                 live.merge and b.merge,
                 live.fm and b.fm,
+                b.norm,
             ]
         )
     return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]

@@ -104,8 +104,8 @@ class CrossStack(nn.Module):
 
 
 class NoNorm(nn.Module):
-    """Stands in for a block's LayerNorm in a space without normalisation (`BlockSpace.layer_norm`
-    false): the identity, with the width it would normalise."""
+    """Stands in for the LayerNorms of a block without normalisation (`Block.norm` false): the identity,
+    with the width it would normalise."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
@@ -115,11 +115,11 @@ class NoNorm(nn.Module):
         return x
 
 
-def _layer_norm(x: torch.Tensor, ln: nn.Module, active: int) -> torch.Tensor:
+def _layer_norm(x: torch.Tensor, ln: nn.Module, active: int, on: bool = True) -> torch.Tensor:
     """LayerNorm of the first `active` columns (the rest stay zero): a prefix-masked LayerNorm equal to a
-    LayerNorm of width `active` (`NoNorm`: x). (Widths are Python ints, never tensor shapes: TorchRec's
-    train pipeline traces the model with torch.fx.)"""
-    if isinstance(ln, NoNorm):
+    LayerNorm of width `active` (`NoNorm` or not `on`: x). (Widths are Python ints, never tensor shapes:
+    TorchRec's train pipeline traces the model with torch.fx.)"""
+    if isinstance(ln, NoNorm) or not on:
         return x
     assert isinstance(ln, nn.LayerNorm)
     width = ln.normalized_shape[0]
@@ -127,6 +127,11 @@ def _layer_norm(x: torch.Tensor, ln: nn.Module, active: int) -> torch.Tensor:
         return ln(x)
     y = F.layer_norm(x[..., :active], (active,), ln.weight[:active], ln.bias[:active], ln.eps)
     return F.pad(y, (0, width - active))
+
+
+def _norm(ln: nn.Module, x: torch.Tensor, on: bool) -> torch.Tensor:
+    """`ln(x)` over the whole last axis, or x for a block without normalisation."""
+    return ln(x) if on else x
 
 
 def _fm(tokens: torch.Tensor) -> torch.Tensor:
@@ -153,7 +158,8 @@ class _Block(nn.Module):
         in the supernet's (its dense inputs, then the flattened embeddings; None: the supernet)."""
         super().__init__()
         d = space.token_dim
-        norm = nn.LayerNorm if space.layer_norm else NoNorm  # (a transformer layer keeps its own)
+        # (a transformer layer keeps its own two LayerNorms; the supernet holds both forms)
+        norm: Any = nn.LayerNorm if block is None or block.norm else NoNorm
         width = block.width if block else space.max_width
         tokens = block.tokens if block else space.max_tokens
         dense_ops = ([block.dense_op] if live.dense else []) if block else list(space.dense_ops)
@@ -407,12 +413,12 @@ class BlockNet(nn.Module):
             if live.fm and b.fm:
                 fm = mod.fm["linear"](_fm(sparse_out))
                 dense_out = dense_out + _layer_norm(
-                    self._mask(fm, b.width, mod.fm["ln"]), mod.fm["ln"], b.width
+                    self._mask(fm, b.width, mod.fm["ln"]), mod.fm["ln"], b.width, b.norm
                 )
             merged = []
             m_tokens, d = self.space.merger_tokens, self.space.token_dim
             if live.merge and b.merge:
-                m = mod.merge["ln"](mod.merge["linear"](dense_out))
+                m = _norm(mod.merge["ln"], mod.merge["linear"](dense_out), b.norm)
                 merged.append(m.view(-1, m_tokens, d))
             elif supernet:
                 merged.append(sparse_out[:, :1].mul(0.0).expand(-1, m_tokens, -1))
@@ -446,12 +452,12 @@ class BlockNet(nn.Module):
         w = b.width
         ln = op["ln"]
         if b.dense_op == "fc":
-            y = F.relu(_layer_norm(self._mask(op["linear"](x), w, ln), ln, w))
+            y = F.relu(_layer_norm(self._mask(op["linear"](x), w, ln), ln, w, b.norm))
         elif b.dense_op == "sum":
-            y = _layer_norm(self._mask(op["left"](left) + op["right"](right), w, ln), ln, w)
+            y = _layer_norm(self._mask(op["left"](left) + op["right"](right), w, ln), ln, w, b.norm)
         elif b.dense_op == "gating":
             y = torch.sigmoid(op["left"](left)) * op["right"](right)
-            y = _layer_norm(self._mask(y, w, ln), ln, w)
+            y = _layer_norm(self._mask(y, w, ln), ln, w, b.norm)
         elif b.dense_op == "interact":
             t0 = op["dense_proj"](x)  # [B, d]
             t = torch.cat([t0.unsqueeze(1), embeddings], dim=1)  # [B, 1 + F, d]
@@ -459,19 +465,19 @@ class BlockNet(nn.Module):
             k = len(self.feature_names) + 1
             li, lj = torch.tril_indices(k, k, offset=-1)
             y = op["linear"](torch.cat([t0, z[:, li, lj]], dim=1))
-            y = F.relu(_layer_norm(self._mask(y, w, ln), ln, w))
+            y = F.relu(_layer_norm(self._mask(y, w, ln), ln, w, b.norm))
         elif b.dense_op == "cross":
             x0 = torch.cat([x, embeddings.flatten(1)], dim=1)
             y = op["linear"](op["cross"](x0))
-            y = F.relu(_layer_norm(self._mask(y, w, ln), ln, w))
+            y = F.relu(_layer_norm(self._mask(y, w, ln), ln, w, b.norm))
         else:  # dot
-            t0 = op["dense_ln"](op["dense_proj"](x)).unsqueeze(1)  # [B, 1, d]
+            t0 = _norm(op["dense_ln"], op["dense_proj"](x), b.norm).unsqueeze(1)  # [B, 1, d]
             compressed = op["compress"](tokens.transpose(1, 2)).transpose(1, 2)  # [B, k, d]
-            t = torch.cat([t0, op["token_ln"](compressed)], dim=1)
+            t = torch.cat([t0, _norm(op["token_ln"], compressed, b.norm)], dim=1)
             z = torch.bmm(t, t.transpose(1, 2))
             k = op["compress"].out_features + 1
             li, lj = torch.tril_indices(k, k, offset=-1)
-            y = _layer_norm(self._mask(op["linear"](z[:, li, lj]), w, ln), ln, w)
+            y = _layer_norm(self._mask(op["linear"](z[:, li, lj]), w, ln), ln, w, b.norm)
         return self._mask(y, w, ln)
 
     def _sparse_op(self, mod: _Block, b: Block, tokens: torch.Tensor) -> torch.Tensor:
@@ -483,7 +489,7 @@ class BlockNet(nn.Module):
         if active < n:
             keep = (torch.arange(n) < active).to(torch.float32)[None, :, None]
             t = t * keep
-        y = op["ln"](t)
+        y = _norm(op["ln"], t, b.norm)
         if b.sparse_op == "attention":
             # Supernet: the masked tokens are no keys (a [T, T] mask, the same for every row).
             block = None

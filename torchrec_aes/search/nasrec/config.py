@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from torchrec_aes.config import register_section
-from torchrec_aes.models.block_graph import SPACES, TOKEN_INITS
+from torchrec_aes.models.block_graph import NORMS, SPACES, TOKEN_INITS
 
 SEED_GRAPHS = ("dlrm", "dcn")
 
@@ -32,11 +32,13 @@ class NASRecConfig:
     """Tokens the dense -> sparse merger appends."""
     heads: int = 8
     """Attention heads of the `attention` op (NASRec's code: 8 over 16-dim tokens)."""
-    layer_norm: bool = True
-    """LayerNorm on every block op's output (paper: on); false: none (attention keeps its own two)."""
-    token_init: str = "random"
-    """Initial token projections of node 0: "random" (PyTorch's default, as the paper's code) or
-    "identity" (each token starts as its table's embedding, as DLRM and DCN read them; ours)."""
+    layer_norm: str = "always"
+    """LayerNorm on the block ops' outputs: "always" (every block: the paper's), "never", or "searched" (each
+    block's choice, sampled and mutated like its ops: ours). Attention keeps its own two either way."""
+    token_init: str = "identity"
+    """Initial token projections of node 0: "identity" (each token starts as its table's embedding, as
+    DLRM and DCN read them; ours) or "random" (PyTorch's default for a linear layer, as the paper's
+    code)."""
     search_dims: bool = True
     """Search one embedding dim per table (from search.candidates) with the blocks -- our extension; false:
     every table at the largest uniform dim that fits the budget, only the blocks searched (the paper)."""
@@ -124,6 +126,8 @@ def check_config(ncfg: NASRecConfig) -> None:
         raise ValueError(
             f"search.nasrec.allreduce_precision: '{ncfg.allreduce_precision}' is not one of fp32, bf16, fp16"
         )
+    if ncfg.layer_norm not in NORMS:
+        raise ValueError(f"search.nasrec.layer_norm: '{ncfg.layer_norm}' is not one of {', '.join(NORMS)}")
     if ncfg.token_init not in TOKEN_INITS:
         raise ValueError(
             f"search.nasrec.token_init: '{ncfg.token_init}' is not one of {', '.join(TOKEN_INITS)}"

@@ -52,6 +52,7 @@ def random_block(rng: random.Random, j: int, space: BlockSpace) -> Block:
         tokens=rng.choice(space.tokens),
         merge=rng.random() < 0.5,
         fm=rng.random() < 0.5,
+        norm=rng.choice(space.norms),
     )
 
 
@@ -75,6 +76,7 @@ def full_graph(rng: random.Random, space: BlockSpace) -> BlockGraph:
                 space.max_tokens,
                 True,
                 True,
+                rng.choice(space.norms),
             )
         )
     return BlockGraph(tuple(blocks), True)
@@ -88,8 +90,8 @@ def _snap(width: int, space: BlockSpace) -> int:
 def chain_graph(space: BlockSpace, layers: list[tuple[str, int]], name: str) -> BlockGraph:
     """A chain of dense layers as a graph: layer i (a dense op and a width, snapped to the space's
     nearest) reads the one before it (the first reads node 0); the last layer is block N and the blocks
-    between are dead (they read node 0 and nothing reads them); every sparse op is dead, and the final
-    layer reads the last block's dense output only."""
+    between are dead (they read node 0 and nothing reads them); every sparse op is dead, the final layer
+    reads the last block's dense output only, and no block normalises if the space allows that."""
     n = space.num_blocks
     if not 1 <= len(layers) <= n:
         raise ValueError(f"{name} needs {len(layers)} blocks; search.nasrec.num_blocks is {n}")
@@ -97,9 +99,19 @@ def chain_graph(space: BlockSpace, layers: list[tuple[str, int]], name: str) -> 
         if op not in space.dense_ops:
             raise ValueError(f"{name} needs the dense op '{op}', not in the '{space.space}' space")
 
+    norm = min(space.norms)  # without LayerNorm where the space allows, as the hand-built models
+
     def block(op: str, width: int, reads: int) -> Block:
         return Block(
-            (reads,), (0,), op, space.sparse_ops[0], _snap(width, space), min(space.tokens), False, False
+            (reads,),
+            (0,),
+            op,
+            space.sparse_ops[0],
+            _snap(width, space),
+            min(space.tokens),
+            False,
+            False,
+            norm,
         )
 
     blocks = [block(op, w, j) for j, (op, w) in enumerate(layers[:-1])]
@@ -138,7 +150,7 @@ def random_candidate(
     return Candidate(random_graph(rng, space), dims)
 
 
-MUTABLE = ("dense_in", "sparse_in", "dense_op", "sparse_op", "width", "tokens", "merge", "fm")
+MUTABLE = ("dense_in", "sparse_in", "dense_op", "sparse_op", "width", "tokens", "merge", "fm", "norm")
 """Block fields a mutation may redraw (besides the graph's `final_sparse` and, with dim search, a dim)."""
 
 
