@@ -21,19 +21,18 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np
-from harness import budget_runs, mean_std, paired_bootstrap, run_one, scores, verdict, with_dir
+from harness import (
+    budget_runs,
+    finalist_scores,
+    mean_std,
+    paired_bootstrap,
+    run_one,
+    scores,
+    verdict,
+    with_dir,
+)
 
 BASELINES = ("uniform", "uniform_fp16", "power_rule", "mde", "hashed")
-
-
-def finalist_scores(run: dict, row: dict):
-    """Test scores [2, N] of one finalist of a search run (cached baselines: their cache entry)."""
-    path = row.get("test_scores")
-    if path is None:
-        return None
-    full = Path(path) if Path(path).is_absolute() else Path(run["_run_dir"]) / path
-    return np.load(full) if full.exists() else None
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """NASRec benchmarks: model quality against DLRM and DCN at the same embedding bytes, the supernet's rank
 correlation with training from scratch, and search time with 1 and 2 processes.
 
-    # quality: per seed, DLRM and DCN at uniform-16, NASRec with and without dim search (the NASRec model
-    # itself: search.final_baselines=false), paired test-AUC differences
+    # quality: per seed, DLRM and DCN at uniform-16 and a NASRec search at their bytes: NASRec's own
+    # result (its best finalist) and the tool's (the final pick's winner), paired test-AUC differences,
+    # and the search's cost against one training of NASRec's own model
     .venv/bin/python tools/bench_nasrec.py quality --config configs/nasrec_frappe.yaml --dim 16 \\
         --seeds 0 1 2 --out runs/bench_nasrec_frappe
     # Kendall tau between supernet scores and from-scratch validation log loss of 20 random subnets
@@ -30,7 +31,21 @@ import statistics
 import time
 from pathlib import Path
 
-from harness import kendall_tau, mean_std, paired_bootstrap, run_one, scores, with_dir
+from harness import (
+    finalist_scores,
+    kendall_tau,
+    mean_std,
+    paired_bootstrap,
+    run_one,
+    scores,
+    verdict,
+    with_dir,
+)
+
+
+def _own(run: dict) -> dict:
+    """NASRec's own result in a search's final pick: its best finalist on validation."""
+    return max((r for r in run["finalists"] if not r["baseline"]), key=lambda r: r["val"]["auc"])
 
 
 def quality(args: argparse.Namespace) -> None:
@@ -39,11 +54,8 @@ def quality(args: argparse.Namespace) -> None:
     variants = {
         "dlrm": ("train", ["model.type=dlrm", f"model.embedding_dim={args.dim}"]),
         "dcn": ("train", ["model.type=dcn", f"model.embedding_dim={args.dim}"]),
-        "nasrec": ("search", ["search.final_baselines=false"]),
-        "nasrec_fixed_dims": ("search", ["search.final_baselines=false", "search.nasrec.search_dims=false"]),
+        "nasrec": ("search", []),
     }
-    if args.no_fixed_dims:
-        del variants["nasrec_fixed_dims"]
     runs: dict[str, list[dict]] = {k: [] for k in variants}
     for seed in args.seeds:
         for label, (command, overrides) in variants.items():
@@ -51,36 +63,57 @@ def quality(args: argparse.Namespace) -> None:
             print(f"{label} seed {seed}", flush=True)
             m = run_one(command, args.config, run_dir, [*overrides, f"train.seed={seed}", *args.overrides])
             runs[label].append(with_dir(m, run_dir))
+    searches = runs["nasrec"]
+    own = [_own(r) for r in searches]
     lines = [
-        f"config {args.config}; uniform dim {args.dim}; seeds {args.seeds}",
+        f"config {args.config}; DLRM and DCN at uniform dim {args.dim} (the budget); seeds {args.seeds}",
         "",
-        "| model | test AUC | test logloss | embedding bytes | search s | train s |",
-        "|---|---|---|---|---|---|",
+        "| seed | DLRM | DCN | NASRec own (finalist, dense params) | tool (winner) | search + final s | "
+        "own training s | cost ratio |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for label, rs in runs.items():
+    for i, seed in enumerate(args.seeds):
+        run, o = searches[i], own[i]
+        total = run["search_seconds"] + run.get("final_seconds", 0.0)
         lines.append(
-            f"| {label} | {mean_std([r['test']['auc'] for r in rs])} | "
-            f"{mean_std([r['test']['logloss'] for r in rs])} | "
-            f"{statistics.mean(r['embedding_bytes'] for r in rs) / 2**20:.3f} MiB | "
-            f"{statistics.mean(r.get('search_seconds', 0.0) for r in rs):.0f} | "
-            f"{statistics.mean(r['train_seconds'] for r in rs):.0f} |"
+            f"| {seed} | {runs['dlrm'][i]['test']['auc']:.4f} | {runs['dcn'][i]['test']['auc']:.4f} | "
+            f"{o['test']['auc']:.4f} ({o['label']}, {o.get('dense_params')}) | "
+            f"{run['test']['auc']:.4f} ({run['winner']}) | {total:.0f} | {o['seconds']:.0f} | "
+            f"{total / max(o['seconds'], 1e-9):.1f} |"
         )
-    best = max(("dlrm", "dcn"), key=lambda k: statistics.mean(r["test"]["auc"] for r in runs[k]))
+    lines.append(
+        f"| mean | {mean_std([r['test']['auc'] for r in runs['dlrm']])} | "
+        f"{mean_std([r['test']['auc'] for r in runs['dcn']])} | "
+        f"{mean_std([o['test']['auc'] for o in own])} | "
+        f"{mean_std([r['test']['auc'] for r in searches])} | | | |"
+    )
+    phases = [(r["search_log"]["supernet_seconds"], r["search_log"]["evolution_seconds"]) for r in searches]
     lines += [
         "",
-        f"Paired test-AUC differences (95% paired bootstrap over test rows; the best baseline is {best}):",
+        "Search phases (s, per seed): "
+        + ", ".join(f"supernet {a:.0f} + evolution {b:.0f}" for a, b in phases)
+        + "; supernet scores of the seeded hand-built graphs vs the best: "
+        + "; ".join(
+            ", ".join(f"{x['name']} {x['score']:.4f}" for x in r["search_log"].get("seeded", []))
+            + f" | best {max(r['search_log']['best_per_generation']):.4f}"
+            for r in searches
+        ),
+        "",
+        "Paired test-AUC differences (95% paired bootstrap over test rows):",
         "",
         "| model | vs | per seed | mean [interval] | verdict |",
         "|---|---|---|---|---|",
     ]
-    for label in [k for k in variants if k.startswith("nasrec")]:
+    own_scores = [finalist_scores(r, o) for r, o in zip(searches, own, strict=True)]
+    compared = {"NASRec own": own_scores, "tool": [scores(r) for r in searches]}
+    for label, mine in compared.items():
         for base in ("dlrm", "dcn"):
-            pairs = [(scores(a), scores(b)) for a, b in zip(runs[label], runs[base], strict=True)]
-            res = paired_bootstrap(pairs, args.bootstrap)
-            point, lo, hi = res["mean"]
-            verdict = "better" if lo > 0 else ("worse" if hi < 0 else "tie")
-            seeds = ", ".join(f"{p:+.4f} [{a:+.4f}, {b:+.4f}]" for p, a, b in res["per_seed"])
-            lines.append(f"| {label} | {base} | {seeds} | {point:+.4f} [{lo:+.4f}, {hi:+.4f}] | {verdict} |")
+            pairs = [(a, scores(b)) for a, b in zip(mine, runs[base], strict=True)]
+            point, lo, hi = paired_bootstrap(pairs, args.bootstrap)["mean"]
+            seeds = ", ".join(f"{p:+.4f}" for p, _, _ in paired_bootstrap(pairs, args.bootstrap)["per_seed"])
+            lines.append(
+                f"| {label} | {base} | {seeds} | {point:+.4f} [{lo:+.4f}, {hi:+.4f}] | {verdict(lo, hi)} |"
+            )
     table = "\n".join(lines)
     print(table)
     (out / "summary.md").write_text(table + "\n")
@@ -268,7 +301,6 @@ def main() -> None:
     q.add_argument("--dim", type=int, default=16, help="uniform dim of DLRM/DCN (the budget's)")
     q.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     q.add_argument("--bootstrap", type=int, default=1000)
-    q.add_argument("--no-fixed-dims", action="store_true", help="skip NASRec without dim search")
     t = sub.add_parser("tau")
     t.add_argument("--subnets", type=int, default=20)
     t.add_argument("--epochs", type=int, default=2, help="from-scratch epochs per subnet")

@@ -106,6 +106,17 @@ def scores(run: dict):
     return None if rel is None else np.load(Path(run["_run_dir"]) / rel)
 
 
+def finalist_scores(run: dict, row: dict):
+    """Test scores [2, N] of one finalist of a search run (cached baselines: their cache entry)."""
+    import numpy as np
+
+    path = row.get("test_scores")
+    if path is None:
+        return None
+    full = Path(path) if Path(path).is_absolute() else Path(run["_run_dir"]) / path
+    return np.load(full) if full.exists() else None
+
+
 def weighted_auc(order, labels, weights):
     """AUC of scores sorted by `order` under row weights [B, N] (ties between scores ignored)."""
     import numpy as np
