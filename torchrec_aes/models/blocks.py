@@ -262,7 +262,8 @@ class BlockNet(nn.Module):
             # first d_f columns), as DLRM and DCN use them; the prefix of the supernet's is a subnet's.
             with torch.no_grad():
                 for proj in self.token_proj.values():
-                    proj.weight.copy_(torch.eye(*proj.weight.shape))
+                    assert isinstance(proj, nn.Linear)
+                    proj.weight.copy_(torch.eye(proj.out_features, proj.in_features))
         # Node widths: dense columns and token slots (supernet: the largest; fixed: the chosen).
         big_tokens = space.max_tokens + space.merger_tokens
         self.dense_width = [num_dense]
@@ -435,7 +436,7 @@ class BlockNet(nn.Module):
     def _mask(x: torch.Tensor, active: int, ln: nn.Module) -> torch.Tensor:
         """Zeroes the columns of x from `active` on, x as wide as `ln` (supernet prefix masks; a fixed
         model is at its width)."""
-        width = ln.normalized_shape[0]
+        width: int = ln.normalized_shape[0]  # type: ignore[index,assignment]
         return x if active == width else F.pad(x[..., :active], (0, width - active))
 
     def _dense_op(
@@ -533,7 +534,7 @@ def dense_parameters(schema: Schema, dims: list[int], graph: BlockGraph, space: 
     no initialisation)."""
     configs = Architecture.from_dims(schema, list(dims)).to_ebc_configs()
     with torch.device("meta"):
-        net = BlockNet(TableSpec(configs), schema.num_dense, space, graph)
+        net = BlockNet(TableSpec(configs), schema.num_dense, space, graph)  # type: ignore[arg-type]
     return sum(p.numel() for n, p in net.named_parameters() if not n.startswith("sparse_arch."))
 
 

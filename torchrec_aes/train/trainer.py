@@ -90,8 +90,8 @@ class Trainer:
             hooks_ = self.hooks
             build_model = lambda ebc: hooks_.make_model(task, ebc)  # noqa: E731
         module, ebc = task.build(arch, build_model, self.hooks.extra_loss if overridden else None)
-        tables = {id(p) for p in ebc.parameters()}
-        self.dense_params = sum(p.numel() for p in module.parameters() if id(p) not in tables)
+        in_tables = {id(p) for p in ebc.parameters()}
+        self.dense_params = sum(p.numel() for p in module.parameters() if id(p) not in in_tables)
         # Fused into backward, so DMP runs FBGEMM's fused optimizer and the planner counts its state.
         attach_table_optimizer(ebc, tc.embedding_optimizer, tc.embedding_lr)
         topology = make_topology(self.env.world_size, self.env.device.type, cfg.plan.hbm_gb, cfg.plan.ddr_gb)
