@@ -6,7 +6,8 @@ correlation with training from scratch, and search time with 1 and 2 processes.
     # and the search's cost against one training of NASRec's own model
     .venv/bin/python tools/bench_nasrec.py quality --config configs/nasrec_frappe.yaml --dim 16 \\
         --seeds 0 1 2 --out runs/bench_nasrec_frappe
-    # Kendall tau between supernet scores and from-scratch validation log loss of 20 random subnets
+    # Kendall tau between supernet scores and from-scratch validation results of 20 subnets (DLRM and DCN
+    # as graphs, then random ones), each trained from scratch with the config's training
     .venv/bin/python tools/bench_nasrec.py tau --config configs/nasrec_frappe.yaml --subnets 20 \\
         --out runs/bench_nasrec_tau
     # the space: DLRM and DCN hand-built and as block graphs, and random graphs of a space, all at
@@ -200,11 +201,12 @@ def tau(args: argparse.Namespace) -> None:
     budget, score them with the supernet, train each from scratch, correlate."""
     import torch
 
+    from torchrec_aes.architecture import Architecture
     from torchrec_aes.config import load_config
     from torchrec_aes.models.blocks import BlocksHooks, blocks_architecture
     from torchrec_aes.planning.memory import Budget
     from torchrec_aes.search.base import SearchContext
-    from torchrec_aes.search.nasrec.search import space_of, train_supernet
+    from torchrec_aes.search.nasrec.search import seed_graphs, space_of, train_supernet
     from torchrec_aes.search.nasrec.space import Candidate, random_candidate
     from torchrec_aes.tasks.base import get_task
     from torchrec_aes.train.trainer import Trainer
@@ -213,7 +215,8 @@ def tau(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     result_file = out / "tau.json"
     cfg = load_config(args.config, ["train.progress=false", *args.overrides])
-    cfg.train.epochs = args.epochs
+    if args.epochs:
+        cfg.train.epochs = args.epochs
     task = get_task(cfg)
     ncfg = cfg.search.nasrec
     budget = Budget.parse(cfg.search.budget[0], task.schema, cfg.train.embedding_optimizer, cfg.search.count)
@@ -224,7 +227,12 @@ def tau(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     scorer, _ = train_supernet(ctx, ncfg, space, candidates, None)
     rng = random.Random(args.seed)
-    subnets: list[Candidate] = []
+    # The hand-built models as graphs (at the largest uniform candidate dim that fits), then random ones.
+    fitting = [d for d in candidates if budget.fits(Architecture.uniform(task.schema, d))]
+    subnets: list[Candidate] = [
+        Candidate(g, tuple([max(fitting)] * len(task.schema.sparse)))
+        for g in seed_graphs(ncfg, space, cfg.model).values()
+    ]
     while len(subnets) < args.subnets:
         c = random_candidate(rng, space, len(task.schema.sparse), candidates, None)
         arch = blocks_architecture(task.schema, list(c.dims), c.graph, space, cfg.search.precision)
@@ -240,6 +248,7 @@ def tau(args: argparse.Namespace) -> None:
         fitted = Trainer(cfg, task, arch, "", f"subnet{i}", hooks=BlocksHooks(c.graph, space)).fit(test=False)
         row = {
             "key": c.key(),
+            "dense_ops": sorted({b.dense_op for b in c.graph.blocks}),
             "supernet_logloss": s["logloss"],
             "supernet_auc": s["auc"],
             "scratch_logloss": fitted["val"]["logloss"],
@@ -251,8 +260,14 @@ def tau(args: argparse.Namespace) -> None:
     rows = done["subnets"]
     t_loss = kendall_tau([r["supernet_logloss"] for r in rows], [r["scratch_logloss"] for r in rows])
     t_auc = kendall_tau([r["supernet_auc"] for r in rows], [r["scratch_auc"] for r in rows])
+    scratch = [r["scratch_auc"] for r in rows]
     text = (
-        f"{len(rows)} random subnets under the budget ({args.config}); from scratch: {args.epochs} epochs\n"
+        f"{len(rows)} subnets under the budget ({args.config}; DLRM and DCN as graphs, then random ones);"
+        " "
+        f"from scratch: {cfg.train.epochs} epochs (patience {cfg.train.patience}); overrides "
+        f"{args.overrides}\n"
+        f"from-scratch val AUC {min(scratch):.4f}-{max(scratch):.4f}; supernet val AUC "
+        f"{min(r['supernet_auc'] for r in rows):.4f}-{max(r['supernet_auc'] for r in rows):.4f}\n"
         f"Kendall tau(supernet val logloss, scratch val logloss) = {t_loss:.3f}\n"
         f"Kendall tau(supernet val AUC, scratch val AUC) = {t_auc:.3f}\n"
     )
@@ -303,7 +318,7 @@ def main() -> None:
     q.add_argument("--bootstrap", type=int, default=1000)
     t = sub.add_parser("tau")
     t.add_argument("--subnets", type=int, default=20)
-    t.add_argument("--epochs", type=int, default=2, help="from-scratch epochs per subnet")
+    t.add_argument("--epochs", type=int, default=0, help="from-scratch epochs per subnet (0: the config's)")
     t.add_argument("--seed", type=int, default=0, help="seed of the subnet sample")
     g = sub.add_parser("space")
     g.add_argument("--dim", type=int, default=16, help="uniform dim of every model")
