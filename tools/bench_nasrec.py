@@ -12,7 +12,7 @@ correlation with training from scratch, and search time with 1 and 2 processes.
         --out runs/bench_nasrec_tau
     # the space: DLRM and DCN hand-built and as block graphs, and random graphs of a space, all at
     # uniform-16 and trained alike (paired test-AUC differences against the hand-built models)
-    .venv/bin/python tools/bench_nasrec.py space --config configs/nasrec_synthetic.yaml --dim 16 \
+    .venv/bin/python tools/bench_nasrec.py space --config configs/nasrec_synthetic.yaml --dim 16 \\
         --seeds 0 1 2 --random 4 --random-space paper_full --out runs/bench_nasrec_space
     # search wall time with 1 and 2 processes (torchrun, gloo), the ratio printed
     .venv/bin/python tools/bench_nasrec.py speed --config configs/nasrec_frappe.yaml \\
