@@ -195,3 +195,27 @@ def test_a_budget_nothing_fits_is_a_one_line_error_naming_the_smallest_size(tmp_
     assert "smallest" in errors[0] and "every table at dim 4" in errors[0], errors[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "r" / "architecture.yaml").exists()
+
+
+def test_count_dense_budgets_every_scored_candidates_dense_part_with_its_tables(tmp_path):
+    run = tmp_path / "r"
+    cli(
+        tmp_path,
+        "search",
+        NASREC_TINY,
+        "--run-dir",
+        str(run),
+        "search.nasrec.count_dense=true",
+        "search.nasrec.generations=1",
+        "search.final_baselines=false",
+        "search.nasrec.top_k=1",
+    )
+    metrics = _metrics(run)
+    log = metrics["search_log"]
+    assert log["count_dense"] is True
+    top = log["top"][0]
+    # The dense part counts at 4 bytes per fp32 parameter, and it matters at this size.
+    assert top["bytes"] + 4 * top["dense_params"] <= metrics["budget_bytes"]
+    assert 4 * top["dense_params"] > 0.01 * metrics["budget_bytes"]
+    # The trained model's own count is the candidate's (the meta-device count is the real model's).
+    assert metrics["finalists"][0]["dense_params"] == top["dense_params"]
