@@ -554,6 +554,19 @@ def test_grouped_model_scores_each_row_with_its_groups_head_on_its_groups_column
         assert not torch.allclose(moved[:, 1], per_group[:, 1])
 
 
+def test_grouped_model_runs_each_head_on_its_routed_rows_only(monkeypatch):
+    model, _, data = _grouped_model("shared")
+    batch = make_batch(data, torch.arange(16), G_KEYS)
+    seen: list[int] = []
+    for head in model.heads:
+        inner = head.interact
+        monkeypatch.setattr(head, "interact", lambda d, p, inner=inner: seen.append(len(d)) or inner(d, p))
+    with torch.no_grad():
+        model(batch.dense_features, batch.sparse_features)
+        groups = model.router(batch.sparse_features)
+    assert seen == torch.bincount(groups, minlength=2).tolist() and sum(seen) == 16
+
+
 def test_a_group_without_rows_in_the_batch_gets_no_gradient():
     model, _, data = _grouped_model("separate")
     model.train()

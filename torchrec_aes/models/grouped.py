@@ -10,8 +10,9 @@ Two deployments of the group tables (`GroupLayout.deployment`):
   (the same weights and gradients as separate tables; the row-wise optimizer state is shared per row).
 
 Both train as one TorchRec model (`GroupedModel`) with the one `Trainer`: one EBC sharded by the planner,
-the router, and one head (our DLRM or DCN dense part) per group; every head scores the batch and each row
-keeps its group's score, so a group's tables and layers learn from its rows only. The same module serves
+the router, and one head (our DLRM or DCN dense part) per group; each row is scored by its group's head
+only (rows gathered per group and put back in order: the dense compute of one model, not K), so a
+group's tables and layers learn from its rows only. The same module serves
 (batch in, scores out): the test numbers of a grouped run are its scores.
 
 The router is naive Bayes over per-id group scores: `group(x) = argmax_k log p_k + sum_f S_f[x_f, k]`,
@@ -269,7 +270,7 @@ class GroupedModel(nn.Module):
         )
 
     def group_logits(self, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
-        """[B, K]: every group's head on every row."""
+        """[B, K]: every group's head on every row (K x the dense compute of `forward`; for comparisons)."""
         pooled = self.sparse_arch(kjt).to_dict()
         outs = [
             head.interact(dense, {f: pooled[f][:, o : o + d] for f, o, d in cols})  # type: ignore[operator]
@@ -277,10 +278,27 @@ class GroupedModel(nn.Module):
         ]
         return torch.stack(outs, dim=1)
 
+    def routed_logits(
+        self, dense: torch.Tensor, pooled: dict[str, torch.Tensor], group: torch.Tensor
+    ) -> torch.Tensor:
+        """[B]: each row scored by its own group's head only. Rows are gathered per group (a stable sort by
+        group), each head runs on its rows, and the scores are put back in row order: the dense compute of
+        one head per row, whatever K. A group without rows in the batch still runs on an empty batch, so
+        every head stays in the graph (DDP expects a gradient, here zero, for each parameter)."""
+        order = torch.argsort(group, stable=True)
+        counts = torch.bincount(group, minlength=len(self.heads)).tolist()
+        outs = []
+        for head, cols, rows in zip(self.heads, self.slices, order.split(counts), strict=True):
+            per_feature = {f: pooled[f][rows, o : o + d] for f, o, d in cols}
+            outs.append(head.interact(dense[rows], per_feature))  # type: ignore[operator]
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(len(order), device=order.device)
+        return torch.cat(outs)[inverse]
+
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         group = self.router(sparse_features)  # [B]
-        logits = self.group_logits(dense_features, sparse_features)
-        return logits.gather(1, group[:, None]).squeeze(1)
+        pooled = self.sparse_arch(sparse_features).to_dict()
+        return self.routed_logits(dense_features, pooled, group)
 
 
 class GroupedHooks(TrainHooks):
