@@ -219,6 +219,33 @@ def router_tables(
     return [TableArch(f"router_{f}", [f], rows[f], router_dim(num_groups), data_type) for f in features]
 
 
+def routed_logits(
+    heads: nn.ModuleList,
+    slices: list[list[tuple[str, int, int]]],
+    dense: torch.Tensor,
+    pooled: dict[str, torch.Tensor],
+    group: torch.Tensor,
+) -> torch.Tensor:
+    """[B]: each row scored by its own group's head only (`slices[k]`: (feature, first column, dim) of
+    group k). Rows are gathered per group (a stable sort by group), each head runs on its rows, and the
+    scores are put back in row order: the dense compute of one head per row, whatever K. A group without
+    rows in the batch still runs on an empty batch, so every head stays in the graph (DDP expects a
+    gradient, here zero, for each parameter)."""
+    order = torch.argsort(group, stable=True)
+    counts = torch.bincount(group, minlength=len(heads)).tolist()
+    outs = []
+    for head, cols, rows in zip(heads, slices, order.split(counts), strict=True):
+        per_feature = {f: pooled[f][rows, o : o + d] for f, o, d in cols}
+        outs.append(head.interact(dense[rows], per_feature))  # type: ignore[operator]
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(len(order), device=order.device)
+    return torch.cat(outs)[inverse]
+
+
+# Data-dependent splits: a leaf for torch.fx, which TorchRec's train pipeline uses to trace the model.
+torch.fx.wrap("routed_logits")
+
+
 class GroupedModel(nn.Module):
     """Router + one EBC + one head per group: `(dense, KJT) -> logits [B]` of each row's group.
 
@@ -278,27 +305,10 @@ class GroupedModel(nn.Module):
         ]
         return torch.stack(outs, dim=1)
 
-    def routed_logits(
-        self, dense: torch.Tensor, pooled: dict[str, torch.Tensor], group: torch.Tensor
-    ) -> torch.Tensor:
-        """[B]: each row scored by its own group's head only. Rows are gathered per group (a stable sort by
-        group), each head runs on its rows, and the scores are put back in row order: the dense compute of
-        one head per row, whatever K. A group without rows in the batch still runs on an empty batch, so
-        every head stays in the graph (DDP expects a gradient, here zero, for each parameter)."""
-        order = torch.argsort(group, stable=True)
-        counts = torch.bincount(group, minlength=len(self.heads)).tolist()
-        outs = []
-        for head, cols, rows in zip(self.heads, self.slices, order.split(counts), strict=True):
-            per_feature = {f: pooled[f][rows, o : o + d] for f, o, d in cols}
-            outs.append(head.interact(dense[rows], per_feature))  # type: ignore[operator]
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(len(order), device=order.device)
-        return torch.cat(outs)[inverse]
-
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         group = self.router(sparse_features)  # [B]
         pooled = self.sparse_arch(sparse_features).to_dict()
-        return self.routed_logits(dense_features, pooled, group)
+        return routed_logits(self.heads, self.slices, dense_features, pooled, group)
 
 
 class GroupedHooks(TrainHooks):
