@@ -31,12 +31,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 from pathlib import Path
 
 from harness import budget_runs, mean_std, paired_bootstrap, run_one, scores, verdict, with_dir
+
+from torchrec_aes.search.ihas.cluster import spearman
 
 
 def main() -> None:
@@ -159,29 +160,6 @@ def main() -> None:
     (out / "summary.md").write_text(table + "\n")
     (out / "results.json").write_text(json.dumps(rows, indent=1))
     plot(rows, out / "quality_vs_bytes.png")
-
-
-def _ranks(values: list[float]) -> list[float]:
-    """Ranks with ties averaged (for Spearman's correlation)."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    ranks = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            ranks[order[k]] = (i + j) / 2
-        i = j + 1
-    return ranks
-
-
-def spearman(x: list[float], y: list[float]) -> float:
-    rx, ry = _ranks(x), _ranks(y)
-    mx, my = statistics.mean(rx), statistics.mean(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
-    norm = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
-    return cov / norm if norm else 0.0
 
 
 def planted_lines(rows: list[dict]) -> list[str]:

@@ -1,16 +1,21 @@
-"""What routing costs at serving time: iHAS's router against the whole grouped model, measured in one run.
+"""What grouping costs at serving time: iHAS's routed model against the same model running every head and
+against a plain model of the same bytes, measured in one run.
 
 Loads a grouped run directory (`architecture.yaml` of kind `grouped` + `router.pt`), builds its serving
 module (`GroupedModel`: router, TorchRec EBC, one head per group) unsharded on CPU, and times on batches
-of the run's test rows (`--batch`, default 4096):
+of the run's test rows (`--batches`, default 1000 and 4096 rows), on `--threads` threads (default 1):
 
 1. the router alone (`model.router(kjt)`);
-2. the whole model (`model(dense, kjt)`: router + lookup + heads).
+2. the routed model (`model(dense, kjt)`: router + lookup + each row through its group's head only);
+3. the whole grouped model (every head on every row, each row keeping its group's score: the way the
+   grouped model ran before the routed path);
+4. a plain model of the same bytes (`model.type` at the largest uniform dim whose tables are not larger
+   than the grouped architecture's, router included).
 
-Prints median milliseconds per batch, the router's latency per 1k samples, its share of the whole model's
-time (the ratio 1 / 2, measured in the same run) and its bytes against the budget.
+Prints median milliseconds per batch, per 1k rows and rows/s, and the ratios routed / plain, whole /
+plain and router / routed (measured in the same run), and the router's bytes against the budget.
 
-    .venv/bin/python tools/bench_router.py RUN [--batch 4096] [--repeats 20] [key=value ...]
+    .venv/bin/python tools/bench_router.py RUN [--batches 1000 4096] [--repeats 20] [key=value ...]
 """
 
 from __future__ import annotations
@@ -35,18 +40,34 @@ def _median_ms(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def _time_batch(model, plain, dense, kjt, repeats: int) -> dict[str, float]:
+    """Median ms of the router, the routed model, every head on every row and the plain model."""
+
+    def whole() -> torch.Tensor:
+        return model.group_logits(dense, kjt).gather(1, model.router(kjt)[:, None])
+
+    return {
+        "router": _median_ms(lambda: model.router(kjt), repeats),
+        "routed": _median_ms(lambda: model(dense, kjt), repeats),
+        "whole": _median_ms(whole, repeats),
+        "plain": _median_ms(lambda: plain(dense, kjt), repeats),
+    }
+
+
 @torch.no_grad()
 def main() -> None:
     from torchrec_aes.architecture import Architecture, kind_of
     from torchrec_aes.config import load_config
     from torchrec_aes.data.dataset import make_batch
+    from torchrec_aes.models.ctr import build_ctr_model
+    from torchrec_aes.planning.memory import arch_bytes
     from torchrec_aes.tasks import get_task
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("run", help="a grouped (iHAS) run directory")
-    parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1000, 4096])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: per-core latency)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the run's config")
@@ -61,35 +82,68 @@ def main() -> None:
     train_arch, hooks = kind_of(arch).training_form(arch, path, task.schema)
     ebc = EmbeddingBagCollection(tables=train_arch.to_ebc_configs(), device=torch.device("cpu"))
     model = hooks.make_model(task, ebc).eval()
+    grouped_bytes = arch_bytes(arch)
+    dim = max(
+        (d for d in range(4, 1025, 4) if arch_bytes(Architecture.uniform(task.schema, d)) <= grouped_bytes),
+        default=4,
+    )
+    plain_ebc = EmbeddingBagCollection(
+        tables=Architecture.uniform(task.schema, dim).to_ebc_configs(), device=torch.device("cpu")
+    )
+    plain = build_ctr_model(cfg.model.type, plain_ebc, task.schema.num_dense, cfg.model).eval()
     test = task.data.test
     keys = task.schema.sparse_names
-    n = min(args.batch, len(test))
-    batch = make_batch(test, torch.arange(n), keys)
-    kjt, dense = batch.sparse_features, batch.dense_features
-    router_ms = _median_ms(lambda: model.router(kjt), args.repeats)
-    model_ms = _median_ms(lambda: model(dense, kjt), args.repeats)
     metrics = json.load(open(os.path.join(args.run, "metrics.json")))
-    router = metrics.get("search_log", {}).get("router", {})
-    out = {
-        "batch": n,
-        "threads": args.threads,
-        "groups": len(arch.extra["groups"]["dims"]),
-        "router_features": len(router.get("features", [])),
-        "router_ms": router_ms,
-        "model_ms": model_ms,
-        "router_share_of_time": router_ms / model_ms,
-        "router_ms_per_1k": router_ms * 1000 / n,
-        "router_bytes": router.get("bytes"),
-        "router_share_of_budget": router.get("share_of_budget"),
-    }
-    print(
-        f"batch {n}, {out['groups']} groups, router over {out['router_features']} fields, "
-        f"{args.threads} thread(s): router {router_ms:.2f} ms, whole model {model_ms:.2f} ms per batch -> "
-        f"routing is {out['router_share_of_time']:.1%} of inference time "
-        f"({out['router_ms_per_1k']:.3f} ms per 1k samples); router bytes "
-        f"{out['router_bytes']} = {out['router_share_of_budget'] or 0:.1%} of the budget"
+    groups = len(arch.extra["groups"]["dims"])
+    router = next(
+        (
+            c["router"]
+            for c in metrics.get("search_log", {}).get("candidates", [])
+            if c["num_groups"] == groups
+        ),
+        {},
     )
-    print(json.dumps(out))
+    plain_bytes = arch_bytes(Architecture.uniform(task.schema, dim))
+    print(
+        f"{groups} groups, router over {len(model.router.features)} fields; "
+        f"plain {cfg.model.type} at uniform dim {dim} ({plain_bytes} vs {grouped_bytes} bytes); "
+        f"{args.threads} thread(s); median of {args.repeats}"
+    )
+    print(
+        "| rows per batch | router ms | routed ms | whole ms | plain ms | routed/plain | whole/plain | "
+        "router/routed | routed rows/s | plain rows/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    results = []
+    for size in args.batches:
+        n = min(size, len(test))
+        batch = make_batch(test, torch.arange(n), keys)
+        kjt, dense = batch.sparse_features, batch.dense_features
+        ms = _time_batch(model, plain, dense, kjt, args.repeats)
+        row = {
+            "rows": n,
+            "threads": args.threads,
+            "groups": groups,
+            "plain_dim": dim,
+            **{f"{k}_ms": v for k, v in ms.items()},
+        }
+        results.append(row)
+        print(
+            f"| {n} | {ms['router']:.2f} | {ms['routed']:.2f} | {ms['whole']:.2f} | {ms['plain']:.2f} | "
+            f"{ms['routed'] / ms['plain']:.2f} | {ms['whole'] / ms['plain']:.2f} | "
+            f"{ms['router'] / ms['routed']:.1%} | {n / ms['routed'] * 1000:,.0f} | "
+            f"{n / ms['plain'] * 1000:,.0f} |"
+        )
+    print(f"router bytes {router.get('bytes')} = {router.get('share_of_budget') or 0:.1%} of the budget")
+    print(
+        json.dumps(
+            {
+                "results": results,
+                "router_bytes": router.get("bytes"),
+                "router_share_of_budget": router.get("share_of_budget"),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

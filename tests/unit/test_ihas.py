@@ -216,7 +216,9 @@ def test_gate_regulariser_value_and_kept_share_by_hand():
 
 
 def test_gate_hooks_dual_update_raises_and_lowers_the_sparsity_weight_never_below_zero():
-    hooks = GateHooks(8, "prefix", 2.0, [0.5, 0.5], target=0.4, sparsity_lr=0.1, polarization=0.01)
+    hooks = GateHooks(
+        8, "prefix", 2.0, [0.5, 0.5], target=0.4, sparsity_lr=0.1, polarization=0.01, signed=False
+    )
     assert hooks.sparsity == 0.0
     hooks.kept = torch.tensor(0.9)
     assert hooks.after_step(0, 1.5) == pytest.approx(1.5)  # the loss, all-reduced over a world of one
@@ -243,6 +245,25 @@ def test_gate_hooks_dual_update_raises_and_lowers_the_sparsity_weight_never_belo
     restored = GateHooks(8, "prefix", 2.0, [0.5, 0.5], target=0.4, sparsity_lr=0.1, polarization=0.01)
     restored.load_state_dict(hooks.state_dict())
     assert restored.sparsity == 0.3
+
+
+def test_signed_dual_goes_below_zero_after_an_overshoot_and_each_epoch_records_its_kept_share():
+    hooks = GateHooks(8, "prefix", 2.0, [0.5, 0.5], target=0.4, sparsity_lr=0.1, polarization=0.01)
+    for step, kept in enumerate([0.9, 0.5]):  # epoch 0: above the target
+        hooks.kept = torch.tensor(kept)
+        hooks.after_step(step, 1.0)
+    assert hooks.validate(0) is None  # the task's validation runs as usual
+    for step, kept in enumerate([0.1, 0.1, 0.1], start=2):  # epoch 1: closed past the target
+        hooks.kept = torch.tensor(kept)
+        hooks.after_step(step, 1.0)
+    hooks.validate(1)
+    assert hooks.sparsity == pytest.approx(0.1 * (0.5 + 0.1 - 3 * 0.3))  # -0.03: reopens gates
+    assert [round(e["kept"], 4) for e in hooks.epochs] == [0.7, 0.1]
+    assert [e["target"] for e in hooks.epochs] == [0.4, 0.4]
+    assert hooks.epochs[0]["sparsity"] == pytest.approx(0.06)
+    restored = GateHooks(8, "prefix", 2.0, [0.5, 0.5], target=0.4, sparsity_lr=0.1, polarization=0.01)
+    restored.load_state_dict(json.loads(json.dumps(hooks.state_dict())))
+    assert restored.epochs == hooks.epochs and restored.sparsity == hooks.sparsity
 
 
 def test_gate_hooks_extra_loss_is_the_regulariser_of_the_last_training_forward():
@@ -682,6 +703,6 @@ def test_a_search_on_planted_populations_recovers_them(tmp_path):
         [*POPULATIONS, f"run_dir={run}", f"data.cache_dir={tmp_path / 'cache'}"],
     )
     run_search(cfg)
-    log = json.loads((run / "metrics.json").read_text())["search_log"]
+    log = json.loads((run / "metrics.json").read_text())["search_log"]["candidates"][0]
     assert log["num_groups"] == 2
     assert log["population_ari"] >= 0.8, log["population_ari"]

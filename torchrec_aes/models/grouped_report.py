@@ -20,7 +20,14 @@ def grouped_section(run_dir: str, arch: Architecture, metrics: dict[str, Any]) -
     dims = np.array(spec.get("dims", []))
     if dims.size == 0:
         return []
-    log = metrics.get("search_log", {})
+    log = next(  # the search log of this K among iHAS's candidates
+        (
+            c
+            for c in metrics.get("search_log", {}).get("candidates", [])
+            if c.get("num_groups") == dims.shape[0]
+        ),
+        {},
+    )
     # The first F tables are one per field in schema order (shared `t_<f>`, or group 0's `g0_t_<f>`).
     features = [t.feature_names[0] for t in arch.tables[: dims.shape[1]]]
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * dims.shape[1] + 2), 0.5 * dims.shape[0] + 1.5))
@@ -44,6 +51,7 @@ def grouped_section(run_dir: str, arch: Architecture, metrics: dict[str, Any]) -
         "![dims per group and field](groups.png)",
         "",
     ]
+    name = f"ihas_k{dims.shape[0]}"  # the finalist's name (`search/ihas/search.py`)
     scores_path, groups_path = metrics.get("test_scores"), join(run_dir, "test_groups.npy")
     if scores_path and not scores_path.startswith("/") and "://" not in scores_path:
         scores_path = join(run_dir, scores_path)
@@ -52,7 +60,7 @@ def grouped_section(run_dir: str, arch: Architecture, metrics: dict[str, Any]) -
         scores_path
         and exists(scores_path)
         and exists(groups_path)
-        and metrics.get("winner", "ihas") == "ihas"
+        and metrics.get("winner", name) == name
     ):
         scores, groups = load_numpy(scores_path), load_numpy(groups_path)
         if scores.shape[1] == len(groups):

@@ -1,4 +1,4 @@
-"""Mini-batch K-Means (Sculley, 2010) in torch, and the adjusted Rand index.
+"""Mini-batch K-Means (Sculley, 2010) in torch, the adjusted Rand index and Spearman's rank correlation.
 
 Why our own ~40 lines and not scikit-learn: it adds no dependency, runs on the tensors where they are (CPU
 or GPU), and is a pure function of (points, K, seed), so every rank of a distributed search computes the
@@ -83,3 +83,27 @@ def adjusted_rand_index(a: torch.Tensor, b: torch.Tensor) -> float:
     expected = rows * cols / total if total else 0.0
     top = (rows + cols) / 2 - expected
     return 1.0 if top == 0 else (index - expected) / top
+
+
+def _ranks(values: list[float]) -> list[float]:
+    """Ranks with ties averaged."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation of two equally long lists (ties averaged; 0 when either is constant)."""
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    norm = math.sqrt(sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry))
+    return cov / norm if norm else 0.0

@@ -4,7 +4,7 @@ defaults are)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torchrec_aes.architecture import check_data_type
 from torchrec_aes.config import register_section
@@ -27,11 +27,22 @@ class IHASConfig:
     """Initial bias of the gate logits: sigmoid(2) = 0.88, so the search starts near the full model."""
     sparsity_lr: float = 0.05
     """Step of the dual update of lambda_s (the sparsity weight), per training step: lambda_s rises while
-    the expected share of bytes kept is above the budget's share of the full model, falls while below."""
+    the expected kept share is above the target, falls while below (see `dual`)."""
+    sparsity_weights: str = "uniform"
+    """How the sparsity term weighs the fields: "uniform" (every gate costs the same: which gates close is
+    decided by the signal, and the budget is met afterwards when the group dims are fitted to it) or
+    "rows" (each field by its share of the table rows, i.e. by the bytes a kept dim costs: large tables
+    close first, whatever their signal)."""
+    dual: str = "signed"
+    """The dual variable lambda_s: "signed" (the kept share is an equality target: lambda_s may go below 0
+    and reopen gates after an overshoot) or "nonnegative" (an upper bound: lambda_s stops at 0, so gates
+    that closed past the target stay closed)."""
     polarization_weight: float = 0.01
     """lambda_p: weight of mean(pi (1 - pi)), the bi-polarization regulariser (pushes gates to 0 or 1)."""
-    num_groups: int = 4
-    """K: groups of samples (1 = one model, no router)."""
+    num_groups: list[int] = field(default_factory=lambda: [1, 2, 4])
+    """Candidate K (groups of samples), one finalist each, chosen by the final pick on validation: K = 1
+    is one model with per-table dims (no router), so data without instance-wise structure can choose it
+    and lose nothing to grouping. One number: that K only."""
     cluster_rows: int = 32768
     """Training rows (in total over ranks) whose masked embeddings are clustered and count the router."""
     kmeans_iters: int = 200
@@ -62,7 +73,6 @@ def check_config(icfg: IHASConfig) -> None:
         "controller_hidden": (icfg.controller_hidden, lambda v: v >= 1, ">= 1"),
         "sparsity_lr": (icfg.sparsity_lr, lambda v: v >= 0, ">= 0"),
         "polarization_weight": (icfg.polarization_weight, lambda v: v >= 0, ">= 0"),
-        "num_groups": (icfg.num_groups, lambda v: 1 <= v <= 64, "in [1, 64]"),
         "cluster_rows": (icfg.cluster_rows, lambda v: v >= 2, ">= 2"),
         "kmeans_iters": (icfg.kmeans_iters, lambda v: v >= 1, ">= 1"),
         "kmeans_batch": (icfg.kmeans_batch, lambda v: v >= 1, ">= 1"),
@@ -73,6 +83,14 @@ def check_config(icfg: IHASConfig) -> None:
     for key, (value, ok, allowed) in rules.items():
         if not ok(value):
             raise ValueError(f"search.ihas.{key}: {value} is out of range; allowed: {allowed}")
+    counts = group_counts(icfg)
+    if not counts or any(not 1 <= c <= 64 for c in counts) or len(set(counts)) < len(counts):
+        raise ValueError(
+            f"search.ihas.num_groups: {icfg.num_groups} is out of range; allowed: distinct counts in [1, 64]"
+        )
+    for key, allowed in (("sparsity_weights", ("uniform", "rows")), ("dual", ("signed", "nonnegative"))):
+        if getattr(icfg, key) not in allowed:
+            raise ValueError(f"search.ihas.{key}: '{getattr(icfg, key)}' is not one of {', '.join(allowed)}")
     if icfg.gates not in ("prefix", "free"):
         raise ValueError(f"search.ihas.gates: '{icfg.gates}' is not one of prefix, free")
     if icfg.deployment not in DEPLOYMENTS:
@@ -80,6 +98,12 @@ def check_config(icfg: IHASConfig) -> None:
             f"search.ihas.deployment: '{icfg.deployment}' is not one of {', '.join(DEPLOYMENTS)}"
         )
     check_data_type(icfg.router_data_type, "search.ihas.router_data_type")
+
+
+def group_counts(icfg: IHASConfig) -> list[int]:
+    """The candidate K, ascending (`num_groups` may be one int when built in Python)."""
+    counts = icfg.num_groups
+    return sorted(counts) if isinstance(counts, list) else [int(counts)]
 
 
 register_section("ihas", IHASConfig, check_config)

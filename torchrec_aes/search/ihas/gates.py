@@ -11,11 +11,14 @@ embeddings (all fields concatenated) to a gate logit per (field, block); pi = si
 
 `GateHooks` adds the regularisers to the training loss: lambda_s * kept + lambda_p mean(pi (1 - pi)),
 where kept = sum_f w_f mean(keep_f) is the expected share of dims kept (keep = pi for free gates, the
-cumulative product of pi for prefix gates), each field weighted by its share of the table rows (w_f): a
-kept dim costs bytes in proportion to its table's rows. lambda_s is not a constant to tune: it is a dual
-variable, raised while `kept` is above the share of the full model's bytes the budget allows (`target`)
-and lowered (not below 0) while under it, by `sparsity_lr` per step -- "over budget: raise the sparsity
-weight" done continuously -- so which gates close is learned and how many is set by the budget.
+cumulative product of pi for prefix gates). The field weights w_f are uniform by default, so a gate stays
+open for its signal whatever its table's size (the bytes are met later, when the group dims are fitted
+to the budget); `rows` weighs each field by its share of the table rows (a kept dim costs bytes in
+proportion to its table), which closes large tables first whatever their signal. lambda_s is not a
+constant to tune: it is a dual variable steered so that `kept` meets the target (the share of the full
+model's bytes the budget allows), by `sparsity_lr` per step; `signed` (default) lets it go below 0, so
+gates that closed past the target reopen, `nonnegative` stops it at 0 (the target is an upper bound).
+The kept share and lambda_s at the end of every epoch are recorded (`epochs`).
 """
 
 from __future__ import annotations
@@ -126,10 +129,11 @@ class GateHooks(TrainHooks):
 
     Args:
         hidden, gates, gate_init: the controller (see `GatedEmbeddingBagCollection`).
-        weights: [F] each field's share of the table rows.
-        target: the share of the full model's bytes to keep (from the budget).
+        weights: [F] the fields' weights in the kept share (sum to 1).
+        target: the kept share to reach (from the budget).
         sparsity_lr: step of the dual update of lambda_s.
         polarization: lambda_p.
+        signed: lambda_s may go below 0 (module docstring).
     """
 
     def __init__(
@@ -141,12 +145,16 @@ class GateHooks(TrainHooks):
         target: float,
         sparsity_lr: float,
         polarization: float,
+        signed: bool = True,
     ):
         self.hidden, self.gates, self.gate_init = hidden, gates, gate_init
+        self.signed = signed
         self.weights = torch.tensor(weights, dtype=torch.float32)
         self.target, self.sparsity_lr, self.polarization = target, sparsity_lr, polarization
         self.sparsity = 0.0
         self.kept: torch.Tensor | None = None  # this rank's kept share in the last step
+        self.epoch_kept: list[float] = [0.0, 0.0]  # sum and count of the all-reduced kept share this epoch
+        self.epochs: list[dict[str, float]] = []  # per epoch: mean kept share, target, lambda_s at its end
         self.gated: GatedEmbeddingBagCollection | None = None
 
     def make_model(self, task: Any, ebc: Any) -> nn.Module:
@@ -176,12 +184,26 @@ class GateHooks(TrainHooks):
         kept = float(self.kept) if self.kept is not None else self.target
         total_loss, total_kept = all_reduce_sum([loss / env.world_size, kept / env.world_size])
         # Dual ascent on lambda_s, identical on every rank (all-reduced kept share).
-        self.sparsity = max(0.0, self.sparsity + self.sparsity_lr * (total_kept - self.target))
+        self.sparsity += self.sparsity_lr * (total_kept - self.target)
+        if not self.signed:
+            self.sparsity = max(0.0, self.sparsity)
+        self.epoch_kept = [self.epoch_kept[0] + total_kept, self.epoch_kept[1] + 1]
         self.kept = None
         return total_loss
 
+    def validate(self, epoch: int) -> dict[str, float] | None:
+        """At the end of every epoch: records its mean kept share and lambda_s (validation as usual)."""
+        total, count = self.epoch_kept
+        self.epochs.append(
+            {"epoch": epoch, "kept": total / max(count, 1), "target": self.target, "sparsity": self.sparsity}
+        )
+        self.epoch_kept = [0.0, 0.0]
+        return None
+
     def state_dict(self) -> dict[str, Any]:
-        return {"sparsity": self.sparsity}
+        return {"sparsity": self.sparsity, "epoch_kept": self.epoch_kept, "epochs": self.epochs}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sparsity = float(state.get("sparsity", 0.0))
+        self.epoch_kept = [float(v) for v in state.get("epoch_kept", [0.0, 0.0])]
+        self.epochs = list(state.get("epochs", []))

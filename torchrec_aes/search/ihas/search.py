@@ -14,13 +14,14 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.data.dataset import Rows
+from torchrec_aes.data.planted import resolve_population_ranks
 from torchrec_aes.data.synthetic import load_populations
 from torchrec_aes.io import join, save_numpy_atomic, save_torch_atomic
 from torchrec_aes.models.grouped import GroupedHooks, GroupLayout, Router, grouped_architecture, router_tables
 from torchrec_aes.search.base import SearchContext, SearchResult, register
 from torchrec_aes.search.finalists import Finalist
-from torchrec_aes.search.ihas.cluster import adjusted_rand_index, assign, minibatch_kmeans
-from torchrec_aes.search.ihas.config import IHASConfig, check_config
+from torchrec_aes.search.ihas.cluster import adjusted_rand_index, assign, minibatch_kmeans, spearman
+from torchrec_aes.search.ihas.config import IHASConfig, check_config, group_counts
 from torchrec_aes.search.ihas.gates import BLOCK, GateHooks
 from torchrec_aes.search.ihas.router import fit_router
 from torchrec_aes.tasks.ctr import data_cache_dir
@@ -216,46 +217,54 @@ def route_split(router: Router, data: Rows, keys: list[str], batch_size: int, wo
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.int64)
 
 
-@register("ihas", tasks=("ctr",), section="ihas")
-def ihas_search(ctx: SearchContext) -> SearchResult:
-    """iHAS: see `torchrec_aes/search/ihas/__init__.py`."""
-    cfg, icfg, task = ctx.cfg, ctx.section, ctx.task
-    assert isinstance(icfg, IHASConfig)
-    check_config(icfg)
-    env = init_distributed()
-    schema = task.schema
-    base = max(ctx.candidates)
-    k = icfg.num_groups
+def _rank_agreement(
+    cfg: Any, labels: torch.Tensor, mean_active: torch.Tensor, dims: list[list[int]]
+) -> dict[str, Any] | None:
+    """On planted synthetic data: Spearman's correlation of each group's gate activity and dims with the
+    planted ranks of its majority population (one population: the planted ranks), averaged over groups."""
+    if cfg.data.type != "synthetic":
+        return None
+    syn = cfg.data.synthetic
+    ranks = resolve_population_ranks(syn)
+    rows = list(syn.cardinalities)
+    truth = [[min(r, n - 1) for r, n in zip(row, rows, strict=True)] for row in ranks]  # what ids realise
+    majority = [0] * len(mean_active)
+    if syn.populations > 1:
+        populations = load_populations(cfg.data, data_cache_dir(cfg))
+        assert populations is not None
+        members = populations["train"][: len(labels)]
+        majority = [
+            int(torch.bincount(members[labels == g], minlength=syn.populations).argmax())
+            if bool((labels == g).any())
+            else 0
+            for g in range(len(mean_active))
+        ]
+    gates = [spearman(mean_active[g].tolist(), truth[p]) for g, p in enumerate(majority)]
+    sized = [spearman([float(d) for d in dims[g]], truth[p]) for g, p in enumerate(majority)]
+    return {
+        "group_population": majority,
+        "gates": sum(gates) / len(gates),
+        "dims": sum(sized) / len(sized),
+        "per_group": [{"gates": a, "dims": b} for a, b in zip(gates, sized, strict=True)],
+    }
 
-    # 1. The gated search model (the one trainer; the gates' regularisers through the hooks).
-    scfg = copy.deepcopy(cfg)
-    scfg.train.epochs = icfg.search_epochs
+
+def _candidate(
+    ctx: SearchContext,
+    icfg: IHASConfig,
+    k: int,
+    sample: dict[str, torch.Tensor],
+    val_sample: dict[str, torch.Tensor],
+) -> tuple[Finalist, dict[str, Any]]:
+    """K groups from the gated sample: K-Means, the router (with hard-EM rounds), the dims under the
+    budget. Returns the finalist (K = 1: a plain per-table architecture) and its search log."""
+    cfg, schema, env = ctx.cfg, ctx.task.schema, init_distributed()
     rows = [f.num_embeddings for f in schema.sparse]
-    full = Architecture.uniform(schema, base, cfg.search.precision)
-    target = min(1.0, (1 - icfg.router_share) * ctx.budget.bytes / max(ctx.budget.used(full), 1))
-    if icfg.deployment == "separate":  # the groups' tables add up: each group gets ~1/K of the bytes
-        target /= k
-    hooks = GateHooks(
-        icfg.controller_hidden,
-        icfg.gates,
-        icfg.gate_init,
-        [r / sum(rows) for r in rows],
-        target,
-        icfg.sparsity_lr,
-        icfg.polarization_weight,
-    )
-    trainer = Trainer(scfg, task, Architecture.uniform(schema, base), ctx.run_dir, "ihas/search", hooks=hooks)
-    fitted = trainer.fit(test=False)
-
-    # 2. Deterministic gates on a training sample; K-Means on the masked embeddings (same on every rank).
-    sample = collect(trainer, hooks, ctx.splits.train, icfg.cluster_rows)
-    val_sample = collect(trainer, hooks, ctx.splits.val, max(icfg.cluster_rows // 4, 2))
-    k = min(k, len(sample["masked"]))
     centres, labels = minibatch_kmeans(
         sample["masked"], k, seed=cfg.train.seed, iters=icfg.kmeans_iters, batch=icfg.kmeans_batch
     )
     active = sample["active"].float()  # [N, F]
-    # 3. The router (its share of the budget first), then the group dims filling the rest.
+    # The router (its share of the budget first), then the group dims filling the rest.
     cap = icfg.router_share * ctx.budget.bytes
 
     def router_fits(features: list[str]) -> bool:
@@ -270,7 +279,7 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
         sample["ids"], labels, schema.sparse_names, rows, k, icfg.router_smoothing, router_fits
     )
     kmeans_labels = labels
-    for _ in range(icfg.router_rounds):
+    for _ in range(icfg.router_rounds if k > 1 else 0):
         # Hard EM on the router's naive-Bayes model: the groups become what the router serves (the group
         # models train on the rows the router sends them), starting from the K-Means groups.
         routed = _route_ids(router, sample["ids"], schema.sparse_names)
@@ -298,16 +307,9 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
         [router(b.sparse_features) for b in val_rows.batches(schema.sparse_names, len(val_groups))]
     )
     accuracy = float((routed == val_groups).float().mean())
-
     sizes = torch.bincount(labels, minlength=k).tolist()
     log: dict[str, Any] = {
-        "base_dim": base,
-        "search_history": fitted["history"],
-        "gate_open_share": float(sample["active"].float().mean() / base),
-        "kept_target": target,
-        "sparsity_weight": hooks.sparsity,
         "num_groups": k,
-        "deployment": icfg.deployment,
         "scale": scale,
         "groups": [
             {
@@ -325,9 +327,11 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
             "field_gains": field_gains,
         },
     }
-    if cfg.data.type == "synthetic" and cfg.data.synthetic.populations > 1:
+    agreement = _rank_agreement(cfg, labels, mean_active, layout.dims)
+    if agreement is not None:
+        log["rank_spearman"] = agreement
+    if cfg.data.type == "synthetic" and cfg.data.synthetic.populations > 1 and k > 1:
         # Planted populations (hidden from the model): how well do the groups recover them?
-
         populations = load_populations(cfg.data, data_cache_dir(cfg))
         if populations is not None:
             truth = populations["train"][: len(labels)]
@@ -341,13 +345,17 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
             )
     if env.is_main:
         logger.info(
-            "ihas: %d groups %s, router %d fields (%.1f%% of budget, accuracy %.3f)",
+            "ihas: K=%d groups %s, dims %s, router %d fields (%.1f%% of budget, accuracy %.3f)",
             k,
-            [g["share"] for g in log["groups"]],
+            [round(g["share"], 3) for g in log["groups"]],
+            layout.dims,
             len(router.features),
             100 * log["router"]["share_of_budget"],
             accuracy,
         )
+    name = f"ihas_k{k}"
+    if k == 1:  # one group: a plain per-table architecture, trained and served as `model.type`
+        return Finalist(name, layout.train_arch(schema)), log
 
     def save(run_dir: str) -> None:
         router.save(run_dir)
@@ -357,10 +365,67 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
         groups = route_split(
             router, ctx.splits.test, schema.sparse_names, cfg.train.eval_batch_size, env.world_size
         )
-
         save_numpy_atomic(join(run_dir, TEST_GROUPS_FILE), groups)
 
     finalist = Finalist(
-        "ihas", arch, train_arch=layout.train_arch(schema), hooks=GroupedHooks(layout, router), save=save
+        name, arch, train_arch=layout.train_arch(schema), hooks=GroupedHooks(layout, router), save=save
     )
-    return SearchResult(arch, log=log, finalists=[finalist])
+    return finalist, log
+
+
+@register("ihas", tasks=("ctr",), section="ihas")
+def ihas_search(ctx: SearchContext) -> SearchResult:
+    """iHAS: see `torchrec_aes/search/ihas/__init__.py`."""
+    cfg, icfg, task = ctx.cfg, ctx.section, ctx.task
+    assert isinstance(icfg, IHASConfig)
+    check_config(icfg)
+    schema = task.schema
+    base = max(ctx.candidates)
+    counts = group_counts(icfg)
+
+    # 1. The gated search model (the one trainer; the gates' regularisers through the hooks).
+    scfg = copy.deepcopy(cfg)
+    scfg.train.epochs = icfg.search_epochs
+    rows = [f.num_embeddings for f in schema.sparse]
+    full = Architecture.uniform(schema, base, cfg.search.precision)
+    router_share = icfg.router_share if max(counts) > 1 else 0.0
+    target = min(1.0, (1 - router_share) * ctx.budget.bytes / max(ctx.budget.used(full), 1))
+    if icfg.deployment == "separate":  # the groups' tables add up: each group gets ~1/K of the bytes
+        target /= max(counts)
+    weights = (
+        [r / sum(rows) for r in rows] if icfg.sparsity_weights == "rows" else [1 / len(rows)] * len(rows)
+    )
+    hooks = GateHooks(
+        icfg.controller_hidden,
+        icfg.gates,
+        icfg.gate_init,
+        weights,
+        target,
+        icfg.sparsity_lr,
+        icfg.polarization_weight,
+        signed=icfg.dual == "signed",
+    )
+    trainer = Trainer(scfg, task, Architecture.uniform(schema, base), ctx.run_dir, "ihas/search", hooks=hooks)
+    fitted = trainer.fit(test=False)
+
+    # 2. Deterministic gates on a training sample (the same on every rank); then per candidate K: K-Means
+    # on the masked embeddings, the router, the group dims under the budget -- one finalist each.
+    sample = collect(trainer, hooks, ctx.splits.train, icfg.cluster_rows)
+    val_sample = collect(trainer, hooks, ctx.splits.val, max(icfg.cluster_rows // 4, 2))
+    finalists, candidates = [], []
+    for k in sorted({min(c, len(sample["masked"])) for c in counts}):
+        finalist, log_k = _candidate(ctx, icfg, k, sample, val_sample)
+        finalists.append(finalist)
+        candidates.append(log_k)
+    log: dict[str, Any] = {
+        "base_dim": base,
+        "search_history": fitted["history"],
+        "gate_open_share": float(sample["active"].float().mean() / base),
+        "kept_target": target,
+        "kept_per_epoch": hooks.epochs,
+        "sparsity_weight": hooks.sparsity,
+        "deployment": icfg.deployment,
+        "candidates": candidates,
+    }
+    # Ascending K: on a tie the simpler model comes first.
+    return SearchResult(finalists[0].arch, log=log, finalists=finalists)
