@@ -56,12 +56,7 @@ def grouped_section(run_dir: str, arch: Architecture, metrics: dict[str, Any]) -
     if scores_path and not scores_path.startswith("/") and "://" not in scores_path:
         scores_path = join(run_dir, scores_path)
     per_group: dict[int, tuple[int, float]] = {}
-    if (
-        scores_path
-        and exists(scores_path)
-        and exists(groups_path)
-        and metrics.get("winner", name) == name
-    ):
+    if scores_path and exists(scores_path) and exists(groups_path) and metrics.get("winner", name) == name:
         scores, groups = load_numpy(scores_path), load_numpy(groups_path)
         if scores.shape[1] == len(groups):
             for k in range(dims.shape[0]):
