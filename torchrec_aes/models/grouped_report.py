@@ -20,7 +20,7 @@ def grouped_section(run_dir: str, arch: Architecture, metrics: dict[str, Any]) -
     dims = np.array(spec.get("dims", []))
     if dims.size == 0:
         return []
-    log = next(  # the search log of this K among iHAS's candidates
+    log: dict[str, Any] = next(  # the search log of this K among iHAS's candidates
         (
             c
             for c in metrics.get("search_log", {}).get("candidates", [])

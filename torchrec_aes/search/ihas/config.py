@@ -88,9 +88,10 @@ def check_config(icfg: IHASConfig) -> None:
         raise ValueError(
             f"search.ihas.num_groups: {icfg.num_groups} is out of range; allowed: distinct counts in [1, 64]"
         )
-    for key, allowed in (("sparsity_weights", ("uniform", "rows")), ("dual", ("signed", "nonnegative"))):
-        if getattr(icfg, key) not in allowed:
-            raise ValueError(f"search.ihas.{key}: '{getattr(icfg, key)}' is not one of {', '.join(allowed)}")
+    choices = {"sparsity_weights": ("uniform", "rows"), "dual": ("signed", "nonnegative")}
+    for name, options in choices.items():
+        if getattr(icfg, name) not in options:
+            raise ValueError(f"search.ihas.{name}: '{getattr(icfg, name)}' is not one of {', '.join(options)}")
     if icfg.gates not in ("prefix", "free"):
         raise ValueError(f"search.ihas.gates: '{icfg.gates}' is not one of prefix, free")
     if icfg.deployment not in DEPLOYMENTS:
