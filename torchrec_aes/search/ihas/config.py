@@ -90,8 +90,9 @@ def check_config(icfg: IHASConfig) -> None:
         )
     choices = {"sparsity_weights": ("uniform", "rows"), "dual": ("signed", "nonnegative")}
     for name, options in choices.items():
-        if getattr(icfg, name) not in options:
-            raise ValueError(f"search.ihas.{name}: '{getattr(icfg, name)}' is not one of {', '.join(options)}")
+        value = getattr(icfg, name)
+        if value not in options:
+            raise ValueError(f"search.ihas.{name}: '{value}' is not one of {', '.join(options)}")
     if icfg.gates not in ("prefix", "free"):
         raise ValueError(f"search.ihas.gates: '{icfg.gates}' is not one of prefix, free")
     if icfg.deployment not in DEPLOYMENTS:
