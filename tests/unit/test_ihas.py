@@ -76,7 +76,8 @@ def _pooled(gated: GatedEmbeddingBagCollection, kjt: KeyedJaggedTensor) -> torch
 
 
 def _set_gate_logits(gated: GatedEmbeddingBagCollection, logits: list[list[float]]) -> None:
-    """Every sample gets the same gate logits: zero last-layer weights, the logits as its bias."""
+    """Every sample gets the same gate logits (before the bound): zero last-layer weights, the logits as its
+    bias."""
     last = gated.controller[2]
     with torch.no_grad():
         last.weight.zero_()
@@ -119,7 +120,7 @@ def test_prefix_gates_in_eval_zero_everything_beyond_the_kept_prefix():
     gated.eval()
     with torch.no_grad():
         x = _pooled(gated, kjt)
-        probs = torch.sigmoid(gated.controller(x.reshape(12, -1))).view(12, 3, 2)
+        probs = gated.gate_probs(x)
         out = gated(kjt).values().view(12, 3, 8)
         again = gated(kjt).values().view(12, 3, 8)
     torch.testing.assert_close(out, again, rtol=0, atol=0)  # deterministic

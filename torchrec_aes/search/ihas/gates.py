@@ -2,7 +2,10 @@
 
 `GatedEmbeddingBagCollection` wraps the TorchRec EBC (every table at the base dim D, sharded as usual) the
 way the elastic EBC does: the lookup runs first, then a small controller MLP maps the sample's pooled
-embeddings (all fields concatenated) to a gate logit per (field, block); pi = sigmoid(logit).
+embeddings (all fields concatenated, scaled to unit norm: only their direction) to a gate
+logit per (field, block), bounded to (-b, b) by b tanh(raw / b) (`logit_bound`); pi = sigmoid(logit).
+Without the bound the logits saturate within a few hundred steps (pi = 1.0 exactly), where neither the
+task's gradient nor the sparsity term can move a gate any more (both pass through pi (1 - pi)).
 
 * Training: z ~ Bernoulli(pi) with a straight-through gradient (z + pi - stop_grad(pi)).
 * Evaluation (and clustering): deterministic z = 1[pi >= 0.5].
@@ -23,9 +26,11 @@ The kept share and lambda_s at the end of every epoch are recorded (`epochs`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
@@ -45,11 +50,17 @@ class GatedEmbeddingBagCollection(nn.Module):
         embedding_bag_collection: the tables, all at the same dim D (a multiple of 4).
         hidden: hidden units of the controller.
         gates: "prefix" or "free" (module docstring).
-        gate_init: initial bias of the gate logits.
+        gate_init: initial gate logit (|gate_init| < logit_bound).
+        logit_bound: the logits' bound b.
     """
 
     def __init__(
-        self, embedding_bag_collection: nn.Module, hidden: int, gates: str = "prefix", gate_init: float = 3.0
+        self,
+        embedding_bag_collection: nn.Module,
+        hidden: int,
+        gates: str = "prefix",
+        gate_init: float = 2.0,
+        logit_bound: float = 4.0,
     ) -> None:
         super().__init__()
         self.ebc = embedding_bag_collection
@@ -65,12 +76,19 @@ class GatedEmbeddingBagCollection(nn.Module):
         self.feature_names = [n for c in configs for n in c.feature_names]
         self.prefix = gates == "prefix"
         n = len(self.feature_names)
+        if not abs(gate_init) < logit_bound:
+            raise ValueError(
+                f"gated EBC: gate_init {gate_init} must lie within (-{logit_bound}, {logit_bound})"
+            )
+        self.logit_bound = logit_bound
         self.controller = nn.Sequential(
-            nn.Linear(n * self.dim, hidden), nn.ReLU(), nn.Linear(hidden, n * self.blocks)
+            nn.Linear(n * self.dim, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, n * self.blocks),
         )
         last = self.controller[2]
         assert isinstance(last, nn.Linear)
-        nn.init.constant_(last.bias, gate_init)
+        nn.init.constant_(last.bias, logit_bound * math.atanh(gate_init / logit_bound))
         self.last_probs: torch.Tensor | None = None  # [B, F, blocks] of the last training forward
         self.last_keep: torch.Tensor | None = None  # [B, F, blocks] expected kept share of each block
         self.capture: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # (masked, active dims) in eval
@@ -87,11 +105,21 @@ class GatedEmbeddingBagCollection(nn.Module):
             z = (probs >= 0.5).to(probs.dtype)
         return torch.cumprod(z, dim=-1) if self.prefix else z
 
+    def gate_probs(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, F, D] pooled embeddings -> [B, F, blocks] gate probabilities pi."""
+        batch, fields = x.shape[0], x.shape[1]
+        # Unit-norm input: with thousands of inputs, Adam's per-weight steps add up coherently and a
+        # raw input would move the logits by hundreds within a few dozen steps.
+        direction = F.normalize(x.reshape(batch, -1), dim=1)
+        bound = self.logit_bound
+        logits = bound * torch.tanh(self.controller(direction) / bound)
+        return torch.sigmoid(logits).view(batch, fields, self.blocks)
+
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         pooled = self.ebc(features).to_dict()
         x = torch.stack([pooled[f] for f in self.feature_names], dim=1)  # [B, F, D]
         batch, fields = x.shape[0], x.shape[1]
-        probs = torch.sigmoid(self.controller(x.reshape(batch, -1))).view(batch, fields, self.blocks)
+        probs = self.gate_probs(x)
         blocks = self.gate_mask(probs)
         masked = x * blocks.repeat_interleave(BLOCK, dim=-1)  # [B, F, D]
         if self.training:
@@ -128,7 +156,7 @@ class GateHooks(TrainHooks):
     """Builds the gated model, adds the gate regularisers to the loss and steers lambda_s to the target.
 
     Args:
-        hidden, gates, gate_init: the controller (see `GatedEmbeddingBagCollection`).
+        hidden, gates, gate_init, logit_bound: the controller (see `GatedEmbeddingBagCollection`).
         weights: [F] the fields' weights in the kept share (sum to 1).
         target: the kept share to reach (from the budget).
         sparsity_lr: step of the dual update of lambda_s.
@@ -146,8 +174,10 @@ class GateHooks(TrainHooks):
         sparsity_lr: float,
         polarization: float,
         signed: bool = True,
+        logit_bound: float = 4.0,
     ):
         self.hidden, self.gates, self.gate_init = hidden, gates, gate_init
+        self.logit_bound = logit_bound
         self.signed = signed
         self.weights = torch.tensor(weights, dtype=torch.float32)
         self.target, self.sparsity_lr, self.polarization = target, sparsity_lr, polarization
@@ -158,7 +188,7 @@ class GateHooks(TrainHooks):
         self.gated: GatedEmbeddingBagCollection | None = None
 
     def make_model(self, task: Any, ebc: Any) -> nn.Module:
-        gated = GatedEmbeddingBagCollection(ebc, self.hidden, self.gates, self.gate_init)
+        gated = GatedEmbeddingBagCollection(ebc, self.hidden, self.gates, self.gate_init, self.logit_bound)
         cfg = task.cfg
         return build_ctr_model(cfg.model.type, gated, task.schema.num_dense, cfg.model)  # type: ignore[arg-type]
 

@@ -404,6 +404,7 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
         icfg.sparsity_lr,
         icfg.polarization_weight,
         signed=icfg.dual == "signed",
+        logit_bound=icfg.gate_logit_bound,
     )
     trainer = Trainer(scfg, task, Architecture.uniform(schema, base), ctx.run_dir, "ihas/search", hooks=hooks)
     fitted = trainer.fit(test=False)
