@@ -123,3 +123,37 @@ def test_train_and_plan_take_the_grouped_run(search_run, capsys):
     placed = (run / "plan_4xcuda.json").read_text()
     for t in searched["tables"]:
         assert f'"{t["name"]}"' in placed
+
+
+def test_candidate_group_counts_are_finalists_and_one_group_is_a_plain_per_table_architecture(tmp_path):
+    from torchrec_aes.runs import run_search
+
+    run = tmp_path / "run"
+    cfg = load_config(
+        IHAS_TINY,
+        [
+            "search.ihas.num_groups=[2, 1]",
+            "search.final_baselines=false",
+            f"run_dir={run}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
+    run_search(cfg)
+    metrics = json.loads((run / "metrics.json").read_text())
+    log = metrics["search_log"]
+    assert [c["num_groups"] for c in log["candidates"]] == [1, 2]  # ascending: a tie goes to K = 1
+    assert [f["label"] for f in metrics["finalists"]] == ["ihas_k1", "ihas_k2"]
+    one, two = log["candidates"]
+    assert one["router"]["features"] == [] and one["router"]["bytes"] == 0 and len(one["groups"]) == 1
+    assert two["router"]["features"] and len(two["groups"]) == 2
+    budget = metrics["budget_bytes"]
+    assert all(f["bytes"] <= budget for f in metrics["finalists"]), (budget, metrics["finalists"])
+    # Planted data: how the gates and the dims follow the planted ranks, per K.
+    assert -1.0 <= one["rank_spearman"]["gates"] <= 1.0 and one["rank_spearman"]["group_population"] == [0]
+    # The gates' kept share per search epoch, against its target.
+    (epoch,) = log["kept_per_epoch"]
+    assert epoch["target"] == log["kept_target"] and 0.0 < epoch["kept"] <= 1.0
+    arch = yaml.safe_load((run / "architecture.yaml").read_text())
+    assert arch["kind"] == ("tables" if metrics["winner"] == "ihas_k1" else "grouped")
+    if metrics["winner"] == "ihas_k1":
+        assert not (run / "router.pt").exists()

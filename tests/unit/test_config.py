@@ -66,7 +66,17 @@ def test_missing_config_file_names_the_path(tmp_path):
 
 @pytest.mark.parametrize(
     "override",
-    ["search.adass.supernet_epochs=0", "search.ihas.search_epochs=0", "search.nasrec.population=0"],
+    [
+        "search.adass.supernet_epochs=0",
+        "search.ihas.search_epochs=0",
+        "search.nasrec.population=0",
+        "search.ihas.num_groups=[1, 2, 2]",
+        "search.ihas.num_groups=0",
+        "search.ihas.num_groups=[]",
+        "search.ihas.gate_init=5",
+        "search.ihas.sparsity_weights=bytes",
+        "search.ihas.dual=positive",
+    ],
 )
 def test_a_method_sections_bad_value_is_refused_when_the_config_loads(override: str) -> None:
     # Whatever search.method is: the section's own checks run in load_config, before any data is read.
