@@ -15,15 +15,22 @@ of the run's test rows (`--batches`, default 1000 and 4096 rows), on `--threads`
 Prints median milliseconds per batch, per 1k rows and rows/s, and the ratios routed / plain, whole /
 plain and router / routed (measured in the same run), and the router's bytes against the budget.
 
-    .venv/bin/python tools/bench_router.py RUN [--batches 1000 4096] [--repeats 20] [key=value ...]
+With `--train-steps N` it also trains both from scratch for N steps with the one `Trainer` (the run's
+config: TorchRec EBC with its fused optimizer, the train pipeline; `--threads` threads) and prints
+their training examples/s and the ratio grouped / plain (the time of the training steps only).
+
+    .venv/bin/python tools/bench_router.py RUN [--batches 1000 4096] [--repeats 20] [--train-steps 300] \
+        [key=value ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
+import tempfile
 import time
 
 import torch
@@ -54,11 +61,56 @@ def _time_batch(model, plain, dense, kjt, repeats: int) -> dict[str, float]:
     }
 
 
+def _train_speed(cfg, task, arch, hooks, steps: int) -> float:
+    """Training examples/s of `arch` (with `hooks`) over `steps` steps from scratch (no validation)."""
+    from torchrec_aes.train.trainer import Trainer
+
+    cfg = copy.deepcopy(cfg)
+    cfg.train.epochs, cfg.train.max_steps, cfg.train.checkpoint = 1, steps, False
+    cfg.train.limit_val_batches = 1
+    with tempfile.TemporaryDirectory() as run_dir:
+        result = Trainer(cfg, task, arch, run_dir, "bench", hooks=hooks).fit(test=False)
+    return result["examples_per_second"]
+
+
+def train_lines(cfg, task, train_arch, hooks, plain_arch, steps: int) -> list[str]:
+    """Training speed of the grouped model against the plain model of the same bytes, same run."""
+    grouped = _train_speed(cfg, task, train_arch, hooks, steps)
+    plain = _train_speed(cfg, task, plain_arch, None, steps)
+    return [
+        f"training, {steps} steps of batch {cfg.train.batch_size}: grouped {grouped:,.0f} examples/s, "
+        f"plain {plain:,.0f} examples/s -> grouped / plain time {plain / grouped:.2f}x"
+    ]
+
+
 @torch.no_grad()
+def timing(args, model, plain, test, keys) -> list[dict]:
+    """Serving latency table (printed) and its rows."""
+    from torchrec_aes.data.dataset import make_batch
+
+    print(
+        "| rows per batch | router ms | routed ms | whole ms | plain ms | routed/plain | whole/plain | "
+        "router/routed | routed rows/s | plain rows/s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    results = []
+    for size in args.batches:
+        n = min(size, len(test))
+        batch = make_batch(test, torch.arange(n), keys)
+        ms = _time_batch(model, plain, batch.dense_features, batch.sparse_features, args.repeats)
+        results.append({"rows": n, "threads": args.threads, **{f"{k}_ms": v for k, v in ms.items()}})
+        print(
+            f"| {n} | {ms['router']:.2f} | {ms['routed']:.2f} | {ms['whole']:.2f} | {ms['plain']:.2f} | "
+            f"{ms['routed'] / ms['plain']:.2f} | {ms['whole'] / ms['plain']:.2f} | "
+            f"{ms['router'] / ms['routed']:.1%} | {n / ms['routed'] * 1000:,.0f} | "
+            f"{n / ms['plain'] * 1000:,.0f} |"
+        )
+    return results
+
+
 def main() -> None:
     from torchrec_aes.architecture import Architecture, kind_of
     from torchrec_aes.config import load_config
-    from torchrec_aes.data.dataset import make_batch
     from torchrec_aes.models.ctr import build_ctr_model
     from torchrec_aes.planning.memory import arch_bytes
     from torchrec_aes.tasks import get_task
@@ -70,6 +122,7 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1000, 4096])
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: per-core latency)")
+    parser.add_argument("--train-steps", type=int, default=0, help="also time N training steps of both")
     parser.add_argument("overrides", nargs="*", help="key=value overrides of the run's config")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -81,7 +134,8 @@ def main() -> None:
         raise SystemExit(f"{path}: kind '{arch.kind}'; expected a grouped (iHAS) architecture")
     train_arch, hooks = kind_of(arch).training_form(arch, path, task.schema)
     ebc = EmbeddingBagCollection(tables=train_arch.to_ebc_configs(), device=torch.device("cpu"))
-    model = hooks.make_model(task, ebc).eval()
+    with torch.no_grad():
+        model = hooks.make_model(task, ebc).eval()
     grouped_bytes = arch_bytes(arch)
     dim = max(
         (d for d in range(4, 1025, 4) if arch_bytes(Architecture.uniform(task.schema, d)) <= grouped_bytes),
@@ -109,32 +163,13 @@ def main() -> None:
         f"plain {cfg.model.type} at uniform dim {dim} ({plain_bytes} vs {grouped_bytes} bytes); "
         f"{args.threads} thread(s); median of {args.repeats}"
     )
-    print(
-        "| rows per batch | router ms | routed ms | whole ms | plain ms | routed/plain | whole/plain | "
-        "router/routed | routed rows/s | plain rows/s |"
-    )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    results = []
-    for size in args.batches:
-        n = min(size, len(test))
-        batch = make_batch(test, torch.arange(n), keys)
-        kjt, dense = batch.sparse_features, batch.dense_features
-        ms = _time_batch(model, plain, dense, kjt, args.repeats)
-        row = {
-            "rows": n,
-            "threads": args.threads,
-            "groups": groups,
-            "plain_dim": dim,
-            **{f"{k}_ms": v for k, v in ms.items()},
-        }
-        results.append(row)
-        print(
-            f"| {n} | {ms['router']:.2f} | {ms['routed']:.2f} | {ms['whole']:.2f} | {ms['plain']:.2f} | "
-            f"{ms['routed'] / ms['plain']:.2f} | {ms['whole'] / ms['plain']:.2f} | "
-            f"{ms['router'] / ms['routed']:.1%} | {n / ms['routed'] * 1000:,.0f} | "
-            f"{n / ms['plain'] * 1000:,.0f} |"
-        )
+    results = timing(args, model, plain, test, keys)
     print(f"router bytes {router.get('bytes')} = {router.get('share_of_budget') or 0:.1%} of the budget")
+    if args.train_steps:
+        for line in train_lines(
+            cfg, task, train_arch, hooks, Architecture.uniform(task.schema, dim), args.train_steps
+        ):
+            print(line)
     print(
         json.dumps(
             {

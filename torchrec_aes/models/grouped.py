@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_aes.architecture import Architecture, ArchKind, TableArch, check_data_type, register_kind
 from torchrec_aes.data.schema import Schema
@@ -223,19 +223,23 @@ def routed_logits(
     heads: nn.ModuleList,
     slices: list[list[tuple[str, int, int]]],
     dense: torch.Tensor,
-    pooled: dict[str, torch.Tensor],
+    pooled: KeyedTensor,
     group: torch.Tensor,
 ) -> torch.Tensor:
     """[B]: each row scored by its own group's head only (`slices[k]`: (feature, first column, dim) of
-    group k). Rows are gathered per group (a stable sort by group), each head runs on its rows, and the
-    scores are put back in row order: the dense compute of one head per row, whatever K. A group without
-    rows in the batch still runs on an empty batch, so every head stays in the graph (DDP expects a
-    gradient, here zero, for each parameter)."""
+    group k in its feature's training table). Rows are gathered per group (a stable sort by group; one
+    gather of the pooled embeddings per group), each head runs on its rows, and the scores are put back in
+    row order: the dense compute of one head per row, whatever K. A group without rows in the batch still
+    runs on an empty batch, so every head stays in the graph (DDP expects a gradient, here zero, for each
+    parameter)."""
+    values = pooled.values()
+    start = dict(zip(pooled.keys(), pooled.offset_per_key()[:-1], strict=True))
     order = torch.argsort(group, stable=True)
     counts = torch.bincount(group, minlength=len(heads)).tolist()
     outs = []
     for head, cols, rows in zip(heads, slices, order.split(counts), strict=True):
-        per_feature = {f: pooled[f][rows, o : o + d] for f, o, d in cols}
+        mine = values[rows]
+        per_feature = {f: mine[:, start[f] + o : start[f] + o + d] for f, o, d in cols}
         outs.append(head.interact(dense[rows], per_feature))  # type: ignore[operator]
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order), device=order.device)
@@ -307,7 +311,7 @@ class GroupedModel(nn.Module):
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         group = self.router(sparse_features)  # [B]
-        pooled = self.sparse_arch(sparse_features).to_dict()
+        pooled = self.sparse_arch(sparse_features)
         return routed_logits(self.heads, self.slices, dense_features, pooled, group)
 
 
