@@ -9,16 +9,18 @@ per group retrained with its group's dims. No code or hyperparameters are public
 
 Ours (configurable in `search.ihas`, docs/methods/ihas.md "Where we deviate"):
 
-1. Gates (`gates.py`): a controller MLP (`controller_hidden`) maps a sample's pooled embeddings, all fields
-   at the base dim D = max(search.candidates), to one logit per (field, block of 4 dims); training samples
-   z ~ Bernoulli(sigmoid(logit)) with a straight-through gradient; loss = BCE + lambda_s x (the expected
-   share of bytes kept, fields weighted by their rows) + lambda_p mean(pi (1 - pi)), lambda_s a dual
-   variable steered to the budget's share of the full model (`sparsity_lr`). `prefix` gates (default)
+1. Gates (`gates.py`): a controller MLP (`controller_hidden`) maps the direction (unit norm) of a sample's
+   pooled embeddings, all fields at the base dim D = max(search.candidates), to one bounded logit per
+   (field, block of 4 dims) (`gate_logit_bound`); training samples z ~ Bernoulli(sigmoid(logit)) with a
+   straight-through gradient; loss = BCE + lambda_s x (the expected share of dims kept, fields weighted
+   uniformly or by their rows: `sparsity_weights`) + lambda_p mean(pi (1 - pi)), lambda_s a signed dual
+   variable steered to the budget's share of the full model (`sparsity_lr`, `dual`). `prefix` gates (default)
    keep the first k blocks, so a group's dim is a prefix of a TorchRec table's columns; `free` gates keep
    any subset (closer to the paper). The search model is an ordinary TorchRec model (EBC sharded by the
    planner, trained by the one `Trainer`).
-2. Clustering (`cluster.py`): deterministic gates on `cluster_rows` training rows; mini-batch K-Means
-   (K = `num_groups`) on the masked embeddings; group k's dim of field f = the mean active dims of its
+2. Clustering (`cluster.py`): deterministic gates on `cluster_rows` training rows; for every candidate K
+   of `num_groups` (one finalist each; K = 1 is a plain per-table architecture): mini-batch K-Means on the
+   masked embeddings; group k's dim of field f = the mean active dims of its
    members, rounded to a multiple of 4 (0 drops the field for the group). Then `router_rounds` of hard EM
    on the router's model (relabel the sample by the router, refit it), so the groups are what the router
    serves.
@@ -30,8 +32,8 @@ Ours (configurable in `search.ihas`, docs/methods/ihas.md "Where we deviate"):
 5. Deployment (`deployment`): `shared` (groups read prefixes of one table per field; bytes = per field the
    widest group) or `separate` (the paper's: per-group tables; bytes = the sum).
 6. Retraining: the grouped model (router + tables + one head per group) is trained from scratch as one
-   TorchRec model by the final pick, against the zero-cost baselines at the same bytes (every head scores
-   every row and a row keeps its group's score, so each group learns from its rows only).
+   TorchRec model by the final pick, against the zero-cost baselines at the same bytes (each row goes
+   through its routed group's head only, so each group learns from its rows only).
 
 Artifacts: `architecture.yaml` of kind `grouped` (group tables, router tables, `extra.groups` with the
 [K][F] dims and the deployment, `extra.router`), `router.pt`, `centroids.pt` and `test_groups.npy` (each
