@@ -227,20 +227,21 @@ def routed_logits(
     group: torch.Tensor,
 ) -> torch.Tensor:
     """[B]: each row scored by its own group's head only (`slices[k]`: (feature, first column, dim) of
-    group k in its feature's training table). Rows are gathered per group (a stable sort by group; one
-    gather of the pooled embeddings per group), each head runs on its rows, and the scores are put back in
-    row order: the dense compute of one head per row, whatever K. A group without rows in the batch still
+    group k in its feature's training table). The rows are permuted once into group order (a stable sort
+    by group), each head runs on its contiguous slice of rows, and the scores are put back in row order: the dense compute of one head per row, whatever K. A group without rows in the batch still
     runs on an empty batch, so every head stays in the graph (DDP expects a gradient, here zero, for each
     parameter)."""
-    values = pooled.values()
     start = dict(zip(pooled.keys(), pooled.offset_per_key()[:-1], strict=True))
     order = torch.argsort(group, stable=True)
     counts = torch.bincount(group, minlength=len(heads)).tolist()
+    # One permutation of the rows into group order; each group's rows are then a contiguous slice.
+    values, dense = pooled.values()[order], dense[order]
     outs = []
-    for head, cols, rows in zip(heads, slices, order.split(counts), strict=True):
-        mine = values[rows]
+    for head, cols, mine, mine_dense in zip(
+        heads, slices, values.split(counts), dense.split(counts), strict=True
+    ):
         per_feature = {f: mine[:, start[f] + o : start[f] + o + d] for f, o, d in cols}
-        outs.append(head.interact(dense[rows], per_feature))  # type: ignore[operator]
+        outs.append(head.interact(mine_dense, per_feature))  # type: ignore[operator]
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order), device=order.device)
     return torch.cat(outs)[inverse]
