@@ -228,8 +228,9 @@ def routed_logits(
 ) -> torch.Tensor:
     """[B]: each row scored by its own group's head only (`slices[k]`: (feature, first column, dim) of
     group k in its feature's training table). The rows are permuted once into group order (a stable sort
-    by group), each head runs on its contiguous slice of rows, and the scores are put back in row order: the dense compute of one head per row, whatever K. A group without rows in the batch still
-    runs on an empty batch, so every head stays in the graph (DDP expects a gradient, here zero, for each
+    by group), each head runs on its contiguous slice of rows, and the scores are put back in row order:
+    the dense compute of one head per row, whatever K. A group without rows in the batch still runs on an
+    empty batch, so every head stays in the graph (DDP expects a gradient, here zero, for each
     parameter)."""
     start = dict(zip(pooled.keys(), pooled.offset_per_key()[:-1], strict=True))
     order = torch.argsort(group, stable=True)
