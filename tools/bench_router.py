@@ -9,7 +9,9 @@ of the run's test rows (`--batches`, default 1000 and 4096 rows), on `--threads`
 2. the routed model (`model(dense, kjt)`: router + lookup + each row through its group's head only);
 3. the whole grouped model (every head on every row, each row keeping its group's score: the way the
    grouped model ran before the routed path);
-4. a plain model of the same bytes (`model.type` at the largest uniform dim whose tables are not larger
+4. one head: group 0's mixed-dim head on every row after the lookup (no router, no routing), which
+   separates what routing costs from what mixed dims (DLRM's per-field projections) cost;
+5. a plain model of the same bytes (`model.type` at the largest uniform dim whose tables are not larger
    than the grouped architecture's, router included).
 
 Prints median milliseconds per batch, per 1k rows and rows/s, and the ratios routed / plain, whole /
@@ -53,10 +55,15 @@ def _time_batch(model, plain, dense, kjt, repeats: int) -> dict[str, float]:
     def whole() -> torch.Tensor:
         return model.group_logits(dense, kjt).gather(1, model.router(kjt)[:, None])
 
+    def one_head() -> torch.Tensor:  # group 0's mixed-dim head on every row: no router, no routing
+        pooled = model.sparse_arch(kjt).to_dict()
+        return model.heads[0].interact(dense, {f: pooled[f][:, o : o + d] for f, o, d in model.slices[0]})
+
     return {
         "router": _median_ms(lambda: model.router(kjt), repeats),
         "routed": _median_ms(lambda: model(dense, kjt), repeats),
         "whole": _median_ms(whole, repeats),
+        "one_head": _median_ms(one_head, repeats),
         "plain": _median_ms(lambda: plain(dense, kjt), repeats),
     }
 
@@ -89,10 +96,10 @@ def timing(args, model, plain, test, keys) -> list[dict]:
     from torchrec_aes.data.dataset import make_batch
 
     print(
-        "| rows per batch | router ms | routed ms | whole ms | plain ms | routed/plain | whole/plain | "
-        "router/routed | routed rows/s | plain rows/s |"
+        "| rows per batch | router ms | routed ms | whole ms | one head ms | plain ms | routed/plain | "
+        "whole/plain | one head/plain | router/routed | routed rows/s | plain rows/s |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for size in args.batches:
         n = min(size, len(test))
@@ -100,8 +107,9 @@ def timing(args, model, plain, test, keys) -> list[dict]:
         ms = _time_batch(model, plain, batch.dense_features, batch.sparse_features, args.repeats)
         results.append({"rows": n, "threads": args.threads, **{f"{k}_ms": v for k, v in ms.items()}})
         print(
-            f"| {n} | {ms['router']:.2f} | {ms['routed']:.2f} | {ms['whole']:.2f} | {ms['plain']:.2f} | "
-            f"{ms['routed'] / ms['plain']:.2f} | {ms['whole'] / ms['plain']:.2f} | "
+            f"| {n} | {ms['router']:.2f} | {ms['routed']:.2f} | {ms['whole']:.2f} | {ms['one_head']:.2f} | "
+            f"{ms['plain']:.2f} | {ms['routed'] / ms['plain']:.2f} | {ms['whole'] / ms['plain']:.2f} | "
+            f"{ms['one_head'] / ms['plain']:.2f} | "
             f"{ms['router'] / ms['routed']:.1%} | {n / ms['routed'] * 1000:,.0f} | "
             f"{n / ms['plain'] * 1000:,.0f} |"
         )

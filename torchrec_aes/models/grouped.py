@@ -236,7 +236,7 @@ def routed_logits(
     order = torch.argsort(group, stable=True)
     counts = torch.bincount(group, minlength=len(heads)).tolist()
     # One permutation of the rows into group order; each group's rows are then a contiguous slice.
-    values, dense = pooled.values()[order], dense[order]
+    values, dense = pooled.values().index_select(0, order), dense.index_select(0, order)
     outs = []
     for head, cols, mine, mine_dense in zip(
         heads, slices, values.split(counts), dense.split(counts), strict=True
@@ -245,7 +245,7 @@ def routed_logits(
         outs.append(head.interact(mine_dense, per_feature))  # type: ignore[operator]
     inverse = torch.empty_like(order)
     inverse[order] = torch.arange(len(order), device=order.device)
-    return torch.cat(outs)[inverse]
+    return torch.cat(outs).index_select(0, inverse)
 
 
 # Data-dependent splits: a leaf for torch.fx, which TorchRec's train pipeline uses to trace the model.
