@@ -201,7 +201,7 @@ def planted_lines(rows: list[dict]) -> list[str]:
     the planted ranks (Spearman), and are the dims the same across seeds?"""
     lines = []
     for row in rows:
-        runs = [r for r in row["runs"] if "dims" in r and row["kind"] not in ("uniform", "power_rule")]
+        runs = [r for r in row["runs"] if r.get("dims") and row["kind"] not in ("uniform", "power_rule")]
         if not runs:
             continue
         names = list(runs[0]["dims"])
