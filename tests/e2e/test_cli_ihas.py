@@ -157,3 +157,27 @@ def test_candidate_group_counts_are_finalists_and_one_group_is_a_plain_per_table
     assert arch["kind"] == ("tables" if metrics["winner"] == "ihas_k1" else "grouped")
     if metrics["winner"] == "ihas_k1":
         assert not (run / "router.pt").exists()
+
+
+def test_a_group_count_the_budget_cannot_hold_is_skipped_when_a_smaller_one_fits(tmp_path):
+    from torchrec_aes.runs import run_search
+
+    run = tmp_path / "run"
+    cfg = load_config(
+        IHAS_TINY,
+        [
+            "search.ihas.num_groups=[1, 64]",
+            "search.ihas.deployment=separate",  # 64 groups of their own tables: 64x the smallest bytes
+            "search.budget=0.35 x uniform-16",
+            "search.final_baselines=false",
+            f"run_dir={run}",
+            f"data.cache_dir={tmp_path / 'cache'}",
+        ],
+    )
+    run_search(cfg)
+    metrics = json.loads((run / "metrics.json").read_text())
+    log = metrics["search_log"]
+    assert [c["num_groups"] for c in log["candidates"]] == [1]
+    (skipped,) = log["skipped"]
+    assert skipped["num_groups"] == 64 and "cannot hold 64 groups" in skipped["reason"]
+    assert [f["label"] for f in metrics["finalists"]] == ["ihas_k1"]

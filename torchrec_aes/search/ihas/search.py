@@ -413,9 +413,16 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
     # on the masked embeddings, the router, the group dims under the budget -- one finalist each.
     sample = collect(trainer, hooks, ctx.splits.train, icfg.cluster_rows)
     val_sample = collect(trainer, hooks, ctx.splits.val, max(icfg.cluster_rows // 4, 2))
-    finalists, candidates = [], []
+    finalists, candidates, skipped = [], [], []
     for k in sorted({min(c, len(sample["masked"])) for c in counts}):
-        finalist, log_k = _candidate(ctx, icfg, k, sample, val_sample)
+        try:
+            finalist, log_k = _candidate(ctx, icfg, k, sample, val_sample)
+        except ValueError as e:  # this K does not fit the budget: keep the smaller K that do
+            if not finalists:
+                raise
+            skipped.append({"num_groups": k, "reason": str(e)})
+            logger.warning("ihas: K=%d skipped: %s", k, e)
+            continue
         finalists.append(finalist)
         candidates.append(log_k)
     log: dict[str, Any] = {
@@ -427,6 +434,7 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
         "sparsity_weight": hooks.sparsity,
         "deployment": icfg.deployment,
         "candidates": candidates,
+        "skipped": skipped,
     }
     # Ascending K: on a tie the simpler model comes first.
     return SearchResult(finalists[0].arch, log=log, finalists=finalists)
