@@ -413,7 +413,9 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
     # on the masked embeddings, the router, the group dims under the budget -- one finalist each.
     sample = collect(trainer, hooks, ctx.splits.train, icfg.cluster_rows)
     val_sample = collect(trainer, hooks, ctx.splits.val, max(icfg.cluster_rows // 4, 2))
-    finalists, candidates, skipped = [], [], []
+    finalists: list[Finalist] = []
+    candidates: list[dict[str, Any]] = []
+    skipped: list[dict[str, Any]] = []
     for k in sorted({min(c, len(sample["masked"])) for c in counts}):
         try:
             finalist, log_k = _candidate(ctx, icfg, k, sample, val_sample)
