@@ -202,6 +202,9 @@ def main(argv: list[str] | None = None) -> None:
     _quiet()
     try:
         args.fn(args)
+        from torchrec_aes.train.distributed import shutdown_distributed
+
+        shutdown_distributed()
     except Exception as e:
         message = user_error_message(e)
         if message is None:

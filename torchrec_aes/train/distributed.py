@@ -68,6 +68,17 @@ def init_distributed() -> DistEnv:
     return DistEnv(rank=dist.get_rank(), world_size=dist.get_world_size(), device=device, pg=pg)
 
 
+def shutdown_distributed() -> None:
+    """Leaves the process group cleanly at the end of a command: a barrier, so no rank exits while another
+    still talks to it, then the group is destroyed before the interpreter tears its threads down (exiting
+    with a live gloo group now and then aborted a rank with "terminate called without an active
+    exception" after a successful run). A later `init_distributed` in the same process joins afresh."""
+    if dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
+        dist.destroy_process_group()
+
+
 def broadcast_object(obj, src: int = 0):
     """Rank `src`'s object on every rank (identity in a world of one)."""
     if dist.get_world_size() == 1:
