@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     _quiet()
     try:
         args.fn(args)
-        from torchrec_aes.train.distributed import shutdown_distributed
+        from torchrec_aes.train.distributed import shutdown_distributed  # start-up time, as in `_train`
 
         shutdown_distributed()
     except Exception as e:
