@@ -125,21 +125,26 @@ def test_train_and_plan_take_the_grouped_run(search_run, capsys):
         assert f'"{t["name"]}"' in placed
 
 
-def test_candidate_group_counts_are_finalists_and_one_group_is_a_plain_per_table_architecture(tmp_path):
+def _search_in_process(tmp_path: Path, *overrides: str) -> tuple[Path, dict]:
+    """A tiny iHAS search without the baselines, in this process: (its run directory, metrics.json)."""
     from torchrec_aes.runs import run_search
 
     run = tmp_path / "run"
     cfg = load_config(
         IHAS_TINY,
         [
-            "search.ihas.num_groups=[2, 1]",
+            *overrides,
             "search.final_baselines=false",
             f"run_dir={run}",
             f"data.cache_dir={tmp_path / 'cache'}",
         ],
     )
     run_search(cfg)
-    metrics = json.loads((run / "metrics.json").read_text())
+    return run, json.loads((run / "metrics.json").read_text())
+
+
+def test_candidate_group_counts_are_finalists_and_one_group_is_a_plain_per_table_architecture(tmp_path):
+    run, metrics = _search_in_process(tmp_path, "search.ihas.num_groups=[2, 1]")
     log = metrics["search_log"]
     assert [c["num_groups"] for c in log["candidates"]] == [1, 2]  # ascending: a tie goes to K = 1
     assert [f["label"] for f in metrics["finalists"]] == ["ihas_k1", "ihas_k2"]
@@ -160,22 +165,12 @@ def test_candidate_group_counts_are_finalists_and_one_group_is_a_plain_per_table
 
 
 def test_a_group_count_the_budget_cannot_hold_is_skipped_when_a_smaller_one_fits(tmp_path):
-    from torchrec_aes.runs import run_search
-
-    run = tmp_path / "run"
-    cfg = load_config(
-        IHAS_TINY,
-        [
-            "search.ihas.num_groups=[1, 64]",
-            "search.ihas.deployment=separate",  # 64 groups of their own tables: 64x the smallest bytes
-            "search.budget=0.35 x uniform-16",
-            "search.final_baselines=false",
-            f"run_dir={run}",
-            f"data.cache_dir={tmp_path / 'cache'}",
-        ],
+    _, metrics = _search_in_process(
+        tmp_path,
+        "search.ihas.num_groups=[1, 64]",
+        "search.ihas.deployment=separate",  # 64 groups of their own tables: 64x the smallest bytes
+        "search.budget=0.35 x uniform-16",
     )
-    run_search(cfg)
-    metrics = json.loads((run / "metrics.json").read_text())
     log = metrics["search_log"]
     assert [c["num_groups"] for c in log["candidates"]] == [1]
     (skipped,) = log["skipped"]

@@ -243,9 +243,8 @@ def routed_logits(
     ):
         per_feature = {f: mine[:, start[f] + o : start[f] + o + d] for f, o, d in cols}
         outs.append(head.interact(mine_dense, per_feature))  # type: ignore[operator]
-    inverse = torch.empty_like(order)
-    inverse[order] = torch.arange(len(order), device=order.device)
-    return torch.cat(outs).index_select(0, inverse)
+    scores = torch.cat(outs)
+    return scores.new_empty(scores.shape).index_copy(0, order, scores)  # back to row order
 
 
 # Data-dependent splits: a leaf for torch.fx, which TorchRec's train pipeline uses to trace the model.

@@ -4,8 +4,9 @@
 way the elastic EBC does: the lookup runs first, then a small controller MLP maps the sample's pooled
 embeddings (all fields concatenated, scaled to unit norm: only their direction) to a gate
 logit per (field, block), bounded to (-b, b) by b tanh(raw / b) (`logit_bound`); pi = sigmoid(logit).
-Without the bound the logits saturate within a few hundred steps (pi = 1.0 exactly), where neither the
-task's gradient nor the sparsity term can move a gate any more (both pass through pi (1 - pi)).
+Fed the raw embeddings, the logits saturated within ~100 steps (pi = 1.0 exactly, or the bound), where
+neither the task's gradient nor the sparsity term can move a gate any more (both pass through
+pi (1 - pi)); the unit-norm input keeps them moving, the bound is a guard.
 
 * Training: z ~ Bernoulli(pi) with a straight-through gradient (z + pi - stop_grad(pi)).
 * Evaluation (and clustering): deterministic z = 1[pi >= 0.5].

@@ -218,20 +218,20 @@ def route_split(router: Router, data: Rows, keys: list[str], batch_size: int, wo
 
 
 def _rank_agreement(
-    cfg: Any, labels: torch.Tensor, mean_active: torch.Tensor, dims: list[list[int]]
-) -> dict[str, Any] | None:
+    cfg: Any,
+    populations: dict[str, torch.Tensor] | None,
+    labels: torch.Tensor,
+    mean_active: torch.Tensor,
+    dims: list[list[int]],
+) -> dict[str, Any]:
     """On planted synthetic data: Spearman's correlation of each group's gate activity and dims with the
     planted ranks of its majority population (one population: the planted ranks), averaged over groups."""
-    if cfg.data.type != "synthetic":
-        return None
     syn = cfg.data.synthetic
     ranks = resolve_population_ranks(syn)
     rows = list(syn.cardinalities)
     truth = [[min(r, n - 1) for r, n in zip(row, rows, strict=True)] for row in ranks]  # what ids realise
     majority = [0] * len(mean_active)
-    if syn.populations > 1:
-        populations = load_populations(cfg.data, data_cache_dir(cfg))
-        assert populations is not None
+    if populations is not None:
         members = populations["train"][: len(labels)]
         majority = [
             int(torch.bincount(members[labels == g], minlength=syn.populations).argmax())
@@ -255,9 +255,11 @@ def _candidate(
     k: int,
     sample: dict[str, torch.Tensor],
     val_sample: dict[str, torch.Tensor],
+    populations: dict[str, torch.Tensor] | None,
 ) -> tuple[Finalist, dict[str, Any]]:
     """K groups from the gated sample: K-Means, the router (with hard-EM rounds), the dims under the
-    budget. Returns the finalist (K = 1: a plain per-table architecture) and its search log."""
+    budget. Returns the finalist (K = 1: a plain per-table architecture) and its search log.
+    `populations`: the planted populations' rows of planted data with several (None otherwise)."""
     cfg, schema, env = ctx.cfg, ctx.task.schema, init_distributed()
     rows = [f.num_embeddings for f in schema.sparse]
     centres, labels = minibatch_kmeans(
@@ -327,22 +329,19 @@ def _candidate(
             "field_gains": field_gains,
         },
     }
-    agreement = _rank_agreement(cfg, labels, mean_active, layout.dims)
-    if agreement is not None:
-        log["rank_spearman"] = agreement
-    if cfg.data.type == "synthetic" and cfg.data.synthetic.populations > 1 and k > 1:
+    if cfg.data.type == "synthetic":
+        log["rank_spearman"] = _rank_agreement(cfg, populations, labels, mean_active, layout.dims)
+    if populations is not None and k > 1:
         # Planted populations (hidden from the model): how well do the groups recover them?
-        populations = load_populations(cfg.data, data_cache_dir(cfg))
-        if populations is not None:
-            truth = populations["train"][: len(labels)]
-            log["population_ari_kmeans"] = adjusted_rand_index(kmeans_labels, truth)
-            log["population_ari"] = adjusted_rand_index(labels, truth)
-            log["population_ari_router_test"] = adjusted_rand_index(
-                torch.from_numpy(
-                    route_split(router, ctx.splits.test, schema.sparse_names, cfg.train.eval_batch_size, 1)
-                ),
-                populations["test"][: len(ctx.splits.test)],
-            )
+        truth = populations["train"][: len(labels)]
+        log["population_ari_kmeans"] = adjusted_rand_index(kmeans_labels, truth)
+        log["population_ari"] = adjusted_rand_index(labels, truth)
+        log["population_ari_router_test"] = adjusted_rand_index(
+            torch.from_numpy(
+                route_split(router, ctx.splits.test, schema.sparse_names, cfg.train.eval_batch_size, 1)
+            ),
+            populations["test"][: len(ctx.splits.test)],
+        )
     if env.is_main:
         logger.info(
             "ihas: K=%d groups %s, dims %s, router %d fields (%.1f%% of budget, accuracy %.3f)",
@@ -413,12 +412,14 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
     # on the masked embeddings, the router, the group dims under the budget -- one finalist each.
     sample = collect(trainer, hooks, ctx.splits.train, icfg.cluster_rows)
     val_sample = collect(trainer, hooks, ctx.splits.val, max(icfg.cluster_rows // 4, 2))
+    planted = cfg.data.type == "synthetic" and cfg.data.synthetic.populations > 1
+    populations = load_populations(cfg.data, data_cache_dir(cfg)) if planted else None
     finalists: list[Finalist] = []
     candidates: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     for k in sorted({min(c, len(sample["masked"])) for c in counts}):
         try:
-            finalist, log_k = _candidate(ctx, icfg, k, sample, val_sample)
+            finalist, log_k = _candidate(ctx, icfg, k, sample, val_sample, populations)
         except ValueError as e:  # this K does not fit the budget: keep the smaller K that do
             if not finalists:
                 raise
