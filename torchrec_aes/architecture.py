@@ -57,6 +57,10 @@ TORCHREC_DATA_TYPES = {
 }
 
 
+POOLING_TYPES = {"sum": PoolingType.SUM, "mean": PoolingType.MEAN}
+"""A table's `pooling` as TorchRec's `PoolingType`."""
+
+
 def training_type(data_type: str) -> str:
     """The precision a table of `data_type` trains in (serving types train in fp32)."""
     return "fp32" if data_type in SERVING_TYPES else data_type
@@ -93,6 +97,7 @@ class TableArch:
         data_type: storage precision of the weights: "fp32" or "fp16" (`EmbeddingBagConfig.data_type`;
             the fused optimizer's state stays fp32), or "int8" / "int4": trained in fp32, served row-wise
             quantized by TorchRec's inference path (test metrics are the quantized model's).
+        pooling: "sum" or "mean" over a feature's bag of ids (the features' `data.pooling`).
     """
 
     name: str
@@ -100,6 +105,7 @@ class TableArch:
     num_embeddings: int
     embedding_dim: int
     data_type: str = "fp32"
+    pooling: str = "sum"
 
 
 @dataclass
@@ -146,7 +152,7 @@ class Architecture:
         for t in types:
             check_table_type(t, "data_type")
         tables = [
-            TableArch(f"t_{f.name}", [f.name], f.num_embeddings, int(d), dt)
+            TableArch(f"t_{f.name}", [f.name], f.num_embeddings, int(d), dt, f.pooling)
             for f, d, dt in zip(schema.sparse, dims, types, strict=True)
         ]
         return cls(tables=tables, method=method, schema_hash=schema.hash())
@@ -171,15 +177,15 @@ class Architecture:
         return [t.data_type for t in self.tables]
 
     def to_ebc_configs(self) -> list[EmbeddingBagConfig]:
-        """`EmbeddingBagConfig`s of the active tables (dim > 0), sum pooling, each in the precision it
-        trains in (`training_type`)."""
+        """`EmbeddingBagConfig`s of the active tables (dim > 0), each with its pooling and in the precision
+        it trains in (`training_type`)."""
         return [
             EmbeddingBagConfig(
                 name=t.name,
                 embedding_dim=t.embedding_dim,
                 num_embeddings=t.num_embeddings,
                 feature_names=list(t.feature_names),
-                pooling=PoolingType.SUM,
+                pooling=POOLING_TYPES[t.pooling],
                 data_type=TORCHREC_DATA_TYPES[training_type(t.data_type)],
             )
             for t in self.active_tables
@@ -195,6 +201,7 @@ class Architecture:
         feature of the data without a table (a dropped feature is a table of dim 0), a feature in two
         tables, or a table with fewer rows than the feature's ids."""
         known = {f.name: f.num_embeddings for f in schema.sparse}
+        pooling = schema.pooling
         seen: dict[str, str] = {}
         for t in self.tables:
             for name in t.feature_names:
@@ -209,6 +216,11 @@ class Architecture:
                         "expected exactly one table per feature"
                     )
                 seen[name] = t.name
+                if t.pooling != pooling[name]:
+                    raise ValueError(
+                        f"{source}: table '{t.name}' pools by {t.pooling} but feature '{name}' pools by "
+                        f"{pooling[name]} (data.pooling)"
+                    )
                 if t.num_embeddings < known[name]:
                     raise ValueError(
                         f"{source}: table '{t.name}' has {t.num_embeddings} rows but feature '{name}' "
@@ -225,7 +237,11 @@ class Architecture:
             )
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        for t in data["tables"]:  # sum pooling is left out: files stay as they were for one-hot data
+            if t["pooling"] == "sum":
+                del t["pooling"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "architecture") -> Architecture:
@@ -240,11 +256,15 @@ class Architecture:
         tables = []
         for i, t in enumerate(data["tables"]):
             where = f"{source}: tables[{i}]"
-            if not isinstance(t, dict) or not allowed <= set(t) <= allowed | {"data_type"}:
+            if not isinstance(t, dict) or not allowed <= set(t) <= allowed | {"data_type", "pooling"}:
                 keys = sorted(t) if isinstance(t, dict) else repr(t)
                 raise ValueError(
-                    f"{where} has keys {keys}; expected {sorted(allowed)} and optionally 'data_type'"
+                    f"{where} has keys {keys}; expected {sorted(allowed)} and optionally 'data_type', "
+                    "'pooling'"
                 )
+            pooling = t.get("pooling", "sum")
+            if pooling not in POOLING_TYPES:
+                raise ValueError(f"{where}.pooling: {pooling!r}; expected one of {', '.join(POOLING_TYPES)}")
             names = t["feature_names"]
             if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
                 raise ValueError(f"{where}.feature_names: {names!r}; expected a non-empty list of names")
@@ -255,6 +275,7 @@ class Architecture:
                     _integer(t["num_embeddings"], f"{where}.num_embeddings", minimum=1),
                     _integer(t["embedding_dim"], f"{where}.embedding_dim", minimum=0),
                     check_table_type(t.get("data_type", "fp32"), f"{where}.data_type"),
+                    pooling,
                 )
             )
         names = [t.name for t in tables]

@@ -55,6 +55,12 @@ class SyntheticConfig:
     """Planted rank per sparse field for each population: `populations` lists of one rank per field (set
     instead of `true_ranks`). None: population p uses `true_ranks` (or the default pattern) rotated left by
     p * (F // populations) fields, F = number of sparse fields."""
+    multi_hot_fields: list[int] = field(default_factory=list)
+    """Fields (0-based) whose rows hold a bag of ids instead of one: the bag's length is
+    Poisson(`mean_bag_length`) (0 = an empty bag), its ids Zipf-drawn like a one-hot field's, and the hidden
+    model reads the mean of the bag's latent vectors (so these fields pool by mean by default)."""
+    mean_bag_length: float = 10.0
+    """Mean bag length of the multi-hot fields."""
 
 
 @dataclass
@@ -98,6 +104,18 @@ class DataConfig:
     """Tabular reader: dense feature columns (names, or 0-based indices when there is no header)."""
     sparse_columns: list[str] = field(default_factory=list)
     """Tabular reader: categorical columns (names, or 0-based indices when there is no header)."""
+    multi_hot_columns: list[str] = field(default_factory=list)
+    """Tabular reader: categorical columns whose cells are bags of ids (a user's recent items, a page's
+    tags) split on `multi_hot_separator`; each must also be in `sparse_columns`. An empty cell is an empty
+    bag; each id of a bag goes through the vocabulary (or hashing) rule like a one-hot value."""
+    multi_hot_separator: str = "|"
+    """Tabular reader: separator of the ids inside a multi-hot cell."""
+    max_ids_per_row: int = 0
+    """Multi-hot bags longer than this keep their first `max_ids_per_row` ids (truncations are counted
+    and logged); 0 = no limit."""
+    pooling: dict[str, str] = field(default_factory=dict)
+    """Pooling of a sparse feature's bag, {feature: sum | mean}; features not listed pool by sum (one-hot
+    features: the same). Synthetic multi-hot fields default to mean (the hidden model averages a bag)."""
     delimiter: str = ","
     """Tabular reader: field delimiter."""
     header: bool = True
@@ -434,6 +452,7 @@ _RANGES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("plan.hbm_gb", _non_negative, ">= 0 (0 = TorchRec's default)"),
     ("plan.ddr_gb", _non_negative, ">= 0 (0 = TorchRec's default)"),
     ("search.power_alpha", _non_negative, _NON_NEGATIVE),
+    ("data.max_ids_per_row", _non_negative, ">= 0 (0 = no limit)"),
 ]
 
 
@@ -478,6 +497,15 @@ def validate(cfg: Config) -> None:
         value = _get(cfg, key)
         if not ok(value):
             raise ConfigError(f"{key}: {value!r} is out of range; expected {expected}")
+    bad_pooling = {k: v for k, v in cfg.data.pooling.items() if v not in ("sum", "mean")}
+    if bad_pooling:
+        key, value = next(iter(bad_pooling.items()))
+        raise ConfigError(f"data.pooling.{key}: '{value}' is not one of sum, mean")
+    if not cfg.data.multi_hot_separator or cfg.data.multi_hot_separator == cfg.data.delimiter:
+        raise ConfigError(
+            f"data.multi_hot_separator: {cfg.data.multi_hot_separator!r} must be non-empty and differ from "
+            f"data.delimiter ({cfg.data.delimiter!r})"
+        )
     if len(cfg.data.split) != 3 or abs(sum(cfg.data.split) - 1.0) > 1e-6 or min(cfg.data.split) <= 0:
         raise ConfigError(f"data.split: expected three positive fractions summing to 1, got {cfg.data.split}")
     bad = [d for d in cfg.search.candidates if d <= 0 or d % 4]

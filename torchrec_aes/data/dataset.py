@@ -1,8 +1,10 @@
 """CTR rows and their batching into TorchRec `Batch`es, sharded by rank.
 
-Every CTR data set we read has exactly one id per sparse field per row (Criteo, Avazu, Frappe, the
-synthetic generator), so rows are stored as a dense [N, F] id matrix and become a `KeyedJaggedTensor`
-with all lengths 1 at batching time.
+A row has a bag of ids per sparse field. One-hot data (Criteo, Avazu, Frappe, the default synthetic
+generator: exactly one id per field) is stored as a dense [N, F] id matrix; multi-hot data (tag lists,
+histories, `data.multi_hot_columns`) as jagged bags: `lengths` [N, F] and the ids of all bags, field-major
+(every row's bag of field 0 in row order, then field 1, ...), which is the order a `KeyedJaggedTensor`
+wants, so a batch is one gather of segments. Both become a KJT at batching time.
 
 `Rows` is what training and searches read a split through: its length, this rank's batches, the first
 rows as a small in-memory sample (scoring slices, importance), and a restriction to some columns.
@@ -13,7 +15,7 @@ files in chunks, so memory is bounded by the chunk, not by the data set.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -60,27 +62,77 @@ class CTRData:
 
     Args:
         dense: [N, num_dense] float32, already transformed (log(max(x,0)+1) for counts).
-        sparse: [N, F] int64 ids, column f in [0, schema.sparse[f].num_embeddings).
+        sparse: one-hot (`lengths` None): [N, F] int64 ids, column f in [0, schema.sparse[f].num_embeddings).
+            Multi-hot: [sum(lengths)] int64 ids of every bag, field-major (all rows' bags of field 0 in
+            row order, then field 1, ...).
         labels: [N] float32 in {0, 1}.
+        lengths: None (one id per field per row) or [N, F] int64 bag lengths (0 = an empty bag).
     """
 
     dense: torch.Tensor
     sparse: torch.Tensor
     labels: torch.Tensor
+    lengths: torch.Tensor | None = None
+    _offsets: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
 
+    @property
+    def num_fields(self) -> int:
+        return int((self.sparse if self.lengths is None else self.lengths).shape[1])
+
+    @property
+    def is_multi_hot(self) -> bool:
+        return self.lengths is not None
+
+    def field_ids(self, f: int) -> torch.Tensor:
+        """All ids of field `f` over all rows (each bag's ids in row order): [sum of its bag lengths]."""
+        if self.lengths is None:
+            return self.sparse[:, f]
+        n = len(self)
+        offsets = self.offsets()
+        return self.sparse[offsets[f * n] : offsets[(f + 1) * n]]
+
+    def field_lengths(self, f: int) -> torch.Tensor:
+        """[N] bag length of field `f` in every row (all 1 for one-hot data)."""
+        if self.lengths is None:
+            return torch.ones(len(self), dtype=torch.int64)
+        return self.lengths[:, f]
+
+    def offsets(self) -> torch.Tensor:
+        """[N * F + 1] start of every bag in `sparse`, field-major (multi-hot only; computed once)."""
+        assert self.lengths is not None, "offsets() is for multi-hot rows"
+        if self._offsets is None:
+            self._offsets = _exclusive_cumsum(self.lengths.t().reshape(-1))
+        return self._offsets
+
+    def bags(self, rows: torch.Tensor, fields: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bags of `rows` for `fields` (default all), key-major: (values, lengths [len(fields) * B])."""
+        columns = torch.arange(self.num_fields) if fields is None else torch.tensor(fields, dtype=torch.int64)
+        if self.lengths is None:
+            return self.sparse[rows][:, columns].t().reshape(-1), torch.ones(
+                columns.numel() * rows.numel(), dtype=torch.int64
+            )
+        segments = (columns[:, None] * len(self) + rows[None, :]).reshape(-1)
+        return gather_segments(self.sparse, self.offsets(), self.lengths.t().reshape(-1), segments)
+
     def subset(self, index: torch.Tensor) -> CTRData:
-        return CTRData(self.dense[index], self.sparse[index], self.labels[index])
+        if self.lengths is None:
+            return CTRData(self.dense[index], self.sparse[index], self.labels[index])
+        values, _ = self.bags(index)
+        return CTRData(self.dense[index], values, self.labels[index], self.lengths[index])
 
     def head(self, n: int) -> CTRData:
         return self.subset(torch.arange(min(n, len(self))))
 
     def select(self, columns: list[int]) -> CTRData:
-        if columns == list(range(self.sparse.shape[1])):
+        if columns == list(range(self.num_fields)):
             return self
-        return CTRData(self.dense, self.sparse[:, columns], self.labels)
+        if self.lengths is None:
+            return CTRData(self.dense, self.sparse[:, columns], self.labels)
+        values, _ = self.bags(torch.arange(len(self)), columns)
+        return CTRData(self.dense, values, self.labels, self.lengths[:, columns])
 
     def batches(
         self,
@@ -95,6 +147,28 @@ class CTRData:
         max_batches: int = 0,
     ) -> Iterator[Batch]:
         return iter_batches(self, keys, batch_size, rank, world_size, shuffle, seed, drop_last, max_batches)
+
+
+def _exclusive_cumsum(lengths: torch.Tensor) -> torch.Tensor:
+    out = torch.zeros(lengths.numel() + 1, dtype=torch.int64)
+    torch.cumsum(lengths, 0, out=out[1:])
+    return out
+
+
+def gather_segments(
+    values: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, segments: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenates segments `segments` of a jagged array (segment s = values[offsets[s]:offsets[s] +
+    lengths[s]]): returns (their values, their lengths), in the order of `segments`."""
+    lens = lengths[segments].to(torch.int64)
+    total = int(lens.sum())
+    if total == 0:
+        return values[:0], lens
+    starts = offsets[segments]
+    out_starts = _exclusive_cumsum(lens)[:-1]
+    # position i of the output belongs to segment k: values[starts[k] + (i - out_starts[k])]
+    shift = torch.repeat_interleave(starts - out_starts, lens, output_size=total)
+    return values[torch.arange(total) + shift], lens
 
 
 class MappedRows:
@@ -156,15 +230,17 @@ def split_rows(n: int, fractions: list[float], seed: int) -> tuple[torch.Tensor,
 
 
 def make_batch(data: CTRData, index: torch.Tensor, keys: list[str]) -> Batch:
-    """One TorchRec `Batch` for rows `index`: dense [B, num_dense], KJT with one id per key, labels [B]."""
-    ids = data.sparse[index]  # [B, F]
-    batch_size, num_features = ids.shape
-    kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=keys,
+    """One TorchRec `Batch` for rows `index`: dense [B, num_dense], a KJT with each row's bag per key
+    (one id each for one-hot data), labels [B]."""
+    if data.lengths is None:
+        ids = data.sparse[index]  # [B, F]
         # KJT values are key-major: all ids of feature 0, then feature 1, ...
-        values=ids.t().reshape(-1).contiguous(),
-        lengths=torch.ones(batch_size * num_features, dtype=torch.int32),
-    )
+        values = ids.t().reshape(-1).contiguous()
+        lengths = torch.ones(values.numel(), dtype=torch.int32)
+    else:
+        values, lengths = data.bags(index)
+        lengths = lengths.to(torch.int32)
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=lengths)
     return Batch(dense_features=data.dense[index], sparse_features=kjt, labels=data.labels[index])
 
 

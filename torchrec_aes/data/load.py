@@ -11,6 +11,7 @@ Example::
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 
 from torchrec_aes.config import DataConfig
 from torchrec_aes.data.binary import load_criteo_binary
@@ -58,6 +59,13 @@ def load_data(cfg: DataConfig, cache_dir: str = "") -> Splits:
         ValueError: an unknown type (the message lists the allowed ones), `interactions` (CF data has its
             own loader), a missing file (the message names the path), or a malformed row.
     """
+    splits = _load(cfg, cache_dir)
+    if cfg.pooling:
+        splits = replace(splits, schema=splits.schema.with_pooling(cfg.pooling))
+    return splits
+
+
+def _load(cfg: DataConfig, cache_dir: str) -> Splits:
     if cfg.type == "synthetic":
         return load_synthetic(cfg, cache_dir or cfg.cache_dir)[0]
     if cfg.type == "interactions":
@@ -69,7 +77,17 @@ def load_data(cfg: DataConfig, cache_dir: str = "") -> Splits:
         return load_criteo_binary(cfg)
     if cfg.type not in RAW_READERS:
         raise ValueError(f"data.type: '{cfg.type}' is not one of {', '.join(DATA_TYPES)}")
+    if cfg.multi_hot_columns and cfg.type != "tabular":
+        raise ValueError(
+            f"data.multi_hot_columns: bags of ids in columns are read by the tabular reader, not "
+            f"data.type '{cfg.type}'"
+        )
     if streamed(cfg):
+        if cfg.multi_hot_columns:
+            raise ValueError(
+                "data.multi_hot_columns: multi-hot text files are read in memory; set data.streaming=never "
+                "(streaming them through the day-file cache is not supported yet)"
+            )
         return load_text_streamed(cfg)
     return preprocess(read_raw(cfg), cfg)
 

@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ _MASK64 = (1 << 64) - 1
 # a field or a dense feature never changes the values drawn for the others.
 _TAG_IDS, _TAG_PERM, _TAG_DENSE, _TAG_LABEL, _TAG_LATENT, _TAG_WEIGHTS = 1, 2, 3, 4, 5, 6
 _TAG_POPULATION = 7
+_TAG_LENGTHS = 8
 _MAX_RANK = 2**15  # latent_vectors' counter gives each id 2^16 uniforms, two per entry
 
 
@@ -164,6 +166,14 @@ def _validate(cfg: SyntheticConfig) -> None:
         raise ValueError(f"data.synthetic.zipf_exponent: must be positive, got {cfg.zipf_exponent}")
     if not cfg.signal_scale >= 0:
         raise ValueError(f"data.synthetic.signal_scale: must be >= 0, got {cfg.signal_scale}")
+    bad = [f for f in cfg.multi_hot_fields if not 0 <= f < len(cfg.cardinalities)]
+    if bad or len(set(cfg.multi_hot_fields)) != len(cfg.multi_hot_fields):
+        raise ValueError(
+            f"data.synthetic.multi_hot_fields: {cfg.multi_hot_fields} must be distinct field indices in "
+            f"[0, {len(cfg.cardinalities)})"
+        )
+    if cfg.multi_hot_fields and not cfg.mean_bag_length > 0:
+        raise ValueError(f"data.synthetic.mean_bag_length: must be positive, got {cfg.mean_bag_length}")
     resolve_population_ranks(cfg)
 
 
@@ -239,36 +249,67 @@ def _dense_features(seed: int, num_dense: int, n: int) -> np.ndarray:
     return out
 
 
+@dataclass
+class _Field:
+    """One sparse field's draws for some rows: ids and their popularity ranks (one per row, or every bag's
+    ids in row order with `lengths` [rows])."""
+
+    ids: np.ndarray
+    popularity: np.ndarray
+    lengths: np.ndarray | None = None
+
+    def rows(self, mask: np.ndarray) -> _Field:
+        """The draws of the rows where `mask` [rows] is true."""
+        if self.lengths is None:
+            return _Field(self.ids[mask], self.popularity[mask])
+        per_id = np.repeat(mask, self.lengths)
+        return _Field(self.ids[per_id], self.popularity[per_id], self.lengths[mask])
+
+
 def _interaction_score(
-    seed: int, ids: np.ndarray, popularity: np.ndarray, ranks: list[int], population: int = 0
+    seed: int, n: int, fields: list[_Field], ranks: list[int], population: int = 0
 ) -> np.ndarray:
     """[N] sum over field pairs of <v_f, v_g> with centred, zero-padded latent vectors (see module doc).
 
     Args:
         seed: generator seed.
-        ids: [N, F] ids (all rows of one population).
-        popularity: [N, F] Zipf popularity rank (0 = most popular) of each id.
+        n: rows (all of one population).
+        fields: each field's ids and Zipf popularity ranks (0 = most popular) for these rows; a multi-hot
+            field's v_f is the mean of its bag's vectors (0 for an empty bag) before centring.
         ranks: r_f per field.
         population: p, whose latent vectors are used.
     """
-    n = ids.shape[0]
     r_max = max(ranks, default=0)
     total = np.zeros((n, r_max))  # sum_f v_f, [N, R_max]
     squares = np.zeros(n)  # sum_f ||v_f||^2, [N]
-    for f, rank in enumerate(ranks):
+    for f, (drawn, rank) in enumerate(zip(fields, ranks, strict=True)):
         if rank == 0:
             continue
-        unique, inverse = np.unique(ids[:, f], return_inverse=True)
+        unique, inverse = np.unique(drawn.ids, return_inverse=True)
         table = latent_vectors(seed, f, unique, rank, population)  # [U, r_f]: only ids that occur
         unique_popularity = np.empty(len(unique))
-        unique_popularity[inverse] = popularity[:, f]
+        unique_popularity[inverse] = drawn.popularity
         table *= head_amplitude(unique_popularity)[:, None]
-        # Centre by the row-weighted mean so the field has no first-order effect on the label.
-        table -= np.bincount(inverse, minlength=len(unique)) @ table / n
-        v = table[inverse]  # [N, r_f]
+        if drawn.lengths is None:
+            # Centre by the row-weighted mean so the field has no first-order effect on the label.
+            table -= np.bincount(inverse, minlength=len(unique)) @ table / n
+            v = table[inverse]  # [N, r_f]
+        else:
+            v = _bag_means(table[inverse], drawn.lengths)
+            v -= v.mean(axis=0)
         total[:, :rank] += v
         squares += np.einsum("nr,nr->n", v, v)
     return 0.5 * (np.einsum("nr,nr->n", total, total) - squares)
+
+
+def _bag_means(vectors: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """[N, r] mean of each row's bag of `vectors` (bags consecutive, `lengths` [N]); 0 for an empty bag."""
+    out = np.zeros((len(lengths), vectors.shape[1]))
+    full = lengths > 0
+    if full.any():
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[full]
+        out[full] = np.add.reduceat(vectors, starts, axis=0) / lengths[full, None]
+    return out
 
 
 def _standardised(x: np.ndarray) -> np.ndarray:
@@ -319,23 +360,18 @@ def generate_with_populations(
     ranks = resolve_ranks(cfg)
     n = cfg.num_examples
     population = _draw_populations(seed, cfg.populations, n)
-    drawn = [
-        _zipf_ids(seed, f, card, cfg.zipf_exponent, n, population, cfg.populations)
-        for f, card in enumerate(cfg.cardinalities)
-    ]
-    ids = np.stack([d[0] for d in drawn], axis=1)  # [N, F]
-    popularity = np.stack([d[1] for d in drawn], axis=1)  # [N, F]
-    del drawn
+    fields = [_draw_field(cfg, seed, f, population) for f in range(len(cfg.cardinalities))]
     dense = _dense_features(seed, cfg.num_dense, n)  # [N, num_dense]
 
     if population is None:
-        score = _interaction_score(seed, ids, popularity, pop_ranks[0])
+        score = _interaction_score(seed, n, fields, pop_ranks[0])
     else:  # each population over its own rows: its ranks, its vectors, its centring
         score = np.zeros(n)
         for p, ranks_p in enumerate(pop_ranks):
-            rows = np.flatnonzero(population == p)
-            if rows.size:
-                score[rows] = _interaction_score(seed, ids[rows], popularity[rows], ranks_p, p)
+            mask = population == p
+            if mask.any():
+                rows_p = [d.rows(mask) for d in fields]
+                score[mask] = _interaction_score(seed, int(mask.sum()), rows_p, ranks_p, p)
     interaction = _standardised(score)
     dense_term = np.zeros(n)
     if cfg.num_dense:
@@ -349,10 +385,37 @@ def generate_with_populations(
     prob = _sigmoid(logit)
     labels = (_rng(seed, _TAG_LABEL).random(n) < prob).astype(np.float32)
 
+    multi_hot = set(cfg.multi_hot_fields)
     schema = Schema(
         dense_names=[f"d{j}" for j in range(cfg.num_dense)],
-        sparse=[SparseFeature(f"c{f}", card) for f, card in enumerate(cfg.cardinalities)],
+        sparse=[
+            SparseFeature(f"c{f}", card, "mean" if f in multi_hot else "sum")
+            for f, card in enumerate(cfg.cardinalities)
+        ],
         label="label",
     )
-    data = CTRData(torch.from_numpy(dense), torch.from_numpy(ids), torch.from_numpy(labels))
+    if multi_hot:  # field-major bags (`CTRData`)
+        lengths = np.stack([np.ones(n, np.int64) if d.lengths is None else d.lengths for d in fields], axis=1)
+        ids = torch.from_numpy(np.concatenate([d.ids for d in fields]))
+        data = CTRData(torch.from_numpy(dense), ids, torch.from_numpy(labels), torch.from_numpy(lengths))
+    else:
+        ids = torch.from_numpy(np.stack([d.ids for d in fields], axis=1))  # [N, F]
+        data = CTRData(torch.from_numpy(dense), ids, torch.from_numpy(labels))
     return schema, data, ranks, population
+
+
+def _draw_field(cfg: SyntheticConfig, seed: int, f: int, population: np.ndarray | None) -> _Field:
+    """Field f's ids for all rows: one Zipf id per row, or a Poisson(`mean_bag_length`)-long bag of them
+    for a multi-hot field (bag lengths from their own stream)."""
+    n = cfg.num_examples
+    if f not in cfg.multi_hot_fields:
+        ids, popularity = _zipf_ids(
+            seed, f, cfg.cardinalities[f], cfg.zipf_exponent, n, population, cfg.populations
+        )
+        return _Field(ids, popularity)
+    lengths = _rng(seed, _TAG_LENGTHS, f).poisson(cfg.mean_bag_length, n).astype(np.int64)
+    per_id = None if population is None else np.repeat(population, lengths)
+    ids, popularity = _zipf_ids(
+        seed, f, cfg.cardinalities[f], cfg.zipf_exponent, int(lengths.sum()), per_id, cfg.populations
+    )
+    return _Field(ids, popularity, lengths)

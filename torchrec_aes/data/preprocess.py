@@ -247,6 +247,26 @@ def build_vocabulary(values: np.ndarray, train_index: np.ndarray, min_count: int
     return id_of[inverse], len(kept) + 1
 
 
+def split_bags(cells: np.ndarray, separator: str, max_ids: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The ids of multi-hot cells: `cells` [N] str split on `separator` (empty parts dropped, so an empty
+    cell is an empty bag), each bag cut to its first `max_ids` ids when `max_ids` > 0.
+
+    Returns:
+        (every bag's ids in row order [sum of lengths] str, lengths [N] int64, [bags truncated, ids
+        dropped]).
+    """
+    bags = [[t for t in str(c).split(separator) if t] if c else [] for c in cells]
+    full = np.fromiter((len(b) for b in bags), dtype=np.int64, count=len(bags))
+    if max_ids > 0:
+        bags = [b[:max_ids] for b in bags]
+        lengths = np.minimum(full, max_ids)
+    else:
+        lengths = full
+    cut = [int((full > lengths).sum()), int((full - lengths).sum())]
+    tokens = str_array([t for b in bags for t in b]) if lengths.sum() else np.array([], dtype=str)
+    return tokens, lengths, cut
+
+
 def _crc32_table() -> np.ndarray:
     table = np.zeros(256, dtype=np.uint32)
     for i in range(256):
@@ -324,22 +344,48 @@ def preprocess(raw: RawTable, cfg: DataConfig) -> Splits:
         raise ValueError(f"data.hash_size: must be >= 0 (0 = build a vocabulary), got {cfg.hash_size}")
     train_idx, val_idx, test_idx = split_rows(n, cfg.split, cfg.split_seed)
     train_np = train_idx.numpy()
+    multi_hot = set(cfg.multi_hot_columns)
+    unknown = sorted(multi_hot - set(raw.sparse_names))
+    if unknown:
+        raise ValueError(
+            f"data.multi_hot_columns: {unknown[0]!r} is not a categorical column (data.sparse_columns: "
+            f"{', '.join(raw.sparse_names)})"
+        )
+    in_train = np.zeros(n, dtype=bool)
+    in_train[train_np] = True
 
-    sparse = np.empty((n, len(raw.sparse_names)), dtype=np.int64)
-    features = []
-    for f, (name, values) in enumerate(zip(raw.sparse_names, raw.categorical, strict=True)):
-        if cfg.hash_size > 0:
-            sparse[:, f] = hash_ids(values, cfg.hash_size)
-            size = cfg.hash_size
+    columns, lengths, features = [], [], []
+    truncated = [0, 0]  # bags, ids dropped
+    for name, values in zip(raw.sparse_names, raw.categorical, strict=True):
+        if name in multi_hot:
+            values, bag_lengths, cut = split_bags(values, cfg.multi_hot_separator, cfg.max_ids_per_row)
+            truncated = [truncated[0] + cut[0], truncated[1] + cut[1]]
+            train_rows = np.flatnonzero(np.repeat(in_train, bag_lengths))
         else:
-            sparse[:, f], size = build_vocabulary(values, train_np, cfg.min_count)
+            bag_lengths, train_rows = np.ones(n, dtype=np.int64), train_np
+        if cfg.hash_size > 0:
+            ids, size = hash_ids(values, cfg.hash_size), cfg.hash_size
+        else:
+            ids, size = build_vocabulary(values, train_rows, cfg.min_count)
+        columns.append(ids)
+        lengths.append(bag_lengths)
         features.append(SparseFeature(name=name, num_embeddings=int(size)))
+    if truncated[0]:
+        logger.warning(
+            "data.max_ids_per_row=%d: truncated %d bags (%d ids dropped)", cfg.max_ids_per_row, *truncated
+        )
     schema = Schema(dense_names=list(raw.dense_names), sparse=features, label=raw.label_name, task="ctr")
-    data = CTRData(
-        dense=torch.from_numpy(transform_dense(raw.dense)),
-        sparse=torch.from_numpy(sparse),
-        labels=torch.from_numpy(np.asarray(raw.labels, dtype=np.float32)),
-    )
+    dense = torch.from_numpy(transform_dense(raw.dense))
+    labels = torch.from_numpy(np.asarray(raw.labels, dtype=np.float32))
+    if multi_hot:  # field-major bags (`CTRData`)
+        data = CTRData(
+            dense,
+            torch.from_numpy(np.concatenate(columns).astype(np.int64)),
+            labels,
+            torch.from_numpy(np.stack(lengths, axis=1)),
+        )
+    else:
+        data = CTRData(dense, torch.from_numpy(np.stack(columns, axis=1).astype(np.int64)), labels)
     logger.info(
         "preprocessed %d rows (%d train / %d val / %d test), %d dense, %d sparse fields, %d table rows",
         n,

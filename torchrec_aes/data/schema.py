@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 
 @dataclass
@@ -15,10 +15,12 @@ class SparseFeature:
         name: feature name (also the KJT key and the table's feature name).
         num_embeddings: rows of the table; ids are in [0, num_embeddings), id 0 is the field's OOV id
             when a vocabulary is built.
+        pooling: how the feature's bag of ids is pooled, "sum" or "mean" (`data.pooling`; one id: either).
     """
 
     name: str
     num_embeddings: int
+    pooling: str = "sum"
 
 
 @dataclass
@@ -52,7 +54,31 @@ class Schema:
         raise KeyError(f"feature '{name}' is not in the schema (features: {', '.join(self.sparse_names)})")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        data = asdict(self)
+        for f in data["sparse"]:  # sum pooling is left out, so one-hot schemas keep their hashes
+            if f["pooling"] == "sum":
+                del f["pooling"]
+        return data
+
+    @property
+    def pooling(self) -> dict[str, str]:
+        """{feature: pooling} of every sparse feature."""
+        return {f.name: f.pooling for f in self.sparse}
+
+    def with_pooling(self, pooling: dict[str, str], key: str = "data.pooling") -> Schema:
+        """A copy whose features pool as `pooling` says ({feature: sum | mean}; others keep theirs).
+
+        Raises:
+            ValueError: a feature the schema does not have (the message names `key`).
+        """
+        unknown = sorted(set(pooling) - set(self.sparse_names))
+        if unknown:
+            raise ValueError(
+                f"{key}: '{unknown[0]}' is not a sparse feature of the data (features: "
+                f"{', '.join(self.sparse_names)})"
+            )
+        sparse = [replace(f, pooling=pooling.get(f.name, f.pooling)) for f in self.sparse]
+        return replace(self, sparse=sparse)
 
     @classmethod
     def from_dict(cls, data: dict) -> Schema:

@@ -117,6 +117,8 @@ def _config_spec(cfg: SyntheticConfig) -> dict:
     spec = dataclasses.asdict(cfg)
     if cfg.populations == 1 and cfg.population_ranks is None:
         del spec["populations"], spec["population_ranks"]
+    if not cfg.multi_hot_fields:
+        del spec["multi_hot_fields"], spec["mean_bag_length"]
     return spec
 
 
@@ -125,7 +127,9 @@ def cache_key(cfg: SyntheticConfig, seed: int) -> str:
     spec = dataclasses.asdict(cfg)
     spec["true_ranks"] = resolve_ranks(cfg)
     # One population: population_ranks [r] gives the bytes of true_ranks r, and keys stay as before.
-    del spec["populations"], spec["population_ranks"]
+    del spec["populations"], spec["population_ranks"], spec["multi_hot_fields"], spec["mean_bag_length"]
+    if cfg.multi_hot_fields:  # one-hot configs keep the keys they had
+        spec["multi_hot_fields"], spec["mean_bag_length"] = sorted(cfg.multi_hot_fields), cfg.mean_bag_length
     if cfg.populations > 1:
         spec["populations"] = cfg.populations
         spec["population_ranks"] = resolve_population_ranks(cfg)
@@ -163,6 +167,8 @@ def _save(
         "labels": data.labels,
         "true_ranks": ranks,
     }
+    if data.lengths is not None:
+        blob["lengths"] = data.lengths
     if population is not None:
         dtype = np.int8 if cfg.populations <= np.iinfo(np.int8).max + 1 else np.int64
         blob["population"] = torch.from_numpy(population.astype(dtype))
@@ -186,7 +192,7 @@ def _save(
 
 def _load(directory: str) -> tuple[Schema, CTRData, list[int], torch.Tensor | None]:
     blob = load_torch(join(directory, "data.pt"))
-    data = CTRData(blob["dense"], blob["sparse"], blob["labels"])
+    data = CTRData(blob["dense"], blob["sparse"], blob["labels"], blob.get("lengths"))
     population = blob.get("population")
     population = None if population is None else population.to(torch.int64)
     return Schema.from_dict(blob["schema"]), data, list(blob["true_ranks"]), population
@@ -225,6 +231,8 @@ def load_synthetic(cfg: DataConfig, cache_dir: str) -> tuple[Splits, list[int]]:
         if directory:
             _save(directory, cfg.synthetic, seed, schema, data, ranks, population)
     train, val, test = split_rows(len(data), cfg.split, cfg.split_seed)
+    if cfg.pooling:
+        schema = schema.with_pooling(cfg.pooling)
     return Splits(schema, data.subset(train), data.subset(val), data.subset(test)), ranks
 
 

@@ -68,10 +68,9 @@ def id_counts(
     In-memory rows are counted directly; streamed ones in one pass over their batches (every id of a bag
     counts).
     """
-    sparse = getattr(rows, "sparse", None)
-    if isinstance(sparse, torch.Tensor):
+    if callable(getattr(rows, "field_ids", None)):  # in memory (`CTRData`)
         return {
-            k: torch.bincount(sparse[:, i], minlength=n)[:n]
+            k: torch.bincount(rows.field_ids(i), minlength=n)[:n]
             for i, (k, n) in enumerate(zip(keys, sizes, strict=True))
         }
     counts = {k: torch.zeros(n, dtype=torch.int64) for k, n in zip(keys, sizes, strict=True)}

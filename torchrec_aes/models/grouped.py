@@ -31,7 +31,7 @@ Example::
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -332,9 +332,9 @@ def grouped_architecture(
 ) -> Architecture:
     """The deployed architecture (kind `grouped`): group tables + router tables, the layout in `extra`."""
     rows = {f.name: f.num_embeddings for f in schema.sparse}
-    tables = layout.deployed_tables() + router_tables(
-        router_features, rows, layout.num_groups, router_data_type
-    )
+    pooling = schema.pooling  # the group tables pool each bag as the feature does; the router sums votes
+    group_tables = [replace(t, pooling=pooling[t.feature_names[0]]) for t in layout.deployed_tables()]
+    tables = group_tables + router_tables(router_features, rows, layout.num_groups, router_data_type)
     return Architecture(
         tables=tables,
         method="ihas",

@@ -1,0 +1,165 @@
+"""Multi-hot rows: jagged bags in `CTRData`, the tabular reader's bag columns, the planted generator's
+multi-hot fields, per-feature pooling, and id counts over every id of a bag."""
+
+import numpy as np
+import pytest
+import torch
+
+from torchrec_aes.architecture import Architecture
+from torchrec_aes.config import DataConfig, SyntheticConfig
+from torchrec_aes.data.dataset import CTRData
+from torchrec_aes.data.load import load_data
+from torchrec_aes.data.planted import generate
+from torchrec_aes.data.preprocess import split_bags
+from torchrec_aes.data.schema import Schema, SparseFeature
+from torchrec_aes.models.frequency import id_counts
+
+
+def _bags(n: int, seed: int = 0) -> tuple[CTRData, list[list[list[int]]]]:
+    """Random multi-hot rows (3 fields, bags of 0-4 ids) and the same bags as Python lists [row][field]."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, 5, (n, 3), generator=g)
+    lengths[:, 1] = 1  # a one-hot field among multi-hot ones
+    rows = [
+        [torch.randint(0, 50, (int(lengths[i, f]),), generator=g).tolist() for f in range(3)]
+        for i in range(n)
+    ]
+    values = torch.tensor([v for f in range(3) for i in range(n) for v in rows[i][f]], dtype=torch.int64)
+    data = CTRData(
+        torch.rand(n, 2, generator=g), values, torch.randint(0, 2, (n,), generator=g).float(), lengths
+    )
+    return data, rows
+
+
+def _as_lists(data: CTRData) -> list[list[list[int]]]:
+    offsets = data.offsets()
+    n = len(data)
+    return [
+        [data.sparse[offsets[f * n + i] : offsets[f * n + i + 1]].tolist() for f in range(data.num_fields)]
+        for i in range(n)
+    ]
+
+
+def test_jagged_rows_subset_select_and_batch_keep_every_bag():
+    data, rows = _bags(40)
+    index = torch.tensor([5, 0, 39, 5, 17])
+    sub = data.subset(index)
+    assert _as_lists(sub) == [rows[i] for i in index.tolist()]
+    assert torch.equal(sub.dense, data.dense[index]) and torch.equal(sub.labels, data.labels[index])
+    assert _as_lists(data.select([2, 0])) == [[r[2], r[0]] for r in rows]
+    assert _as_lists(data.head(3)) == rows[:3]
+    batch = next(data.batches(["a", "b", "c"], 8, rank=1, world_size=2))  # rows 20..27
+    jagged = batch.sparse_features.to_dict()
+    for f, key in enumerate(["a", "b", "c"]):
+        assert jagged[key].lengths().tolist() == [len(rows[i][f]) for i in range(20, 28)]
+        assert jagged[key].values().tolist() == [v for i in range(20, 28) for v in rows[i][f]]
+
+
+def test_id_counts_count_every_id_of_a_bag():
+    data, rows = _bags(60)
+    counts = id_counts(data, ["a", "b", "c"], [50, 50, 50])
+    streamed = id_counts(MappedLike(data), ["a", "b", "c"], [50, 50, 50])  # through batches
+    for f, key in enumerate(["a", "b", "c"]):
+        expected = np.bincount([v for r in rows for v in r[f]], minlength=50)
+        assert counts[key].tolist() == expected.tolist() == streamed[key].tolist()
+
+
+class MappedLike:
+    """Rows without `field_ids`: counted through their batches, as streamed rows are."""
+
+    def __init__(self, data: CTRData) -> None:
+        self.data = data
+
+    def batches(self, keys, batch_size, *args, **kwargs):
+        return self.data.batches(keys, batch_size)
+
+
+def test_split_bags_drops_empty_parts_and_truncates_with_counts():
+    cells = np.array(["a|b|c", "", "b", "a||d|e|f"])
+    tokens, lengths, cut = split_bags(cells, "|", max_ids=3)
+    assert lengths.tolist() == [3, 0, 1, 3]
+    assert tokens.tolist() == ["a", "b", "c", "b", "a", "d", "e"]
+    assert cut == [1, 1]  # one bag cut, one id dropped
+    assert split_bags(cells, "|", 0)[1].tolist() == [3, 0, 1, 4]
+
+
+def _csv(tmp_path, rows: list[str]) -> str:
+    path = tmp_path / "tags.csv"
+    path.write_text("label,price,tags,site\n" + "\n".join(rows) + "\n")
+    return str(path)
+
+
+def _tabular(path: str, **changes) -> DataConfig:
+    cfg = DataConfig(
+        type="tabular",
+        path=path,
+        label_column="label",
+        dense_columns=["price"],
+        sparse_columns=["tags", "site"],
+        multi_hot_columns=["tags"],
+        min_count=1,
+        split=[0.8, 0.1, 0.1],
+    )
+    for k, v in changes.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def test_tabular_multi_hot_column_becomes_bags_through_the_vocabulary(tmp_path):
+    tags = ["x|y", "", "y|z|z", "x", "w|x|y|z"] * 20
+    path = _csv(tmp_path, [f"{i % 2},{i},{t},s{i % 3}" for i, t in enumerate(tags)])
+    splits = load_data(_tabular(path, max_ids_per_row=3, pooling={"tags": "mean"}))
+    schema = splits.schema
+    assert [f.pooling for f in schema.sparse] == ["mean", "sum"]
+    assert schema.feature("tags").num_embeddings == 5  # OOV + w, x, y, z
+    for part in (splits.train, splits.val, splits.test):
+        assert isinstance(part, CTRData) and part.is_multi_hot
+        assert set(part.field_lengths(0).tolist()) <= {0, 1, 2, 3}
+        assert part.field_lengths(1).tolist() == [1] * len(part)
+    total = sum(int(p.field_lengths(0).sum()) for p in (splits.train, splits.val, splits.test))
+    assert total == 20 * (2 + 0 + 3 + 1 + 3)  # the 4-id bags were cut to 3
+    arch = Architecture.uniform(schema, 8)
+    configs = {c.name: c.pooling.name for c in arch.to_ebc_configs()}
+    assert configs == {"t_tags": "MEAN", "t_site": "SUM"}
+
+
+def test_multi_hot_config_errors_name_the_key(tmp_path):
+    path = _csv(tmp_path, ["1,2,a|b,s"] * 10)
+    with pytest.raises(ValueError, match="data.multi_hot_columns: 'genre' is not a categorical column"):
+        load_data(_tabular(path, multi_hot_columns=["genre"]))
+    with pytest.raises(ValueError, match="data.pooling: 'genre' is not a sparse feature"):
+        load_data(_tabular(path, pooling={"genre": "mean"}))
+    with pytest.raises(ValueError, match="data.multi_hot_columns: multi-hot text files are read in memory"):
+        load_data(_tabular(path, streaming="always"))
+
+
+def test_schema_and_architecture_keep_one_hot_files_unchanged_and_check_pooling():
+    schema = Schema(["d0"], [SparseFeature("a", 10), SparseFeature("b", 20)])
+    assert "pooling" not in str(schema.to_dict())
+    mean = schema.with_pooling({"b": "mean"})
+    assert mean.hash() != schema.hash()
+    assert "pooling" not in str(Architecture.uniform(schema, 8).to_dict())
+    arch = Architecture.uniform(mean, 8)
+    assert Architecture.from_dict(arch.to_dict()).tables[1].pooling == "mean"
+    with pytest.raises(ValueError, match="table 't_b' pools by mean but feature 'b' pools by sum"):
+        arch.check_schema(schema)
+
+
+def test_planted_multi_hot_fields_are_bags_and_one_hot_fields_keep_their_ids():
+    plain = SyntheticConfig(num_examples=3000, cardinalities=[10, 100, 1000, 50], true_ranks=[4, 0, 8, 2])
+    multi = SyntheticConfig(**{**plain.__dict__, "multi_hot_fields": [1, 2], "mean_bag_length": 6.0})
+    schema, data, ranks = generate(multi, seed=0)
+    _, one_hot, _ = generate(plain, seed=0)
+    assert ranks == [4, 0, 8, 2] and data.is_multi_hot
+    assert [f.pooling for f in schema.sparse] == ["sum", "mean", "mean", "sum"]
+    for f in (0, 3):  # fields that stay one-hot draw the same ids
+        assert torch.equal(data.field_ids(f), one_hot.sparse[:, f])
+    for f in (1, 2):
+        lengths = data.field_lengths(f).double()
+        assert abs(float(lengths.mean()) - 6.0) < 0.3 and int(lengths.min()) >= 0
+        assert int(data.field_ids(f).max()) < multi.cardinalities[f]
+    assert abs(float(data.labels.mean()) - 0.25) < 0.03
+    again = generate(multi, seed=0)[1]
+    assert torch.equal(again.sparse, data.sparse) and torch.equal(again.labels, data.labels)
+    with pytest.raises(ValueError, match="data.synthetic.multi_hot_fields"):
+        generate(SyntheticConfig(num_examples=10, cardinalities=[10], multi_hot_fields=[3]), seed=0)
