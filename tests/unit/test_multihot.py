@@ -163,3 +163,28 @@ def test_planted_multi_hot_fields_are_bags_and_one_hot_fields_keep_their_ids():
     assert torch.equal(again.sparse, data.sparse) and torch.equal(again.labels, data.labels)
     with pytest.raises(ValueError, match="data.synthetic.multi_hot_fields"):
         generate(SyntheticConfig(num_examples=10, cardinalities=[10], multi_hot_fields=[3]), seed=0)
+
+
+def test_feature_groups_mean_divides_the_buckets_sum_by_the_whole_bag():
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from torchrec_aes.models.ctr import FeatureGroups
+
+    tables = [
+        EmbeddingBagConfig(name=f"t_a{k}", embedding_dim=4, num_embeddings=5, feature_names=[f"a{k}"])
+        for k in (0, 1)
+    ]
+    ebc = EmbeddingBagCollection(tables=tables)
+    # row 0: ids 1, 2 in bucket 0 and 3 in bucket 1; row 1: an empty bag
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=["a0", "a1"],
+        values=torch.tensor([1, 2, 3]),
+        lengths=torch.tensor([2, 0, 1, 0], dtype=torch.int32),
+    )
+    w0, w1 = (ebc.embedding_bags[f"t_a{k}"].weight.detach() for k in (0, 1))
+    out = FeatureGroups(ebc, [("a", ["a0", "a1"])], frozenset({"a"}))(kjt).to_dict()["a"].detach()
+    assert torch.allclose(out[0], (w0[1] + w0[2] + w1[3]) / 3) and torch.equal(out[1], torch.zeros(4))
+    summed = FeatureGroups(ebc, [("a", ["a0", "a1"])])(kjt).to_dict()["a"].detach()
+    assert torch.allclose(summed[0], w0[1] + w0[2] + w1[3])

@@ -119,21 +119,38 @@ class MixedDimDCN(nn.Module):
         return self.over_arch(self.crossnet(x)).squeeze(-1)
 
 
+@torch.fx.wrap
+def _bag_sizes(features: KeyedJaggedTensor, keys: list[str]) -> torch.Tensor:
+    """[B, 1] float: ids in each row's bags of `keys` together (at least 1), to turn sums into means.
+
+    A torch.fx leaf: TorchRec's train pipeline traces the model and must not trace into the KJT."""
+    jagged = features.to_dict()
+    total = torch.stack([jagged[k].lengths() for k in keys]).sum(0)
+    return total.clamp(min=1).to(torch.float32).unsqueeze(1)
+
+
 class FeatureGroups(nn.Module):
     """Several tables pooled into one embedding per feature: the outputs of a feature's tables (e.g. its
     frequency buckets, `models/frequency.py`) zero-padded to the widest and summed. A model built around
     it sees one feature per group, as if each had one table of that width.
 
+    A feature pooled by mean over its whole bag (`mean`) has sum-pooled tables; their sum is divided by
+    the number of ids in all of them, which a mean per table could not give.
+
     Args:
         inner: the tables (an EBC, or a supernet's elastic EBC; anything with `embedding_bag_configs()`
             and `forward(KJT) -> KeyedTensor` keyed by the tables' features).
         groups: [(feature, [keys of `inner` pooled into it])], in the order the model sees the features.
+        mean: the features pooled by mean.
     """
 
-    def __init__(self, inner: nn.Module, groups: list[tuple[str, list[str]]]) -> None:
+    def __init__(
+        self, inner: nn.Module, groups: list[tuple[str, list[str]]], mean: frozenset[str] = frozenset()
+    ) -> None:
         super().__init__()
         self.inner = inner
         self.groups = [(f, list(keys)) for f, keys in groups]
+        self.mean = frozenset(mean)
         configs = {n: c for c in inner.embedding_bag_configs() for n in c.feature_names}  # type: ignore[operator]
         self._widths = {k: configs[k].embedding_dim for _, keys in self.groups for k in keys}
         self._configs = [
@@ -153,14 +170,15 @@ class FeatureGroups(nn.Module):
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         pooled = self.inner(features).to_dict()
         tensors = []
-        for (_, keys), config in zip(self.groups, self._configs, strict=True):
+        for (feature, keys), config in zip(self.groups, self._configs, strict=True):
             width = config.embedding_dim
             # Widths from the configs (Python ints), so the train pipeline's torch.fx pass can trace this.
             parts = [
                 pooled[k] if self._widths[k] == width else F.pad(pooled[k], (0, width - self._widths[k]))
                 for k in keys
             ]
-            tensors.append(parts[0] if len(parts) == 1 else torch.stack(parts).sum(0))
+            total = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
+            tensors.append(total / _bag_sizes(features, keys) if feature in self.mean else total)
         return KeyedTensor(
             keys=[f for f, _ in self.groups],
             length_per_key=[c.embedding_dim for c in self._configs],

@@ -81,6 +81,11 @@ def id_counts(
     return counts
 
 
+def mean_pooled(schema: Schema) -> frozenset[str]:
+    """The features of `schema` pooled by mean."""
+    return frozenset(f.name for f in schema.sparse if f.pooling == "mean")
+
+
 def ranks_from_counts(counts: torch.Tensor) -> torch.Tensor:
     """rank[id] for ids ordered by count, most frequent first; ties in id order. [n] int64."""
     order = torch.sort(-counts, stable=True).indices
@@ -210,9 +215,13 @@ class FrequencyLookup:
     Args:
         arch: a `frequency` architecture (checked).
         ranks: {feature: rank[id]} of the training split (`feature_ranks`).
+        mean: the features pooled by mean (their sum-pooled buckets are divided by the bag's size).
     """
 
-    def __init__(self, arch: Architecture, ranks: dict[str, torch.Tensor]) -> None:
+    def __init__(
+        self, arch: Architecture, ranks: dict[str, torch.Tensor], mean: frozenset[str] = frozenset()
+    ) -> None:
+        self.mean = mean
         self.plan: list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor, list[tuple[int, str, int]]]] = []
         for feature, buckets in buckets_of(arch).items():
             active = [
@@ -267,7 +276,7 @@ class FrequencyLookup:
     def wrap(self, tables: nn.Module) -> FeatureGroups:
         """The sparse arch the model sees: the bucket tables (an EBC, or a supernet's elastic one) pooled
         back to one embedding per feature."""
-        return FeatureGroups(tables, self.groups)
+        return FeatureGroups(tables, self.groups, self.mean)
 
 
 class FrequencyKind(ArchKind):
@@ -280,7 +289,7 @@ class FrequencyKind(ArchKind):
         return arch, None
 
     def lookup(self, arch: Architecture, task: Any) -> FrequencyLookup:
-        return FrequencyLookup(arch, feature_ranks(task))
+        return FrequencyLookup(arch, feature_ranks(task), mean_pooled(task.schema))
 
     def report(self, run_dir: str, arch: Architecture, metrics: dict[str, Any]) -> list[str]:
         lines = [

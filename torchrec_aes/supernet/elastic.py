@@ -224,13 +224,15 @@ def build_elastic_model(
     num_dense: int,
     shared_projection: bool = True,
     groups: list[tuple[str, list[str]]] | None = None,
+    mean: frozenset[str] = frozenset(),
 ) -> nn.Module:
     """The CTR model of `model_cfg` around an elastic EBC over `lookup` (tables at max(candidates)).
 
     DLRM: projections to the interaction dim (one per table with `shared_projection`, else one per
     (table, candidate)), so the model sees fixed widths. DCN: zero padding to max(candidates). With
     `groups` ([(feature, table features)], e.g. a feature's frequency blocks), the elastic tables' outputs
-    are summed per feature (`models.ctr.FeatureGroups`) before the model sees them.
+    are summed per feature (`models.ctr.FeatureGroups`; divided by the bag's size for the features in
+    `mean`) before the model sees them.
     """
     if model_cfg.type == "dlrm":
         elastic = ElasticEmbeddingBagCollection(
@@ -240,7 +242,7 @@ def build_elastic_model(
         elastic = ElasticEmbeddingBagCollection(lookup, candidates)
     else:
         raise ValueError(f"model.type: elastic supernets support dlrm and dcn, got '{model_cfg.type}'")
-    sparse: nn.Module = elastic if groups is None else FeatureGroups(elastic, groups)
+    sparse: nn.Module = elastic if groups is None else FeatureGroups(elastic, groups, mean)
     return build_ctr_model(model_cfg.type, sparse, num_dense, model_cfg)  # type: ignore[arg-type]
 
 

@@ -24,7 +24,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config
 from torchrec_aes.data.dataset import Rows
-from torchrec_aes.models.frequency import block_ends, bucket_key, frequency_architecture
+from torchrec_aes.models.frequency import block_ends, bucket_key, frequency_architecture, mean_pooled
 from torchrec_aes.planning.memory import table_storage
 from torchrec_aes.search.adass.config import AdaSSConfig
 from torchrec_aes.search.adass.sampler import AdaptiveSampler
@@ -130,9 +130,10 @@ def model_factory(
     if own is not None:
         return lambda lookup: own(lookup, candidates)
     shared = cfg.search.adass.shared_projection
+    mean = mean_pooled(task.schema) if task is not None else frozenset()
 
     def build(lookup: nn.Module) -> nn.Module:
-        return build_elastic_model(cfg.model, lookup, candidates, num_dense, shared, groups)
+        return build_elastic_model(cfg.model, lookup, candidates, num_dense, shared, groups, mean)
 
     return build
 
