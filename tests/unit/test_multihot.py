@@ -188,3 +188,28 @@ def test_feature_groups_mean_divides_the_buckets_sum_by_the_whole_bag():
     assert torch.allclose(out[0], (w0[1] + w0[2] + w1[3]) / 3) and torch.equal(out[1], torch.zeros(4))
     summed = FeatureGroups(ebc, [("a", ["a0", "a1"])])(kjt).to_dict()["a"].detach()
     assert torch.allclose(summed[0], w0[1] + w0[2] + w1[3])
+
+
+def test_libfm_fields_in_multi_hot_columns_take_any_number_of_indices(tmp_path):
+    # fields: user [0, 10), tags [10, 20); tags is a bag
+    lines = ["1 3:1 12:1 15:1", "0 4:1", "-1 3:1 11:1 12:1 19:1"] * 10
+    path = tmp_path / "bags.libfm"
+    path.write_text("\n".join(lines) + "\n")
+    cfg = DataConfig(
+        type="libfm",
+        path=str(path),
+        field_offsets=[0, 10],
+        field_names=["user", "tags"],
+        multi_hot_columns=["tags"],
+        min_count=1,
+    )
+    splits = load_data(cfg)
+    parts = (splits.train, splits.val, splits.test)
+    assert sorted(int(x) for p in parts for x in p.field_lengths(1)) == sorted([2, 0, 3] * 10)
+    assert all(p.field_lengths(0).tolist() == [1] * len(p) for p in parts)
+    assert splits.schema.feature("tags").num_embeddings == 5  # OOV + 1, 2, 5, 9
+    path.write_text("1 3:1 4:1 12:1\n")
+    with pytest.raises(ValueError, match=r"bags.libfm:1: 2 indices in field 'user' \(expected exactly one"):
+        load_data(cfg)
+    with pytest.raises(ValueError, match="data.multi_hot_columns: libFM bags need data.field_offsets"):
+        load_data(DataConfig(type="libfm", path=str(path), multi_hot_columns=["tags"]))

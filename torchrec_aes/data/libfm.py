@@ -10,6 +10,9 @@ The categorical value of a field is its index relative to the field's first inde
 when positional); the `val` part must be a number but is otherwise ignored, since every supported data set
 is one-hot with value 1.
 
+Fields named in `data.multi_hot_columns` (with `data.field_offsets`) may hold any number of indices in a
+row (0 = an empty bag), read as that row's bag of ids; the others still hold exactly one.
+
 Example::
 
     cfg = DataConfig(type="libfm", path="frappe.validation.libfm.gz,frappe.test.libfm.gz",
@@ -18,6 +21,8 @@ Example::
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -118,19 +123,79 @@ def _parse_chunk(
     )
 
 
+def _parse_bags(
+    rows: list[list[str]],
+    lines: list[int],
+    offsets: np.ndarray,
+    names: list[str],
+    bags: set[int],
+    separator: str,
+    errors: dict[int, str],
+) -> RawTable:
+    """Parse of rows in which the fields in `bags` hold any number of indices (multi-hot) and every other
+    field exactly one; a bag becomes its relative indices joined by `separator` (split in `preprocess`)."""
+    cells: list[list[str]] = [[] for _ in names]
+    labels_text, keep = [], []
+    for i, (tokens, line) in enumerate(zip(rows, lines, strict=True)):
+        found: list[list[str]] = [[] for _ in names]
+        problem = ""
+        for token in tokens[1:]:
+            index_text, colon, value_text = token.partition(":")
+            try:
+                index, _ = int(index_text), float(value_text)
+            except ValueError:
+                index = -1
+            if colon != ":" or index < 0:
+                problem = (
+                    f"feature {token!r} is not index:value (expected a non-negative integer index:number)"
+                )
+                break
+            field = int(np.searchsorted(offsets, index, side="right")) - 1
+            if field < 0:
+                problem = f"index {index} is below the first field offset"
+                break
+            found[field].append(str(index - int(offsets[field])))
+        if not problem:
+            wrong = [j for j, ids in enumerate(found) if j not in bags and len(ids) != 1]
+            if wrong:
+                j = wrong[0]
+                problem = (
+                    f"{len(found[j])} indices in field {names[j]!r} (expected exactly one: it is not in "
+                    "data.multi_hot_columns)"
+                )
+        if problem:
+            errors.setdefault(line, problem)
+            continue
+        keep.append(i)
+        labels_text.append(tokens[0])
+        for j, ids in enumerate(found):
+            cells[j].append(separator.join(ids))
+    label_text = str_array(labels_text)
+    labels, bad = parse_labels(label_text, allow_minus_one=True)
+    for i in np.flatnonzero(bad):
+        errors.setdefault(lines[keep[i]], f"label {str(label_text[i])!r} (expected 1, 0 or -1)")
+    good = ~bad
+    return RawTable(
+        dense=np.zeros((int(good.sum()), 0), dtype=np.float64),
+        categorical=[str_array(c)[good] for c in cells],
+        labels=labels[good],
+        dense_names=[],
+        sparse_names=list(names),
+    )
+
+
 def _flush(
     builder: TableBuilder,
     f: TextFile,
     rows: list[list[str]],
     lines: list[int],
-    offsets: np.ndarray | None,
-    names: list[str],
+    parse: Callable[[list[list[str]], list[int], dict[int, str]], RawTable],
     errors: dict[int, str],
 ) -> None:
     """Parses a chunk of rows into `builder`; rows with bytes that are not UTF-8 become malformed rows."""
     if f.undecodable():
         rows, lines = drop_undecodable(rows, lines, errors)
-    builder.add(f.path, _parse_chunk(rows, lines, offsets, names, errors) if rows else None, errors)
+    builder.add(f.path, parse(rows, lines, errors) if rows else None, errors)
 
 
 def _check_offsets(offsets: list[int]) -> np.ndarray | None:
@@ -172,6 +237,21 @@ def read_libfm(cfg: DataConfig) -> RawTable:
     if offsets is not None and not names:
         names = [f"f{i}" for i in range(len(offsets))]
     how = "one per field of data.field_offsets" if offsets is not None else "one per field"
+    unknown = [c for c in cfg.multi_hot_columns if c not in names]
+    if cfg.multi_hot_columns and (offsets is None or unknown):
+        raise ValueError(
+            "data.multi_hot_columns: libFM bags need data.field_offsets (which field an index is in) and "
+            f"field names from data.field_names; {unknown[0] if unknown else 'no offsets'!r} is not one "
+            f"(fields: {', '.join(names) or 'positional'})"
+        )
+    bags = {names.index(c) for c in cfg.multi_hot_columns}
+
+    def parse(rows: list[list[str]], lines: list[int], errors: dict[int, str]) -> RawTable:
+        if bags:
+            assert offsets is not None
+            return _parse_bags(rows, lines, offsets, names, bags, cfg.multi_hot_separator, errors)
+        return _parse_chunk(rows, lines, offsets, names, errors)
+
     paths = input_paths(cfg)
     builder = TableBuilder(cfg.max_rows, cfg.skip_bad_rows)
     for path in paths:
@@ -194,7 +274,7 @@ def read_libfm(cfg: DataConfig) -> RawTable:
                             raise ValueError(
                                 f"{path}:{line_no}: a label without features (expected label idx:val ...)"
                             )
-                    if len(tokens) - 1 != len(names):
+                    if not bags and len(tokens) - 1 != len(names):
                         byte = undecodable_byte(tokens) if f.undecodable() else None
                         errors[line_no] = (
                             not_utf8(byte)
@@ -205,13 +285,13 @@ def read_libfm(cfg: DataConfig) -> RawTable:
                         rows.append(tokens)
                         lines.append(line_no)
                     if len(rows) + len(errors) >= room:
-                        _flush(builder, f, rows, lines, offsets, names, errors)
+                        _flush(builder, f, rows, lines, parse, errors)
                         rows, lines, errors = [], [], {}
                         if builder.full():
                             break
                         room = builder.room(CHUNK_ROWS)
             except STREAM_ERRORS as e:
                 raise stream_error(path, line_no, e) from None
-            _flush(builder, f, rows, lines, offsets, names, errors)
+            _flush(builder, f, rows, lines, parse, errors)
         builder.end_file(path, "lines 'label idx:val idx:val ...'")
     return builder.finish(paths)

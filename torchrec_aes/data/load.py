@@ -77,9 +77,9 @@ def _load(cfg: DataConfig, cache_dir: str) -> Splits:
         return load_criteo_binary(cfg)
     if cfg.type not in RAW_READERS:
         raise ValueError(f"data.type: '{cfg.type}' is not one of {', '.join(DATA_TYPES)}")
-    if cfg.multi_hot_columns and cfg.type != "tabular":
+    if cfg.multi_hot_columns and cfg.type not in ("tabular", "libfm"):
         raise ValueError(
-            f"data.multi_hot_columns: bags of ids in columns are read by the tabular reader, not "
+            f"data.multi_hot_columns: bags of ids in columns are read by the tabular and libfm readers, not "
             f"data.type '{cfg.type}'"
         )
     if streamed(cfg):
