@@ -172,8 +172,8 @@ def _parse_bags(
             cells[j].append(separator.join(ids))
     label_text = str_array(labels_text)
     labels, bad = parse_labels(label_text, allow_minus_one=True)
-    for i in np.flatnonzero(bad):
-        errors.setdefault(lines[keep[i]], f"label {str(label_text[i])!r} (expected 1, 0 or -1)")
+    for k in np.flatnonzero(bad).tolist():
+        errors.setdefault(lines[keep[k]], f"label {str(label_text[k])!r} (expected 1, 0 or -1)")
     good = ~bad
     return RawTable(
         dense=np.zeros((int(good.sum()), 0), dtype=np.float64),
