@@ -107,6 +107,15 @@ class CTRData:
             self._offsets = _exclusive_cumsum(self.lengths.t().reshape(-1))
         return self._offsets
 
+    def slice_bags(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The bags of rows [start, stop), key-major, without a gather: each field's bags of consecutive
+        rows are one slice of `sparse` (multi-hot only). Returns (values, lengths [F * (stop - start)])."""
+        assert self.lengths is not None, "slice_bags() is for multi-hot rows"
+        n, offsets = len(self), self.offsets()
+        bounds = offsets[torch.arange(self.num_fields)[:, None] * n + torch.tensor([start, stop])].tolist()
+        values = torch.cat([self.sparse[a:b] for a, b in bounds])
+        return values, self.lengths[start:stop].t().reshape(-1)
+
     def bags(self, rows: torch.Tensor, fields: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The bags of `rows` for `fields` (default all), key-major: (values, lengths [len(fields) * B])."""
         columns = torch.arange(self.num_fields) if fields is None else torch.tensor(fields, dtype=torch.int64)
@@ -115,7 +124,7 @@ class CTRData:
                 columns.numel() * rows.numel(), dtype=torch.int64
             )
         segments = (columns[:, None] * len(self) + rows[None, :]).reshape(-1)
-        return gather_segments(self.sparse, self.offsets(), self.lengths.t().reshape(-1), segments)
+        return gather_segments(self.sparse, self.offsets(), self.offsets().diff(), segments)
 
     def subset(self, index: torch.Tensor) -> CTRData:
         if self.lengths is None:
@@ -239,9 +248,18 @@ def make_batch(data: CTRData, index: torch.Tensor, keys: list[str]) -> Batch:
         lengths = torch.ones(values.numel(), dtype=torch.int32)
     else:
         values, lengths = data.bags(index)
-        lengths = lengths.to(torch.int32)
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=lengths)
-    return Batch(dense_features=data.dense[index], sparse_features=kjt, labels=data.labels[index])
+    return _batch(data.dense[index], values, lengths, data.labels[index], keys)
+
+
+def _batch(
+    dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, keys: list[str]
+) -> Batch:
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=lengths.to(torch.int32))
+    return Batch(dense_features=dense, sparse_features=kjt, labels=labels)
+
+
+BAG_CHUNK_BATCHES = 32
+"""Multi-hot rows are gathered this many batches at a time into consecutive rows, then sliced per batch."""
 
 
 def num_batches(n: int, batch_size: int, world_size: int, drop_last: bool) -> int:
@@ -273,5 +291,14 @@ def iter_batches(
     count = num_batches(n, batch_size, world_size, drop_last)
     if max_batches:
         count = min(count, max_batches)
-    for b in range(count):
-        yield make_batch(data, mine[b * batch_size : (b + 1) * batch_size], keys)
+    if data.lengths is None:
+        for b in range(count):
+            yield make_batch(data, mine[b * batch_size : (b + 1) * batch_size], keys)
+        return
+    # Bags: one gather per chunk of batches (few large copies instead of many small ones), then slices.
+    for first in range(0, count, BAG_CHUNK_BATCHES):
+        chunk = data.subset(mine[first * batch_size : (first + BAG_CHUNK_BATCHES) * batch_size])
+        for start in range(0, min(len(chunk), (count - first) * batch_size), batch_size):
+            stop = min(start + batch_size, len(chunk))
+            values, lengths = chunk.slice_bags(start, stop)
+            yield _batch(chunk.dense[start:stop], values, lengths, chunk.labels[start:stop], keys)
