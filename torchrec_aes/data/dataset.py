@@ -158,6 +158,26 @@ class CTRData:
         return iter_batches(self, keys, batch_size, rank, world_size, shuffle, seed, drop_last, max_batches)
 
 
+def concat_rows(parts: list[CTRData]) -> CTRData:
+    """The rows of `parts` one after another (one-hot parts stay one-hot; multi-hot ones stay field-major)."""
+    dense = torch.cat([p.dense for p in parts])
+    labels = torch.cat([p.labels for p in parts])
+    if all(p.lengths is None for p in parts):
+        return CTRData(dense, torch.cat([p.sparse for p in parts]), labels)
+    fields = parts[0].num_fields
+    values = torch.cat([p.field_ids(f) for f in range(fields) for p in parts])
+    lengths = torch.cat([torch.stack([p.field_lengths(f) for f in range(fields)], 1) for p in parts])
+    return CTRData(dense, values, labels, lengths)
+
+
+def batch_rows(batch: Batch, keys: list[str]) -> CTRData:
+    """The rows of a batch as `CTRData` (the bags of `keys`; dense features and labels kept)."""
+    jagged = batch.sparse_features.to_dict()
+    lengths = torch.stack([jagged[k].lengths().to(torch.int64) for k in keys], 1)
+    values = torch.cat([jagged[k].values() for k in keys])
+    return CTRData(batch.dense_features, values, batch.labels, lengths)
+
+
 def _exclusive_cumsum(lengths: torch.Tensor) -> torch.Tensor:
     out = torch.zeros(lengths.numel() + 1, dtype=torch.int64)
     torch.cumsum(lengths, 0, out=out[1:])

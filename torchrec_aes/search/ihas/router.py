@@ -16,24 +16,39 @@ from collections.abc import Callable
 
 import torch
 
+from torchrec_aes.data.dataset import CTRData
 from torchrec_aes.models.grouped import Router
 
 
 def _scores(
     ids: torch.Tensor, groups: torch.Tensor, rows: int, k: int, prior: torch.Tensor, a: float
 ) -> torch.Tensor:
+    """S[id, k] from (id, group of its row) pairs: every id of a bag counts for its row's group."""
     counts = torch.zeros(rows, k, dtype=torch.float64)
     counts.index_put_((ids, groups), torch.ones(len(ids), dtype=torch.float64), accumulate=True)
     p = (counts + a * prior) / (counts.sum(1, keepdim=True) + a)
     return (p.log() - prior.log()).float()
 
 
-def heldout_gain(ids: torch.Tensor, groups: torch.Tensor, rows: int, k: int, a: float) -> float:
-    """Mean log P(true group | id) - log p_group on the odd rows, counted on the even rows (nats)."""
+def field_pairs(ids: torch.Tensor | CTRData, j: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row of each id, id) of field j: an [N, F] id matrix has one id per row; bags (`CTRData`) any."""
+    if isinstance(ids, torch.Tensor):
+        return torch.arange(len(ids)), ids[:, j]
+    lengths = ids.field_lengths(j)
+    return torch.repeat_interleave(torch.arange(len(lengths)), lengths), ids.field_ids(j)
+
+
+def heldout_gain(
+    rows_of: torch.Tensor, ids: torch.Tensor, groups: torch.Tensor, rows: int, k: int, a: float
+) -> float:
+    """Mean over the odd rows of the router's vote for the true group, sum over a row's ids of
+    log P(true group | id) - log p_group, counted on the even rows (nats); `rows_of` [ids] is each id's
+    row, `groups` [N] each row's group."""
     prior = _prior(groups, k)
-    fit, held = slice(0, None, 2), slice(1, None, 2)
-    s = _scores(ids[fit], groups[fit], rows, k, prior, a)
-    return float(s[ids[held], groups[held]].mean())
+    fit, held = rows_of % 2 == 0, rows_of % 2 == 1
+    s = _scores(ids[fit], groups[rows_of[fit]], rows, k, prior, a)
+    odd_rows = len(groups) // 2
+    return float(s[ids[held], groups[rows_of[held]]].sum()) / max(odd_rows, 1)
 
 
 def _prior(groups: torch.Tensor, k: int) -> torch.Tensor:
@@ -53,7 +68,7 @@ def fit_router(
     """The router for a clustered sample.
 
     Args:
-        ids: [N, F] ids of the sample (columns in `features` order).
+        ids: [N, F] ids of the sample (columns in `features` order), or its bags (`CTRData`).
         groups: [N] group of each row.
         features, rows: the fields and their table rows.
         k: groups.
@@ -64,7 +79,8 @@ def fit_router(
         (the router, per field {feature, gain, used}).
     """
     prior = _prior(groups, k)
-    gains = [heldout_gain(ids[:, j], groups, rows[j], k, smoothing) for j in range(len(features))]
+    pairs = [field_pairs(ids, j) for j in range(len(features))]
+    gains = [heldout_gain(r, i, groups, rows[j], k, smoothing) for j, (r, i) in enumerate(pairs)]
     order = sorted(range(len(features)), key=lambda j: -gains[j])
     chosen: list[int] = []
     if k > 1:
@@ -75,7 +91,8 @@ def fit_router(
                 chosen.append(j)
     tables = []
     for j in chosen:
-        s = _scores(ids[:, j], groups, rows[j], k, prior, smoothing)
+        rows_of, field_ids = pairs[j]
+        s = _scores(field_ids, groups[rows_of], rows[j], k, prior, smoothing)
         pad = -(-k // 4) * 4 - k
         tables.append(torch.nn.functional.pad(s, (0, pad)))
     router = Router([features[j] for j in chosen], tables, prior.log().float())

@@ -10,10 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from torchrec_aes.architecture import Architecture
-from torchrec_aes.data.dataset import Rows
+from torchrec_aes.data.dataset import CTRData, Rows, batch_rows, concat_rows, make_batch
 from torchrec_aes.data.planted import resolve_population_ranks
 from torchrec_aes.data.synthetic import load_populations
 from torchrec_aes.io import join, save_numpy_atomic, save_torch_atomic
@@ -48,18 +47,28 @@ def _gather_rows(local: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)])
 
 
-def _first_ids(batch: Any, keys: list[str]) -> torch.Tensor:
-    """[B, F] the (first) id of every feature of every row of a batch."""
-    kjt = batch.sparse_features
-    cols = []
-    for k in keys:
-        jt = kjt[k]
-        cols.append(jt.values()[jt.offsets()[:-1].clamp(max=max(len(jt.values()) - 1, 0))])
-    return torch.stack(cols, dim=1)
+def _gather_bags(local: CTRData, env: DistEnv) -> CTRData:
+    """Every rank's bags (rank order), ids only: lengths and ids gathered per rank, then concatenated."""
+    if env.world_size == 1:
+        return local
+    lengths = local.lengths if local.lengths is not None else torch.ones_like(local.sparse)
+    values = local.sparse if local.lengths is not None else local.sparse.t().reshape(-1)
+    counts = [torch.zeros(1, dtype=torch.long) for _ in range(env.world_size)]
+    dist.all_gather(counts, torch.tensor([len(local)]))
+    all_lengths = _gather_rows(lengths, env)
+    all_values = _gather_rows(values, env)
+    parts, row, at = [], 0, 0
+    for c in counts:
+        n = int(c.item())
+        part_lengths = all_lengths[row : row + n]
+        size = int(part_lengths.sum())
+        parts.append(CTRData(torch.zeros(n, 0), all_values[at : at + size], torch.zeros(n), part_lengths))
+        row, at = row + n, at + size
+    return concat_rows(parts)
 
 
 @torch.no_grad()
-def collect(trainer: Trainer, hooks: GateHooks, data: Rows, rows: int) -> dict[str, torch.Tensor]:
+def collect(trainer: Trainer, hooks: GateHooks, data: Rows, rows: int) -> dict[str, Any]:
     """Masked embeddings, active dims and ids of the first `rows` rows of `data` under deterministic gates,
     gathered from all ranks (the same on every rank)."""
     env, task = trainer.env, trainer.task
@@ -72,7 +81,7 @@ def collect(trainer: Trainer, hooks: GateHooks, data: Rows, rows: int) -> dict[s
     keys = task.schema.sparse_names  # the gated model uses every feature
     for batch in part.batches(keys, task.cfg.train.eval_batch_size, env.rank, env.world_size):
         trainer.model(batch.to(env.device))
-        ids.append(_first_ids(batch, keys))
+        ids.append(batch_rows(batch, keys))
     trainer.model.train()
     masked = torch.cat([m for m, _ in gated.capture]).cpu()
     active = torch.cat([a for _, a in gated.capture]).cpu()
@@ -80,7 +89,7 @@ def collect(trainer: Trainer, hooks: GateHooks, data: Rows, rows: int) -> dict[s
     return {
         "masked": _gather_rows(masked, env),
         "active": _gather_rows(active, env),
-        "ids": _gather_rows(torch.cat(ids).cpu(), env),
+        "ids": _gather_bags(concat_rows(ids), env),
     }
 
 
@@ -199,13 +208,9 @@ def fit_dims(
     return layout, r, max(low, 0.0)
 
 
-def _route_ids(router: Router, ids: torch.Tensor, keys: list[str]) -> torch.Tensor:
-    """[N] the router's group of each row of an [N, F] id matrix (columns in `keys` order)."""
-
-    kjt = KeyedJaggedTensor.from_lengths_sync(
-        keys=keys, values=ids.t().reshape(-1), lengths=torch.ones(ids.numel(), dtype=torch.int32)
-    )
-    return router(kjt)
+def _route_ids(router: Router, ids: CTRData, keys: list[str]) -> torch.Tensor:
+    """[N] the router's group of each row of `ids` (bags of `keys`)."""
+    return router(make_batch(ids, torch.arange(len(ids)), keys).sparse_features)
 
 
 def route_split(router: Router, data: Rows, keys: list[str], batch_size: int, world_size: int) -> np.ndarray:
@@ -253,8 +258,8 @@ def _candidate(
     ctx: SearchContext,
     icfg: IHASConfig,
     k: int,
-    sample: dict[str, torch.Tensor],
-    val_sample: dict[str, torch.Tensor],
+    sample: dict[str, Any],
+    val_sample: dict[str, Any],
     populations: dict[str, torch.Tensor] | None,
 ) -> tuple[Finalist, dict[str, Any]]:
     """K groups from the gated sample: K-Means, the router (with hard-EM rounds), the dims under the
