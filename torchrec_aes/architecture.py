@@ -134,8 +134,8 @@ class Architecture:
 
     @classmethod
     def uniform(cls, schema: Schema, dim: int, data_type: str = "fp32") -> Architecture:
-        """Every sparse feature in its own table at `dim` (all tables in `data_type`)."""
-        return cls.from_dims(schema, [dim] * len(schema.sparse), method="uniform", data_types=data_type)
+        """Every table at `dim` (all tables in `data_type`): one per sparse feature, or shared."""
+        return cls.from_dims(schema, [dim] * len(schema.tables), method="uniform", data_types=data_type)
 
     @classmethod
     def from_dims(
@@ -145,15 +145,18 @@ class Architecture:
         method: str = "uniform",
         data_types: str | list[str] = "fp32",
     ) -> Architecture:
-        """One table per sparse feature with the given dims (schema order) and precision(s)."""
-        if len(dims) != len(schema.sparse):
-            raise ValueError(f"got {len(dims)} dims for {len(schema.sparse)} sparse features")
+        """The schema's tables (`Schema.tables`: one per sparse feature unless features share one) with
+        the given dims (in that order) and precision(s)."""
+        groups = schema.tables
+        if len(dims) != len(groups):
+            what = "tables" if schema.has_shared_tables else "sparse features"
+            raise ValueError(f"got {len(dims)} dims for {len(groups)} {what}")
         types = [data_types] * len(dims) if isinstance(data_types, str) else list(data_types)
         for t in types:
             check_table_type(t, "data_type")
         tables = [
-            TableArch(f"t_{f.name}", [f.name], f.num_embeddings, int(d), dt, f.pooling)
-            for f, d, dt in zip(schema.sparse, dims, types, strict=True)
+            TableArch(f"t_{key}", list(names), rows, int(d), dt, schema.feature(names[0]).pooling)
+            for (key, names), rows, d, dt in zip(groups, schema.table_rows, dims, types, strict=True)
         ]
         return cls(tables=tables, method=method, schema_hash=schema.hash())
 

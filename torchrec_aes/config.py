@@ -116,6 +116,11 @@ class DataConfig:
     pooling: dict[str, str] = field(default_factory=dict)
     """Pooling of a sparse feature's bag, {feature: sum | mean}; features not listed pool by sum (one-hot
     features: the same). Synthetic multi-hot fields default to mean (the hidden model averages a bag)."""
+    shared_tables: dict[str, list[str]] = field(default_factory=dict)
+    """Tables looked up by several features, {table: [feature, ...]} (e.g. `item: [item_id, history]`): one
+    table `t_<table>`, its bytes counted once, its dim searched once, placed once by the planner. Text
+    readers give the features one joint vocabulary; already-encoded ids (synthetic, criteo_binary) share
+    the largest of the features' id ranges."""
     delimiter: str = ","
     """Tabular reader: field delimiter."""
     header: bool = True

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from tests.conftest import REPO
+from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import load_config
 from torchrec_aes.data.load import load_data
 from torchrec_aes.data.planted import generate
@@ -71,7 +72,32 @@ def test_search_on_the_multi_hot_csv_runs_and_reports(files, tmp_path):
     subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["auc"] > 0.5
-    assert (
-        "mean" in (run / "architecture.yaml").read_text()
-        or "frequency" in (run / "architecture.yaml").read_text()
-    )
+    arch = Architecture.load(str(run / "architecture.yaml"))
+    multi = {"c2", "c4", "c5", "c7", "c12", "c13", "c15", "c16"}
+    assert arch.kind == "tables" and arch.method in ("adass", "uniform")
+    assert {t.feature_names[0]: t.pooling for t in arch.tables} == {
+        f"c{i}": "mean" if f"c{i}" in multi else "sum" for i in range(20)
+    }
+
+
+def test_search_with_a_shared_table_plans_it_once(files, tmp_path):
+    run = tmp_path / "run"
+    cmd = [
+        str(REPO / ".venv" / "bin" / "torchrec-aes"),
+        "search",
+        str(REPO / "configs" / "multihot_tabular.yaml"),
+        "--run-dir",
+        str(run),
+        f"data.path={files}/planted.csv",
+        "data.shared_tables={c2c12: [c2, c12]}",
+        "train.epochs=1",
+        "train.progress=false",
+        "search.adass.supernet_epochs=1",
+        "search.adass.rl_updates=10",
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
+    arch = Architecture.load(str(run / "architecture.yaml"))
+    shared = [t for t in arch.tables if t.name == "t_c2c12"]
+    assert len(arch.tables) == 19 and shared[0].feature_names == ["c2", "c12"] and shared[0].pooling == "mean"
+    plan = (run / "plan.json").read_text()
+    assert plan.count('"t_c2c12"') == 1 and '"t_c2"' not in plan and '"t_c12"' not in plan

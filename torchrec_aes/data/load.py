@@ -60,9 +60,7 @@ def load_data(cfg: DataConfig, cache_dir: str = "") -> Splits:
             own loader), a missing file (the message names the path), or a malformed row.
     """
     splits = _load(cfg, cache_dir)
-    if cfg.pooling:
-        splits = replace(splits, schema=splits.schema.with_pooling(cfg.pooling))
-    return splits
+    return replace(splits, schema=splits.schema.configured(cfg.pooling, cfg.shared_tables))
 
 
 def _load(cfg: DataConfig, cache_dir: str) -> Splits:

@@ -247,6 +247,18 @@ def build_vocabulary(values: np.ndarray, train_index: np.ndarray, min_count: int
     return id_of[inverse], len(kept) + 1
 
 
+def _vocabulary_groups(names: list[str], shared: dict[str, list[str]]) -> list[list[int]]:
+    """Column indices that share a vocabulary: the features of each shared table (`data.shared_tables`),
+    and every other feature alone; in column order of their first member. Unknown features are left to
+    `Schema.with_shared_tables` to report."""
+    index = {name: i for i, name in enumerate(names)}
+    owner = {index[n]: t for t, members in shared.items() for n in members if n in index}
+    groups: dict[str, list[int]] = {}
+    for i, name in enumerate(names):
+        groups.setdefault(owner.get(i, "\0" + name), []).append(i)
+    return list(groups.values())
+
+
 def split_bags(cells: np.ndarray, separator: str, max_ids: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """The ids of multi-hot cells: `cells` [N] str split on `separator` (empty parts dropped, so an empty
     cell is an empty bag), each bag cut to its first `max_ids` ids when `max_ids` > 0.
@@ -354,22 +366,32 @@ def preprocess(raw: RawTable, cfg: DataConfig) -> Splits:
     in_train = np.zeros(n, dtype=bool)
     in_train[train_np] = True
 
-    columns, lengths, features = [], [], []
+    tokens, lengths, train_rows = [], [], []
     truncated = [0, 0]  # bags, ids dropped
     for name, values in zip(raw.sparse_names, raw.categorical, strict=True):
         if name in multi_hot:
             values, bag_lengths, cut = split_bags(values, cfg.multi_hot_separator, cfg.max_ids_per_row)
             truncated = [truncated[0] + cut[0], truncated[1] + cut[1]]
-            train_rows = np.flatnonzero(np.repeat(in_train, bag_lengths))
+            train_rows.append(np.flatnonzero(np.repeat(in_train, bag_lengths)))
         else:
-            bag_lengths, train_rows = np.ones(n, dtype=np.int64), train_np
+            bag_lengths = np.ones(n, dtype=np.int64)
+            train_rows.append(train_np)
+        tokens.append(values)
+        lengths.append(bag_lengths)
+    columns: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(tokens)
+    features: list[SparseFeature] = [SparseFeature("", 0)] * len(tokens)
+    for group in _vocabulary_groups(raw.sparse_names, cfg.shared_tables):
+        # A shared table's features get one vocabulary, counted over all of them.
+        values = np.concatenate([tokens[f] for f in group]) if len(group) > 1 else tokens[group[0]]
+        starts = np.cumsum([0] + [len(tokens[f]) for f in group])
         if cfg.hash_size > 0:
             ids, size = hash_ids(values, cfg.hash_size), cfg.hash_size
         else:
-            ids, size = build_vocabulary(values, train_rows, cfg.min_count)
-        columns.append(ids)
-        lengths.append(bag_lengths)
-        features.append(SparseFeature(name=name, num_embeddings=int(size)))
+            train = np.concatenate([train_rows[f] + start for f, start in zip(group, starts, strict=False)])
+            ids, size = build_vocabulary(values, train, cfg.min_count)
+        for f, a, b in zip(group, starts[:-1], starts[1:], strict=True):
+            columns[f] = ids[a:b]
+            features[f] = SparseFeature(name=raw.sparse_names[f], num_embeddings=int(size))
     if truncated[0]:
         logger.warning(
             "data.max_ids_per_row=%d: truncated %d bags (%d ids dropped)", cfg.max_ids_per_row, *truncated

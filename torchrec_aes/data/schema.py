@@ -16,11 +16,18 @@ class SparseFeature:
         num_embeddings: rows of the table; ids are in [0, num_embeddings), id 0 is the field's OOV id
             when a vocabulary is built.
         pooling: how the feature's bag of ids is pooled, "sum" or "mean" (`data.pooling`; one id: either).
+        table: the shared table it looks up (`data.shared_tables`), "" for its own table `t_<name>`.
     """
 
     name: str
     num_embeddings: int
     pooling: str = "sum"
+    table: str = ""
+
+    @property
+    def table_key(self) -> str:
+        """The name its table is known by (its own name, or the shared table's)."""
+        return self.table or self.name
 
 
 @dataclass
@@ -55,10 +62,71 @@ class Schema:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        for f in data["sparse"]:  # sum pooling is left out, so one-hot schemas keep their hashes
+        for f in data["sparse"]:  # defaults are left out, so schemas from before these keys keep their hashes
             if f["pooling"] == "sum":
                 del f["pooling"]
+            if not f["table"]:
+                del f["table"]
         return data
+
+    @property
+    def tables(self) -> list[tuple[str, list[str]]]:
+        """[(table key, its features)] in order of first appearance: one per feature unless shared."""
+        groups: dict[str, list[str]] = {}
+        for f in self.sparse:
+            groups.setdefault(f.table_key, []).append(f.name)
+        return list(groups.items())
+
+    @property
+    def table_rows(self) -> list[int]:
+        """Rows of each table of `tables` (features sharing a table share its rows)."""
+        rows = {f.table_key: f.num_embeddings for f in self.sparse}
+        return [rows[key] for key, _ in self.tables]
+
+    @property
+    def has_shared_tables(self) -> bool:
+        return any(f.table for f in self.sparse)
+
+    def configured(self, pooling: dict[str, str], shared_tables: dict[str, list[str]]) -> Schema:
+        """A copy with the data config's pooling and shared tables (`data.pooling`, `data.shared_tables`)."""
+        schema = self.with_pooling(pooling) if pooling else self
+        return schema.with_shared_tables(shared_tables) if shared_tables else schema
+
+    def with_shared_tables(self, shared: dict[str, list[str]], key: str = "data.shared_tables") -> Schema:
+        """A copy in which the features of each entry of `shared` ({table: [feature, ...]}) look up one
+        table with the largest of their id ranges (text readers have already given them one vocabulary).
+
+        Raises:
+            ValueError: an unknown feature, a feature in two tables, a table name that is another feature's,
+                or features of one table pooled differently (the message names `key`).
+        """
+        owner: dict[str, str] = {}
+        for table, names in shared.items():
+            for name in names:
+                if name not in self.sparse_names:
+                    raise ValueError(
+                        f"{key}.{table}: '{name}' is not a sparse feature of the data (features: "
+                        f"{', '.join(self.sparse_names)})"
+                    )
+                if name in owner:
+                    raise ValueError(
+                        f"{key}: feature '{name}' is in two tables, '{owner[name]}' and '{table}'"
+                    )
+                owner[name] = table
+            if table in self.sparse_names and table not in names:
+                raise ValueError(f"{key}.{table}: the name is another feature's (its own table)")
+            pooling = {self.feature(n).pooling for n in names}
+            if len(pooling) > 1:
+                raise ValueError(
+                    f"{key}.{table}: its features pool differently ({', '.join(sorted(pooling))}); a "
+                    "TorchRec table has one pooling (data.pooling)"
+                )
+        rows = {t: max(self.feature(n).num_embeddings for n in names) for t, names in shared.items()}
+        sparse = [
+            replace(f, table=owner[f.name], num_embeddings=rows[owner[f.name]]) if f.name in owner else f
+            for f in self.sparse
+        ]
+        return replace(self, sparse=sparse)
 
     @property
     def pooling(self) -> dict[str, str]:

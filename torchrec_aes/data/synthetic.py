@@ -231,8 +231,7 @@ def load_synthetic(cfg: DataConfig, cache_dir: str) -> tuple[Splits, list[int]]:
         if directory:
             _save(directory, cfg.synthetic, seed, schema, data, ranks, population)
     train, val, test = split_rows(len(data), cfg.split, cfg.split_seed)
-    if cfg.pooling:
-        schema = schema.with_pooling(cfg.pooling)
+    schema = schema.configured(cfg.pooling, cfg.shared_tables)
     return Splits(schema, data.subset(train), data.subset(val), data.subset(test)), ranks
 
 

@@ -127,12 +127,21 @@ class SearchMethod:
     user_model: bool = False
     report: ReportFn | None = None
     floor: FloorFn | None = None
+    shared_tables: bool = False
 
     def __call__(self, ctx: SearchContext) -> SearchResult:
         return self.fn(ctx)
 
     def check_floor(self, ctx: SearchContext) -> None:
-        """A one-line ValueError if ctx's budget is below the smallest architecture this method returns."""
+        """A one-line ValueError if ctx's budget is below the smallest architecture this method returns,
+        or the data has shared tables and the method does not search them."""
+        if ctx.schema.has_shared_tables and not self.shared_tables:
+            _load(BUILTIN_METHODS)
+            able = sorted(m.name for m in _METHODS.values() if m.shared_tables)
+            raise ValueError(
+                f"search.method: '{self.name}' does not search tables shared by several features "
+                f"(data.shared_tables) yet; methods that do: {', '.join(able)}"
+            )
         if self.floor is not None:
             ctx.budget.check_floor(*self.floor(ctx))
         else:
@@ -149,6 +158,7 @@ def register(
     user_model: bool = False,
     report: ReportFn | None = None,
     floor: FloorFn | None = None,
+    shared_tables: bool = False,
 ) -> Callable[[SearchFn], SearchFn]:
     """Registers a search method under `search.method=<name>`.
 
@@ -162,12 +172,16 @@ def register(
         floor: `ctx -> (the smallest architecture it can return, a description)`; a budget below its bytes
             is refused before the search starts, naming them. Default: every table at the smallest
             candidate dim in `search.precision`.
+        shared_tables: it searches tables looked up by several features (`data.shared_tables`): one dim per
+            table of `Schema.tables`. Other methods refuse such data before they start.
     """
 
     def wrap(fn: SearchFn) -> SearchFn:
         if name in _METHODS:
             raise ValueError(f"search method '{name}' is registered twice")
-        _METHODS[name] = SearchMethod(name, fn, tuple(tasks), section, user_model, report, floor)
+        _METHODS[name] = SearchMethod(
+            name, fn, tuple(tasks), section, user_model, report, floor, shared_tables
+        )
         return fn
 
     return wrap

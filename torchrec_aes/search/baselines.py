@@ -39,7 +39,7 @@ def largest_uniform(ctx: SearchContext, data_type: str | None = None) -> Archite
     return best
 
 
-@register("uniform", tasks=("ctr", "cf"), user_model=True)
+@register("uniform", tasks=("ctr", "cf"), user_model=True, shared_tables=True)
 def uniform(ctx: SearchContext) -> SearchResult:
     arch = largest_uniform(ctx)
     return SearchResult(arch, {"dim": arch.dims[0], "data_type": arch.tables[0].data_type})
@@ -78,9 +78,9 @@ def fit_power_rule(
     return best
 
 
-@register("power_rule", tasks=("ctr", "cf"), user_model=True)
+@register("power_rule", tasks=("ctr", "cf"), user_model=True, shared_tables=True)
 def power_rule(ctx: SearchContext) -> SearchResult:
-    rows = [f.num_embeddings for f in ctx.schema.sparse]
+    rows = ctx.schema.table_rows
     arch0 = Architecture.uniform(ctx.schema, min(ctx.candidates), ctx.cfg.search.precision)
     alpha = ctx.cfg.search.power_alpha
     arch = fit_power_rule(rows, ctx.budget, arch0, alpha, min(ctx.candidates), max(ctx.candidates))

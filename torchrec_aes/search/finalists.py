@@ -93,7 +93,7 @@ def baseline_finalists(ctx: SearchContext) -> list[Finalist]:
     (rows as a lever). A baseline that cannot fit the budget is left out."""
     cfg = ctx.cfg.search
     low, high = min(ctx.candidates), max(ctx.candidates)
-    rows = [f.num_embeddings for f in ctx.schema.sparse]
+    rows = ctx.schema.table_rows
 
     def power_rule() -> Architecture:
         arch0 = Architecture.uniform(ctx.schema, low, cfg.precision)
@@ -107,7 +107,8 @@ def baseline_finalists(ctx: SearchContext) -> list[Finalist]:
         makers["uniform_fp16"] = lambda: largest_uniform(ctx, "fp16")
     if cfg.count == "serving" and cfg.precision != "int8":  # int8 saves serving bytes only
         makers["uniform_int8"] = lambda: largest_uniform(ctx, "int8")
-    if ctx.task.remaps_ids:  # frequency buckets: CTR rows (not a user's own model)
+    # Frequency buckets: CTR rows (not a user's own model), one table per feature.
+    if ctx.task.remaps_ids and not ctx.schema.has_shared_tables:
         makers["mde"] = lambda: fit_mde(ctx)
         makers["hashed"] = lambda: fit_hashed(ctx)
     out = []

@@ -87,7 +87,7 @@ def adass_floor(ctx: SearchContext) -> tuple[Architecture, str]:
     return arch, f"every table at dim {cheapest[0]} in {cheapest[1]}"
 
 
-@register("adass", tasks=("ctr",), section="adass", user_model=True, floor=adass_floor)
+@register("adass", tasks=("ctr",), section="adass", user_model=True, floor=adass_floor, shared_tables=True)
 def adass(ctx: SearchContext) -> SearchResult:
     """AdaS&S: supernet with adaptive sampling -> REINFORCE with resource competition -> budget step."""
     cfg, acfg = ctx.cfg, ctx.section

@@ -53,7 +53,7 @@ def uses_blocks(ctx: SearchContext) -> bool:
     rows = ctx.section.rows
     if rows != "auto":
         return rows == "blocks"
-    if not ctx.task.remaps_ids:
+    if not ctx.task.remaps_ids or ctx.schema.has_shared_tables:
         return False
     dim, precision = _table_options(ctx)[0]
     return not ctx.budget.fits(Architecture.uniform(ctx.schema, dim, precision))
@@ -104,7 +104,12 @@ def search_space(ctx: SearchContext) -> SearchSpace:
     top = max(ctx.candidates)
     if not uses_blocks(ctx):
         arch = Architecture.uniform(ctx.schema, top)
-        return SearchSpace(arch, [f.num_embeddings for f in ctx.schema.sparse])
+        return SearchSpace(arch, ctx.schema.table_rows)
+    if ctx.schema.has_shared_tables:
+        raise ValueError(
+            "search.adass.rows: frequency blocks need one table per feature; with data.shared_tables AdaS&S "
+            "searches per table (search.adass.rows=tables)"
+        )
     if not ctx.task.remaps_ids:
         raise ValueError(
             "search.adass.rows=blocks needs CTR data read by torchrec-aes (not a user's own model)"
