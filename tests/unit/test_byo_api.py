@@ -204,8 +204,11 @@ def _raises_one_line(match: str, *args, **kwargs) -> None:
 def test_bad_input_is_a_one_line_value_error_naming_what_is_wrong() -> None:
     good = list(random_batches(2, 0))
     _raises_one_line("tables: empty", [], good, good)
-    shared = [EmbeddingBagConfig(name="t", feature_names=["a", "b"], num_embeddings=10, embedding_dim=8)]
-    _raises_one_line("table 't' looks up 2 features", shared, good, good)
+    twice = [
+        EmbeddingBagConfig(name="t", feature_names=["a", "b"], num_embeddings=10, embedding_dim=8),
+        EmbeddingBagConfig(name="u", feature_names=["b"], num_embeddings=10, embedding_dim=8),
+    ]
+    _raises_one_line("tables: feature 'b' is in tables 't' and 'u'", twice, good, good)
     renamed = KeyedJaggedTensor.from_lengths_sync(
         keys=["user_id", "user_city", "item_id", "item_category"],
         values=good[0].sparse_features.values(),
@@ -247,3 +250,26 @@ def test_the_readme_example_runs_as_written(tmp_path) -> None:
     assert (tmp_path / "byo" / "plan.json").exists()
     batch = next(iter(scope["batches"](1, 2)))
     assert scope["model"](batch.dense_features, batch.sparse_features).shape == (64,)
+
+
+def test_a_table_shared_by_two_features_is_searched_as_one_table() -> None:
+    """item_id and item_tag look up one `item_emb` table: one dim, its bytes once, planned once."""
+    tables = [t for t in user_tables() if t.name not in ("item_id_emb", "item_tag_emb")]
+    tables.append(
+        EmbeddingBagConfig(
+            name="item_emb", feature_names=["item_id", "item_tag"], num_embeddings=300, embedding_dim=16
+        )
+    )
+    result = _search(tables, random_batches(8, 6), random_batches(4, 7), "0.5 x uniform-16")
+    arch = result.architecture
+    assert [(t.name, t.feature_names) for t in arch.tables][-1] == ("item_emb", ["item_id", "item_tag"])
+    assert len(arch.tables) == 3 and [c.name for c in result.configs] == [c.name for c in tables]
+    schema = Schema(
+        sparse=[
+            SparseFeature(n, t.num_embeddings, table=t.name if len(t.feature_names) > 1 else "")
+            for t in tables
+            for n in t.feature_names
+        ]
+    )
+    assert arch_bytes(arch, "rowwise_adagrad") <= Budget.parse("0.5 x uniform-16", schema).bytes
+    assert set(result.plan.plan["ebc"]) == {"user_id_emb", "user_city_emb", "item_emb"}  # type: ignore[arg-type]

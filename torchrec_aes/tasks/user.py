@@ -231,7 +231,8 @@ class UserModule(nn.Module):
 
 
 def check_tables(tables: Sequence[EmbeddingBagConfig]) -> None:
-    """Raises a one-line ValueError unless `tables` are one EBC's configs with one feature per table."""
+    """Raises a one-line ValueError unless `tables` are one EBC's configs, each feature in one table (a
+    table may serve several features: one shared table, one dim)."""
     if not tables:
         raise ValueError("tables: empty; give the EmbeddingBagConfigs of your EmbeddingBagCollection")
     names: set[str] = set()
@@ -239,20 +240,19 @@ def check_tables(tables: Sequence[EmbeddingBagConfig]) -> None:
     for i, t in enumerate(tables):
         if not isinstance(t, EmbeddingBagConfig):
             raise ValueError(f"tables[{i}]: a {type(t).__name__}; expected a torchrec EmbeddingBagConfig")
-        if len(t.feature_names) != 1:
-            raise ValueError(
-                f"table '{t.name}' looks up {len(t.feature_names)} features ({', '.join(t.feature_names)}); "
-                "the search sizes one table per feature, so give each feature its own table"
-            )
+        if not t.feature_names:
+            raise ValueError(f"table '{t.name}' looks up no feature; give it feature_names")
         if t.name in names:
             raise ValueError(f"tables: the name '{t.name}' is used twice")
-        (feature,) = t.feature_names
-        if feature in features:
-            raise ValueError(f"tables: feature '{feature}' is in tables '{features[feature]}' and '{t.name}'")
+        for feature in t.feature_names:
+            if feature in features:
+                raise ValueError(
+                    f"tables: feature '{feature}' is in tables '{features[feature]}' and '{t.name}'"
+                )
+            features[feature] = t.name
         if t.num_embeddings <= 0:
             raise ValueError(f"table '{t.name}': num_embeddings {t.num_embeddings}; expected > 0")
         names.add(t.name)
-        features[feature] = t.name
 
 
 def _module_path(model: nn.Module, ebc: nn.Module) -> str:
@@ -273,7 +273,8 @@ class UserTask(CTRTask):
 
     Args:
         cfg: the run config (`train`, `search`; `data` and `model` are not used).
-        tables: the user's `EmbeddingBagConfig`s, one feature each (the schema, in this order).
+        tables: the user's `EmbeddingBagConfig`s (the schema, in this order; a table of several features
+            is one shared table).
         model_factory: `ebc -> model` (see the module doc).
         train: this rank's training batches.
         val: this rank's validation batches (scoring slices are their first rows).
@@ -318,7 +319,7 @@ class UserTask(CTRTask):
         self.train_steps = train_steps_per_epoch
         self._steps: int | None = None
         env = init_distributed()
-        keys = [t.feature_names[0] for t in self.tables]
+        keys = [n for t in self.tables for n in t.feature_names]
         splits = {
             name: BatchRows(src, name, keys, env.world_size)
             for name, src in (("train", train), ("val", val), ("test", val if test is None else test))
@@ -326,7 +327,12 @@ class UserTask(CTRTask):
         num_dense = self._check_first_batches(splits)
         schema = Schema(
             dense_names=[f"dense_{i}" for i in range(num_dense)],
-            sparse=[SparseFeature(t.feature_names[0], t.num_embeddings) for t in self.tables],
+            # A table of several features is a shared table (searched as one, `t_<its name>`).
+            sparse=[
+                SparseFeature(n, t.num_embeddings, table=t.name if len(t.feature_names) > 1 else "")
+                for t in self.tables
+                for n in t.feature_names
+            ],
         )
         data = Splits(schema, *(splits[s] for s in ("train", "val", "test")))
         super().__init__(cfg, data)
@@ -337,7 +343,7 @@ class UserTask(CTRTask):
 
     def _check_first_batches(self, splits: dict[str, BatchRows]) -> int:
         """num_dense of the first train batch; every split's first batch must match it and the tables."""
-        rows = {t.feature_names[0]: t.num_embeddings for t in self.tables}
+        rows = {n: t.num_embeddings for t in self.tables for n in t.feature_names}
         num_dense = -1
         for name, split in splits.items():
             batch = split.first()
@@ -368,7 +374,7 @@ class UserTask(CTRTask):
 
     def _user_configs(self, configs: list[EmbeddingBagConfig]) -> list[EmbeddingBagConfig]:
         """The search's tables with the user's pooling and init range (by feature)."""
-        by_feature = {t.feature_names[0]: t for t in self.tables}
+        by_feature = {n: t for t in self.tables for n in t.feature_names}
         return [
             dataclasses.replace(
                 c,
