@@ -321,8 +321,8 @@ def search_embedding_dims(
     process.
 
     Args:
-        tables: your `EmbeddingBagConfig`s, one feature per table (pooling and init range are kept;
-            `embedding_dim` is what is searched; their rows count in the budget).
+        tables: your `EmbeddingBagConfig`s (pooling and init range are kept; `embedding_dim` is what is
+            searched; their rows count in the budget; a table of several features is one shared table).
         model_factory: `ebc -> model`, `model(dense [B, num_dense], kjt) -> logits [B]` (or [B, 1]); reads the
             tables' dims from `ebc.embedding_bag_configs()` (they differ per table) and pooled embeddings
             by feature name from `ebc(kjt)`; must keep the EBC as a submodule, pass the KJT to it untouched
