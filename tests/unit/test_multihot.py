@@ -235,3 +235,42 @@ def test_ihas_router_counts_every_id_of_a_bag():
     first = values[bags.offsets()[:-1]]
     first_only = (first >= 10).long()
     assert float((routed == groups).float().mean()) > float((first_only == groups).float().mean()) + 0.05
+
+
+def _multi_hot_days(directory, widths=(1, 3, 2), rows=(40, 30, 20), seed=0) -> list[np.ndarray]:
+    """DLRM v2's multi-hot day files: dense/labels .npy and `day_{d}_sparse_multi_hot.npz` (np.savez of
+    one [N_d, k_f] array per feature, keys "0".."F-1"). Returns every feature's [N, k_f] ids, all days."""
+    rng = np.random.default_rng(seed)
+    per_feature: list[list[np.ndarray]] = [[] for _ in widths]
+    for d, n in enumerate(rows):
+        np.save(directory / f"day_{d}_dense.npy", rng.random((n, 2), dtype=np.float32))
+        np.save(directory / f"day_{d}_labels.npy", rng.integers(0, 2, (n, 1)).astype(np.int32))
+        arrays = {str(f): rng.integers(0, 50, (n, k)).astype(np.int32) for f, k in enumerate(widths)}
+        np.savez(directory / f"day_{d}_sparse_multi_hot.npz", **arrays)
+        for f in range(len(widths)):
+            per_feature[f].append(arrays[str(f)])
+    return [np.concatenate(p) for p in per_feature]
+
+
+@pytest.mark.parametrize("streaming", ["always", "never"])
+def test_criteo_multi_hot_day_files_are_read_as_bags(tmp_path, streaming):
+    ids = _multi_hot_days(tmp_path)
+    cfg = DataConfig(type="criteo_binary", path=str(tmp_path), streaming=streaming, stream_chunk_rows=7)
+    splits = load_data(cfg)
+    assert [f.num_embeddings for f in splits.schema.sparse] == [int(a.max()) + 1 for a in ids]
+    rows = []  # every split's bags, in order: train (days 0-1), val and test (day 2's halves)
+    for part in (splits.train, splits.val, splits.test):
+        for batch in part.batches(splits.schema.sparse_names, 8):
+            jagged = batch.sparse_features.to_dict()
+            rows.append(
+                [jagged[k].values().reshape(len(batch.labels), -1) for k in splits.schema.sparse_names]
+            )
+    for f, expected in enumerate(ids):
+        assert torch.equal(torch.cat([r[f] for r in rows]), torch.from_numpy(expected.astype(np.int64)))
+    shuffled = list(splits.train.batches(splits.schema.sparse_names, 8, shuffle=True, seed=1))
+    assert sum(len(b.labels) for b in shuffled) == 70 and all(
+        b.sparse_features.to_dict()["cat_1"].lengths().tolist() == [3] * len(b.labels) for b in shuffled
+    )
+    hashed = load_data(DataConfig(**{**cfg.__dict__, "num_embeddings_per_feature": [7, 11, 13]}))
+    head = hashed.train.head(40)
+    assert torch.equal(head.field_ids(1), torch.from_numpy(ids[1][:40].reshape(-1).astype(np.int64)) % 11)

@@ -4,6 +4,10 @@ The files are what TorchRec's own scripts write (`torchrec.datasets.scripts.npy_
 optionally `contiguous_preproc_criteo` and `shuffle_preproc_criteo`): per day `d` of a directory,
 `day_{d}_dense.npy` [N_d, num_dense] float32 (already log-transformed), `day_{d}_sparse.npy` (or
 `day_{d}_sparse_contig_freq.npy` when present) [N_d, F] integer ids, and `day_{d}_labels.npy` [N_d, 1].
+Multi-hot days (DLRM v2's `day_{d}_sparse_multi_hot.npz` as TorchRec's
+`materialize_synthetic_multihot_dataset` script writes them: one uncompressed [N_d, k_f] array per
+feature, keys "0".."F-1") are read instead of `day_{d}_sparse.npy` when present: feature f's bag is the
+row's k_f ids, read per rank in row ranges straight from the archive's members.
 As in TorchRec's DLRM example, the last day is split into halves, the first for validation and the
 second for test, and every other day is training data.
 
@@ -32,6 +36,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -42,7 +47,7 @@ from torchrec.datasets.utils import Batch
 
 from torchrec_aes import io
 from torchrec_aes.config import DataConfig
-from torchrec_aes.data.dataset import CTRData, Rows, Splits, make_batch, num_batches
+from torchrec_aes.data.dataset import CTRData, Rows, Splits, concat_rows, make_batch, num_batches
 from torchrec_aes.data.schema import Schema, SparseFeature
 
 VOCAB_FILE = "torchrec_aes_vocab.json"
@@ -80,9 +85,11 @@ def find_days(directory: str) -> DayFiles:
     d = 0
     while os.path.exists(os.path.join(directory, f"day_{d}_dense.npy")):
         contig = os.path.join(directory, f"day_{d}_sparse_contig_freq.npy")
+        multi = os.path.join(directory, f"day_{d}_sparse_multi_hot.npz")
+        one_hot = contig if os.path.exists(contig) else os.path.join(directory, f"day_{d}_sparse.npy")
         files = {
             "dense": os.path.join(directory, f"day_{d}_dense.npy"),
-            "sparse": contig if os.path.exists(contig) else os.path.join(directory, f"day_{d}_sparse.npy"),
+            "sparse": multi if os.path.exists(multi) else one_hot,
             "labels": os.path.join(directory, f"day_{d}_labels.npy"),
         }
         shapes = {}
@@ -90,7 +97,9 @@ def find_days(directory: str) -> DayFiles:
             if not os.path.exists(path):
                 raise ValueError(f"{path}: missing (day {d} has {files['dense']})")
             try:
-                shape = BinaryCriteoUtils.get_shape_from_npy(path)
+                shape = (
+                    npz_shape(path) if path.endswith(".npz") else BinaryCriteoUtils.get_shape_from_npy(path)
+                )
             except ValueError as e:
                 raise ValueError(f"{path}: not a .npy file ({e})") from e
             if len(shape) != 2:
@@ -116,6 +125,59 @@ def find_days(directory: str) -> DayFiles:
             f"training days, the last one is split into validation and test); found {d}"
         )
     return DayFiles(dense, sparse, labels, rows)
+
+
+def _npz_members(path: str) -> list[tuple[int, tuple[int, ...], np.dtype]]:
+    """(byte offset of the array data in the file, shape, dtype) of features "0".."F-1" of a multi-hot
+    day archive; every member must be a stored (uncompressed) .npy, as `np.savez` writes them."""
+    out = []
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+        names = {info.filename: info for info in archive.infolist()}
+        for f in range(len(names)):
+            info = names.get(f"{f}.npy")
+            if info is None:
+                raise ValueError(f"{path}: no member '{f}.npy' (members: {', '.join(sorted(names))})")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError(f"{path}: member '{f}.npy' is compressed; write it with np.savez")
+            raw.seek(info.header_offset + 26)
+            name_len, extra_len = np.frombuffer(raw.read(4), dtype="<u2").tolist()
+            raw.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(raw)
+            read_header = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(raw)
+            if fortran or len(shape) != 2:
+                raise ValueError(f"{path}: member '{f}.npy' has shape {shape}; expected C-order [rows, ids]")
+            out.append((raw.tell(), tuple(shape), dtype))
+    return out
+
+
+def npz_shape(path: str) -> tuple[int, int]:
+    """(rows, features) of a multi-hot day archive (all features must have the same rows)."""
+    members = _npz_members(path)
+    rows = {shape[0] for _, shape, _ in members}
+    if len(rows) != 1:
+        raise ValueError(f"{path}: features disagree in rows ({sorted(rows)})")
+    return rows.pop(), len(members)
+
+
+def load_npz_range(path: str, left: int, count: int, columns: list[int] | None = None) -> CTRData:
+    """Rows `[left, left + count)` of a multi-hot day archive as bags (ids only): feature f's bag is the
+    row's k_f ids. Dense features and labels are empty."""
+    members = _npz_members(path)
+    chosen = columns if columns is not None else list(range(len(members)))
+    values, lengths = [], []
+    with open(path, "rb") as raw:
+        for f in chosen:
+            offset, (_, width), dtype = members[f]
+            raw.seek(offset + left * width * dtype.itemsize)
+            block = np.frombuffer(raw.read(count * width * dtype.itemsize), dtype=dtype)
+            values.append(torch.from_numpy(block.astype(np.int64)))
+            lengths.append(torch.full((count,), width, dtype=torch.int64))
+    return CTRData(torch.zeros(count, 0), torch.cat(values), torch.zeros(count), torch.stack(lengths, 1))
 
 
 class BinaryRows:
@@ -170,19 +232,28 @@ class BinaryRows:
     def _read(self, f: int, left: int, count: int) -> CTRData:
         """Rows `[left, left + count)` of day file `f` (TorchRec's `load_npy_range`, no mmap)."""
         dense = BinaryCriteoUtils.load_npy_range(self.files.dense[f], left, count)
-        sparse = BinaryCriteoUtils.load_npy_range(self.files.sparse[f], left, count)
         labels = BinaryCriteoUtils.load_npy_range(self.files.labels[f], left, count)
+        dense_t = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
+        labels_t = torch.from_numpy(labels.reshape(-1).astype(np.float32))
+        if self.files.sparse[f].endswith(".npz"):
+            bags = load_npz_range(self.files.sparse[f], left, count, self.columns)
+            values = bags.sparse
+            if self.hashes is not None:
+                cols = self.columns if self.columns is not None else range(len(self.hashes))
+                per_id = torch.repeat_interleave(
+                    torch.tensor([self.hashes[c] for c in cols]),
+                    bags.lengths.sum(0),  # type: ignore[union-attr]
+                )
+                values = values % per_id
+            return CTRData(dense_t, values, labels_t, bags.lengths)
+        sparse = BinaryCriteoUtils.load_npy_range(self.files.sparse[f], left, count)
         if self.columns is not None:
             sparse = sparse[:, self.columns]
         ids = torch.from_numpy(sparse.astype(np.int64, copy=False))
         if self.hashes is not None:
             cols = self.columns if self.columns is not None else range(len(self.hashes))
             ids = ids % torch.tensor([self.hashes[c] for c in cols])
-        return CTRData(
-            torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32)),
-            ids,
-            torch.from_numpy(labels.reshape(-1).astype(np.float32)),
-        )
+        return CTRData(dense_t, ids, labels_t)
 
     def _chunks(self, rank: int, world_size: int) -> list[tuple[int, int, int]]:
         return [
@@ -219,11 +290,7 @@ class BinaryRows:
             if shuffle:
                 part = part.subset(torch.randperm(len(part), generator=gen))
             if pending is not None and len(pending):
-                part = CTRData(
-                    torch.cat([pending.dense, part.dense]),
-                    torch.cat([pending.sparse, part.sparse]),
-                    torch.cat([pending.labels, part.labels]),
-                )
+                part = concat_rows([pending, part])
             full = len(part) // batch_size
             for b in range(full):
                 yield make_batch(part, torch.arange(b * batch_size, (b + 1) * batch_size), keys)
@@ -239,11 +306,7 @@ class BinaryRows:
         parts = [whole._read(f, left, rows) for f, left, rows in whole._chunks(0, 1)]
         if not parts:
             return CTRData(torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.int64), torch.zeros(0))
-        return CTRData(
-            torch.cat([p.dense for p in parts]),
-            torch.cat([p.sparse for p in parts]),
-            torch.cat([p.labels for p in parts]),
-        )
+        return concat_rows(parts)
 
 
 def files_key(files: DayFiles) -> list[list]:
@@ -280,7 +343,17 @@ def table_sizes(files: DayFiles, directory: str, chunk_rows: int = 1 << 20) -> l
     for path, label_path, rows in zip(files.sparse, files.labels, files.rows, strict=True):
         for left in range(0, rows, chunk_rows):
             count = min(chunk_rows, rows - left)
-            ids = BinaryCriteoUtils.load_npy_range(path, left, count)
+            if path.endswith(".npz"):
+                bags = load_npz_range(path, left, count)
+                # [rows, F]: a row's smallest id of a feature where it is negative, else its largest
+                blocks = [bags.field_ids(j).numpy().reshape(count, -1) for j in range(bags.num_fields)]
+                low = [b.min(axis=1, initial=0) for b in blocks]
+                ids = np.stack(
+                    [np.where(m < 0, m, b.max(axis=1, initial=0)) for m, b in zip(low, blocks, strict=True)],
+                    1,
+                )
+            else:
+                ids = BinaryCriteoUtils.load_npy_range(path, left, count)
             if (ids < 0).any():
                 row, col = np.argwhere(ids < 0)[0]
                 raise ValueError(f"{path}: row {left + row}, column {col}: negative id {ids[row, col]}")
@@ -309,7 +382,10 @@ def load_criteo_binary(cfg: DataConfig) -> Splits:
         ValueError: see `find_days` and `table_sizes`; `num_embeddings_per_feature` of the wrong length.
     """
     files = find_days(cfg.path)
-    num_sparse = BinaryCriteoUtils.get_shape_from_npy(files.sparse[0])[1]
+    first = files.sparse[0]
+    num_sparse = (
+        npz_shape(first)[1] if first.endswith(".npz") else BinaryCriteoUtils.get_shape_from_npy(first)[1]
+    )
     num_dense = BinaryCriteoUtils.get_shape_from_npy(files.dense[0])[1]
     meta = read_meta(files, cfg.path)
     hashes: list[int] | None = None
