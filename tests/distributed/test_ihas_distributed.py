@@ -23,20 +23,25 @@ pytestmark = pytest.mark.distributed
 IHAS_TINY = str(REPO / "configs" / "tests" / "ihas_tiny.yaml")
 
 
-def _overrides(run_dir: str, cache: str) -> list[str]:
+MULTI_HOT = ["data.synthetic.multi_hot_fields=[1, 3]", "data.synthetic.mean_bag_length=4"]
+"""Two fields as bags: the clustering sample gathers each rank's bags, the router is fitted on every id."""
+
+
+def _overrides(run_dir: str, cache: str, extra: list[str]) -> list[str]:
     return [
         f"run_dir={run_dir}",
         f"data.cache_dir={cache}",
         "search.final_baselines=false",
         "search.ihas.deployment=separate",
+        *extra,
     ]
 
 
-def _search(rank: int, world_size: int, run_dir: str, cache: str) -> dict:
+def _search(rank: int, world_size: int, run_dir: str, cache: str, extra: list[str]) -> dict:
     torch.set_num_threads(1)  # 2 ranks on a shared 2-core machine
     from torchrec_aes.runs import run_search
 
-    metrics = run_search(load_config(IHAS_TINY, _overrides(run_dir, cache)))
+    metrics = run_search(load_config(IHAS_TINY, _overrides(run_dir, cache, extra)))
     return {
         "world_size": metrics["world_size"],
         "search_log": metrics["search_log"],
@@ -47,11 +52,12 @@ def _search(rank: int, world_size: int, run_dir: str, cache: str) -> dict:
     }
 
 
-def test_two_ranks_find_the_same_groups_dims_and_router(tmp_path):
+@pytest.mark.parametrize("extra", [[], MULTI_HOT], ids=["one-hot", "multi-hot"])
+def test_two_ranks_find_the_same_groups_dims_and_router(tmp_path, extra):
     run, cache = tmp_path / "run", str(tmp_path / "cache")
-    cfg = load_config(IHAS_TINY, _overrides(str(run), cache))
+    cfg = load_config(IHAS_TINY, _overrides(str(run), cache, extra))
     splits, _ = load_synthetic(cfg.data, cache)  # generate the data once, before the ranks read it
-    r0, r1 = run_ranks(_search, str(run), cache, world_size=2)
+    r0, r1 = run_ranks(_search, str(run), cache, extra, world_size=2)
     assert r0["world_size"] == r1["world_size"] == 2
     log0, log1 = ({**r["search_log"], **r["search_log"]["candidates"][0]} for r in (r0, r1))
     assert log0["num_groups"] == 2 and log0["deployment"] == "separate"
