@@ -108,6 +108,11 @@ class DataConfig:
     """Tabular reader: categorical columns whose cells are bags of ids (a user's recent items, a page's
     tags) split on `multi_hot_separator`; each must also be in `sparse_columns`. An empty cell is an empty
     bag; each id of a bag goes through the vocabulary (or hashing) rule like a one-hot value."""
+    weighted_columns: list[str] = field(default_factory=list)
+    """Features whose ids carry a weight (id-score lists): a tabular cell `id:weight|id:weight` (a bag of
+    `multi_hot_separator`-joined pairs), a libFM field's `idx:val` (its value is the weight). The EBC then
+    pools the weighted sum (TorchRec's weighted EBC; unweighted features get weight 1); weighted features
+    pool by sum."""
     multi_hot_separator: str = "|"
     """Tabular reader: separator of the ids inside a multi-hot cell."""
     max_ids_per_row: int = 0

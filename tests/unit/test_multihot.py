@@ -7,7 +7,7 @@ import torch
 
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import DataConfig, SyntheticConfig
-from torchrec_aes.data.dataset import CTRData
+from torchrec_aes.data.dataset import CTRData, concat_rows
 from torchrec_aes.data.load import load_data
 from torchrec_aes.data.planted import generate
 from torchrec_aes.data.preprocess import split_bags
@@ -274,3 +274,70 @@ def test_criteo_multi_hot_day_files_are_read_as_bags(tmp_path, streaming):
     hashed = load_data(DataConfig(**{**cfg.__dict__, "num_embeddings_per_feature": [7, 11, 13]}))
     head = hashed.train.head(40)
     assert torch.equal(head.field_ids(1), torch.from_numpy(ids[1][:40].reshape(-1).astype(np.int64)) % 11)
+
+
+def test_weighted_bags_keep_each_ids_weight_through_subset_select_and_batches():
+    data, rows = _bags(30)
+    data.weights = data.sparse.float() / 10 + 0.5  # a weight tied to its id, so alignment is checkable
+    sub = data.subset(torch.tensor([3, 29, 0])).select([2, 0])
+    assert torch.equal(sub.weights, sub.sparse.float() / 10 + 0.5)
+    for batch in data.batches(["a", "b", "c"], 7, shuffle=True, seed=3):
+        kjt = batch.sparse_features
+        assert torch.equal(kjt.weights(), kjt.values().float() / 10 + 0.5)
+    assert torch.equal(
+        concat_rows([sub, sub]).weights,
+        torch.cat([sub.field_weights(0), sub.field_weights(0), sub.field_weights(1), sub.field_weights(1)]),
+    )
+
+
+def test_weighted_columns_read_id_weight_pairs(tmp_path):
+    path = tmp_path / "w.csv"
+    path.write_text(
+        "label,price,tags,site\n" + "\n".join(f"{i % 2},{i},a:0.5|b:{i},s" for i in range(50)) + "\n"
+    )
+    cfg = _tabular(str(path), weighted_columns=["tags"])
+    splits = load_data(cfg)
+    assert [f.weighted for f in splits.schema.sparse] == [True, False] and splits.schema.is_weighted
+    part = splits.train
+    tags = part.field_weights(0).reshape(-1, 2)
+    assert torch.equal(tags[:, 0], torch.full((len(part),), 0.5))
+    assert torch.equal(part.field_weights(1), torch.ones(len(part)))  # unweighted features weigh 1
+    path.write_text("label,price,tags,site\n1,2,a:x|b:1,s\n")
+    with pytest.raises(ValueError, match="column 'tags' has 'a:x', not id:weight"):
+        load_data(cfg)
+    with pytest.raises(ValueError, match="data.weighted_columns: 'site' is not in data.multi_hot_columns"):
+        load_data(_tabular(str(path), weighted_columns=["site"]))
+    path.write_text("label,price,tags,site\n1,2,a:1|b:1,s\n")
+    with pytest.raises(ValueError, match="data.pooling.tags: a weighted feature"):
+        load_data(_tabular(str(path), weighted_columns=["tags"], pooling={"tags": "mean"}))
+
+
+def test_libfm_values_are_weights_of_weighted_fields(tmp_path):
+    path = tmp_path / "w.libfm"
+    path.write_text("\n".join(["1 3:1 12:0.25 15:4", "0 4:1"] * 10) + "\n")
+    cfg = DataConfig(
+        type="libfm",
+        path=str(path),
+        field_offsets=[0, 10],
+        field_names=["user", "tags"],
+        multi_hot_columns=["tags"],
+        weighted_columns=["tags"],
+        min_count=1,
+    )
+    splits = load_data(cfg)
+    weights = torch.cat([p.field_weights(1) for p in (splits.train, splits.val, splits.test)])
+    assert sorted(weights.tolist()) == sorted([0.25, 4.0] * 10)
+
+
+def test_a_weighted_schema_builds_a_weighted_ebc(tmp_path):
+    from tests.helpers import tiny_config
+    from torchrec_aes.tasks.ctr import CTRTask
+
+    path = tmp_path / "w.csv"
+    path.write_text(
+        "label,price,tags,site\n" + "\n".join(f"{i % 2},{i},a:0.5|b:{i},s" for i in range(50)) + "\n"
+    )
+    for weighted in ([], ["tags"]):
+        splits = load_data(_tabular(str(path), weighted_columns=weighted))
+        _, ebc = CTRTask(tiny_config(), splits).build(Architecture.uniform(splits.schema, 8))
+        assert ebc.is_weighted() == bool(weighted)

@@ -67,12 +67,15 @@ class CTRData:
             row order, then field 1, ...).
         labels: [N] float32 in {0, 1}.
         lengths: None (one id per field per row) or [N, F] int64 bag lengths (0 = an empty bag).
+        weights: None, or (multi-hot only) one float32 weight per id of `sparse`, the per-id scores of
+            weighted features (id-score lists; 1.0 for the ids of unweighted features).
     """
 
     dense: torch.Tensor
     sparse: torch.Tensor
     labels: torch.Tensor
     lengths: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
     _offsets: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
@@ -94,6 +97,13 @@ class CTRData:
         offsets = self.offsets()
         return self.sparse[offsets[f * n] : offsets[(f + 1) * n]]
 
+    def field_weights(self, f: int) -> torch.Tensor | None:
+        """The weights of `field_ids(f)`, or None without weights."""
+        if self.weights is None:
+            return None
+        n, offsets = len(self), self.offsets()
+        return self.weights[offsets[f * n] : offsets[(f + 1) * n]]
+
     def field_lengths(self, f: int) -> torch.Tensor:
         """[N] bag length of field `f` in every row (all 1 for one-hot data)."""
         if self.lengths is None:
@@ -107,30 +117,36 @@ class CTRData:
             self._offsets = _exclusive_cumsum(self.lengths.t().reshape(-1))
         return self._offsets
 
-    def slice_bags(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def slice_bags(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The bags of rows [start, stop), key-major, without a gather: each field's bags of consecutive
-        rows are one slice of `sparse` (multi-hot only). Returns (values, lengths [F * (stop - start)])."""
+        rows are one slice of `sparse` (multi-hot only). Returns (values, lengths [F * (stop - start)],
+        weights or None)."""
         assert self.lengths is not None, "slice_bags() is for multi-hot rows"
         n, offsets = len(self), self.offsets()
         bounds = offsets[torch.arange(self.num_fields)[:, None] * n + torch.tensor([start, stop])].tolist()
         values = torch.cat([self.sparse[a:b] for a, b in bounds])
-        return values, self.lengths[start:stop].t().reshape(-1)
+        weights = None if self.weights is None else torch.cat([self.weights[a:b] for a, b in bounds])
+        return values, self.lengths[start:stop].t().reshape(-1), weights
 
-    def bags(self, rows: torch.Tensor, fields: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The bags of `rows` for `fields` (default all), key-major: (values, lengths [len(fields) * B])."""
+    def bags(
+        self, rows: torch.Tensor, fields: list[int] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The bags of `rows` for `fields` (default all), key-major: (values, lengths [len(fields) * B],
+        weights or None)."""
         columns = torch.arange(self.num_fields) if fields is None else torch.tensor(fields, dtype=torch.int64)
         if self.lengths is None:
-            return self.sparse[rows][:, columns].t().reshape(-1), torch.ones(
-                columns.numel() * rows.numel(), dtype=torch.int64
-            )
+            ones = torch.ones(columns.numel() * rows.numel(), dtype=torch.int64)
+            return self.sparse[rows][:, columns].t().reshape(-1), ones, None
         segments = (columns[:, None] * len(self) + rows[None, :]).reshape(-1)
-        return gather_segments(self.sparse, self.offsets(), self.offsets().diff(), segments)
+        index, lengths = segment_index(self.offsets(), self.offsets().diff(), segments)
+        weights = None if self.weights is None else self.weights[index]
+        return self.sparse[index], lengths, weights
 
     def subset(self, index: torch.Tensor) -> CTRData:
         if self.lengths is None:
             return CTRData(self.dense[index], self.sparse[index], self.labels[index])
-        values, _ = self.bags(index)
-        return CTRData(self.dense[index], values, self.labels[index], self.lengths[index])
+        values, _, weights = self.bags(index)
+        return CTRData(self.dense[index], values, self.labels[index], self.lengths[index], weights)
 
     def head(self, n: int) -> CTRData:
         return self.subset(torch.arange(min(n, len(self))))
@@ -140,8 +156,8 @@ class CTRData:
             return self
         if self.lengths is None:
             return CTRData(self.dense, self.sparse[:, columns], self.labels)
-        values, _ = self.bags(torch.arange(len(self)), columns)
-        return CTRData(self.dense, values, self.labels, self.lengths[:, columns])
+        values, _, weights = self.bags(torch.arange(len(self)), columns)
+        return CTRData(self.dense, values, self.labels, self.lengths[:, columns], weights)
 
     def batches(
         self,
@@ -167,7 +183,16 @@ def concat_rows(parts: list[CTRData]) -> CTRData:
     fields = parts[0].num_fields
     values = torch.cat([p.field_ids(f) for f in range(fields) for p in parts])
     lengths = torch.cat([torch.stack([p.field_lengths(f) for f in range(fields)], 1) for p in parts])
-    return CTRData(dense, values, labels, lengths)
+    weights = None
+    if any(p.weights is not None for p in parts):
+        weights = torch.cat(
+            [
+                w if (w := p.field_weights(f)) is not None else torch.ones(int(p.field_lengths(f).sum()))
+                for f in range(fields)
+                for p in parts
+            ]
+        )
+    return CTRData(dense, values, labels, lengths, weights)
 
 
 def batch_rows(batch: Batch, keys: list[str]) -> CTRData:
@@ -175,7 +200,10 @@ def batch_rows(batch: Batch, keys: list[str]) -> CTRData:
     jagged = batch.sparse_features.to_dict()
     lengths = torch.stack([jagged[k].lengths().to(torch.int64) for k in keys], 1)
     values = torch.cat([jagged[k].values() for k in keys])
-    return CTRData(batch.dense_features, values, batch.labels, lengths)
+    weights = None
+    if batch.sparse_features.weights_or_none() is not None:
+        weights = torch.cat([jagged[k].weights() for k in keys])
+    return CTRData(batch.dense_features, values, batch.labels, lengths, weights)
 
 
 def _exclusive_cumsum(lengths: torch.Tensor) -> torch.Tensor:
@@ -184,20 +212,20 @@ def _exclusive_cumsum(lengths: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def gather_segments(
-    values: torch.Tensor, offsets: torch.Tensor, lengths: torch.Tensor, segments: torch.Tensor
+def segment_index(
+    offsets: torch.Tensor, lengths: torch.Tensor, segments: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Concatenates segments `segments` of a jagged array (segment s = values[offsets[s]:offsets[s] +
-    lengths[s]]): returns (their values, their lengths), in the order of `segments`."""
+    """Where segments `segments` of a jagged array are (segment s = [offsets[s], offsets[s] + lengths[s])):
+    (the positions of their elements, concatenated in the order of `segments`; their lengths)."""
     lens = lengths[segments].to(torch.int64)
     total = int(lens.sum())
     if total == 0:
-        return values[:0], lens
+        return torch.zeros(0, dtype=torch.int64), lens
     starts = offsets[segments]
     out_starts = _exclusive_cumsum(lens)[:-1]
-    # position i of the output belongs to segment k: values[starts[k] + (i - out_starts[k])]
+    # position i of the output belongs to segment k: starts[k] + (i - out_starts[k])
     shift = torch.repeat_interleave(starts - out_starts, lens, output_size=total)
-    return values[torch.arange(total) + shift], lens
+    return torch.arange(total) + shift, lens
 
 
 class MappedRows:
@@ -266,15 +294,23 @@ def make_batch(data: CTRData, index: torch.Tensor, keys: list[str]) -> Batch:
         # KJT values are key-major: all ids of feature 0, then feature 1, ...
         values = ids.t().reshape(-1).contiguous()
         lengths = torch.ones(values.numel(), dtype=torch.int32)
+        weights = None
     else:
-        values, lengths = data.bags(index)
-    return _batch(data.dense[index], values, lengths, data.labels[index], keys)
+        values, lengths, weights = data.bags(index)
+    return _batch(data.dense[index], values, lengths, weights, data.labels[index], keys)
 
 
 def _batch(
-    dense: torch.Tensor, values: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor, keys: list[str]
+    dense: torch.Tensor,
+    values: torch.Tensor,
+    lengths: torch.Tensor,
+    weights: torch.Tensor | None,
+    labels: torch.Tensor,
+    keys: list[str],
 ) -> Batch:
-    kjt = KeyedJaggedTensor.from_lengths_sync(keys=keys, values=values, lengths=lengths.to(torch.int32))
+    kjt = KeyedJaggedTensor.from_lengths_sync(
+        keys=keys, values=values, lengths=lengths.to(torch.int32), weights=weights
+    )
     return Batch(dense_features=dense, sparse_features=kjt, labels=labels)
 
 
@@ -320,5 +356,5 @@ def iter_batches(
         chunk = data.subset(mine[first * batch_size : (first + BAG_CHUNK_BATCHES) * batch_size])
         for start in range(0, min(len(chunk), (count - first) * batch_size), batch_size):
             stop = min(start + batch_size, len(chunk))
-            values, lengths = chunk.slice_bags(start, stop)
-            yield _batch(chunk.dense[start:stop], values, lengths, chunk.labels[start:stop], keys)
+            values, lengths, weights = chunk.slice_bags(start, stop)
+            yield _batch(chunk.dense[start:stop], values, lengths, weights, chunk.labels[start:stop], keys)

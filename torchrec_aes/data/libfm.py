@@ -131,9 +131,11 @@ def _parse_bags(
     bags: set[int],
     separator: str,
     errors: dict[int, str],
+    weighted: frozenset[int] = frozenset(),
 ) -> RawTable:
     """Parse of rows in which the fields in `bags` hold any number of indices (multi-hot) and every other
-    field exactly one; a bag becomes its relative indices joined by `separator` (split in `preprocess`)."""
+    field exactly one; a bag becomes its relative indices joined by `separator` (split in `preprocess`),
+    each as `index:value` for the fields in `weighted` (the value is the id's weight)."""
     cells: list[list[str]] = [[] for _ in names]
     labels_text, keep = [], []
     for i, (tokens, line) in enumerate(zip(rows, lines, strict=True)):
@@ -154,7 +156,8 @@ def _parse_bags(
             if field < 0:
                 problem = f"index {index} is below the first field offset"
                 break
-            found[field].append(str(index - int(offsets[field])))
+            relative = str(index - int(offsets[field]))
+            found[field].append(f"{relative}:{value_text}" if field in weighted else relative)
         if not problem:
             wrong = [j for j, ids in enumerate(found) if j not in bags and len(ids) != 1]
             if wrong:
@@ -245,11 +248,12 @@ def read_libfm(cfg: DataConfig) -> RawTable:
             f"(fields: {', '.join(names) or 'positional'})"
         )
     bags = {names.index(c) for c in cfg.multi_hot_columns}
+    weighted = frozenset(names.index(c) for c in cfg.weighted_columns if c in names)
 
     def parse(rows: list[list[str]], lines: list[int], errors: dict[int, str]) -> RawTable:
         if bags:
             assert offsets is not None
-            return _parse_bags(rows, lines, offsets, names, bags, cfg.multi_hot_separator, errors)
+            return _parse_bags(rows, lines, offsets, names, bags, cfg.multi_hot_separator, errors, weighted)
         return _parse_chunk(rows, lines, offsets, names, errors)
 
     paths = input_paths(cfg)

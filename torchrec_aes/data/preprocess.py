@@ -279,6 +279,33 @@ def split_bags(cells: np.ndarray, separator: str, max_ids: int) -> tuple[np.ndar
     return tokens, lengths, cut
 
 
+def split_weights(tokens: np.ndarray, column: str) -> tuple[np.ndarray, np.ndarray]:
+    """`id:weight` tokens -> (ids [n] str, weights [n] float64), split at the last ':'.
+
+    Raises:
+        ValueError: a token without a numeric weight, naming the column and the token.
+    """
+    ids, colon, text = np.strings.rpartition(tokens, ":")
+    bad = colon != ":"
+    try:
+        weights = np.where(bad, "0", text).astype(np.float64)
+    except ValueError:  # find the token that is not a number
+        weights = np.zeros(len(tokens))
+        for i, t in enumerate(text.tolist()):
+            try:
+                weights[i] = float(t)
+            except ValueError:
+                bad[i] = True
+    bad |= ~np.isfinite(weights)
+    if bad.any():
+        token = str(tokens[np.flatnonzero(bad)[0]])
+        raise ValueError(
+            f"data.weighted_columns: column {column!r} has {token!r}, not id:weight (expected a finite "
+            "number after the last ':')"
+        )
+    return ids, weights
+
+
 def _crc32_table() -> np.ndarray:
     table = np.zeros(256, dtype=np.uint32)
     for i in range(256):
@@ -365,12 +392,22 @@ def preprocess(raw: RawTable, cfg: DataConfig) -> Splits:
         )
     in_train = np.zeros(n, dtype=bool)
     in_train[train_np] = True
+    weighted = set(cfg.weighted_columns)
+    if weighted - multi_hot:
+        raise ValueError(
+            f"data.weighted_columns: {sorted(weighted - multi_hot)[0]!r} is not in data.multi_hot_columns; a "
+            "weighted feature is a bag of id:weight pairs (a bag of one for one id)"
+        )
 
     tokens, lengths, train_rows = [], [], []
+    weights: list[np.ndarray | None] = []
     truncated = [0, 0]  # bags, ids dropped
     for name, values in zip(raw.sparse_names, raw.categorical, strict=True):
+        weights.append(None)
         if name in multi_hot:
             values, bag_lengths, cut = split_bags(values, cfg.multi_hot_separator, cfg.max_ids_per_row)
+            if name in weighted:
+                values, weights[-1] = split_weights(values, name)
             truncated = [truncated[0] + cut[0], truncated[1] + cut[1]]
             train_rows.append(np.flatnonzero(np.repeat(in_train, bag_lengths)))
         else:
@@ -391,7 +428,8 @@ def preprocess(raw: RawTable, cfg: DataConfig) -> Splits:
             ids, size = build_vocabulary(values, train, cfg.min_count)
         for f, a, b in zip(group, starts[:-1], starts[1:], strict=True):
             columns[f] = ids[a:b]
-            features[f] = SparseFeature(name=raw.sparse_names[f], num_embeddings=int(size))
+            name = raw.sparse_names[f]
+            features[f] = SparseFeature(name=name, num_embeddings=int(size), weighted=name in weighted)
     if truncated[0]:
         logger.warning(
             "data.max_ids_per_row=%d: truncated %d bags (%d ids dropped)", cfg.max_ids_per_row, *truncated
@@ -400,11 +438,19 @@ def preprocess(raw: RawTable, cfg: DataConfig) -> Splits:
     dense = torch.from_numpy(transform_dense(raw.dense))
     labels = torch.from_numpy(np.asarray(raw.labels, dtype=np.float32))
     if multi_hot:  # field-major bags (`CTRData`)
+        per_id = None
+        if weighted:  # unweighted features' ids weigh 1
+            per_id = torch.from_numpy(
+                np.concatenate(
+                    [w if w is not None else np.ones(len(c)) for w, c in zip(weights, columns, strict=True)]
+                )
+            ).float()
         data = CTRData(
             dense,
             torch.from_numpy(np.concatenate(columns).astype(np.int64)),
             labels,
             torch.from_numpy(np.stack(lengths, axis=1)),
+            per_id,
         )
     else:
         data = CTRData(dense, torch.from_numpy(np.stack(columns, axis=1).astype(np.int64)), labels)

@@ -17,12 +17,14 @@ class SparseFeature:
             when a vocabulary is built.
         pooling: how the feature's bag of ids is pooled, "sum" or "mean" (`data.pooling`; one id: either).
         table: the shared table it looks up (`data.shared_tables`), "" for its own table `t_<name>`.
+        weighted: its ids carry weights (id-score lists, `data.weighted_columns`): pooled as a weighted sum.
     """
 
     name: str
     num_embeddings: int
     pooling: str = "sum"
     table: str = ""
+    weighted: bool = False
 
     @property
     def table_key(self) -> str:
@@ -67,6 +69,8 @@ class Schema:
                 del f["pooling"]
             if not f["table"]:
                 del f["table"]
+            if not f["weighted"]:
+                del f["weighted"]
         return data
 
     @property
@@ -84,12 +88,23 @@ class Schema:
         return [rows[key] for key, _ in self.tables]
 
     @property
+    def is_weighted(self) -> bool:
+        """Whether any feature carries weights (the model's EBC is then a weighted one)."""
+        return any(f.weighted for f in self.sparse)
+
+    @property
     def has_shared_tables(self) -> bool:
         return any(f.table for f in self.sparse)
 
     def configured(self, pooling: dict[str, str], shared_tables: dict[str, list[str]]) -> Schema:
         """A copy with the data config's pooling and shared tables (`data.pooling`, `data.shared_tables`)."""
         schema = self.with_pooling(pooling) if pooling else self
+        for f in schema.sparse:
+            if f.weighted and f.pooling != "sum":
+                raise ValueError(
+                    f"data.pooling.{f.name}: a weighted feature (data.weighted_columns) pools by sum "
+                    "(TorchRec's weighted EBC sums weight x embedding)"
+                )
         return schema.with_shared_tables(shared_tables) if shared_tables else schema
 
     def with_shared_tables(self, shared: dict[str, list[str]], key: str = "data.shared_tables") -> Schema:

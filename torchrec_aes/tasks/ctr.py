@@ -144,7 +144,9 @@ class CTRTask(Task):
             for name, d in (("train", self.data.train), ("val", self.data.val), ("test", self.data.test))
         }
         # Tables on meta: nothing is materialised until DMP shards them.
-        ebc = EmbeddingBagCollection(tables=arch.to_ebc_configs(), device=torch.device("meta"))
+        ebc = EmbeddingBagCollection(
+            tables=arch.to_ebc_configs(), is_weighted=self.schema.is_weighted, device=torch.device("meta")
+        )
         self.ebc_path = self.ebc_path_for(arch)  # type: ignore[misc]
         if lookup is not None:  # the tables see remapped batches; the model one embedding per feature
             self.rows = {name: MappedRows(rows, lookup.batch) for name, rows in self.rows.items()}
