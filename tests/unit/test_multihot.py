@@ -341,3 +341,16 @@ def test_a_weighted_schema_builds_a_weighted_ebc(tmp_path):
         splits = load_data(_tabular(str(path), weighted_columns=weighted))
         _, ebc = CTRTask(tiny_config(), splits).build(Architecture.uniform(splits.schema, 8))
         assert ebc.is_weighted() == bool(weighted)
+
+
+def test_multi_hot_day_files_with_float_ids_or_missing_features_are_refused(tmp_path):
+    _multi_hot_days(tmp_path)
+    np.savez(tmp_path / "day_1_sparse_multi_hot.npz", **{"0": np.zeros((30, 1)), "1": np.zeros((30, 3))})
+    with pytest.raises(ValueError, match=r"day_1_sparse_multi_hot.npz: member '0.npy' holds float64 values"):
+        load_data(DataConfig(type="criteo_binary", path=str(tmp_path)))
+    np.savez(
+        tmp_path / "day_1_sparse_multi_hot.npz",
+        **{"0": np.zeros((30, 1), np.int32), "2": np.zeros((30, 3), np.int32)},
+    )
+    with pytest.raises(ValueError, match=r"no member '1.npy'"):
+        load_data(DataConfig(type="criteo_binary", path=str(tmp_path)))

@@ -151,6 +151,8 @@ def _npz_members(path: str) -> list[tuple[int, tuple[int, ...], np.dtype]]:
             shape, fortran, dtype = read_header(raw)
             if fortran or len(shape) != 2:
                 raise ValueError(f"{path}: member '{f}.npy' has shape {shape}; expected C-order [rows, ids]")
+            if dtype.kind not in "iu":
+                raise ValueError(f"{path}: member '{f}.npy' holds {dtype} values; expected integer ids")
             out.append((raw.tell(), tuple(shape), dtype))
     return out
 
