@@ -129,8 +129,8 @@ def test_multi_hot_config_errors_name_the_key(tmp_path):
         load_data(_tabular(path, multi_hot_columns=["genre"]))
     with pytest.raises(ValueError, match="data.pooling: 'genre' is not a sparse feature"):
         load_data(_tabular(path, pooling={"genre": "mean"}))
-    with pytest.raises(ValueError, match="data.multi_hot_columns: multi-hot text files are read in memory"):
-        load_data(_tabular(path, streaming="always"))
+    with pytest.raises(ValueError, match="data.weighted_columns: weighted text files are read in memory"):
+        load_data(_tabular(path, streaming="always", weighted_columns=["tags"]))
 
 
 def test_schema_and_architecture_keep_one_hot_files_unchanged_and_check_pooling():
@@ -354,3 +354,62 @@ def test_multi_hot_day_files_with_float_ids_or_missing_features_are_refused(tmp_
     )
     with pytest.raises(ValueError, match=r"no member '1.npy'"):
         load_data(DataConfig(type="criteo_binary", path=str(tmp_path)))
+
+
+def _bag_multiset(splits) -> list:
+    """Every row's (label, bags as sorted tuples per feature), sorted: the rows regardless of split."""
+    out = []
+    for part in (splits.train, splits.val, splits.test):
+        for batch in part.batches(splits.schema.sparse_names, 64):
+            jagged = batch.sparse_features.to_dict()
+            per_key = [
+                torch.split(jagged[k].values(), jagged[k].lengths().tolist())
+                for k in splits.schema.sparse_names
+            ]
+            for i, label in enumerate(batch.labels.tolist()):
+                out.append((label, *(tuple(sorted(bags[i].tolist())) for bags in per_key)))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("hash_size", [0, 1000])
+def test_streamed_multi_hot_text_gives_the_in_memory_bags(tmp_path, hash_size):
+    tags = ["x|y", "", "y|z|z", "x", "w|x|y|z|v|u"] * 40
+    path = _csv(tmp_path, [f"{i % 2},{i},{t},s{i % 3}" for i, t in enumerate(tags)])
+    cfg = _tabular(path, max_ids_per_row=4, hash_size=hash_size, cache_dir=str(tmp_path / "cache"))
+    memory = load_data(cfg)
+    streamed = load_data(DataConfig(**{**cfg.__dict__, "streaming": "always", "stream_chunk_rows": 16}))
+    assert not isinstance(streamed.train, CTRData)  # read from the converted day files
+    assert sum(len(p) for p in (streamed.train, streamed.val, streamed.test)) == len(tags)
+    if hash_size:  # hashed ids do not depend on the split: the same rows, bag for bag
+        assert _bag_multiset(streamed) == _bag_multiset(memory)
+    else:  # each path's vocabulary comes from its own training rows
+        lengths = sorted(b for row in _bag_multiset(streamed) for b in [len(row[1])])
+        assert lengths == sorted(min(len([t for t in c.split("|") if t]), 4) for c in tags)
+        assert streamed.schema.feature("tags").num_embeddings <= 8
+
+
+def test_streamed_shared_table_features_share_one_vocabulary(tmp_path):
+    rows = [
+        f"{i % 2},{i},i{i % 5},{'|'.join(f'i{(i + k) % 7}' for k in range(i % 4))},u{i % 3}"
+        for i in range(200)
+    ]
+    path = tmp_path / "h.csv"
+    path.write_text("label,price,item,history,user\n" + "\n".join(rows) + "\n")
+    cfg = DataConfig(
+        type="tabular",
+        path=str(path),
+        label_column="label",
+        dense_columns=["price"],
+        sparse_columns=["item", "history", "user"],
+        multi_hot_columns=["history"],
+        shared_tables={"items": ["item", "history"]},
+        min_count=1,
+        streaming="always",
+        cache_dir=str(tmp_path / "cache"),
+    )
+    splits = load_data(cfg)
+    assert (
+        splits.schema.feature("item").num_embeddings == splits.schema.feature("history").num_embeddings == 8
+    )
+    head = splits.train.head(50)
+    assert int(head.field_ids(0).max()) < 8 and int(head.field_ids(1).max()) < 8

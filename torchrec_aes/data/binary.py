@@ -86,10 +86,12 @@ def find_days(directory: str) -> DayFiles:
     while os.path.exists(os.path.join(directory, f"day_{d}_dense.npy")):
         contig = os.path.join(directory, f"day_{d}_sparse_contig_freq.npy")
         multi = os.path.join(directory, f"day_{d}_sparse_multi_hot.npz")
+        bags = os.path.join(directory, f"day_{d}_{BAG_OFFSETS}")
         one_hot = contig if os.path.exists(contig) else os.path.join(directory, f"day_{d}_sparse.npy")
+        sparse_file = next((p for p in (multi, bags) if os.path.exists(p)), one_hot)
         files = {
             "dense": os.path.join(directory, f"day_{d}_dense.npy"),
-            "sparse": multi if os.path.exists(multi) else one_hot,
+            "sparse": sparse_file,
             "labels": os.path.join(directory, f"day_{d}_labels.npy"),
         }
         shapes = {}
@@ -97,9 +99,7 @@ def find_days(directory: str) -> DayFiles:
             if not os.path.exists(path):
                 raise ValueError(f"{path}: missing (day {d} has {files['dense']})")
             try:
-                shape = (
-                    npz_shape(path) if path.endswith(".npz") else BinaryCriteoUtils.get_shape_from_npy(path)
-                )
+                shape = sparse_shape(path) if kind == "sparse" else BinaryCriteoUtils.get_shape_from_npy(path)
             except ValueError as e:
                 raise ValueError(f"{path}: not a .npy file ({e})") from e
             if len(shape) != 2:
@@ -182,6 +182,61 @@ def load_npz_range(path: str, left: int, count: int, columns: list[int] | None =
     return CTRData(torch.zeros(count, 0), torch.cat(values), torch.zeros(count), torch.stack(lengths, 1))
 
 
+BAG_OFFSETS = "bag_offsets.npy"
+"""Jagged multi-hot day files (what text conversion writes for bag columns): `day_{d}_bag_offsets.npy`
+[N_d + 1, F] int64, each feature's running id count (row i's bag of feature f is ids
+[offsets[i, f], offsets[i + 1, f]) of `day_{d}_bag_ids_{f}.npy` [T_f, 1])."""
+
+
+def _bag_ids_path(offsets_path: str, f: int) -> str:
+    return offsets_path[: -len(BAG_OFFSETS)] + f"bag_ids_{f}.npy"
+
+
+def load_jagged_range(path: str, left: int, count: int, columns: list[int] | None = None) -> CTRData:
+    """Rows `[left, left + count)` of jagged bag day files (`BAG_OFFSETS`) as bags (ids only)."""
+    offsets = BinaryCriteoUtils.load_npy_range(path, left, count + 1).astype(np.int64)
+    chosen = columns if columns is not None else list(range(offsets.shape[1]))
+    values = []
+    for f in chosen:
+        start, stop = int(offsets[0, f]), int(offsets[-1, f])
+        ids = (
+            BinaryCriteoUtils.load_npy_range(_bag_ids_path(path, f), start, stop - start)
+            if stop > start
+            else None
+        )
+        values.append(
+            torch.zeros(0, dtype=torch.int64)
+            if ids is None
+            else torch.from_numpy(ids.reshape(-1).astype(np.int64))
+        )
+    lengths = torch.from_numpy(np.diff(offsets[:, chosen], axis=0))
+    return CTRData(torch.zeros(count, 0), torch.cat(values), torch.zeros(count), lengths)
+
+
+def sparse_shape(path: str) -> tuple[int, int]:
+    """(rows, features) of a day's sparse file: one-hot .npy, DLRM v2's .npz or jagged bag offsets."""
+    if path.endswith(".npz"):
+        return npz_shape(path)
+    shape = tuple(BinaryCriteoUtils.get_shape_from_npy(path))
+    if path.endswith(BAG_OFFSETS) and len(shape) == 2:
+        return shape[0] - 1, shape[1]
+    return shape  # type: ignore[return-value]
+
+
+def load_sparse_range(path: str, left: int, count: int, columns: list[int] | None = None) -> CTRData:
+    """Rows `[left, left + count)` of a day's sparse file (ids only; one-hot stays an [N, F] matrix)."""
+    if path.endswith(".npz"):
+        return load_npz_range(path, left, count, columns)
+    if path.endswith(BAG_OFFSETS):
+        return load_jagged_range(path, left, count, columns)
+    sparse = BinaryCriteoUtils.load_npy_range(path, left, count)
+    if columns is not None:
+        sparse = sparse[:, columns]
+    return CTRData(
+        torch.zeros(count, 0), torch.from_numpy(sparse.astype(np.int64, copy=False)), torch.zeros(count)
+    )
+
+
 class BinaryRows:
     """Rows `[start, start + length)` of the concatenated day files, streamed in chunks (see `Rows`).
 
@@ -237,25 +292,16 @@ class BinaryRows:
         labels = BinaryCriteoUtils.load_npy_range(self.files.labels[f], left, count)
         dense_t = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
         labels_t = torch.from_numpy(labels.reshape(-1).astype(np.float32))
-        if self.files.sparse[f].endswith(".npz"):
-            bags = load_npz_range(self.files.sparse[f], left, count, self.columns)
-            values = bags.sparse
-            if self.hashes is not None:
-                cols = self.columns if self.columns is not None else range(len(self.hashes))
-                per_id = torch.repeat_interleave(
-                    torch.tensor([self.hashes[c] for c in cols]),
-                    bags.lengths.sum(0),  # type: ignore[union-attr]
-                )
-                values = values % per_id
-            return CTRData(dense_t, values, labels_t, bags.lengths)
-        sparse = BinaryCriteoUtils.load_npy_range(self.files.sparse[f], left, count)
-        if self.columns is not None:
-            sparse = sparse[:, self.columns]
-        ids = torch.from_numpy(sparse.astype(np.int64, copy=False))
+        ids = load_sparse_range(self.files.sparse[f], left, count, self.columns)
+        values = ids.sparse
         if self.hashes is not None:
             cols = self.columns if self.columns is not None else range(len(self.hashes))
-            ids = ids % torch.tensor([self.hashes[c] for c in cols])
-        return CTRData(dense_t, ids, labels_t)
+            hashes = torch.tensor([self.hashes[c] for c in cols])
+            # ids modulo their feature's size: per column, or per id of each feature's bags
+            values = values % (
+                hashes if ids.lengths is None else torch.repeat_interleave(hashes, ids.lengths.sum(0))
+            )
+        return CTRData(dense_t, values, labels_t, ids.lengths)
 
     def _chunks(self, rank: int, world_size: int) -> list[tuple[int, int, int]]:
         return [
@@ -345,27 +391,13 @@ def table_sizes(files: DayFiles, directory: str, chunk_rows: int = 1 << 20) -> l
     for path, label_path, rows in zip(files.sparse, files.labels, files.rows, strict=True):
         for left in range(0, rows, chunk_rows):
             count = min(chunk_rows, rows - left)
-            if path.endswith(".npz"):
-                bags = load_npz_range(path, left, count)
-                # [rows, F]: a row's smallest id of a feature where it is negative, else its largest
-                blocks = [bags.field_ids(j).numpy().reshape(count, -1) for j in range(bags.num_fields)]
-                low = [b.min(axis=1, initial=0) for b in blocks]
-                ids = np.stack(
-                    [np.where(m < 0, m, b.max(axis=1, initial=0)) for m, b in zip(low, blocks, strict=True)],
-                    1,
-                )
-            else:
-                ids = BinaryCriteoUtils.load_npy_range(path, left, count)
-            if (ids < 0).any():
-                row, col = np.argwhere(ids < 0)[0]
-                raise ValueError(f"{path}: row {left + row}, column {col}: negative id {ids[row, col]}")
+            m = _chunk_maxima(path, left, count)
             labels = BinaryCriteoUtils.load_npy_range(label_path, left, count).reshape(-1)
             bad = np.flatnonzero((labels != 0) & (labels != 1))
             if len(bad):
                 raise ValueError(
                     f"{label_path}: row {left + bad[0]}: label {labels[bad[0]]}, expected 0 or 1"
                 )
-            m = ids.max(axis=0)
             top = m if top is None else np.maximum(top, m)
     assert top is not None
     sizes = [int(x) + 1 for x in top]
@@ -377,6 +409,30 @@ def table_sizes(files: DayFiles, directory: str, chunk_rows: int = 1 << 20) -> l
     return sizes
 
 
+def _chunk_maxima(path: str, left: int, count: int) -> np.ndarray:
+    """[F] largest id of each feature in rows `[left, left + count)` of a sparse day file (-1: none).
+
+    Raises:
+        ValueError: a negative id, naming the file, row and column.
+    """
+    ids = load_sparse_range(path, left, count)
+    if ids.lengths is None:
+        matrix = ids.sparse.numpy()
+        if (matrix < 0).any():
+            row, col = np.argwhere(matrix < 0)[0]
+            raise ValueError(f"{path}: row {left + row}, column {col}: negative id {matrix[row, col]}")
+        return matrix.max(axis=0) if count else np.full(matrix.shape[1], -1)
+    tops = []
+    for j in range(ids.num_fields):
+        values = ids.field_ids(j)
+        if values.numel() and int(values.min()) < 0:
+            k = int(torch.nonzero(values < 0)[0])
+            row = int(torch.searchsorted(ids.field_lengths(j).cumsum(0), k, right=True))
+            raise ValueError(f"{path}: row {left + row}, column {j}: negative id {int(values[k])}")
+        tops.append(int(values.max()) if values.numel() else -1)
+    return np.array(tops)
+
+
 def load_criteo_binary(cfg: DataConfig) -> Splits:
     """The day files of `cfg.path` as streamed train/val/test `Splits`.
 
@@ -384,10 +440,7 @@ def load_criteo_binary(cfg: DataConfig) -> Splits:
         ValueError: see `find_days` and `table_sizes`; `num_embeddings_per_feature` of the wrong length.
     """
     files = find_days(cfg.path)
-    first = files.sparse[0]
-    num_sparse = (
-        npz_shape(first)[1] if first.endswith(".npz") else BinaryCriteoUtils.get_shape_from_npy(first)[1]
-    )
+    num_sparse = sparse_shape(files.sparse[0])[1]
     num_dense = BinaryCriteoUtils.get_shape_from_npy(files.dense[0])[1]
     meta = read_meta(files, cfg.path)
     hashes: list[int] | None = None

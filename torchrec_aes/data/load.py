@@ -81,10 +81,10 @@ def _load(cfg: DataConfig, cache_dir: str) -> Splits:
             f"data.type '{cfg.type}'"
         )
     if streamed(cfg):
-        if cfg.multi_hot_columns:
+        if cfg.weighted_columns:
             raise ValueError(
-                "data.multi_hot_columns: multi-hot text files are read in memory; set data.streaming=never "
-                "(streaming them through the day-file cache is not supported yet)"
+                "data.weighted_columns: weighted text files are read in memory; set data.streaming=never "
+                "(streaming their weights through the day-file cache is not supported yet)"
             )
         return load_text_streamed(cfg)
     return preprocess(read_raw(cfg), cfg)

@@ -38,15 +38,24 @@ from torchrec.datasets.criteo import BinaryCriteoUtils
 
 from torchrec_aes import io
 from torchrec_aes.config import DataConfig
-from torchrec_aes.data.binary import VOCAB_FILE, files_key, find_days, load_criteo_binary
+from torchrec_aes.data.binary import (
+    BAG_OFFSETS,
+    VOCAB_FILE,
+    files_key,
+    find_days,
+    load_criteo_binary,
+    load_jagged_range,
+)
 from torchrec_aes.data.dataset import Splits
 from torchrec_aes.data.planted import hash_uniform
 from torchrec_aes.data.preprocess import (
     OOV_ID,
     RawTable,
+    _vocabulary_groups,
     as_str_array,
     group_values,
     hash_ids,
+    split_bags,
     transform_dense,
 )
 from torchrec_aes.data.textfile import input_paths
@@ -144,7 +153,8 @@ def _key(cfg: DataConfig, paths: list[str]) -> str:
     files = [[os.path.abspath(p), os.path.getsize(p), int(os.path.getmtime(p))] for p in paths]
     fields = (
         "type", "min_count", "hash_size", "split", "split_seed", "max_rows", "skip_bad_rows", "label_column",
-        "dense_columns", "sparse_columns", "delimiter", "header",
+        "dense_columns", "sparse_columns", "delimiter", "header", "multi_hot_columns", "multi_hot_separator",
+        "max_ids_per_row", "shared_tables",
     )  # fmt: skip
     spec = {"files": files, "schema": 1, **{f: getattr(cfg, f) for f in fields}}
     return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
@@ -164,6 +174,31 @@ def cache_dir(cfg: DataConfig) -> str:
     return os.path.join(os.path.expanduser("~"), ".cache", "torchrec_aes", "stream", key)
 
 
+class _Bags:
+    """A day's jagged bag files being written (`binary.BAG_OFFSETS`): running offsets [rows + 1, F] and one
+    ids file per feature, their sizes known from the counting pass."""
+
+    def __init__(self, prefix: str, rows: int, totals: list[int], dtype: np.dtype) -> None:
+        self.offsets = _NpyAppender(prefix + BAG_OFFSETS, rows + 1, len(totals), np.dtype(np.int64))
+        self.ids = [_NpyAppender(prefix + f"bag_ids_{f}.npy", t, 1, dtype) for f, t in enumerate(totals)]
+        self.running = np.zeros(len(totals), dtype=np.int64)
+        self.offsets.append(self.running[None, :])
+
+    def append(self, bags: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """One chunk: per feature (ids of its bags in row order, bag lengths [rows])."""
+        ends = np.stack([np.cumsum(lengths) for _, lengths in bags], axis=1) + self.running
+        if len(ends):
+            self.offsets.append(ends)
+            self.running = ends[-1].copy()
+        for writer, (ids, _) in zip(self.ids, bags, strict=True):
+            writer.append(ids.reshape(-1, 1))
+
+    def close(self) -> None:
+        self.offsets.close()
+        for w in self.ids:
+            w.close()
+
+
 def convert(cfg: DataConfig, out: str) -> None:
     """The two passes (see the module docstring): `cfg`'s text files -> day files in `out`."""
 
@@ -171,22 +206,49 @@ def convert(cfg: DataConfig, out: str) -> None:
     read = getattr(importlib.import_module(module), function)
     t0 = time.perf_counter()
     counts: list[ValueCounts] = []
+    groups: list[list[int]] = []  # the features that share a vocabulary (shared tables)
+    multi: list[bool] = []
     sizes = [0, 0, 0]
+    id_totals: list[list[int]] = [[], [], []]  # per split, ids per feature (multi-hot data)
+    truncated = [0, 0]
     seen = 0
+
+    def bags_of(part: RawTable) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per feature: (its tokens in row order, bag lengths [rows]); one token per row if one-hot."""
+        out = []
+        for f, values in enumerate(part.categorical):
+            if multi[f]:
+                tokens, lengths, cut = split_bags(values, cfg.multi_hot_separator, cfg.max_ids_per_row)
+                truncated[0] += cut[0]
+                truncated[1] += cut[1]
+                out.append((tokens, lengths))
+            else:
+                out.append((values, np.ones(len(values), dtype=np.int64)))
+        return out
 
     def count(part: RawTable) -> None:
         nonlocal seen
+        if not multi:
+            multi.extend(name in cfg.multi_hot_columns for name in part.sparse_names)
+            groups.extend(_vocabulary_groups(part.sparse_names, cfg.shared_tables))
+            for s in range(3):
+                id_totals[s].extend([0] * len(part.sparse_names))
         split = split_of_rows(seen, len(part), cfg.split, cfg.split_seed)
         seen += len(part)
         for s in range(3):
             sizes[s] += int((split == s).sum())
+        bags = bags_of(part)
+        for f, (_, lengths) in enumerate(bags):
+            for s in range(3):
+                id_totals[s][f] += int(lengths[split == s].sum())
         if cfg.hash_size:
             return
         if not counts:
-            counts.extend(ValueCounts() for _ in part.categorical)
-        train = split == 0
-        for c, values in zip(counts, part.categorical, strict=True):
-            c.add(values[train])
+            counts.extend(ValueCounts() for _ in groups)
+        for c, group in zip(counts, groups, strict=True):
+            for f in group:
+                tokens, lengths = bags[f]
+                c.add(tokens[np.repeat(split == 0, lengths)])
 
     names = read(cfg, sink=count)
     if min(sizes) == 0:
@@ -194,51 +256,69 @@ def convert(cfg: DataConfig, out: str) -> None:
             f"data.path: {cfg.path}: {seen} rows give an empty split (train/val/test {sizes}); "
             f"data.split={cfg.split} needs more rows"
         )
-    vocab = [c.vocabulary(cfg.min_count) for c in counts]
+    bag_data = any(multi)
+    vocab: list[tuple[np.ndarray, np.ndarray]] = [(np.array([]), np.array([]))] * len(names.sparse_names)
+    for group, c in zip(groups, counts, strict=False):  # no counts with hashing
+        group_vocab = c.vocabulary(cfg.min_count)
+        for f in group:
+            vocab[f] = group_vocab
     num_embeddings = (
         [cfg.hash_size] * len(names.sparse_names) if cfg.hash_size else [len(v) + 1 for v, _ in vocab]
     )
     io.makedirs(out)
-    widths = {"dense": len(names.dense_names), "sparse": len(names.sparse_names), "labels": 1}
-    dtypes = {
-        "dense": np.float32,
-        "sparse": np.int32 if max(num_embeddings) < 2**31 else np.int64,
-        "labels": np.int32,
-    }
+    widths = {"dense": len(names.dense_names), "labels": 1}
+    if not bag_data:
+        widths["sparse"] = len(names.sparse_names)
+    id_dtype = np.dtype(np.int32 if max(num_embeddings) < 2**31 else np.int64)
+    dtypes = {"dense": np.dtype(np.float32), "sparse": id_dtype, "labels": np.dtype(np.int32)}
+    day_rows = {0: sizes[0], 1: sizes[1] + sizes[2]}
     # day_0: train; day_1: val rows, then test rows (`val_rows` in the metadata marks the boundary).
     writers = {
         (day, kind): _NpyAppender(
-            os.path.join(out, f"day_{day}_{kind}.npy"), rows, widths[kind], np.dtype(dtypes[kind])
+            os.path.join(out, f"day_{day}_{kind}.npy"), rows, widths[kind], dtypes[kind]
         )
-        for day, rows in ((0, sizes[0]), (1, sizes[1] + sizes[2]))
+        for day, rows in day_rows.items()
         for kind in widths
     }
     # Test rows go to a side file first: day 1 holds all val rows, then all test rows.
     test_writers = {
-        kind: _NpyAppender(
-            os.path.join(out, f"test_{kind}.npy"), sizes[2], widths[kind], np.dtype(dtypes[kind])
-        )
+        kind: _NpyAppender(os.path.join(out, f"test_{kind}.npy"), sizes[2], widths[kind], dtypes[kind])
         for kind in widths
     }
+    bag_writers: dict[int, _Bags] = {}
+    if bag_data:
+        val_test = [a + b for a, b in zip(id_totals[1], id_totals[2], strict=True)]
+        bag_writers = {
+            0: _Bags(os.path.join(out, "day_0_"), sizes[0], id_totals[0], id_dtype),
+            1: _Bags(os.path.join(out, "day_1_"), day_rows[1], val_test, id_dtype),
+            2: _Bags(os.path.join(out, "test_"), sizes[2], id_totals[2], id_dtype),
+        }
     seen = 0
 
     def encode(part: RawTable) -> None:
         nonlocal seen
         split = split_of_rows(seen, len(part), cfg.split, cfg.split_seed)
         seen += len(part)
+        bags = bags_of(part)
         if cfg.hash_size:
-            ids = np.stack([hash_ids(v, cfg.hash_size) for v in part.categorical], axis=1)
+            ids = [hash_ids(tokens, cfg.hash_size) for tokens, _ in bags]
         else:
-            ids = np.stack([_lookup(v, *vocab[f]) for f, v in enumerate(part.categorical)], axis=1)
-        arrays = {
-            "dense": transform_dense(part.dense),
-            "sparse": ids,
-            "labels": part.labels.astype(np.int32).reshape(-1, 1),
-        }
+            ids = [_lookup(tokens, *vocab[f]) for f, (tokens, _) in enumerate(bags)]
+        arrays = {"dense": transform_dense(part.dense), "labels": part.labels.astype(np.int32).reshape(-1, 1)}
+        if not bag_data:
+            arrays["sparse"] = np.stack(ids, axis=1)
         for kind, array in arrays.items():
             for s in (0, 1):
                 writers[(s, kind)].append(array[split == s])
             test_writers[kind].append(array[split == 2])
+        for s, writer in bag_writers.items():
+            keep = split == s
+            writer.append(
+                [
+                    (i[np.repeat(keep, lengths)], lengths[keep])
+                    for i, (_, lengths) in zip(ids, bags, strict=True)
+                ]
+            )
 
     read(cfg, sink=encode)
     for kind, w in test_writers.items():
@@ -246,8 +326,16 @@ def convert(cfg: DataConfig, out: str) -> None:
         for a in range(0, sizes[2], CHUNK):  # appended after day 1's val rows, a chunk at a time
             writers[(1, kind)].append(BinaryCriteoUtils.load_npy_range(w.path, a, min(CHUNK, sizes[2] - a)))
         os.remove(w.path)
+    if bag_data:
+        _append_test_bags(bag_writers[2], bag_writers[1], sizes[2])
+        bag_writers[0].close()
+        bag_writers[1].close()
     for w in writers.values():
         w.close()
+    if truncated[0]:
+        logger.warning(
+            "data.max_ids_per_row=%d: truncated %d bags (%d ids dropped)", cfg.max_ids_per_row, *truncated
+        )
     meta = {
         "files": files_key(find_days(out)),
         "num_embeddings": num_embeddings,
@@ -261,6 +349,22 @@ def convert(cfg: DataConfig, out: str) -> None:
         "streamed %s into %s: %d rows (train/val/test %s) in %.0f s", cfg.path, out, seen, sizes,
         time.perf_counter() - t0,
     )  # fmt: skip
+
+
+def _append_test_bags(test: _Bags, day: _Bags, rows: int) -> None:
+    """Closes the test rows' side bag files and appends them to `day` (after its val rows), a chunk at a
+    time; the side files are removed."""
+    test.close()
+    path = test.offsets.path
+    for a in range(0, rows, CHUNK):
+        count = min(CHUNK, rows - a)
+        part = load_jagged_range(path, a, count)
+        day.append(
+            [(part.field_ids(f).numpy(), part.field_lengths(f).numpy()) for f in range(part.num_fields)]
+        )
+    os.remove(path)
+    for w in test.ids:
+        os.remove(w.path)
 
 
 def _complete(directory: str) -> bool:
