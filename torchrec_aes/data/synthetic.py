@@ -43,6 +43,10 @@ Hidden model (the label):
   and b are fitted on the generated rows, so the positive rate is ~25% for any size and `signal_scale`.
 - Fields with r_f = 0 never enter the label: their ids are drawn from their own random stream and are
   independent of the label and of every other feature.
+- Multi-hot fields (`multi_hot_fields`): a row holds a bag of Poisson(`mean_bag_length`) ids of the field
+  (its lengths from their own stream, the ids Zipf-drawn like a one-hot field's), and the field's v_f is
+  the mean of the bag's amplitude-scaled vectors (0 for an empty bag), centred over the rows; so these
+  fields pool by mean. The other fields draw exactly the ids they draw without multi-hot fields.
 
 What this gives (default config, 100k rows, 80k train / 20k test, a plain factorisation machine trained
 with Adagrad, mean of 3 seeds): test AUC 0.765 with all fields at dim 4, 0.799 at dim 32, 0.828 with the

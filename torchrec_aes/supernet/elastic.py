@@ -150,8 +150,8 @@ class ElasticEmbeddingBagCollection(nn.Module):
     def set_half(self, tables: Sequence[bool]) -> None:
         """Per table (in `table_names` order): simulate fp16 storage of its chosen prefix in the next forward
         passes -- values rounded to fp16, gradients passed straight through -- so a supernet trained in
-        fp32 scores what an fp16 table would lose in precision (exact for one id per bag, as in our CTR
-        data; for multi-id bags the pooled sum is rounded, an approximation)."""
+        fp32 scores what an fp16 table would lose in precision (exact for one id per bag; for multi-hot
+        bags the pooled embedding is rounded instead of each row, an approximation)."""
         if len(tables) != len(self.table_names):
             raise ValueError(f"got {len(tables)} precision flags for {len(self.table_names)} tables")
         self._half = {name: bool(h) for name, h in zip(self.table_names, tables, strict=True)}
