@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -48,7 +50,13 @@ from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 
 from torchrec_aes import rundir
-from torchrec_aes.architecture import TORCHREC_DATA_TYPES, Architecture, TableArch, training_type  # noqa: F401
+from torchrec_aes.architecture import (  # noqa: F401
+    TORCHREC_DATA_TYPES,
+    Architecture,
+    TableArch,
+    kind_of,
+    training_type,
+)
 from torchrec_aes.config import Config, load_config, validate
 from torchrec_aes.data.schema import Schema, SparseFeature
 from torchrec_aes.models.blocks import BlockNet, BlocksKind
@@ -58,7 +66,7 @@ from torchrec_aes.planning.memory import Budget
 from torchrec_aes.planning.plan_io import save_plan  # noqa: F401  (re-exported)
 from torchrec_aes.runs import search_task
 from torchrec_aes.search.base import get_method, method_names
-from torchrec_aes.tasks.user import UserTask, check_tables
+from torchrec_aes.tasks.user import UserHeads, UserTask, check_tables
 from torchrec_aes.train.distributed import init_distributed
 
 # The public names are listed once, in torchrec_aes/__init__.py (which re-exports them lazily).
@@ -279,7 +287,8 @@ class EmbeddingSearch:
     """What `search_embedding_dims` returns.
 
     Args:
-        architecture: the chosen tables, named as yours (`configs` are them as `EmbeddingBagConfig`s).
+        architecture: the chosen tables, named as yours (`configs` are them as `EmbeddingBagConfig`s);
+            for iHAS's groups the searched `grouped` architecture (group and router tables, `extra`).
         configs: your configs with the searched `embedding_dim` and `data_type` (`resize_configs`).
         plan: a TorchRec `ShardingPlan` of your model built around `configs`, for the topology the search
             ran on, keyed by `module_path` and your table names.
@@ -287,6 +296,11 @@ class EmbeddingSearch:
             to `plan_for` to plan for another topology.
         metrics: the search's metrics (`metrics.json`: budget, bytes, finalists, val/test metrics, log).
         run_dir: the run directory written (report, architecture, logs), or "" when none was kept.
+        model: None when the result is per-table dims for your model. For iHAS's instance-wise groups
+            (`architecture.kind == "grouped"`): `ebc -> model`, the model to train and serve around an EBC
+            of `configs` (each feature's table at its widest group's dim): the router, the one EBC and your
+            model as each group's head over its slice of the pooled embeddings; `plan` and `module_path`
+            ("sparse_arch") are for it.
     """
 
     architecture: Architecture
@@ -295,6 +309,7 @@ class EmbeddingSearch:
     module_path: str
     metrics: dict[str, Any]
     run_dir: str
+    model: Callable[[nn.Module], nn.Module] | None = None
 
 
 def search_embedding_dims(
@@ -312,8 +327,10 @@ def search_embedding_dims(
 ) -> EmbeddingSearch:
     """Searches per-table embedding dims of your own model on your own data under a memory budget.
 
-    Runs AdaS&S (`search.method=adass`, the default; `uniform` and `power_rule` also work) through the same
-    search, final pick and budget check as `torchrec-aes search`: a supernet of your model around an
+    Runs AdaS&S (`search.method=adass`, the default; `uniform`, `power_rule` and `ihas` also work: iHAS's
+    groups of samples return `EmbeddingSearch.model`, your model as each group's head behind a router)
+    through the same search, final pick and budget check as `torchrec-aes search`: a supernet of your model
+    around an
     elastic EBC (every table at the largest candidate dim, zero-padded beyond the sampled dim), an RL search
     scored by validation AUC, then the finalists and the zero-cost baselines retrained from scratch as your
     model, keeping the best on validation. The budget is TorchRec's storage estimate of the tables (weights
@@ -373,8 +390,15 @@ def search_embedding_dims(
         raise ValueError(f"config: a {type(config).__name__}; expected key=value overrides or a Config")
     if not get_method(cfg.search.method).user_model:
         fits = [m for m in method_names() if get_method(m).user_model]
+        whole = (
+            " (NASRec searches a whole model, a block graph, not your model's tables: run it with "
+            "`torchrec-aes search` and build the result around your EBC with block_model)"
+            if cfg.search.method == "nasrec"
+            else ""
+        )
         raise ValueError(
-            f"search.method: '{cfg.search.method}' does not search a user's model; one of {', '.join(fits)}"
+            f"search.method: '{cfg.search.method}' does not search a user's model{whole}; one of "
+            f"{', '.join(fits)}"
         )
     keep = bool(run_dir)
     cfg.search.budget = [str(budget)]
@@ -389,7 +413,12 @@ def search_embedding_dims(
         b.check_feasible(schema, cfg.search.candidates, cfg.search.precision)
         task = UserTask(cfg, tables, model_factory, train, val, test, loss, train_steps_per_epoch)
         arch, metrics = search_task(cfg, task)
-        named = _as_named_by(arch, tables)
+        model, module_path, tables_arch = None, task.module_path, arch
+        if arch.kind == "grouped":  # deploys as a model of its own: tables in their training form
+            source = os.path.join(cfg.run_dir, "architecture.yaml")
+            tables_arch, hooks = kind_of(arch).training_form(arch, source, task.schema)
+            model, module_path = partial(hooks.make_model, UserHeads(model_factory)), "sparse_arch"
+        named = _as_named_by(tables_arch, tables)
         env = init_distributed()
         plan = planning.plan_architecture(
             named,
@@ -399,15 +428,16 @@ def search_embedding_dims(
             cfg.plan.ddr_gb,
             cfg.train.batch_size,
             cfg.train.embedding_optimizer,
-            module_path=task.module_path,
+            module_path=module_path,
         )
         return EmbeddingSearch(
-            architecture=named,
+            architecture=named if model is None else arch,
             configs=resize_configs(tables, named),
             plan=plan,
-            module_path=task.module_path,
+            module_path=module_path,
             metrics=metrics,
             run_dir=run_dir,
+            model=model,
         )
     finally:
         if not keep:

@@ -273,3 +273,34 @@ def test_a_table_shared_by_two_features_is_searched_as_one_table() -> None:
     )
     assert arch_bytes(arch, "rowwise_adagrad") <= Budget.parse("0.5 x uniform-16", schema).bytes
     assert set(result.plan.plan["ebc"]) == {"user_id_emb", "user_city_emb", "item_emb"}  # type: ignore[arg-type]
+
+
+def test_ihas_searches_the_users_model_and_returns_a_grouped_model_to_train_and_serve() -> None:
+    """iHAS on the two-tower model: K = 2 groups of samples, each with the user's model as its head; the
+    result gives the grouped model (router + one EBC + heads) around an EBC of the returned configs."""
+    ihas = ["search.method=ihas", "search.ihas.search_epochs=1", "search.ihas.num_groups=[2]"]
+    config = TINY + ihas + ["search.ihas.cluster_rows=512", "search.final_baselines=false"]
+    result = torchrec_aes.search_embedding_dims(
+        user_tables(), TwoTower, random_batches(12, 8), random_batches(4, 9), BUDGET, config=config
+    )
+    assert result.architecture.kind == "grouped" and result.model is not None
+    assert result.module_path == "sparse_arch" and set(result.plan.plan) == {"sparse_arch"}
+    assert result.metrics["budget_used"] <= result.metrics["budget_bytes"]
+    ebc = EmbeddingBagCollection(tables=result.configs, device=torch.device("meta"))
+    apply_optimizer_in_backward(RowWiseAdagrad, ebc.parameters(), {"lr": 0.05})
+    model = DistributedModelParallel(result.model(ebc), device=torch.device("cpu"), plan=result.plan)
+    batch: Batch = next(iter(random_batches(1, 10)))
+    logits = model(batch.dense_features, batch.sparse_features)
+    assert logits.shape == (BATCH_SIZE,)
+    logits.sum().backward()
+    heads = model.module.heads
+    assert len(heads) == 2 and all(isinstance(h.model.model, TwoTower) for h in heads)
+
+
+def test_nasrec_on_a_users_model_says_it_searches_a_whole_model() -> None:
+    good = list(random_batches(2, 0))
+    with pytest.raises(ValueError, match="NASRec searches a whole model") as e:
+        torchrec_aes.search_embedding_dims(
+            user_tables(), TwoTower, good, good, BUDGET, config=["search.method=nasrec"]
+        )
+    assert "\n" not in str(e.value)

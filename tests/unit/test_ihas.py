@@ -19,6 +19,7 @@ from tests.helpers import tiny_config
 from torchrec_aes.architecture import Architecture, kind_of
 from torchrec_aes.data.dataset import CTRData, Splits, make_batch
 from torchrec_aes.data.schema import Schema, SparseFeature
+from torchrec_aes.models.ctr import TableSpec, build_ctr_model
 from torchrec_aes.models.grouped import (
     GroupedModel,
     GroupLayout,
@@ -529,7 +530,13 @@ def _grouped_model(deployment: str) -> tuple[GroupedModel, EmbeddingBagCollectio
     schema = _group_schema()
     layout = GroupLayout(G_KEYS, G_ROWS, DIMS, deployment)
     ebc = EmbeddingBagCollection(tables=layout.train_arch(schema).to_ebc_configs())
-    model = GroupedModel(ebc, layout, _parity_router(), "dlrm", 4, tiny_config().model)
+    model_cfg = tiny_config().model
+    model = GroupedModel(
+        ebc,
+        layout,
+        _parity_router(),
+        lambda configs: build_ctr_model("dlrm", TableSpec(configs), 4, model_cfg),
+    )
     g = torch.Generator().manual_seed(1)
     ids = torch.stack([torch.randint(0, r, (16,), generator=g) for r in G_ROWS], 1)
     return model, ebc, CTRData(torch.rand(16, 4, generator=g), ids, torch.zeros(16))

@@ -31,6 +31,7 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -43,7 +44,6 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 from torchrec_aes.architecture import Architecture, ArchKind, TableArch, check_data_type, register_kind
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.io import exists, join, load_torch, save_torch_atomic
-from torchrec_aes.models.ctr import TableSpec, build_ctr_model
 from torchrec_aes.models.grouped_report import grouped_section
 from torchrec_aes.train.hooks import TrainHooks
 
@@ -258,7 +258,8 @@ class GroupedModel(nn.Module):
         ebc: the training tables (`GroupLayout.widths()` per feature; possibly sharded by DMP).
         layout: the groups' dims and the deployment.
         router: the router (its features must be among the EBC's).
-        model_type, num_dense, model_cfg: the head of every group (`build_ctr_model` over `TableSpec`s).
+        head: a group's tables -> its head, called as `head.interact(dense, {feature: pooled})` (the
+            task's model over tables it does not look up: `Task.head`).
     """
 
     def __init__(
@@ -266,9 +267,7 @@ class GroupedModel(nn.Module):
         ebc: nn.Module,
         layout: GroupLayout,
         router: Router,
-        model_type: str,
-        num_dense: int,
-        model_cfg: Any,
+        head: Callable[[list[EmbeddingBagConfig]], nn.Module],
     ) -> None:
         super().__init__()
         self.sparse_arch = ebc
@@ -281,22 +280,17 @@ class GroupedModel(nn.Module):
         ]
         rows = dict(zip(layout.features, layout.num_embeddings, strict=True))
         self.heads = nn.ModuleList(
-            build_ctr_model(
-                model_type,
-                TableSpec(  # type: ignore[arg-type]
-                    [
-                        EmbeddingBagConfig(
-                            name=f"g{k}_t_{f}",
-                            embedding_dim=d,
-                            num_embeddings=rows[f],
-                            feature_names=[f],
-                            pooling=PoolingType.SUM,
-                        )
-                        for f, _, d in cols
-                    ]
-                ),
-                num_dense,
-                model_cfg,
+            head(
+                [
+                    EmbeddingBagConfig(
+                        name=f"g{k}_t_{f}",
+                        embedding_dim=d,
+                        num_embeddings=rows[f],
+                        feature_names=[f],
+                        pooling=PoolingType.SUM,
+                    )
+                    for f, _, d in cols
+                ]
             )
             for k, cols in enumerate(self.slices)
         )
@@ -323,8 +317,7 @@ class GroupedHooks(TrainHooks):
         self.layout, self.router = layout, router
 
     def make_model(self, task: Any, ebc: Any) -> nn.Module:
-        cfg = task.cfg
-        return GroupedModel(ebc, self.layout, self.router, cfg.model.type, task.schema.num_dense, cfg.model)
+        return GroupedModel(ebc, self.layout, self.router, task.head)
 
 
 def grouped_architecture(

@@ -17,6 +17,7 @@ from torch import nn
 from torchrec.datasets.utils import Batch
 from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 
@@ -26,7 +27,7 @@ from torchrec_aes.data.dataset import MappedRows, Splits, num_batches
 from torchrec_aes.data.load import load_data
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.data.synthetic import load_synthetic
-from torchrec_aes.models.ctr import build_ctr_model
+from torchrec_aes.models.ctr import TableSpec, build_ctr_model
 from torchrec_aes.models.quantized import served_tables
 from torchrec_aes.tasks.base import Task, register_task
 from torchrec_aes.train.distributed import DistEnv
@@ -151,11 +152,20 @@ class CTRTask(Task):
         if lookup is not None:  # the tables see remapped batches; the model one embedding per feature
             self.rows = {name: MappedRows(rows, lookup.batch) for name, rows in self.rows.items()}
         if build_model is None:
-            sparse = lookup.wrap(ebc) if lookup is not None else ebc
-            model = build_ctr_model(self.cfg.model.type, sparse, self.schema.num_dense, self.cfg.model)
+            model = self.model_around(lookup.wrap(ebc) if lookup is not None else ebc)
         else:  # a factory (a supernet) gets the tables and pools them per feature itself
             model = build_model(ebc)
         return CTRModule(model, extra_loss), ebc
+
+    def model_around(self, sparse: nn.Module) -> nn.Module:
+        """The task's model around `sparse` (an EBC or anything that looks like one: gated, elastic or
+        pooled-per-feature tables): `(dense [B, num_dense], KJT) -> logits [B]`."""
+        return build_ctr_model(self.cfg.model.type, sparse, self.schema.num_dense, self.cfg.model)  # type: ignore[arg-type]
+
+    def head(self, configs: list[EmbeddingBagConfig]) -> nn.Module:
+        """The task's model over tables it does not look up itself (one group's head of iHAS): called as
+        `head.interact(dense [B, num_dense], {feature: pooled [B, d_f]}) -> logits [B]`."""
+        return self.model_around(TableSpec(configs))  # type: ignore[arg-type]
 
     def ebc_path_for(self, arch: Architecture) -> str:
         """`model.sparse_arch`, or `model.sparse_arch.inner` for kinds whose tables the model sees pooled

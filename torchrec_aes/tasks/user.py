@@ -40,7 +40,7 @@ from torch import nn
 from torchrec.datasets.utils import Batch
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.config import Config
@@ -202,6 +202,51 @@ class Logits(nn.Module):
         logits = self.model(dense_features, sparse_features)
         # No Python branch on the shape: the train pipeline traces this with torch.fx.
         return logits.reshape(logits.shape[0])
+
+
+class PooledReplay(nn.Module):
+    """An EBC look-alike over tables looked up elsewhere: its configs, and as output the pooled embeddings
+    last given to `replay` (the KJT it is called with is ignored; the user's model passes None)."""
+
+    def __init__(self, configs: list[EmbeddingBagConfig]) -> None:
+        super().__init__()
+        self._configs = list(configs)
+        self.keys = [n for c in configs for n in c.feature_names]
+        self.pooled: KeyedTensor | None = None
+
+    def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
+        return list(self._configs)
+
+    def replay(self, per_feature: dict[str, torch.Tensor]) -> None:
+        self.pooled = KeyedTensor.from_tensor_list(self.keys, [per_feature[k] for k in self.keys])
+
+    def forward(self, features: Any) -> KeyedTensor:
+        assert self.pooled is not None, "PooledReplay called before replay()"
+        return self.pooled
+
+
+class UserHead(nn.Module):
+    """The user's model as one group's head of iHAS: `interact(dense, {feature: pooled})` runs it on
+    pooled embeddings looked up by the grouped model's one EBC (replayed through `PooledReplay`)."""
+
+    def __init__(self, model_factory: ModelFactory, configs: list[EmbeddingBagConfig]) -> None:
+        super().__init__()
+        self.replayed = PooledReplay(configs)
+        self.model = Logits(model_factory(self.replayed))
+
+    def interact(self, dense_features: torch.Tensor, per_feature: dict[str, torch.Tensor]) -> torch.Tensor:
+        self.replayed.replay(per_feature)
+        return self.model(dense_features, None)
+
+
+class UserHeads:
+    """Builds the user's model as the heads of a grouped model (`Task.head`), holding only the factory."""
+
+    def __init__(self, model_factory: ModelFactory) -> None:
+        self.model_factory = model_factory
+
+    def head(self, configs: list[EmbeddingBagConfig]) -> nn.Module:
+        return UserHead(self.model_factory, configs)
 
 
 class UserModule(nn.Module):
@@ -385,10 +430,18 @@ class UserTask(CTRTask):
             for c in configs
         ]
 
+    def model_around(self, sparse: nn.Module) -> nn.Module:
+        """The user's model around `sparse` (their EBC, or a look-alike: elastic, gated, replayed)."""
+        return Logits(self.user_factory(sparse))
+
+    def head(self, configs: list[EmbeddingBagConfig]) -> nn.Module:
+        """The user's model over tables looked up elsewhere (one group's head of iHAS)."""
+        return UserHeads(self.user_factory).head(configs)
+
     def supernet_model(self, lookup: nn.Module, candidates: Sequence[int]) -> nn.Module:
         """The user's model around an elastic EBC over `lookup` (every table at max(candidates), zero-padded
         beyond the sampled dim), for AdaS&S's supernet and scorer."""
-        return Logits(self.user_factory(ElasticEmbeddingBagCollection(lookup, candidates)))
+        return self.model_around(ElasticEmbeddingBagCollection(lookup, candidates))
 
     def ebc_path_for(self, arch: Architecture) -> str:
         return self.ebc_path  # the user's module path, whatever the architecture

@@ -36,7 +36,6 @@ from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from torchrec_aes.models.ctr import build_ctr_model
 from torchrec_aes.train.distributed import all_reduce_sum, init_distributed
 from torchrec_aes.train.hooks import TrainHooks
 
@@ -190,8 +189,7 @@ class GateHooks(TrainHooks):
 
     def make_model(self, task: Any, ebc: Any) -> nn.Module:
         gated = GatedEmbeddingBagCollection(ebc, self.hidden, self.gates, self.gate_init, self.logit_bound)
-        cfg = task.cfg
-        return build_ctr_model(cfg.model.type, gated, task.schema.num_dense, cfg.model)  # type: ignore[arg-type]
+        return task.model_around(gated)
 
     def on_model(self, dmp: Any) -> None:
         self.gated = find_gated(dmp)

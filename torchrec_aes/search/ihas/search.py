@@ -334,7 +334,7 @@ def _candidate(
             "field_gains": field_gains,
         },
     }
-    if cfg.data.type == "synthetic":
+    if ctx.planted_ranks is not None:  # planted synthetic data (not a user's own)
         log["rank_spearman"] = _rank_agreement(cfg, populations, labels, mean_active, layout.dims)
     if populations is not None and k > 1:
         # Planted populations (hidden from the model): how well do the groups recover them?
@@ -377,7 +377,7 @@ def _candidate(
     return finalist, log
 
 
-@register("ihas", tasks=("ctr",), section="ihas")
+@register("ihas", tasks=("ctr",), section="ihas", user_model=True)
 def ihas_search(ctx: SearchContext) -> SearchResult:
     """iHAS: see `torchrec_aes/search/ihas/__init__.py`."""
     cfg, icfg, task = ctx.cfg, ctx.section, ctx.task
@@ -417,7 +417,7 @@ def ihas_search(ctx: SearchContext) -> SearchResult:
     # on the masked embeddings, the router, the group dims under the budget -- one finalist each.
     sample = collect(trainer, hooks, ctx.splits.train, icfg.cluster_rows)
     val_sample = collect(trainer, hooks, ctx.splits.val, max(icfg.cluster_rows // 4, 2))
-    planted = cfg.data.type == "synthetic" and cfg.data.synthetic.populations > 1
+    planted = ctx.planted_ranks is not None and cfg.data.synthetic.populations > 1
     populations = load_populations(cfg.data, data_cache_dir(cfg)) if planted else None
     finalists: list[Finalist] = []
     candidates: list[dict[str, Any]] = []
