@@ -38,7 +38,7 @@ import dataclasses
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -48,6 +48,7 @@ from torchrec.distributed.planner import ParameterConstraints
 from torchrec.distributed.planner.constants import BATCH_SIZE
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
 
 from torchrec_aes import rundir
 from torchrec_aes.architecture import (  # noqa: F401
@@ -66,7 +67,7 @@ from torchrec_aes.planning.memory import Budget
 from torchrec_aes.planning.plan_io import save_plan  # noqa: F401  (re-exported)
 from torchrec_aes.runs import search_task
 from torchrec_aes.search.base import get_method, method_names
-from torchrec_aes.tasks.user import UserHeads, UserTask, check_tables
+from torchrec_aes.tasks.user import UserHeads, UserTask, flatten_tables, module_path_of
 from torchrec_aes.train.distributed import init_distributed
 
 # The public names are listed once, in torchrec_aes/__init__.py (which re-exports them lazily).
@@ -289,11 +290,12 @@ class EmbeddingSearch:
     Args:
         architecture: the chosen tables, named as yours (`configs` are them as `EmbeddingBagConfig`s);
             for iHAS's groups the searched `grouped` architecture (group and router tables, `extra`).
-        configs: your configs with the searched `embedding_dim` and `data_type` (`resize_configs`).
+        configs: your configs with the searched `embedding_dim` and `data_type` (`resize_configs`); {EBC
+            name: configs} for a model of several EBCs.
         plan: a TorchRec `ShardingPlan` of your model built around `configs`, for the topology the search
             ran on, keyed by `module_path` and your table names.
         module_path: where your model keeps its EBC (e.g. "sparse_arch.embedding_bag_collection"); pass it
-            to `plan_for` to plan for another topology.
+            to `plan_for` to plan for another topology; {EBC name: path} for several EBCs.
         metrics: the search's metrics (`metrics.json`: budget, bytes, finalists, val/test metrics, log).
         run_dir: the run directory written (report, architecture, logs), or "" when none was kept.
         model: None when the result is per-table dims for your model. For iHAS's instance-wise groups
@@ -312,9 +314,28 @@ class EmbeddingSearch:
     model: Callable[[nn.Module], nn.Module] | None = None
 
 
+def _split_plan(
+    joint: Any, configs: dict[str, list[EmbeddingBagConfig]], model_factory: Callable[[Any], nn.Module]
+) -> tuple[dict[str, str], ShardingPlan]:
+    """A plan of all tables placed together (one module's `EmbeddingModuleShardingPlan`) split into one
+    per EBC of your model, keyed by where the model keeps each (built on meta to find them)."""
+    ebcs = {
+        name: EmbeddingBagCollection(tables=c, device=torch.device("meta")) for name, c in configs.items()
+    }
+    built = model_factory(ebcs)
+    paths = {name: module_path_of(built, ebc) for name, ebc in ebcs.items()}
+    plan = ShardingPlan(
+        {
+            paths[name]: EmbeddingModuleShardingPlan({c.name: joint[c.name] for c in configs[name]})
+            for name in configs
+        }
+    )
+    return paths, plan
+
+
 def search_embedding_dims(
-    tables: Sequence[EmbeddingBagConfig],
-    model_factory: Callable[[nn.Module], nn.Module],
+    tables: Sequence[EmbeddingBagConfig] | Mapping[str, Sequence[EmbeddingBagConfig]],
+    model_factory: Callable[[Any], nn.Module],
     train: Iterable[Any],
     val: Iterable[Any],
     budget: str | int,
@@ -339,7 +360,10 @@ def search_embedding_dims(
 
     Args:
         tables: your `EmbeddingBagConfig`s (pooling and init range are kept; `embedding_dim` is what is
-            searched; their rows count in the budget; a table of several features is one shared table).
+            searched; their rows count in the budget; a table of several features is one shared table),
+            or for a model of several EBCs {EBC name: its configs}: the factory then gets {EBC name:
+            EBC}, and `configs` / `module_path` of the result are dicts by EBC name, `plan` one plan of
+            all tables placed together, keyed by each EBC's module path.
         model_factory: `ebc -> model`, `model(dense [B, num_dense], kjt) -> logits [B]` (or [B, 1]); reads the
             tables' dims from `ebc.embedding_bag_configs()` (they differ per table) and pooled embeddings
             by feature name from `ebc(kjt)`; must keep the EBC as a submodule, pass the KJT to it untouched
@@ -381,7 +405,7 @@ def search_embedding_dims(
         model = DistributedModelParallel(TwoTower(ebc), plan=result.plan, device=device)
     """
 
-    check_tables(tables)
+    flat, ebc_features = flatten_tables(tables)
     if isinstance(config, Config):
         cfg = copy.deepcopy(config)
     elif config is None or (isinstance(config, Sequence) and not isinstance(config, str)):
@@ -408,17 +432,19 @@ def search_embedding_dims(
     try:
         validate(cfg)
         # The budget against the tables before any data is read: an infeasible one names the minimum.
-        schema = Schema(sparse=[SparseFeature(t.feature_names[0], t.num_embeddings) for t in tables])
+        schema = Schema(sparse=[SparseFeature(t.feature_names[0], t.num_embeddings) for t in flat])
         b = Budget.parse(cfg.search.budget[0], schema, cfg.train.embedding_optimizer, cfg.search.count)
         b.check_feasible(schema, cfg.search.candidates, cfg.search.precision)
         task = UserTask(cfg, tables, model_factory, train, val, test, loss, train_steps_per_epoch)
         arch, metrics = search_task(cfg, task)
-        model, module_path, tables_arch = None, task.module_path, arch
+        model, tables_arch = None, arch
+        module_path: Any = task.module_path
         if arch.kind == "grouped":  # deploys as a model of its own: tables in their training form
             source = os.path.join(cfg.run_dir, "architecture.yaml")
             tables_arch, hooks = kind_of(arch).training_form(arch, source, task.schema)
-            model, module_path = partial(hooks.make_model, UserHeads(model_factory)), "sparse_arch"
-        named = _as_named_by(tables_arch, tables)
+            heads = UserHeads(model_factory, ebc_features)
+            model, module_path = partial(hooks.make_model, heads), "sparse_arch"
+        named = _as_named_by(tables_arch, flat)
         env = init_distributed()
         plan = planning.plan_architecture(
             named,
@@ -428,11 +454,16 @@ def search_embedding_dims(
             cfg.plan.ddr_gb,
             cfg.train.batch_size,
             cfg.train.embedding_optimizer,
-            module_path=module_path,
+            module_path=module_path or "ebc",
         )
+        configs: Any = resize_configs(flat, named)
+        if model is None and ebc_features is not None:  # your EBCs: each its configs, its part of the plan
+            assert isinstance(tables, Mapping)
+            configs = {name: resize_configs(tables[name], named) for name in tables}
+            module_path, plan = _split_plan(plan.plan["ebc"], configs, model_factory)
         return EmbeddingSearch(
             architecture=named if model is None else arch,
-            configs=resize_configs(tables, named),
+            configs=configs,
             plan=plan,
             module_path=module_path,
             metrics=metrics,

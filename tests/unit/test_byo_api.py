@@ -304,3 +304,53 @@ def test_nasrec_on_a_users_model_says_it_searches_a_whole_model() -> None:
             user_tables(), TwoTower, good, good, BUDGET, config=["search.method=nasrec"]
         )
     assert "\n" not in str(e.value)
+
+
+class TwoEBCTowers(nn.Module):
+    """A two-tower model whose towers keep their own EBC (`ebcs["user"]`, `ebcs["item"]`)."""
+
+    def __init__(self, ebcs: dict[str, nn.Module], hidden: int = 8) -> None:
+        super().__init__()
+        self.user_ebc, self.item_ebc = ebcs["user"], ebcs["item"]
+        dims = {
+            f: c.embedding_dim
+            for ebc in (self.user_ebc, self.item_ebc)
+            for c in ebc.embedding_bag_configs()
+            for f in c.feature_names
+        }
+        self.user = [f for f in USER_FEATURES if f in dims]
+        self.item = [f for f in ITEM_FEATURES if f in dims]
+        self.user_tower = MLP(NUM_DENSE + sum(dims[f] for f in self.user), [hidden, hidden])
+        self.item_tower = MLP(sum(dims[f] for f in self.item), [hidden, hidden])
+
+    def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
+        users, items = self.user_ebc(kjt).to_dict(), self.item_ebc(kjt).to_dict()
+        u = self.user_tower(torch.cat([dense] + [users[f] for f in self.user], dim=1))
+        i = self.item_tower(torch.cat([items[f] for f in self.item], dim=1))
+        return (u * i).sum(dim=1)
+
+
+def test_a_model_of_two_ebcs_is_searched_as_one_and_planned_per_ebc() -> None:
+    tables = user_tables()
+    by_ebc = {"user": tables[:2], "item": tables[2:]}
+    result = torchrec_aes.search_embedding_dims(
+        by_ebc, TwoEBCTowers, random_batches(8, 11), random_batches(4, 12), BUDGET, config=TINY
+    )
+    assert set(result.configs) == {"user", "item"}
+    assert [c.name for c in result.configs["item"]] == ["item_id_emb", "item_tag_emb"]
+    assert result.module_path == {"user": "user_ebc", "item": "item_ebc"}
+    assert {p: set(tables_plan) for p, tables_plan in result.plan.plan.items()} == {  # type: ignore[union-attr]
+        "user_ebc": {"user_id_emb", "user_city_emb"},
+        "item_ebc": {"item_id_emb", "item_tag_emb"},
+    }
+    assert result.metrics["budget_used"] <= result.metrics["budget_bytes"]
+    ebcs = {
+        n: EmbeddingBagCollection(tables=c, device=torch.device("meta")) for n, c in result.configs.items()
+    }
+    for ebc in ebcs.values():
+        apply_optimizer_in_backward(RowWiseAdagrad, ebc.parameters(), {"lr": 0.05})
+    model = DistributedModelParallel(TwoEBCTowers(ebcs), device=torch.device("cpu"), plan=result.plan)
+    batch: Batch = next(iter(random_batches(1, 13)))
+    logits = model(batch.dense_features, batch.sparse_features)
+    assert logits.shape == (BATCH_SIZE,)
+    logits.sum().backward()

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import torch
@@ -51,7 +51,8 @@ from torchrec_aes.tasks.ctr import CTRTask, ExtraLoss
 from torchrec_aes.train.distributed import DistEnv, init_distributed
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-ModelFactory = Callable[[nn.Module], nn.Module]
+ModelFactory = Callable[[Any], nn.Module]
+"""`ebc -> model`, or `{EBC name: ebc} -> model` for a model of several EBCs."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -226,27 +227,79 @@ class PooledReplay(nn.Module):
 
 
 class UserHead(nn.Module):
-    """The user's model as one group's head of iHAS: `interact(dense, {feature: pooled})` runs it on
-    pooled embeddings looked up by the grouped model's one EBC (replayed through `PooledReplay`)."""
+    """The user's model over tables looked up elsewhere: `interact(dense, {feature: pooled})` runs it on
+    pooled embeddings replayed through `PooledReplay`s (one per EBC of the user's model, which it gets as
+    the factory's argument: the EBC, or with several a dict of them by name). One group's head of iHAS;
+    also how a model of several EBCs runs over the search's one EBC (`SeveralEBCs`).
 
-    def __init__(self, model_factory: ModelFactory, configs: list[EmbeddingBagConfig]) -> None:
+    Args:
+        model_factory: the user's factory.
+        configs: the tables the head sees.
+        ebc_features: None (one EBC), or {EBC name: its features} for a model of several EBCs.
+    """
+
+    def __init__(
+        self,
+        model_factory: ModelFactory,
+        configs: list[EmbeddingBagConfig],
+        ebc_features: dict[str, list[str]] | None = None,
+    ) -> None:
         super().__init__()
-        self.replayed = PooledReplay(configs)
-        self.model = Logits(model_factory(self.replayed))
+        everything = {"ebc": [n for c in configs for n in c.feature_names]}
+        groups = ebc_features if ebc_features is not None else everything
+        self.views = nn.ModuleDict(
+            {
+                name: PooledReplay([c for c in configs if set(c.feature_names) <= set(features)])
+                for name, features in groups.items()
+            }
+        )
+        self.model = Logits(model_factory(self.views["ebc"] if ebc_features is None else dict(self.views)))
 
     def interact(self, dense_features: torch.Tensor, per_feature: dict[str, torch.Tensor]) -> torch.Tensor:
-        self.replayed.replay(per_feature)
+        for view in self.views.values():
+            view.replay(per_feature)  # type: ignore[operator]
         return self.model(dense_features, None)
+
+
+def replayed_logits(head: UserHead, dense_features: torch.Tensor, pooled: KeyedTensor) -> torch.Tensor:
+    """[B] the head on the pooled embeddings."""
+    return head.interact(dense_features, pooled.to_dict())
+
+
+# The replay stores tensors on modules: a leaf for torch.fx, which TorchRec's train pipeline traces with.
+torch.fx.wrap("replayed_logits")
+
+
+class SeveralEBCs(nn.Module):
+    """A user's model of several EBCs over the search's one EBC of all their tables: one lookup per step,
+    its pooled embeddings replayed to each of the model's EBCs (`UserHead`).
+
+    Args:
+        sparse: the one EBC (or a look-alike: elastic, gated).
+        model_factory: the user's factory, called with {EBC name: its view}.
+        ebc_features: {EBC name: its features}.
+    """
+
+    def __init__(
+        self, sparse: nn.Module, model_factory: ModelFactory, ebc_features: dict[str, list[str]]
+    ) -> None:
+        super().__init__()
+        self.sparse = sparse
+        configs = sparse.embedding_bag_configs()  # type: ignore[operator]
+        self.head = UserHead(model_factory, configs, ebc_features)
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        return replayed_logits(self.head, dense_features, self.sparse(sparse_features))
 
 
 class UserHeads:
     """Builds the user's model as the heads of a grouped model (`Task.head`), holding only the factory."""
 
-    def __init__(self, model_factory: ModelFactory) -> None:
-        self.model_factory = model_factory
+    def __init__(self, model_factory: ModelFactory, ebc_features: dict[str, list[str]] | None = None) -> None:
+        self.model_factory, self.ebc_features = model_factory, ebc_features
 
     def head(self, configs: list[EmbeddingBagConfig]) -> nn.Module:
-        return UserHead(self.model_factory, configs)
+        return UserHead(self.model_factory, configs, self.ebc_features)
 
 
 class UserModule(nn.Module):
@@ -275,6 +328,33 @@ class UserModule(nn.Module):
         return loss, (loss.detach(), logits.detach(), batch.labels)
 
 
+def flatten_tables(
+    tables: Sequence[EmbeddingBagConfig] | Mapping[str, Sequence[EmbeddingBagConfig]],
+) -> tuple[list[EmbeddingBagConfig], dict[str, list[str]] | None]:
+    """The tables of one EBC as given, or of several ({EBC name: its configs}) in one list, with each
+    EBC's features ({name: features}; None for one EBC). Checked by `check_tables`.
+
+    Raises:
+        ValueError: a mapping that is empty or whose keys are not names, naming what is wrong.
+    """
+    if not isinstance(tables, Mapping):
+        check_tables(tables)
+        return list(tables), None
+    if not tables:
+        raise ValueError("tables: an empty mapping; give {EBC name: its EmbeddingBagConfigs}")
+    flat: list[EmbeddingBagConfig] = []
+    features: dict[str, list[str]] = {}
+    for name, configs in tables.items():
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"tables: EBC name {name!r}; expected a non-empty name without '.'")
+        if isinstance(configs, EmbeddingBagConfig) or not configs:
+            raise ValueError(f"tables['{name}']: expected a non-empty list of EmbeddingBagConfigs")
+        flat.extend(configs)
+        features[name] = [n for c in configs for n in c.feature_names]
+    check_tables(flat)
+    return flat, features
+
+
 def check_tables(tables: Sequence[EmbeddingBagConfig]) -> None:
     """Raises a one-line ValueError unless `tables` are one EBC's configs, each feature in one table (a
     table may serve several features: one shared table, one dim)."""
@@ -300,7 +380,8 @@ def check_tables(tables: Sequence[EmbeddingBagConfig]) -> None:
         names.add(t.name)
 
 
-def _module_path(model: nn.Module, ebc: nn.Module) -> str:
+def module_path_of(model: nn.Module, ebc: nn.Module) -> str:
+    """Where `model` holds `ebc` (a dotted submodule path); a one-line error if it does not."""
     for name, m in model.named_modules():
         if m is ebc:
             return name
@@ -319,7 +400,7 @@ class UserTask(CTRTask):
     Args:
         cfg: the run config (`train`, `search`; `data` and `model` are not used).
         tables: the user's `EmbeddingBagConfig`s (the schema, in this order; a table of several features
-            is one shared table).
+            is one shared table), or {EBC name: configs} for a model of several EBCs.
         model_factory: `ebc -> model` (see the module doc).
         train: this rank's training batches.
         val: this rank's validation batches (scoring slices are their first rows).
@@ -341,7 +422,7 @@ class UserTask(CTRTask):
     def __init__(
         self,
         cfg: Config,
-        tables: Sequence[EmbeddingBagConfig],
+        tables: Sequence[EmbeddingBagConfig] | Mapping[str, Sequence[EmbeddingBagConfig]],
         model_factory: ModelFactory,
         train: Iterable[Any],
         val: Iterable[Any],
@@ -349,7 +430,7 @@ class UserTask(CTRTask):
         loss: Loss | None = None,
         train_steps_per_epoch: int = 0,
     ) -> None:
-        check_tables(tables)
+        flat, self.ebc_features = flatten_tables(tables)
         if not callable(model_factory):
             raise ValueError(
                 f"model_factory: a {type(model_factory).__name__}; expected a callable ebc -> model"
@@ -358,7 +439,7 @@ class UserTask(CTRTask):
             raise ValueError(f"loss: a {type(loss).__name__}; expected a callable (logits, labels) -> loss")
         if train_steps_per_epoch < 0:
             raise ValueError(f"train_steps_per_epoch: {train_steps_per_epoch}; expected >= 0 (0 = count)")
-        self.tables = list(tables)
+        self.tables = flat
         self.user_factory = model_factory
         self.loss: Loss = loss if loss is not None else F.binary_cross_entropy_with_logits
         self.train_steps = train_steps_per_epoch
@@ -383,8 +464,11 @@ class UserTask(CTRTask):
         super().__init__(cfg, data)
         # The factory once on meta: fails fast on a broken factory and finds where the user keeps the EBC.
         probe = EmbeddingBagCollection(tables=list(self.tables), device=torch.device("meta"))
-        self.module_path = _module_path(self.user_factory(probe), probe)
-        self.ebc_path = f"model.model.{self.module_path}" if self.module_path else "model.model"  # type: ignore[misc]
+        # Where the one EBC sits in the model UserModule wraps: `Logits.model.<the user's path>`, or for
+        # several EBCs `SeveralEBCs.sparse` (each of the user's EBCs is found when the result is exported).
+        inner = module_path_of(self.model_around(probe), probe)
+        self.ebc_path = f"model.{inner}"  # type: ignore[misc]
+        self.module_path = inner.removeprefix("model").removeprefix(".") if self.ebc_features is None else ""
 
     def _check_first_batches(self, splits: dict[str, BatchRows]) -> int:
         """num_dense of the first train batch; every split's first batch must match it and the tables."""
@@ -431,12 +515,15 @@ class UserTask(CTRTask):
         ]
 
     def model_around(self, sparse: nn.Module) -> nn.Module:
-        """The user's model around `sparse` (their EBC, or a look-alike: elastic, gated, replayed)."""
-        return Logits(self.user_factory(sparse))
+        """The user's model around `sparse` (their EBC, or a look-alike: elastic, gated, replayed); a model
+        of several EBCs gets them as views of `sparse`."""
+        if self.ebc_features is None:
+            return Logits(self.user_factory(sparse))
+        return SeveralEBCs(sparse, self.user_factory, self.ebc_features)
 
     def head(self, configs: list[EmbeddingBagConfig]) -> nn.Module:
         """The user's model over tables looked up elsewhere (one group's head of iHAS)."""
-        return UserHeads(self.user_factory).head(configs)
+        return UserHeads(self.user_factory, self.ebc_features).head(configs)
 
     def supernet_model(self, lookup: nn.Module, candidates: Sequence[int]) -> nn.Module:
         """The user's model around an elastic EBC over `lookup` (every table at max(candidates), zero-padded
@@ -457,7 +544,7 @@ class UserTask(CTRTask):
         ebc = EmbeddingBagCollection(
             tables=self._user_configs(arch.to_ebc_configs()), device=torch.device("meta")
         )
-        model = build_model(ebc) if build_model is not None else Logits(self.user_factory(ebc))
+        model = build_model(ebc) if build_model is not None else self.model_around(ebc)
         return UserModule(model, self.loss, extra_loss), ebc
 
     def steps_per_epoch(self, env: DistEnv) -> int:
