@@ -303,7 +303,7 @@ def test_weighted_columns_read_id_weight_pairs(tmp_path):
     assert torch.equal(tags[:, 0], torch.full((len(part),), 0.5))
     assert torch.equal(part.field_weights(1), torch.ones(len(part)))  # unweighted features weigh 1
     path.write_text("label,price,tags,site\n1,2,a:x|b:1,s\n")
-    with pytest.raises(ValueError, match="column 'tags' has 'a:x', not id:weight"):
+    with pytest.raises(ValueError, match=r"w.csv:2: 'a:x' in column 'tags' is not id:weight"):
         load_data(cfg)
     with pytest.raises(ValueError, match="data.weighted_columns: 'site' is not in data.multi_hot_columns"):
         load_data(_tabular(str(path), weighted_columns=["site"]))
@@ -413,3 +413,26 @@ def test_streamed_shared_table_features_share_one_vocabulary(tmp_path):
     )
     head = splits.train.head(50)
     assert int(head.field_ids(0).max()) < 8 and int(head.field_ids(1).max()) < 8
+
+
+def test_headerless_bag_columns_by_index_and_quoted_cells(tmp_path):
+    """Without a header, bag columns are named by their indices like `sparse_columns`; a quoted cell is
+    unquoted by the CSV reader first, so a delimiter inside quotes stays in the id and the separator
+    still splits the bag."""
+    path = tmp_path / "q.csv"
+    path.write_text("\n".join(['1,2,"x,1|y",s', "0,3,z,s"] * 10) + "\n")
+    cfg = DataConfig(
+        type="tabular",
+        path=str(path),
+        header=False,
+        label_column="0",
+        dense_columns=["1"],
+        sparse_columns=["2", "3"],
+        multi_hot_columns=["2"],
+        min_count=1,
+    )
+    splits = load_data(cfg)
+    assert splits.schema.sparse_names == ["c2", "c3"]
+    assert splits.schema.feature("c2").num_embeddings == 4  # OOV + "x,1", "y", "z"
+    lengths = torch.cat([p.field_lengths(0) for p in (splits.train, splits.val, splits.test)])
+    assert sorted(lengths.tolist()) == sorted([2, 1] * 10)

@@ -75,6 +75,12 @@ def _load(cfg: DataConfig, cache_dir: str) -> Splits:
         return load_criteo_binary(cfg)
     if cfg.type not in RAW_READERS:
         raise ValueError(f"data.type: '{cfg.type}' is not one of {', '.join(DATA_TYPES)}")
+    unbagged = sorted(set(cfg.weighted_columns) - set(cfg.multi_hot_columns))
+    if unbagged:
+        raise ValueError(
+            f"data.weighted_columns: {unbagged[0]!r} is not in data.multi_hot_columns; a weighted feature is "
+            "a bag of id:weight pairs (a bag of one for one id)"
+        )
     if cfg.multi_hot_columns and cfg.type not in ("tabular", "libfm"):
         raise ValueError(
             f"data.multi_hot_columns: bags of ids in columns are read by the tabular and libfm readers, not "

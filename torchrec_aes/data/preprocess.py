@@ -259,6 +259,14 @@ def _vocabulary_groups(names: list[str], shared: dict[str, list[str]]) -> list[l
     return list(groups.values())
 
 
+def column_names(cfg: DataConfig, specs: list[str]) -> list[str]:
+    """The sparse columns `specs` (e.g. `data.multi_hot_columns`) by the names readers give them: as
+    given, or for a headerless tabular file its 0-based indices as the reader names them, `c<i>`."""
+    if cfg.type == "tabular" and not cfg.header:
+        return [f"c{int(s)}" if str(s).strip().isdigit() else s for s in specs]
+    return list(specs)
+
+
 def split_bags(cells: np.ndarray, separator: str, max_ids: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """The ids of multi-hot cells: `cells` [N] str split on `separator` (empty parts dropped, so an empty
     cell is an empty bag), each bag cut to its first `max_ids` ids when `max_ids` > 0.
@@ -383,7 +391,7 @@ def preprocess(raw: RawTable, cfg: DataConfig) -> Splits:
         raise ValueError(f"data.hash_size: must be >= 0 (0 = build a vocabulary), got {cfg.hash_size}")
     train_idx, val_idx, test_idx = split_rows(n, cfg.split, cfg.split_seed)
     train_np = train_idx.numpy()
-    multi_hot = set(cfg.multi_hot_columns)
+    multi_hot = set(column_names(cfg, cfg.multi_hot_columns))
     unknown = sorted(multi_hot - set(raw.sparse_names))
     if unknown:
         raise ValueError(
@@ -392,12 +400,7 @@ def preprocess(raw: RawTable, cfg: DataConfig) -> Splits:
         )
     in_train = np.zeros(n, dtype=bool)
     in_train[train_np] = True
-    weighted = set(cfg.weighted_columns)
-    if weighted - multi_hot:
-        raise ValueError(
-            f"data.weighted_columns: {sorted(weighted - multi_hot)[0]!r} is not in data.multi_hot_columns; a "
-            "weighted feature is a bag of id:weight pairs (a bag of one for one id)"
-        )
+    weighted = set(column_names(cfg, cfg.weighted_columns))
 
     tokens, lengths, train_rows = [], [], []
     weights: list[np.ndarray | None] = []

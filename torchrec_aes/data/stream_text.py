@@ -53,6 +53,7 @@ from torchrec_aes.data.preprocess import (
     RawTable,
     _vocabulary_groups,
     as_str_array,
+    column_names,
     group_values,
     hash_ids,
     split_bags,
@@ -229,7 +230,7 @@ def convert(cfg: DataConfig, out: str) -> None:
     def count(part: RawTable) -> None:
         nonlocal seen
         if not multi:
-            multi.extend(name in cfg.multi_hot_columns for name in part.sparse_names)
+            multi.extend(name in column_names(cfg, cfg.multi_hot_columns) for name in part.sparse_names)
             groups.extend(_vocabulary_groups(part.sparse_names, cfg.shared_tables))
             for s in range(3):
                 id_totals[s].extend([0] * len(part.sparse_names))

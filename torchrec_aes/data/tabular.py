@@ -17,14 +17,15 @@ Example::
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from torchrec_aes.config import DataConfig
-from torchrec_aes.data.preprocess import RawTable, parse_labels, parse_numbers, str_array
+from torchrec_aes.data.preprocess import RawTable, column_names, parse_labels, parse_numbers, str_array
 from torchrec_aes.data.textfile import (
     STREAM_ERRORS,
     TableBuilder,
@@ -55,6 +56,8 @@ class Columns:
         sparse_names: names of the categorical columns.
         count_hint: what a row should look like, for the wrong-column-count error.
         integer_dense: dense values must be integers (Criteo counts), not just numbers.
+        weighted: indices (into `sparse`) of weighted bag columns: `id:weight` pairs split by `separator`.
+        separator: the bag separator of weighted columns.
     """
 
     num_columns: int
@@ -66,6 +69,8 @@ class Columns:
     sparse_names: list[str]
     count_hint: str
     integer_dense: bool = False
+    weighted: list[int] = field(default_factory=list)
+    separator: str = "|"
 
 
 def _parse_chunk(
@@ -93,6 +98,16 @@ def _parse_chunk(
                 lines[i], f"{kind} value {str(text[i])!r} in column {name!r} (expected {expect})"
             )
         bad |= bad_k
+    for k in columns.weighted:  # id:weight pairs: a bad weight is a malformed row, like a bad number
+        name = columns.sparse_names[k]
+        for row, cell in enumerate(cols[columns.sparse[k]]):  # (Python strings: a cell at a time)
+            pair = next((p for p in cell.split(columns.separator) if p and not _is_weighted_id(p)), None)
+            if pair is not None:
+                errors.setdefault(
+                    lines[row],
+                    f"{pair!r} in column {name!r} is not id:weight (expected a number after the last ':')",
+                )
+                bad[row] = True
     keep = ~bad
     return RawTable(
         dense=dense[keep],
@@ -102,6 +117,15 @@ def _parse_chunk(
         sparse_names=list(columns.sparse_names),
         label_name=columns.label_name,
     )
+
+
+def _is_weighted_id(pair: str) -> bool:
+    """Whether `pair` is `id:weight` with a finite number as weight."""
+    _, colon, weight = pair.rpartition(":")
+    try:
+        return bool(colon) and math.isfinite(float(weight))
+    except ValueError:
+        return False
 
 
 def _flush(
@@ -317,6 +341,8 @@ def _resolve_columns(cfg: DataConfig, path: str, first: list[str], header: bool)
         dense_names=[names[i] for i in dense],
         sparse_names=[names[i] for i in sparse],
         count_hint=f"expected {len(first)}, as in {source}, separated by {parse_delimiter(cfg.delimiter)!r}",
+        weighted=[k for k, i in enumerate(sparse) if names[i] in column_names(cfg, cfg.weighted_columns)],
+        separator=cfg.multi_hot_separator,
     )
 
 
