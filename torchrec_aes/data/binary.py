@@ -99,7 +99,11 @@ def find_days(directory: str) -> DayFiles:
             if not os.path.exists(path):
                 raise ValueError(f"{path}: missing (day {d} has {files['dense']})")
             try:
+                if not path.endswith(".npz"):
+                    check_npy(path, integer=kind == "sparse")
                 shape = sparse_shape(path) if kind == "sparse" else BinaryCriteoUtils.get_shape_from_npy(path)
+            except _BadNpy as e:
+                raise ValueError(f"{path}: {e}") from None
             except ValueError as e:
                 raise ValueError(f"{path}: not a .npy file ({e})") from e
             if len(shape) != 2:
@@ -119,12 +123,52 @@ def find_days(directory: str) -> DayFiles:
         labels.append(files["labels"])
         rows.append(int(shapes["dense"][0]))
         d += 1
+    later = sorted(
+        int(name.split("_")[1])
+        for name in os.listdir(directory)
+        if name.startswith("day_") and name.endswith("_dense.npy") and name.split("_")[1].isdigit()
+    )
+    if later and later[-1] >= d:
+        raise ValueError(
+            f"data.path: '{directory}' has day_{later[-1]}_dense.npy but no day_{d}_dense.npy: days must be "
+            f"day_0, day_1, ... without a gap (the last day is validation and test)"
+        )
     if d < 2:
         raise ValueError(
             f"data.path: '{directory}' needs at least 2 days (day_0_dense.npy, day_1_dense.npy, ...: "
             f"training days, the last one is split into validation and test); found {d}"
         )
     return DayFiles(dense, sparse, labels, rows)
+
+
+class _BadNpy(ValueError):
+    """A day file whose header or size cannot be right (reported as the file's one-line error)."""
+
+
+def check_npy(path: str, integer: bool = False) -> None:
+    """A .npy day file that can be read as the rows it declares: C order, the whole size its header
+    declares, integer values where ids are expected.
+
+    Raises:
+        ValueError: naming what is wrong (the caller names the file).
+    """
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read_header = (
+            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(f)
+        start = f.tell()
+    if fortran:
+        raise _BadNpy("Fortran-ordered (column-major) array; save it in C order (np.ascontiguousarray)")
+    if integer and dtype.kind not in "iu":
+        raise _BadNpy(f"{dtype} values; ids must be integers")
+    expected = start + int(np.prod(shape)) * dtype.itemsize
+    actual = os.path.getsize(path)
+    if actual < expected:
+        raise _BadNpy(
+            f"truncated: {actual} bytes, its header declares {tuple(shape)} {dtype} ({expected} bytes)"
+        )
 
 
 def _npz_members(path: str) -> list[tuple[int, tuple[int, ...], np.dtype]]:
@@ -237,6 +281,58 @@ def load_sparse_range(path: str, left: int, count: int, columns: list[int] | Non
     )
 
 
+def check_chunk(
+    files: DayFiles,
+    f: int,
+    left: int,
+    dense: np.ndarray,
+    labels: np.ndarray,
+    ids: CTRData,
+    columns: list[int],
+    limits: list[int] | None,
+) -> None:
+    """One-line errors naming file, row and column for what would train silently wrong: a dense value that
+    is not finite, a label other than 0/1, a negative id, an id beyond its table (`limits`: rows per
+    column read; None when ids are hashed modulo the table size).
+
+    Raises:
+        ValueError: the first bad value.
+    """
+    finite = np.isfinite(dense)
+    if not finite.all():
+        row, col = np.argwhere(~finite)[0]
+        raise ValueError(
+            f"{files.dense[f]}: row {left + row}, column {col}: dense value {dense[row, col]} (expected a "
+            "finite number)"
+        )
+    flat = labels.reshape(-1)
+    bad = np.flatnonzero((flat != 0) & (flat != 1))
+    if len(bad):
+        raise ValueError(f"{files.labels[f]}: row {left + bad[0]}: label {flat[bad[0]]} (expected 0 or 1)")
+    path = files.sparse[f]
+    if ids.lengths is None:  # one matrix test for one-hot ids; the loop below only finds the culprit
+        matrix = ids.sparse.numpy()
+        outside = matrix < 0 if limits is None else (matrix < 0) | (matrix >= np.asarray(limits))
+        if not outside.any():
+            return
+    for j, col in enumerate(columns):
+        values = ids.field_ids(j)
+        limit = limits[j] if limits is not None else None
+        out = (values < 0) if limit is None else ((values < 0) | (values >= limit))
+        if not values.numel() or not bool(out.any()):
+            continue
+        k = int(torch.nonzero(out)[0])
+        lengths = ids.field_lengths(j)
+        row = k if ids.lengths is None else int(torch.searchsorted(lengths.cumsum(0), k, right=True))
+        value = int(values[k])
+        if value < 0:
+            raise ValueError(f"{path}: row {left + row}, column {col}: negative id {value}")
+        raise ValueError(
+            f"{path}: row {left + row}, column {col}: id {value} is beyond the table's {limit} rows (a stale "
+            f"{VOCAB_FILE} beside the files? it is rebuilt when deleted)"
+        )
+
+
 class BinaryRows:
     """Rows `[start, start + length)` of the concatenated day files, streamed in chunks (see `Rows`).
 
@@ -247,6 +343,8 @@ class BinaryRows:
         columns: sparse columns to read, in this order (None: all).
         hashes: per sparse column of the files, ids are taken modulo this (None: as stored).
         chunk_rows: rows read at once (and the shuffle window).
+        sizes: per sparse column of the files, its table's rows: ids at or beyond are refused as read
+            (None: not checked; with `hashes`, ids are taken modulo instead).
     """
 
     def __init__(
@@ -257,9 +355,10 @@ class BinaryRows:
         columns: list[int] | None = None,
         hashes: list[int] | None = None,
         chunk_rows: int = 65536,
+        sizes: list[int] | None = None,
     ) -> None:
         self.files, self.start, self.length = files, start, length
-        self.columns, self.hashes, self.chunk_rows = columns, hashes, chunk_rows
+        self.columns, self.hashes, self.chunk_rows, self.sizes = columns, hashes, chunk_rows, sizes
 
     def __len__(self) -> int:
         return self.length
@@ -267,7 +366,9 @@ class BinaryRows:
     def select(self, columns: list[int]) -> BinaryRows:
         base = self.columns if self.columns is not None else None
         mapped = [base[c] for c in columns] if base is not None else list(columns)
-        return BinaryRows(self.files, self.start, self.length, mapped, self.hashes, self.chunk_rows)
+        return BinaryRows(
+            self.files, self.start, self.length, mapped, self.hashes, self.chunk_rows, self.sizes
+        )
 
     def rank_ranges(self, rank: int, world_size: int) -> list[tuple[int, int, int]]:
         """(file, first row in the file, rows) of this rank's share: TorchRec's contiguous per-rank range,
@@ -287,15 +388,18 @@ class BinaryRows:
         return out
 
     def _read(self, f: int, left: int, count: int) -> CTRData:
-        """Rows `[left, left + count)` of day file `f` (TorchRec's `load_npy_range`, no mmap)."""
+        """Rows `[left, left + count)` of day file `f` (TorchRec's `load_npy_range`, no mmap), checked as
+        they are read (`check_chunk`)."""
         dense = BinaryCriteoUtils.load_npy_range(self.files.dense[f], left, count)
         labels = BinaryCriteoUtils.load_npy_range(self.files.labels[f], left, count)
+        ids = load_sparse_range(self.files.sparse[f], left, count, self.columns)
+        cols = self.columns if self.columns is not None else list(range(ids.num_fields))
+        limits = None if self.hashes is not None or self.sizes is None else [self.sizes[c] for c in cols]
+        check_chunk(self.files, f, left, dense, labels, ids, cols, limits)
         dense_t = torch.from_numpy(np.ascontiguousarray(dense, dtype=np.float32))
         labels_t = torch.from_numpy(labels.reshape(-1).astype(np.float32))
-        ids = load_sparse_range(self.files.sparse[f], left, count, self.columns)
         values = ids.sparse
         if self.hashes is not None:
-            cols = self.columns if self.columns is not None else range(len(self.hashes))
             hashes = torch.tensor([self.hashes[c] for c in cols])
             # ids modulo their feature's size: per column, or per id of each feature's bags
             values = values % (
@@ -350,7 +454,9 @@ class BinaryRows:
             yield make_batch(pending, torch.arange(len(pending)), keys)
 
     def head(self, n: int) -> CTRData:
-        whole = BinaryRows(self.files, self.start, min(n, self.length), self.columns, self.hashes)
+        whole = BinaryRows(
+            self.files, self.start, min(n, self.length), self.columns, self.hashes, sizes=self.sizes
+        )
         parts = [whole._read(f, left, rows) for f, left, rows in whole._chunks(0, 1)]
         if not parts:
             return CTRData(torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.int64), torch.zeros(0))
@@ -471,7 +577,7 @@ def load_criteo_binary(cfg: DataConfig) -> Splits:
     chunk = cfg.stream_chunk_rows
 
     def rows(start: int, length: int) -> Rows:
-        return BinaryRows(files, start, length, None, hashes, chunk)
+        return BinaryRows(files, start, length, None, hashes, chunk, sizes)
 
     start_last = sum(files.rows[:last])
     splits = Splits(
