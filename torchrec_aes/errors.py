@@ -13,7 +13,7 @@ Which exceptions are user errors (`user_error_message`):
   is not one: those libraries also use it for their own internal failures;
 * YAML syntax errors (config, architecture files);
 * `OSError`s about a path: missing, a directory where a file is expected (or the reverse), no permission,
-  read-only file system, disk full, name too long.
+  read-only file system, disk full, an I/O error, name too long.
 
 Example::
 
@@ -37,7 +37,9 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 # OSErrors that say something about a path the user gave rather than about this program.
 _PATH_ERRORS = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError, PermissionError)
-_PATH_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM}
+_PATH_ERRNOS = {
+    errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EIO,
+}  # fmt: skip
 
 
 class UserError(ValueError):

@@ -194,3 +194,25 @@ def test_checkpoint_of_an_older_version_without_manifests_still_resumes(runs, tm
     assert any("without checksums" in w for w in _our_warnings(caplog))
     assert "resumed train after epoch 1" in caplog.text
     _same_run(resumed, whole)
+
+
+def test_a_disk_full_checkpoint_save_is_a_one_line_error_naming_the_checkpoint():
+    """DCP wraps a rank's OSError in a CheckpointException (a BaseException the CLI's handler would
+    miss); the checkpointer turns it into an OSError naming the checkpoint directory."""
+    import errno  # only this test needs it
+
+    from torch.distributed.checkpoint.api import CheckpointException, _wrap_exception
+
+    from torchrec_aes.errors import user_error_message
+    from torchrec_aes.train.checkpoint import saving_error
+
+    try:
+        raise OSError(errno.ENOSPC, "No space left on device")
+    except OSError as e:
+        wrapped = CheckpointException("save failed", {0: _wrap_exception(e)})
+    error = saving_error(wrapped, "/runs/x/checkpoints/train/epoch_3")
+    assert isinstance(error, OSError) and error.errno == errno.ENOSPC
+    message = user_error_message(error)
+    assert message == "/runs/x/checkpoints/train/epoch_3: saving a checkpoint failed: No space left on device"
+    other = CheckpointException("save failed", {0: _wrap_exception(RuntimeError("a bug"))})
+    assert saving_error(other, "p") is other  # not a user error: the traceback stays

@@ -33,6 +33,7 @@ read of the files on rank 0 per save and per resume (sha256, about 1-2 GB/s).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -42,6 +43,7 @@ from typing import Any
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from torchrec_aes.errors import CheckpointError
 from torchrec_aes.io import join, remove_tree, write_text_atomic
@@ -124,6 +126,19 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def saving_error(exc: CheckpointException, path: str) -> BaseException:
+    """What to raise for a failed DCP save: a rank's `OSError` (disk full, I/O error, no permission) as
+    an `OSError` naming the checkpoint directory (a one-line user error in the CLI), else `exc` itself.
+
+    DCP wraps every rank's failure in a `CheckpointException`, a `BaseException` that `except Exception`
+    does not catch."""
+    for failure, _ in exc.failures.values():
+        if isinstance(failure, OSError):
+            what = failure.strerror or str(failure)
+            return OSError(failure.errno or errno.EIO, f"saving a checkpoint failed: {what}", path)
+    return exc
+
+
 class Checkpointer:
     """Saves and restores (model, optimizer, trainer state) per epoch, with checksums and an identity.
 
@@ -172,7 +187,10 @@ class Checkpointer:
         if self.is_main:
             remove_tree(path)  # an interrupted save, or a corrupt epoch a resume fell back from
         _barrier()
-        dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=path)
+        try:
+            dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=path)
+        except CheckpointException as e:
+            raise saving_error(e, path) from None
         _barrier()
         if self.is_main:
             files = {}
