@@ -464,3 +464,27 @@ def test_a_missing_test_file_names_data_test_path(tmp_path: Path) -> None:
         load_interactions(
             DataConfig(type="interactions", path=str(train), test_path=str(tmp_path / "nope.txt"))
         )
+
+
+@pytest.mark.parametrize("value", ["nan", "NaN", "inf", "-Infinity"])
+@pytest.mark.parametrize("streaming", ["never", "always"])
+def test_a_literal_nan_or_inf_dense_value_is_a_bad_value_not_a_missing_one(
+    tmp_path: Path, value, streaming
+) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text(
+        "label,price,site\n" + "".join(f"{i % 2},{value if i == 4 else i},s{i % 3}\n" for i in range(40))
+    )
+    cfg = DataConfig(
+        type="tabular",
+        path=str(path),
+        label_column="label",
+        dense_columns=["price"],
+        sparse_columns=["site"],
+        streaming=streaming,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    with pytest.raises(
+        ValueError, match=rf"d.csv:6: non-numeric value '{value}' in column 'price' \(expected a finite"
+    ):
+        load_data(cfg)

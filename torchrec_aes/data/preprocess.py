@@ -123,7 +123,8 @@ def parse_numbers(values: np.ndarray, integer: bool) -> tuple[np.ndarray, np.nda
 
     Args:
         values: [n] str.
-        integer: only integers are valid (Criteo counts); otherwise any finite number.
+        integer: only integers are valid (Criteo counts); otherwise any finite number ("nan" and "inf" are
+            bad values, not missing ones: only "" is missing).
 
     Returns:
         numbers [n] float64 (NaN where missing or bad) and bad [n] bool.
@@ -135,8 +136,8 @@ def parse_numbers(values: np.ndarray, integer: bool) -> tuple[np.ndarray, np.nda
         # numpy's string casts parse in C; a failure only tells us *that* some cell is bad, so the
         # per-cell loop below runs just for chunks that contain one.
         numbers = filled.astype(np.int64).astype(np.float64) if integer else filled.astype(np.float64)
-        if not integer:
-            bad = ~np.isfinite(numbers) & ~np.isnan(numbers)
+        if not integer:  # "nan" / "inf" parse as numbers but are not finite ones: bad, not missing
+            bad = ~np.isfinite(numbers)
     except (ValueError, OverflowError):
         numbers = np.empty(len(values), dtype=np.float64)
         for i, text in enumerate(filled.tolist()):
@@ -146,7 +147,7 @@ def parse_numbers(values: np.ndarray, integer: bool) -> tuple[np.ndarray, np.nda
                 numbers[i] = np.nan
                 bad[i] = True
             else:
-                bad[i] = not integer and np.isinf(numbers[i])
+                bad[i] = not integer and not np.isfinite(numbers[i])
     numbers[missing | bad] = np.nan
     return numbers, bad
 

@@ -88,7 +88,7 @@ def _parse_chunk(
     kind, expect = (
         ("non-integer", "an integer or empty")
         if columns.integer_dense
-        else ("non-numeric", "a number or empty")
+        else ("non-numeric", "a finite number or empty")
     )
     for k, (j, name) in enumerate(zip(columns.dense, columns.dense_names, strict=True)):
         text = str_array(cols[j])
