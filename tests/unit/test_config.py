@@ -82,3 +82,21 @@ def test_a_method_sections_bad_value_is_refused_when_the_config_loads(override: 
     # Whatever search.method is: the section's own checks run in load_config, before any data is read.
     with pytest.raises(ConfigError, match=override.split("=")[0].replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_a_key_given_twice_or_an_empty_file_is_refused_not_silently_resolved(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  epochs: 2\n  seed: 1\n  epochs: 5\n")
+    with pytest.raises(
+        ConfigError, match=r"twice.yaml:4:3: .*key 'epochs' appears twice \(first on line 2\)"
+    ):
+        load_config(str(twice))
+    sections = tmp_path / "sections.yaml"
+    sections.write_text("train:\n  epochs: 2\nsearch:\n  method: uniform\ntrain:\n  seed: 3\n")
+    with pytest.raises(ConfigError, match=r"key 'train' appears twice \(first on line 1\)"):
+        load_config(str(sections))
+    for text in ("", "# nothing here\n"):
+        empty = tmp_path / "empty.yaml"
+        empty.write_text(text)
+        with pytest.raises(ConfigError, match=r"empty.yaml: empty \(no settings\)"):
+            load_config(str(empty))

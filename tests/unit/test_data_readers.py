@@ -208,7 +208,10 @@ def test_tabular_column_index_out_of_range_without_header_is_an_error(tmp_path):
     "bad_row, message",
     [
         ("2,a,1,3", r":3: 4 columns \(expected 5, as in the header"),
-        ("2,a,1,cheap,b", r":3: non-numeric value 'cheap' in column 'price' \(expected a finite number or empty\)"),
+        (
+            "2,a,1,cheap,b",
+            r":3: non-numeric value 'cheap' in column 'price' \(expected a finite number or empty\)",
+        ),
         ("2,a,yes,3,b", r":3: label 'yes' in column 'click' \(expected 0 or 1\)"),
     ],
     ids=["column-count", "dense", "label"],
