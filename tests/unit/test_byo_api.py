@@ -223,6 +223,25 @@ def test_bad_input_is_a_one_line_value_error_naming_what_is_wrong() -> None:
     _raises_one_line("train: a generator can be read only once", user_tables(), (b for b in good), good)
     small = [dataclasses.replace(t, num_embeddings=5) for t in user_tables()]
     _raises_one_line("feature 'user_id' has ids in .* its table has 5 rows", small, good, good)
+    # Checked on every batch as it is read, not only the first: a bad value later in a split.
+    later = list(random_batches(4, 0))
+    later[3] = _with(later[3], labels=later[3].labels.float().index_fill_(0, torch.tensor([5]), 2.0))
+    _raises_one_line(
+        r"train batch 3: label 2.0; expected binary labels in \[0, 1\]", user_tables(), later, good
+    )
+    later[3] = _with(later[3], labels=torch.full_like(later[3].labels.float(), float("nan")))
+    _raises_one_line(r"train batch 3: label nan", user_tables(), later, good)
+    shifted = KeyedJaggedTensor.from_lengths_sync(
+        keys=good[1].sparse_features.keys(),
+        values=good[1].sparse_features.values() + 10_000,
+        lengths=good[1].sparse_features.lengths(),
+    )
+    _raises_one_line(
+        r"val batch 1: feature 'user_id' has ids in .* 400 rows",
+        user_tables(),
+        good,
+        [good[0], _with(good[1], sparse_features=shifted)],
+    )
 
 
 def test_a_budget_below_the_smallest_architecture_names_the_minimum() -> None:

@@ -101,25 +101,50 @@ class BatchRows:
         world_size: ranks (each passes its own loader).
     """
 
-    def __init__(self, source: Iterable[Any], name: str, keys: Sequence[str], world_size: int = 1) -> None:
+    def __init__(
+        self,
+        source: Iterable[Any],
+        name: str,
+        keys: Sequence[str],
+        world_size: int = 1,
+        rows: dict[str, int] | None = None,
+    ) -> None:
         if isinstance(source, Iterator):
             raise ValueError(
                 f"{name}: a {type(source).__name__} can be read only once; pass a re-iterable (a list, a "
                 "DataLoader, an IterableDataset), since every epoch and evaluation reads the split again"
             )
         self.source, self.name, self.keys, self.world_size = source, name, list(keys), world_size
+        self.rows = rows
         self._count: tuple[int, int] | None = None  # (batches, rows)
 
     def _batch(self, item: Any, i: int) -> Batch:
-        batch = _as_batch(item, f"{self.name} batch {i}")
+        """Batch `i` of the source, checked: its keys, labels in [0, 1] and ids within their tables (on
+        every batch, as it is read: a bad value later in a split would train silently wrong)."""
+        where = f"{self.name} batch {i}"
+        batch = _as_batch(item, where)
         if batch.sparse_features.keys() != self.keys:
             have = batch.sparse_features.keys()
             if set(have) != set(self.keys):
                 missing, extra = sorted(set(self.keys) - set(have)), sorted(set(have) - set(self.keys))
                 raise ValueError(
-                    f"{self.name} batch {i}: KJT keys {have} do not match the tables' feature names "
+                    f"{where}: KJT keys {have} do not match the tables' feature names "
                     f"{self.keys} (missing: {missing or 'none'}; not in any table: {extra or 'none'})"
                 )
+        labels = batch.labels
+        if labels.numel() and not bool(((labels >= 0) & (labels <= 1)).all()):  # NaN fails both
+            bad = labels[~((labels >= 0) & (labels <= 1))][0]
+            raise ValueError(
+                f"{where}: label {float(bad)}; expected binary labels in [0, 1] (the search scores by AUC)"
+            )
+        if self.rows is not None:
+            for key, jt in batch.sparse_features.to_dict().items():
+                ids = jt.values()
+                if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.rows[key]):
+                    raise ValueError(
+                        f"{where}: feature '{key}' has ids in [{int(ids.min())}, {int(ids.max())}] "
+                        f"but its table has {self.rows[key]} rows (num_embeddings)"
+                    )
         return batch
 
     def count(self) -> tuple[int, int]:
@@ -446,8 +471,9 @@ class UserTask(CTRTask):
         self._steps: int | None = None
         env = init_distributed()
         keys = [n for t in self.tables for n in t.feature_names]
+        rows = {n: t.num_embeddings for t in self.tables for n in t.feature_names}
         splits = {
-            name: BatchRows(src, name, keys, env.world_size)
+            name: BatchRows(src, name, keys, env.world_size, rows)
             for name, src in (("train", train), ("val", val), ("test", val if test is None else test))
         }
         num_dense = self._check_first_batches(splits)
@@ -471,8 +497,8 @@ class UserTask(CTRTask):
         self.module_path = inner.removeprefix("model").removeprefix(".") if self.ebc_features is None else ""
 
     def _check_first_batches(self, splits: dict[str, BatchRows]) -> int:
-        """num_dense of the first train batch; every split's first batch must match it and the tables."""
-        rows = {n: t.num_embeddings for t in self.tables for n in t.feature_names}
+        """num_dense of the first train batch; every split's first batch must match it (labels and ids are
+        checked on every batch as read)."""
         num_dense = -1
         for name, split in splits.items():
             batch = split.first()
@@ -482,19 +508,6 @@ class UserTask(CTRTask):
                 raise ValueError(
                     f"{name} batch 0: {batch.dense_features.shape[1]} dense features; train has {num_dense}"
                 )
-            labels = batch.labels
-            if labels.numel() and (labels.min() < 0 or labels.max() > 1):
-                raise ValueError(
-                    f"{name} batch 0: labels in [{float(labels.min())}, {float(labels.max())}]; expected "
-                    "binary labels in [0, 1] (the search scores by AUC)"
-                )
-            for key, jt in batch.sparse_features.to_dict().items():
-                ids = jt.values()
-                if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= rows[key]):
-                    raise ValueError(
-                        f"{name} batch 0: feature '{key}' has ids in [{int(ids.min())}, {int(ids.max())}] "
-                        f"but its table has {rows[key]} rows (num_embeddings)"
-                    )
         return num_dense
 
     @classmethod
