@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import torch
+
 from tests.helpers import tiny_config, tiny_splits
 from torchrec_aes.architecture import Architecture
 from torchrec_aes.tasks.ctr import CTRTask
+from torchrec_aes.train.hooks import TrainHooks
 from torchrec_aes.train.trainer import Trainer
 
 
@@ -20,5 +23,31 @@ def test_ctr_training_resumed_after_an_epoch_equals_an_uninterrupted_run_bit_for
     cfg.train.epochs = 3
     resumed = Trainer(cfg, CTRTask(cfg, splits), arch, str(tmp_path / "part")).fit()
     assert [h["epoch"] for h in resumed["history"]] == [0, 1, 2]
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in whole["history"]]
+    assert resumed["test"] == whole["test"]
+
+
+class _DrawsNoise(TrainHooks):
+    """A training loss that draws from the global generator each step (as iHAS's sampled gates do)."""
+
+    def extra_loss(self, batch, outputs):
+        return 0.1 * (outputs * torch.rand(outputs.shape)).mean()
+
+
+def test_a_resumed_run_continues_the_global_random_generators(tmp_path) -> None:
+    """Without the generators in the checkpoint, a resumed run redraws the noise of its first epoch."""
+    splits = tiny_splits(n=2000)
+    cfg = tiny_config()
+    cfg.train.epochs, cfg.train.patience = 3, 5
+    arch = Architecture.uniform(splits.schema, 8)
+
+    def run(directory: str, epochs: int) -> dict:
+        cfg.train.epochs = epochs
+        return Trainer(cfg, CTRTask(cfg, splits), arch, str(tmp_path / directory), hooks=_DrawsNoise()).fit()
+
+    whole = run("whole", 3)
+    run("part", 1)
+    torch.rand(1000)  # whatever happened in the process in between
+    resumed = run("part", 3)
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in whole["history"]]
     assert resumed["test"] == whole["test"]

@@ -38,15 +38,18 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 from typing import Any
 
+import numpy as np
+import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
 
 from torchrec_aes.errors import CheckpointError
-from torchrec_aes.io import join, remove_tree, write_text_atomic
+from torchrec_aes.io import exists, join, load_torch, remove_tree, save_torch_atomic, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +192,9 @@ class Checkpointer:
         _barrier()
         try:
             dcp.save({"model": model.state_dict(), "optim": optimizer.state_dict()}, checkpoint_id=path)
+            # Each rank's random generators: what it draws next (dropout, iHAS's gate samples) resumes
+            # exactly; listed in the manifest and checked like the weights.
+            save_torch_atomic(self._rng_file(epoch), rng_state())
         except CheckpointException as e:
             raise saving_error(e, path) from None
         _barrier()
@@ -380,6 +386,34 @@ class Checkpointer:
         model.load_state_dict(state["model"])
         if optimizer is not None:
             optimizer.load_state_dict(state["optim"])
+            # Resuming training (not restoring weights to test them): the generators continue too.
+            if exists(self._rng_file(epoch)):  # checkpoints written before generator states had none
+                set_rng_state(load_torch(self._rng_file(epoch), weights_only=False))
+
+    def _rng_file(self, epoch: int) -> str:
+        rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+        return join(self._epoch_dir(epoch), f"rng_rank{rank}.pt")
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's random generators: torch (CPU and CUDA), numpy and Python's."""
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Puts back what `rng_state` saved."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def _short(e: BaseException) -> str:
