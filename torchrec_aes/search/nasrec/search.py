@@ -81,14 +81,30 @@ def seed_graphs(ncfg: NASRecConfig, space: BlockSpace, model: Any) -> dict[str, 
     return graphs
 
 
+def _scores_digest(scores: Any) -> str:
+    return hashlib.sha256(json.dumps(scores, sort_keys=True).encode()).hexdigest()
+
+
+def _save_scores(path: str, identity: dict[str, Any], scores: dict[str, dict[str, float]]) -> None:
+    """The scored subnets with the run's identity and a checksum of the scores (an edit is noticed)."""
+    blob = {"identity": identity, "scores": scores, "sha256": _scores_digest(scores)}
+    write_text_atomic(path, json.dumps(blob))
+
+
 def _load_scores(path: str, identity: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """The saved scores of this run; {} (rescore) for another run's, or a damaged or edited file (said in
+    one log line): a wrong score would silently pick another architecture."""
     if not exists(path):
         return {}
     try:
         blob = json.loads(read_text(path))
     except ValueError:
-        return {}  # a damaged file costs a rescoring, nothing else
-    return blob.get("scores", {}) if blob.get("identity") == identity else {}
+        blob = None
+    scores = blob.get("scores") if isinstance(blob, dict) else None
+    if not isinstance(scores, dict) or blob.get("sha256") != _scores_digest(scores):  # type: ignore[union-attr]
+        logger.warning("%s: damaged or edited (its checksum does not match); the subnets are rescored", path)
+        return {}
+    return scores if blob.get("identity") == identity else {}  # type: ignore[union-attr]
 
 
 def train_supernet(
@@ -279,7 +295,7 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
     def checkpoint(gen: int, result: EvolutionResult) -> None:
         bar.update(1)
         if path and env.is_main:
-            write_text_atomic(path, json.dumps({"identity": identity, "scores": scorer.cache}))
+            _save_scores(path, identity, scorer.cache)
         if writer:
             writer.add_scalar("evolution/best_score", result.best_per_generation[-1], gen + 1)
             writer.add_scalar("evolution/scored", len(result.scored), gen + 1)
