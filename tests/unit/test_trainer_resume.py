@@ -51,3 +51,24 @@ def test_a_resumed_run_continues_the_global_random_generators(tmp_path) -> None:
     resumed = run("part", 3)
     assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in whole["history"]]
     assert resumed["test"] == whole["test"]
+
+
+def test_a_run_directory_with_other_data_of_the_same_shape_is_refused_at_start(tmp_path) -> None:
+    """Flipped labels (or another split seed) keep every shape: the data's content digest tells them apart."""
+    import pytest  # only here
+
+    from torchrec_aes.data.dataset import CTRData, Splits
+    from torchrec_aes.errors import CheckpointError
+
+    splits = tiny_splits(n=1500)
+    cfg = tiny_config()
+    cfg.train.epochs = 1
+    arch = Architecture.uniform(splits.schema, 8)
+    Trainer(cfg, CTRTask(cfg, splits), arch, str(tmp_path / "run")).fit()
+    flipped = Splits(
+        splits.schema,
+        *(CTRData(p.dense, p.sparse, 1.0 - p.labels) for p in (splits.train, splits.val, splits.test)),
+    )
+    cfg.train.epochs = 2
+    with pytest.raises(CheckpointError, match=r"data\.content \"[0-9a-f]+\" vs \"[0-9a-f]+\""):
+        Trainer(cfg, CTRTask(cfg, flipped), arch, str(tmp_path / "run")).fit()

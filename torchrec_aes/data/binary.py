@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import zipfile
@@ -363,6 +364,12 @@ class BinaryRows:
     def __len__(self) -> int:
         return self.length
 
+    def digest(self) -> str:
+        """Of the rows' content: every day file's sampled digest, the row range, columns and hashing."""
+        paths = self.files.dense + self.files.sparse + self.files.labels
+        spec = [[sampled_digest(p) for p in paths], self.start, self.length, self.columns, self.hashes]
+        return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
+
     def select(self, columns: list[int]) -> BinaryRows:
         base = self.columns if self.columns is not None else None
         mapped = [base[c] for c in columns] if base is not None else list(columns)
@@ -461,6 +468,24 @@ class BinaryRows:
         if not parts:
             return CTRData(torch.zeros(0, 0), torch.zeros(0, 0, dtype=torch.int64), torch.zeros(0))
         return concat_rows(parts)
+
+
+SAMPLED_BLOCKS = 64
+SAMPLED_BLOCK_BYTES = 1 << 16
+
+
+def sampled_digest(path: str) -> str:
+    """A digest of a file's size and of `SAMPLED_BLOCKS` blocks spread over it (the first and last
+    included): a file rewritten in place (other labels, other ids) gets another digest without reading
+    it whole; an edit confined to the bytes between blocks is not seen."""
+    size = os.path.getsize(path)
+    digest = hashlib.sha256(str(size).encode())
+    starts = np.linspace(0, max(size - SAMPLED_BLOCK_BYTES, 0), SAMPLED_BLOCKS).astype(np.int64)
+    with open(path, "rb") as f:
+        for start in sorted(set(starts.tolist())):
+            f.seek(start)
+            digest.update(f.read(SAMPLED_BLOCK_BYTES))
+    return digest.hexdigest()[:16]
 
 
 def files_key(files: DayFiles) -> list[list]:

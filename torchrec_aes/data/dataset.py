@@ -14,9 +14,10 @@ files in chunks, so memory is bounded by the chunk, not by the data set.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torchrec.datasets.utils import Batch
@@ -172,6 +173,20 @@ class CTRData:
         max_batches: int = 0,
     ) -> Iterator[Batch]:
         return iter_batches(self, keys, batch_size, rank, world_size, shuffle, seed, drop_last, max_batches)
+
+
+def rows_digest(rows: Any) -> str:
+    """A digest of the content of `rows`: of its tensors for `CTRData`, else the rows' own `digest()`
+    (streamed day files: their sampled fingerprints), else "" (cannot tell)."""
+    if isinstance(rows, CTRData):
+        digest = hashlib.sha256()
+        for t in (rows.dense, rows.sparse, rows.labels, rows.lengths, rows.weights):
+            if t is not None:
+                digest.update(str(tuple(t.shape)).encode())
+                digest.update(t.contiguous().numpy().tobytes())
+        return digest.hexdigest()
+    own = getattr(rows, "digest", None)
+    return own() if callable(own) else ""
 
 
 def concat_rows(parts: list[CTRData]) -> CTRData:

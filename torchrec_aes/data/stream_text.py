@@ -45,6 +45,7 @@ from torchrec_aes.data.binary import (
     find_days,
     load_criteo_binary,
     load_jagged_range,
+    sampled_digest,
 )
 from torchrec_aes.data.dataset import Splits
 from torchrec_aes.data.planted import hash_uniform
@@ -151,7 +152,10 @@ class _NpyAppender:
 
 
 def _key(cfg: DataConfig, paths: list[str]) -> str:
-    files = [[os.path.abspath(p), os.path.getsize(p), int(os.path.getmtime(p))] for p in paths]
+    # Size and time, and a sampled digest of the content: a file rewritten in place keeps neither cache.
+    files = [
+        [os.path.abspath(p), os.path.getsize(p), int(os.path.getmtime(p)), sampled_digest(p)] for p in paths
+    ]
     fields = (
         "type", "min_count", "hash_size", "split", "split_seed", "max_rows", "skip_bad_rows", "label_column",
         "dense_columns", "sparse_columns", "delimiter", "header", "multi_hot_columns", "multi_hot_separator",

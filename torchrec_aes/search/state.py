@@ -49,6 +49,7 @@ def state_identity(
         "data": dataclasses.asdict(cfg.data),
         "data.schema": task.schema.hash(),
         "data.examples": task.num_examples(),
+        "data.content": task.data_fingerprint(),
         **{f"train.{k}": v for k, v in dataclasses.asdict(cfg.train).items() if k not in _BOOKKEEPING},
         **{f"model.{k}": v for k, v in dataclasses.asdict(cfg.model).items()},
         **{f"search.{k}": v for k, v in settings.items()},

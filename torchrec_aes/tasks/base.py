@@ -89,6 +89,18 @@ class Task(ABC):
     def num_examples(self) -> dict[str, int]:
         """Examples per split (rows for CTR, interactions for CF)."""
 
+    def data_fingerprint(self) -> str:
+        """A digest of the data's content (not only its shape): saved state of a run on other rows, labels
+        or split is refused at start. Computed once per task (`content_digest`); "" when the task cannot
+        tell (a user's own loaders)."""
+        if "data_fingerprint" not in self.memo:
+            self.memo["data_fingerprint"] = self.content_digest()
+        return self.memo["data_fingerprint"]
+
+    def content_digest(self) -> str:
+        """`data_fingerprint`'s computation (tasks override it)."""
+        return ""
+
     @property
     @abstractmethod
     def stop_metric(self) -> str:

@@ -27,6 +27,7 @@ initialisation depends on the sharding and the pair shares differ.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -120,6 +121,14 @@ class CFTask(Task):
 
     def num_examples(self) -> dict[str, int]:
         return {"train": self.data.train.nnz, "val": self.data.val.nnz, "test": self.data.test.nnz}
+
+    def content_digest(self) -> str:
+        """sha256 of every split's interactions (CSR offsets and item ids)."""
+        digest = hashlib.sha256()
+        for part in (self.data.train, self.data.val, self.data.test):
+            for t in (part.indptr, part.indices):
+                digest.update(t.contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
 
     @property
     def stop_metric(self) -> str:

@@ -6,6 +6,7 @@ The module DMP wraps is `CTRModule` (batch -> (loss, (loss, logits, labels))), t
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -23,7 +24,7 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimiz
 
 from torchrec_aes.architecture import Architecture, kind_of, pools_tables
 from torchrec_aes.config import Config, TrainConfig
-from torchrec_aes.data.dataset import MappedRows, Splits, num_batches
+from torchrec_aes.data.dataset import MappedRows, Splits, num_batches, rows_digest
 from torchrec_aes.data.load import load_data
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.data.synthetic import load_synthetic
@@ -119,6 +120,14 @@ class CTRTask(Task):
     @property
     def schema(self) -> Schema:
         return self.data.schema
+
+    def content_digest(self) -> str:
+        """sha256 of every split's rows as held (in memory: the tensors; streamed: the day files' sampled
+        fingerprints, `data.binary.rows_digest`)."""
+        digest = hashlib.sha256()
+        for part in (self.data.train, self.data.val, self.data.test):
+            digest.update(rows_digest(part).encode())
+        return digest.hexdigest()[:16]
 
     def num_examples(self) -> dict[str, int]:
         return {"train": len(self.data.train), "val": len(self.data.val), "test": len(self.data.test)}

@@ -67,7 +67,12 @@ _STARTED_FRESH: set[str] = set()
 
 
 def run_identity(
-    train: Any, model: Any, schema_hash: str, examples: dict[str, int], tables: dict[str, list[int]]
+    train: Any,
+    model: Any,
+    schema_hash: str,
+    examples: dict[str, int],
+    tables: dict[str, list[int]],
+    data_fingerprint: str = "",
 ) -> dict[str, Any]:
     """What a checkpoint belongs to, as flat `key -> value` pairs compared one by one on resume.
 
@@ -77,8 +82,14 @@ def run_identity(
         schema_hash: `Schema.hash()` of the data.
         examples: examples per split (`Task.num_examples()`).
         tables: `{table name: [rows, dim]}` of the architecture trained.
+        data_fingerprint: a digest of the data's content (`Task.data_fingerprint()`).
     """
-    identity: dict[str, Any] = {"tables": tables, "data.schema": schema_hash, "data.examples": examples}
+    identity: dict[str, Any] = {
+        "tables": tables,
+        "data.schema": schema_hash,
+        "data.examples": examples,
+        "data.content": data_fingerprint,
+    }
     for key, value in dataclasses.asdict(train).items():
         if key not in NOT_IDENTITY:
             identity[f"train.{key}"] = value

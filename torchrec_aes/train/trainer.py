@@ -122,7 +122,9 @@ class Trainer:
         self.checkpointer = None
         if run_dir and tc.checkpoint:
             tables = {t.name: [t.num_embeddings, t.embedding_dim] for t in arch.active_tables}
-            identity = run_identity(tc, cfg.model, task.schema.hash(), task.num_examples(), tables)
+            identity = run_identity(
+                tc, cfg.model, task.schema.hash(), task.num_examples(), tables, task.data_fingerprint()
+            )
             self.checkpointer = Checkpointer(
                 rundir.checkpoint_dir(run_dir, tag), self.env.is_main, identity, resume=tc.resume
             )
