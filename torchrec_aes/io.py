@@ -68,11 +68,18 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     path = _local(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-" + os.path.basename(path))
+    except OSError as e:  # a read-only or full directory: name the file asked for, not a temporary one
+        raise OSError(e.errno, e.strerror, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OSError(e.errno, e.strerror, path) from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

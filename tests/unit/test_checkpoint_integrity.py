@@ -216,3 +216,29 @@ def test_a_disk_full_checkpoint_save_is_a_one_line_error_naming_the_checkpoint()
     assert message == "/runs/x/checkpoints/train/epoch_3: saving a checkpoint failed: No space left on device"
     other = CheckpointException("save failed", {0: _wrap_exception(RuntimeError("a bug"))})
     assert saving_error(other, "p") is other  # not a user error: the traceback stays
+
+
+def test_a_full_disk_while_writing_a_file_names_the_file_not_a_temporary_one(tmp_path, monkeypatch):
+    """Atomic writes go through a temporary file; the kernel's ENOSPC (from /dev/full) is reported for
+    the file the caller asked for, and nothing is left behind."""
+    import errno  # only this test needs it
+    import os
+    import tempfile
+
+    from torchrec_aes.errors import user_error_message
+    from torchrec_aes.io import write_text_atomic
+
+    real = tempfile.mkstemp
+
+    def to_dev_full(dir=None, prefix=None):  # noqa: A002 (tempfile's own parameter name)
+        fd, name = real(dir=dir, prefix=prefix)
+        os.close(fd)
+        return os.open("/dev/full", os.O_WRONLY), name
+
+    monkeypatch.setattr(tempfile, "mkstemp", to_dev_full)
+    target = tmp_path / "plan.json"
+    with pytest.raises(OSError) as e:
+        write_text_atomic(str(target), "x" * 100_000)
+    assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
+    assert user_error_message(e.value) == f"{target}: No space left on device"
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary

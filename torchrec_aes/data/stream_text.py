@@ -142,11 +142,17 @@ class _NpyAppender:
         np.lib.format.write_array_header_1_0(self.f, header)
 
     def append(self, array: np.ndarray) -> None:
-        self.f.write(np.ascontiguousarray(array, dtype=self.dtype).tobytes())
+        try:
+            self.f.write(np.ascontiguousarray(array, dtype=self.dtype).tobytes())
+        except OSError as e:  # a full disk: name the cache file (the OS error alone names none)
+            raise OSError(e.errno, f"{e.strerror} (writing the stream cache)", self.path) from None
         self.written += len(array)
 
     def close(self) -> None:
-        self.f.close()
+        try:
+            self.f.close()
+        except OSError as e:
+            raise OSError(e.errno, f"{e.strerror} (writing the stream cache)", self.path) from None
         assert self.written == self.rows, f"{self.path}: wrote {self.written} rows of {self.rows}"
         os.replace(self.tmp, self.path)
 
