@@ -131,8 +131,9 @@ class DataConfig:
     header: bool = True
     """Tabular reader: whether the first line is a header."""
     field_offsets: list[int] = field(default_factory=list)
-    """libFM reader: first global index of each field, ascending (e.g. Frappe: 0, 957, 5039, ...).
-    Empty: each row's i-th index belongs to field i."""
+    """libFM reader: first global index of each field, ascending (e.g. Frappe: 0, 957, 5039, ...), and
+    optionally (with `field_names`) one more: the end of the last field, so an index beyond it is refused
+    instead of read into the last field. Empty: each row's i-th index belongs to field i."""
     field_names: list[str] = field(default_factory=list)
     """libFM reader: names of the fields (default f0, f1, ...)."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)

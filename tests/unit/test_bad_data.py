@@ -488,3 +488,16 @@ def test_a_literal_nan_or_inf_dense_value_is_a_bad_value_not_a_missing_one(
         ValueError, match=rf"d.csv:6: non-numeric value '{value}' in column 'price' \(expected a finite"
     ):
         load_data(cfg)
+
+
+def test_a_libfm_index_beyond_the_last_fields_end_is_refused_when_the_end_is_given(tmp_path: Path) -> None:
+    path = tmp_path / "f.libfm"
+    path.write_text("1 3:1 12:1\n0 4:1 15:1\n1 2:1 99:1\n" * 5)
+    cfg = DataConfig(type="libfm", path=str(path), field_offsets=[0, 10, 20], field_names=["user", "item"])
+    with pytest.raises(ValueError, match=r"f.libfm:3: 1 indices beyond the last field's end"):
+        load_data(cfg)
+    bags = DataConfig(**{**cfg.__dict__, "multi_hot_columns": ["item"]})
+    with pytest.raises(ValueError, match=r"f.libfm:3: index 99 is beyond the last field's end \(20"):
+        load_data(bags)
+    unbounded = DataConfig(**{**cfg.__dict__, "field_offsets": [0, 10]})  # without an end: accepted
+    assert load_data(unbounded).schema.feature("item").num_embeddings > 1

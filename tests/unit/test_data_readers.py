@@ -290,8 +290,8 @@ def test_libfm_skip_bad_rows_counts_them(tmp_path):
 
 def test_libfm_field_names_must_match_the_offsets(tmp_path):
     path = _write(tmp_path / "x", ["1 3:1 12:1"])
-    with pytest.raises(ValueError, match=r"data.field_names: 1 names for 2 fields in data.field_offsets"):
-        read_libfm(DataConfig(type="libfm", path=path, field_offsets=[0, 10], field_names=["user"]))
+    with pytest.raises(ValueError, match=r"data.field_names: 1 names for 3 fields in data.field_offsets"):
+        read_libfm(DataConfig(type="libfm", path=path, field_offsets=[0, 10, 20], field_names=["user"]))
 
 
 # ---------------------------------------------------------------------------------------------------------

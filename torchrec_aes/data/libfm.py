@@ -45,11 +45,15 @@ CHUNK_ROWS = 1 << 16
 
 
 def _field_errors(fields: np.ndarray, names: list[str]) -> str:
-    """What is wrong with one row's field assignment ([F] field per index, -1 = below the first offset)."""
-    counts = np.bincount(fields[fields >= 0], minlength=len(names))
+    """What is wrong with one row's field assignment ([F] field per index, -1 = below the first offset,
+    len(names) = at or beyond the end of the last field)."""
+    inside = (fields >= 0) & (fields < len(names))
+    counts = np.bincount(fields[inside], minlength=len(names))
     parts = []
     if (fields < 0).any():
         parts.append(f"{int((fields < 0).sum())} indices below the first field offset")
+    if (fields >= len(names)).any():
+        parts.append(f"{int((fields >= len(names)).sum())} indices beyond the last field's end")
     parts += [f"{c} indices in field {names[f]!r}" for f, c in enumerate(counts) if c > 1]
     parts += [f"no index in field {names[f]!r}" for f, c in enumerate(counts) if c == 0]
     return (
@@ -156,6 +160,11 @@ def _parse_bags(
             if field < 0:
                 problem = f"index {index} is below the first field offset"
                 break
+            if field >= len(names):
+                problem = (
+                    f"index {index} is beyond the last field's end ({int(offsets[-1])}, data.field_offsets)"
+                )
+                break
             relative = str(index - int(offsets[field]))
             found[field].append(f"{relative}:{value_text}" if field in weighted else relative)
         if not problem:
@@ -231,9 +240,10 @@ def read_libfm(cfg: DataConfig) -> RawTable:
     """
     offsets = _check_offsets(cfg.field_offsets)
     names = list(cfg.field_names)
-    if offsets is not None and names and len(names) != len(offsets):
+    if offsets is not None and names and len(offsets) not in (len(names), len(names) + 1):
         raise ValueError(
-            f"data.field_names: {len(names)} names for {len(offsets)} fields in data.field_offsets"
+            f"data.field_names: {len(names)} names for {len(offsets)} fields in data.field_offsets (one more "
+            "offset, the end of the last field, bounds it)"
         )
     if len(set(names)) != len(names):
         raise ValueError(f"data.field_names: names must be distinct, got {names}")
