@@ -89,3 +89,15 @@ def test_a_missing_day_is_refused_instead_of_shifting_the_split(tmp_path):
         (out / f"day_2_{kind}.npy").unlink()
     with pytest.raises(ValueError, match=r"has day_4_dense.npy but no day_2_dense.npy"):
         _read_all(out)
+
+
+def test_an_id_too_large_for_a_table_names_its_row_and_the_remedy(tmp_path):
+    out = _days(tmp_path)
+    ids = np.load(out / "day_1_sparse.npy").astype(np.int64)
+    ids[9, 3] = 2**40
+    np.save(out / "day_1_sparse.npy", ids)
+    with pytest.raises(
+        ValueError, match=r"day_1_sparse.npy: row 9, column 3: id 1099511627776 would size its table"
+    ):
+        _read_all(out)
+    _read_all(out, num_embeddings_per_feature=[10, 100, 1000, 50, 500])  # hashed: fine

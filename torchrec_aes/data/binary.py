@@ -540,11 +540,15 @@ def table_sizes(files: DayFiles, directory: str, chunk_rows: int = 1 << 20) -> l
     return sizes
 
 
+MAX_TABLE_ID = 2**31 - 1
+"""Ids from this up would size a table (largest id + 1) beyond what a table can hold; hash them instead."""
+
+
 def _chunk_maxima(path: str, left: int, count: int) -> np.ndarray:
     """[F] largest id of each feature in rows `[left, left + count)` of a sparse day file (-1: none).
 
     Raises:
-        ValueError: a negative id, naming the file, row and column.
+        ValueError: a negative id, or one at or above `MAX_TABLE_ID`, naming the file, row and column.
     """
     ids = load_sparse_range(path, left, count)
     if ids.lengths is None:
@@ -552,6 +556,9 @@ def _chunk_maxima(path: str, left: int, count: int) -> np.ndarray:
         if (matrix < 0).any():
             row, col = np.argwhere(matrix < 0)[0]
             raise ValueError(f"{path}: row {left + row}, column {col}: negative id {matrix[row, col]}")
+        if (matrix >= MAX_TABLE_ID).any():
+            row, col = np.argwhere(matrix >= MAX_TABLE_ID)[0]
+            raise ValueError(_too_large(path, left + int(row), int(col), int(matrix[row, col])))
         return matrix.max(axis=0) if count else np.full(matrix.shape[1], -1)
     tops = []
     for j in range(ids.num_fields):
@@ -560,8 +567,20 @@ def _chunk_maxima(path: str, left: int, count: int) -> np.ndarray:
             k = int(torch.nonzero(values < 0)[0])
             row = int(torch.searchsorted(ids.field_lengths(j).cumsum(0), k, right=True))
             raise ValueError(f"{path}: row {left + row}, column {j}: negative id {int(values[k])}")
-        tops.append(int(values.max()) if values.numel() else -1)
+        top = int(values.max()) if values.numel() else -1
+        if top >= MAX_TABLE_ID:
+            k = int(torch.nonzero(values >= MAX_TABLE_ID)[0])
+            row = int(torch.searchsorted(ids.field_lengths(j).cumsum(0), k, right=True))
+            raise ValueError(_too_large(path, left + row, j, int(values[k])))
+        tops.append(top)
     return np.array(tops)
+
+
+def _too_large(path: str, row: int, column: int, value: int) -> str:
+    return (
+        f"{path}: row {row}, column {column}: id {value} would size its table to {value + 1} rows (expected "
+        f"ids < {MAX_TABLE_ID}); set data.num_embeddings_per_feature to hash ids into tables of that size"
+    )
 
 
 def load_criteo_binary(cfg: DataConfig) -> Splits:
