@@ -11,7 +11,14 @@ import torch
 
 from tests.helpers import tiny_splits
 from torchrec_aes.config import DataConfig
-from torchrec_aes.data.binary import VOCAB_FILE, BinaryRows, find_days, load_criteo_binary, write_days
+from torchrec_aes.data.binary import (
+    VOCAB_FILE,
+    BinaryRows,
+    find_days,
+    load_criteo_binary,
+    write_days,
+    write_meta,
+)
 from torchrec_aes.data.dataset import CTRData, Splits
 from torchrec_aes.data.load import load_data
 
@@ -68,10 +75,14 @@ def test_schema_uses_torchrec_names_and_the_recorded_or_found_table_sizes(tmp_pa
     assert [f.num_embeddings for f in found.sparse] == (ids.max(0).values + 1).tolist()
     cache = json.loads((out / VOCAB_FILE).read_text())
     assert cache["num_embeddings"] == [f.num_embeddings for f in found.sparse]
-    # A recorded size (the converter writes the source schema's) wins while the files are unchanged.
-    cache["num_embeddings"] = [5000] * len(found.sparse)
-    (out / VOCAB_FILE).write_text(json.dumps(cache))
+    # A recorded size (the converter writes the source schema's) wins while the files are unchanged...
+    record = {k: v for k, v in cache.items() if k != "sha256"}
+    write_meta(str(out), {**record, "num_embeddings": [5000] * len(found.sparse)})
     assert [f.num_embeddings for f in _load(out).schema.sparse] == [5000] * len(found.sparse)
+    # ... but a record edited by hand fails its checksum and is rebuilt from the files.
+    cache["num_embeddings"] = [3] * len(found.sparse)
+    (out / VOCAB_FILE).write_text(json.dumps(cache))
+    assert [f.num_embeddings for f in _load(out).schema.sparse] == (ids.max(0).values + 1).tolist()
 
 
 def test_num_embeddings_per_feature_hashes_ids_modulo_the_size(tmp_path):

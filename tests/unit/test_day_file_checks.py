@@ -4,13 +4,14 @@ nothing that would train silently wrong gets through, streamed or in memory."""
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
 
 from tests.helpers import tiny_splits
 from torchrec_aes.config import DataConfig
-from torchrec_aes.data.binary import VOCAB_FILE, load_criteo_binary, write_days
+from torchrec_aes.data.binary import VOCAB_FILE, load_criteo_binary, write_days, write_meta
 
 
 def _days(tmp_path, days: int = 3):
@@ -55,12 +56,17 @@ def test_labels_and_negative_ids_are_refused_even_when_ids_are_hashed(tmp_path):
         _read_all(out, streaming="always", num_embeddings_per_feature=sizes)
 
 
-def test_a_stale_vocabulary_record_cannot_clamp_ids(tmp_path):
+def test_a_stale_vocabulary_record_cannot_clamp_ids(tmp_path, caplog):
     out = _days(tmp_path)
     _read_all(out, streaming="always")  # writes the table-size record beside the files
     record = json.loads((out / VOCAB_FILE).read_text())
-    record["num_embeddings"] = [2] * len(record["num_embeddings"])  # edited: smaller tables
+    record["num_embeddings"] = [2] * len(record["num_embeddings"])  # edited by hand: smaller tables
     (out / VOCAB_FILE).write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING):
+        _read_all(out, streaming="always")  # not trusted: rebuilt from the files
+    assert "its checksum does not match" in caplog.text
+    # A record that is intact but stale (files rewritten in place, the same names, sizes and times):
+    write_meta(str(out), {k: v for k, v in record.items() if k != "sha256"})
     with pytest.raises(
         ValueError, match=rf"column 0: id \d+ is beyond the table's 2 rows \(a stale {VOCAB_FILE}"
     ):

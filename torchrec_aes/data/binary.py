@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import zipfile
 from collections.abc import Iterator
@@ -50,6 +51,8 @@ from torchrec_aes import io
 from torchrec_aes.config import DataConfig
 from torchrec_aes.data.dataset import CTRData, Rows, Splits, concat_rows, make_batch, num_batches
 from torchrec_aes.data.schema import Schema, SparseFeature
+
+logger = logging.getLogger(__name__)
 
 VOCAB_FILE = "torchrec_aes_vocab.json"
 """Cached table sizes beside the day files."""
@@ -505,7 +508,24 @@ def read_meta(files: DayFiles, directory: str) -> dict:
         saved = json.loads(io.read_text(path))
     except ValueError:
         return {}  # a damaged record is recomputed
-    return saved if isinstance(saved, dict) and saved.get("files") == files_key(files) else {}
+    if not isinstance(saved, dict) or saved.get("files") != files_key(files):
+        return {}
+    if saved.get("sha256") != _record_digest(saved):  # edited by hand (or written before checksums)
+        logger.warning("%s: its checksum does not match; the record is rebuilt from the files", path)
+        return {}
+    return saved
+
+
+def _record_digest(record: dict) -> str:
+    body = {k: v for k, v in record.items() if k != "sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def write_meta(directory: str, record: dict) -> None:
+    """Writes `VOCAB_FILE` with a checksum of its content (an edited record is not trusted)."""
+    io.write_text_atomic(
+        os.path.join(directory, VOCAB_FILE), json.dumps({**record, "sha256": _record_digest(record)})
+    )
 
 
 def table_sizes(files: DayFiles, directory: str, chunk_rows: int = 1 << 20) -> list[int]:
@@ -534,7 +554,7 @@ def table_sizes(files: DayFiles, directory: str, chunk_rows: int = 1 << 20) -> l
     sizes = [int(x) + 1 for x in top]
     try:
         record = {"files": files_key(files), "num_embeddings": sizes}
-        io.write_text_atomic(os.path.join(directory, VOCAB_FILE), json.dumps(record))
+        write_meta(directory, record)
     except OSError:
         pass  # a read-only data directory: recomputed next time
     return sizes

@@ -45,7 +45,9 @@ from torchrec_aes.data.binary import (
     find_days,
     load_criteo_binary,
     load_jagged_range,
+    read_meta,
     sampled_digest,
+    write_meta,
 )
 from torchrec_aes.data.dataset import Splits
 from torchrec_aes.data.planted import hash_uniform
@@ -355,7 +357,7 @@ def convert(cfg: DataConfig, out: str) -> None:
         "val_rows": sizes[1],
         "source": input_paths(cfg),
     }
-    io.write_text_atomic(os.path.join(out, VOCAB_FILE), json.dumps(meta))
+    write_meta(out, meta)
     logger.info(
         "streamed %s into %s: %d rows (train/val/test %s) in %.0f s", cfg.path, out, seen, sizes,
         time.perf_counter() - t0,
@@ -379,7 +381,14 @@ def _append_test_bags(test: _Bags, day: _Bags, rows: int) -> None:
 
 
 def _complete(directory: str) -> bool:
-    return os.path.exists(os.path.join(directory, VOCAB_FILE))
+    """Whether the cache holds a finished conversion: its record, written last, intact (its checksum and
+    the files it lists); a damaged or edited cache is converted again."""
+    if not os.path.exists(os.path.join(directory, VOCAB_FILE)):
+        return False
+    try:
+        return bool(read_meta(find_days(directory), directory))
+    except ValueError:
+        return False
 
 
 def converted(cfg: DataConfig, timeout: float = 24 * 3600) -> str:
