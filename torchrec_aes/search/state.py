@@ -29,7 +29,7 @@ from torchrec_aes.config import Config
 from torchrec_aes.errors import CheckpointError
 from torchrec_aes.io import exists, read_bytes, read_text, write_bytes_atomic, write_text_atomic
 from torchrec_aes.tasks.base import Task
-from torchrec_aes.train.checkpoint import differences
+from torchrec_aes.train.checkpoint import code_versions, differences
 from torchrec_aes.train.distributed import broadcast_object, init_distributed
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ def state_identity(
         "data.schema": task.schema.hash(),
         "data.examples": task.num_examples(),
         "data.content": task.data_fingerprint(),
+        **code_versions(),
         **{f"train.{k}": v for k, v in dataclasses.asdict(cfg.train).items() if k not in _BOOKKEEPING},
         **{f"model.{k}": v for k, v in dataclasses.asdict(cfg.model).items()},
         **{f"search.{k}": v for k, v in settings.items()},

@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import hashlib
+import importlib.metadata
 import json
 import logging
 import os
@@ -66,6 +68,25 @@ _CHUNK = 1 << 20
 _STARTED_FRESH: set[str] = set()
 
 
+CODE_PACKAGES = ("torchrec_aes", "torch", "torchrec", "fbgemm_gpu")
+"""Packages whose versions a saved state depends on (a state from other versions may not load, or not
+mean the same)."""
+
+
+@functools.cache
+def code_versions() -> dict[str, str]:
+    """{"code.<package>": version} of `CODE_PACKAGES` ("" when not installed as a distribution); read once
+    per process."""
+    out = {}
+    for package in CODE_PACKAGES:
+        names = importlib.metadata.packages_distributions().get(package, [package])
+        try:
+            out[f"code.{package}"] = importlib.metadata.version(names[0])
+        except importlib.metadata.PackageNotFoundError:
+            out[f"code.{package}"] = ""
+    return out
+
+
 def run_identity(
     train: Any,
     model: Any,
@@ -89,6 +110,7 @@ def run_identity(
         "data.schema": schema_hash,
         "data.examples": examples,
         "data.content": data_fingerprint,
+        **code_versions(),
     }
     for key, value in dataclasses.asdict(train).items():
         if key not in NOT_IDENTITY:
