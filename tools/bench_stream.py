@@ -129,8 +129,8 @@ def median_run(reports: list[list[dict]]) -> list[dict]:
 def write_sizes(workdir: Path, sizes: list[int], days_per_base: int = 8) -> dict[int, Path]:
     """The planted data at the smallest size in day files, and each larger size as its repetition."""
     from torchrec_aes.config import load_config
-    from torchrec_aes.data.binary import VOCAB_FILE, files_key, find_days, write_days
-    from torchrec_aes.io import save_numpy_atomic, write_text_atomic
+    from torchrec_aes.data.binary import files_key, find_days, write_days, write_meta
+    from torchrec_aes.io import save_numpy_atomic
     from torchrec_aes.tasks import get_task
 
     base_rows = min(sizes)
@@ -166,9 +166,7 @@ def write_sizes(workdir: Path, sizes: list[int], days_per_base: int = 8) -> dict
                     np.concatenate([arr[:half]] * copies + [arr[half:]] * copies),
                 )
         key = files_key(find_days(str(directory)))
-        write_text_atomic(
-            str(directory / VOCAB_FILE), json.dumps({"files": key, "num_embeddings": sizes_of_tables})
-        )
+        write_meta(str(directory), {"files": key, "num_embeddings": sizes_of_tables})
         out[size] = directory
     return out
 

@@ -18,13 +18,10 @@ Then, for example::
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import time
 
-from torchrec_aes import io
 from torchrec_aes.config import load_config
-from torchrec_aes.data.binary import VOCAB_FILE, files_key, write_days
+from torchrec_aes.data.binary import files_key, write_days, write_meta
 from torchrec_aes.tasks import get_task
 
 
@@ -42,9 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     splits = get_task(cfg).data
     files = write_days(splits, args.out, args.days)
     sizes = [f.num_embeddings for f in splits.schema.sparse]
-    io.write_text_atomic(
-        os.path.join(args.out, VOCAB_FILE), json.dumps({"files": files_key(files), "num_embeddings": sizes})
-    )
+    write_meta(args.out, {"files": files_key(files), "num_embeddings": sizes})
     print(
         f"{args.out}: {args.days} training days + 1 val/test day, rows {files.rows}, "
         f"{splits.schema.num_dense} dense, {len(sizes)} sparse ({time.perf_counter() - start:.1f} s)"
