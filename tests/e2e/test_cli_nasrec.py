@@ -16,7 +16,7 @@ from tests.conftest import REPO, cli
 from torchrec_aes.architecture import Architecture, kind_of
 from torchrec_aes.cli import main as cli_main
 from torchrec_aes.models.block_graph import BlockGraph, BlockSpace, live_key
-from torchrec_aes.search.nasrec.search import SCORES_FILE
+from torchrec_aes.search.nasrec.search import SCORES_FILE, save_scores
 
 pytestmark = pytest.mark.e2e
 NASREC_TINY = str(REPO / "configs" / "tests" / "nasrec_tiny.yaml")
@@ -174,7 +174,7 @@ def test_an_interrupted_evolution_scores_only_what_is_missing(search_run, tmp_pa
     first = _metrics(copy)
     blob = json.loads((copy / SCORES_FILE).read_text())
     kept = dict(list(blob["scores"].items())[: len(blob["scores"]) // 2])
-    (copy / SCORES_FILE).write_text(json.dumps({"identity": blob["identity"], "scores": kept}))
+    save_scores(str(copy / SCORES_FILE), blob["identity"], kept)  # as the search writes it, checksum too
     shutil.rmtree(copy / "checkpoints" / "finalists")  # the final pick had not started either
     cli(tmp, "search", NASREC_TINY, "--run-dir", str(copy))
     log = _metrics(copy)["search_log"]

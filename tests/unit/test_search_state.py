@@ -63,17 +63,17 @@ def test_an_adass_rerun_with_another_seed_refuses_the_saved_supernet(tmp_path: P
 
 
 def test_nasrec_scores_edited_or_damaged_are_rescored_not_trusted(tmp_path: Path, caplog) -> None:
-    from torchrec_aes.search.nasrec.search import _load_scores, _save_scores
+    from torchrec_aes.search.nasrec.search import load_scores, save_scores
 
     path = tmp_path / "nasrec_scores.json"
     identity = {"seed": 0}
-    _save_scores(str(path), identity, {"graph-a": {"auc": 0.71}, "graph-b": {"auc": 0.69}})
-    assert _load_scores(str(path), identity)["graph-a"] == {"auc": 0.71}
-    assert _load_scores(str(path), {"seed": 1}) == {}  # another run's
+    save_scores(str(path), identity, {"graph-a": {"auc": 0.71}, "graph-b": {"auc": 0.69}})
+    assert load_scores(str(path), identity)["graph-a"] == {"auc": 0.71}
+    assert load_scores(str(path), {"seed": 1}) == {}  # another run's
     path.write_text(path.read_text().replace("0.69", "0.99"))  # an edit that would change the pick
     with caplog.at_level(logging.WARNING):
-        assert _load_scores(str(path), identity) == {}
+        assert load_scores(str(path), identity) == {}
     assert "damaged or edited" in caplog.text
     for text in ("null", "[]", '{"identity": {"seed": 0}, "scores": null}', "{"):
         path.write_text(text)
-        assert _load_scores(str(path), identity) == {}
+        assert load_scores(str(path), identity) == {}

@@ -85,13 +85,13 @@ def _scores_digest(scores: Any) -> str:
     return hashlib.sha256(json.dumps(scores, sort_keys=True).encode()).hexdigest()
 
 
-def _save_scores(path: str, identity: dict[str, Any], scores: dict[str, dict[str, float]]) -> None:
+def save_scores(path: str, identity: dict[str, Any], scores: dict[str, dict[str, float]]) -> None:
     """The scored subnets with the run's identity and a checksum of the scores (an edit is noticed)."""
     blob = {"identity": identity, "scores": scores, "sha256": _scores_digest(scores)}
     write_text_atomic(path, json.dumps(blob))
 
 
-def _load_scores(path: str, identity: dict[str, Any]) -> dict[str, dict[str, float]]:
+def load_scores(path: str, identity: dict[str, Any]) -> dict[str, dict[str, float]]:
     """The saved scores of this run; {} (rescore) for another run's, or a damaged or edited file (said in
     one log line): a wrong score would silently pick another architecture."""
     if not exists(path):
@@ -275,7 +275,7 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
         "schema": schema.hash(),
     }
     if path and cfg.train.resume:
-        scorer.cache.update(_load_scores(path, identity))
+        scorer.cache.update(load_scores(path, identity))
     resumed = len(scorer.cache)
 
     def score_many(cands: Sequence[Candidate]) -> list[float]:
@@ -295,7 +295,7 @@ def nasrec_search(ctx: SearchContext) -> SearchResult:
     def checkpoint(gen: int, result: EvolutionResult) -> None:
         bar.update(1)
         if path and env.is_main:
-            _save_scores(path, identity, scorer.cache)
+            save_scores(path, identity, scorer.cache)
         if writer:
             writer.add_scalar("evolution/best_score", result.best_per_generation[-1], gen + 1)
             writer.add_scalar("evolution/scored", len(result.scored), gen + 1)
