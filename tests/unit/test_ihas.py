@@ -8,6 +8,7 @@ import json
 import math
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -714,3 +715,19 @@ def test_a_search_on_planted_populations_recovers_them(tmp_path):
     log = json.loads((run / "metrics.json").read_text())["search_log"]["candidates"][0]
     assert log["num_groups"] == 2
     assert log["population_ari"] >= 0.8, log["population_ari"]
+
+
+def test_a_damaged_router_file_is_a_one_line_error(tmp_path):
+    router = Router(["a", "b"], [torch.randn(10, 4), torch.randn(20, 4)], torch.log(torch.tensor([0.5, 0.5])))
+    path = router.save(str(tmp_path))
+    again = Router.load(str(tmp_path))
+    assert again.features == ["a", "b"] and torch.equal(again.table(1), router.table(1))
+    original = Path(path).read_bytes()
+    blob = torch.load(path)
+    blob["tables"][0][3, 1] += 1.0  # a value changed inside an intact file
+    torch.save(blob, path)
+    with pytest.raises(ValueError, match=r"router.pt: damaged \(its checksum does not match\)"):
+        Router.load(str(tmp_path))
+    Path(path).write_bytes(original[: len(original) // 2])  # truncated
+    with pytest.raises(ValueError, match=r"router.pt: not a readable router"):
+        Router.load(str(tmp_path))

@@ -30,6 +30,8 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -189,21 +191,41 @@ class Router(nn.Module):
         }
 
     def save(self, directory: str) -> str:
+        """Writes `ROUTER_FILE` with a checksum of its tensors (a damaged file is refused, not routed by)."""
         path = join(directory, ROUTER_FILE)
-        save_torch_atomic(path, self.state())
+        state = self.state()
+        save_torch_atomic(path, {**state, "sha256": _router_digest(state)})
         return path
 
     @classmethod
     def load(cls, directory: str, source: str = "") -> Router:
+        """The router saved beside a grouped architecture.
+
+        Raises:
+            ValueError: no file, or one that is not a router or fails its checksum (one line naming it).
+        """
         path = join(directory, ROUTER_FILE)
         if not exists(path):
             raise ValueError(f"{source or directory}: a grouped architecture needs {ROUTER_FILE} beside it")
-        blob = load_torch(path)
-        return cls(list(blob["features"]), list(blob["tables"]), blob["log_prior"])
+        try:
+            blob = load_torch(path)
+            features, tables, log_prior = list(blob["features"]), list(blob["tables"]), blob["log_prior"]
+        except Exception as e:  # torch.load raises many kinds on a truncated or foreign file
+            raise ValueError(f"{path}: not a readable router ({type(e).__name__}); search again") from None
+        if "sha256" in blob and blob["sha256"] != _router_digest(blob):  # files from before have none
+            raise ValueError(f"{path}: damaged (its checksum does not match); search again")
+        return cls(features, tables, log_prior)
 
     def table_dim(self) -> int:
         """Columns of each router table as served: K padded to a multiple of 4 (FBGEMM's kernels)."""
         return router_dim(self.num_groups)
+
+
+def _router_digest(state: dict[str, Any]) -> str:
+    digest = hashlib.sha256(json.dumps(list(state["features"])).encode())
+    for t in [*state["tables"], state["log_prior"]]:
+        digest.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def router_dim(num_groups: int) -> int:
