@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from torchrec_aes.architecture import Architecture
@@ -116,3 +117,13 @@ def test_bucket_architecture_round_trips_and_is_planned_within_the_budget(tmp_pa
     assert set(plan.plan[""]) == {t.name for t in loaded.tables}
     cli_main(["plan", str(tmp_path), "--world-size", "2", "--device", "cpu"])
     assert "plan written to" in capsys.readouterr().out
+
+
+def test_a_truncated_row_size_file_is_a_one_line_error(tmp_path) -> None:
+    layout = BucketLayout.from_row_dims({"user": _sizes(NUM_USERS, 3), "item": _sizes(NUM_ITEMS, 4)})
+    arch = bucket_architecture(layout)
+    arch.extra.update(layout.save(str(tmp_path)))
+    path = tmp_path / arch.extra["row_dims"]
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(ValueError, match=r"row_dims.npy: not a readable row-size file"):
+        BucketLayout.load(arch, str(tmp_path))

@@ -174,7 +174,13 @@ class BucketLayout:
         """Reads the layout that `arch.extra` (written by `save`) points at, from `directory`."""
         if "row_dims" not in arch.extra or "row_features" not in arch.extra:
             raise ValueError("architecture: not a row-wise (BET) architecture; extra.row_dims is missing")
-        flat = torch.from_numpy(np.asarray(load_numpy(join(directory, arch.extra["row_dims"])))).long()
+        path = join(directory, arch.extra["row_dims"])
+        try:
+            flat = torch.from_numpy(np.asarray(load_numpy(path))).long()
+        except (ValueError, EOFError) as e:  # truncated or not a .npy file
+            raise ValueError(
+                f"{path}: not a readable row-size file ({type(e).__name__}); search again"
+            ) from None
         counts = dict(arch.extra["row_features"])
         if flat.numel() != sum(counts.values()):
             raise ValueError(
