@@ -3,7 +3,9 @@ flipped, emptied), reruns the search on its run directory and classifies what ha
 
 - `recovered`: exit 0, a log line names the damage, and the result equals the undamaged run's;
 - `refused`: exit 2 with one error line (nothing intact to fall back on);
-- `silent`: exit 0 without a word about it (a wrong result would go unnoticed);
+- `unused`: exit 0 without a word, the same result: the file was not needed (a finished phase's result is
+  kept elsewhere);
+- `silent`: exit 0 without a word and another result (a wrong result would go unnoticed);
 - `crash`: a traceback or another exit status.
 
     .venv/bin/python tools/check_corruption.py [--out /tmp/corrupt] [--configs adass_tiny ihas_tiny bet_tiny]
@@ -104,7 +106,10 @@ def main() -> None:
                     else:
                         said = [line for line in text.splitlines() if any(w in line.lower() for w in WORDS)]
                         same = outcome(case) == expected
-                        verdict = "recovered" if said and same else ("silent" if not said else "recovered*")
+                        if said:
+                            verdict = "recovered" if same else "recovered*"
+                        else:  # nothing said: harmless only if the file was not needed
+                            verdict = "unused" if same else "silent"
                         note = said[:1] if said else ["(nothing said)"]
                     rows.append((config, str(rel), how, verdict, note))
                     shutil.rmtree(case, ignore_errors=True)
