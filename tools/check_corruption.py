@@ -17,25 +17,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
+from harness import run_cli, write_interactions
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "torchrec-aes"
 TESTS = REPO / "configs" / "tests"
 WORDS = ("damaged", "corrupt", "checksum", "unreadable", "fell back", "falling back", "recomputed", "rebuilt")
-
-
-def _interactions(path: Path) -> None:
-    rng = np.random.default_rng(1)
-    lines = [" ".join(str(x) for x in [u, *rng.choice(300, 12, replace=False)]) for u in range(200)]
-    path.write_text("\n".join(lines) + "\n")
 
 
 def damage(path: Path, how: str) -> None:
@@ -57,11 +49,6 @@ def outcome(run_dir: Path) -> tuple:
     )
 
 
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{BIN.parent}:{os.environ['PATH']}")
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="", help="work directory (default: a temporary one, removed)")
@@ -74,11 +61,11 @@ def main() -> None:
         for config in args.configs:
             common = [f"data.cache_dir={work / 'cache'}", "train.progress=false", "train.checkpoint=true"]
             if config == "bet_tiny":
-                _interactions(work / "interactions.txt")
+                write_interactions(work / "interactions.txt")
                 common.append(f"data.path={work / 'interactions.txt'}")
             clean = work / config / "clean"
             base = [str(BIN), "search", str(TESTS / f"{config}.yaml"), *common]
-            done = run([*base, "--run-dir", str(clean)])
+            done = run_cli([*base, "--run-dir", str(clean)])
             if done.returncode != 0:
                 rows.append((config, "(first run)", "-", "crash", done.stderr.strip().splitlines()[-1:]))
                 continue
@@ -96,7 +83,7 @@ def main() -> None:
                     case = work / config / f"{str(rel).replace('/', '_')}_{how}"
                     shutil.copytree(clean, case)
                     damage(case / rel, how)
-                    again = run([*base, "--run-dir", str(case)])
+                    again = run_cli([*base, "--run-dir", str(case)])
                     text = again.stderr
                     errors = [line for line in text.splitlines() if "error:" in line]
                     if "Traceback" in text or again.returncode not in (0, 2):

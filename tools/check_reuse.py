@@ -11,15 +11,14 @@ takes seconds on a CPU (the tiny test configs); the whole check a few minutes.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from harness import run_cli, write_interactions
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent / "torchrec-aes"
@@ -33,16 +32,6 @@ def _csv(path: Path, flip: bool = False, shift: int = 0) -> None:
     for i in range(3000):
         label = int(rng.random() < 0.3) ^ int(flip)
         lines.append(f"{label},{i % 97},s{(i * 7 + shift) % 50},t{i % 13}|t{i % 7}")
-    path.write_text("\n".join(lines) + "\n")
-
-
-def _interactions(path: Path, shift: int = 0) -> None:
-    """LightGCN-format lines `user item item ...` (`shift` changes every user's items, same counts)."""
-    rng = np.random.default_rng(1)
-    lines = [
-        " ".join(str(x) for x in [u, *((rng.choice(300, 12, replace=False) + shift) % 300)])
-        for u in range(200)
-    ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -81,11 +70,6 @@ CASES: list[tuple[str, str, str, list[str], list[str] | str]] = [
 ]
 
 
-def run(cmd: list[str]) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{BIN.parent}:{os.environ['PATH']}")
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="", help="work directory (default: a temporary one, removed)")
@@ -104,10 +88,10 @@ def main() -> None:
                 _csv(data)
                 common += [*TABULAR, f"data.path={data}"]
             if config == "bet_tiny":
-                _interactions(data)
+                write_interactions(data)
                 common += [f"data.path={data}"]
             base = [str(BIN), command, str(TESTS / f"{config}.yaml"), "--run-dir", str(case / "run"), *common]
-            done = run(base)
+            done = run_cli(base)
             if done.returncode != 0:
                 rows.append((name, False, 0.0, f"first run failed: {done.stderr.strip().splitlines()[-1:]}"))
                 continue
@@ -116,10 +100,10 @@ def main() -> None:
             elif change == "shift":
                 _csv(data, shift=7)
             elif change == "interactions":
-                _interactions(data, shift=5)
+                write_interactions(data, shift=5)
             extra = change if isinstance(change, list) else []
             t0 = time.perf_counter()
-            again = run([*base, *extra])
+            again = run_cli([*base, *extra])
             seconds = time.perf_counter() - t0
             errors = [line for line in again.stderr.splitlines() if "error:" in line]
             refused = again.returncode == 2 and len(errors) == 1 and "Traceback" not in again.stderr

@@ -9,6 +9,7 @@ comparisons of two models on the same test rows (Poisson bootstrap over rows), a
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -16,8 +17,28 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+
+
+def run_cli(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Runs a `torchrec-aes` command line on one thread, capturing its output (not checked: the reliability
+    checks look at the exit status and the error line themselves)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PATH=f"{BIN}:{os.environ['PATH']}")
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
+
+
+def write_interactions(path: Path, shift: int = 0) -> None:
+    """A small LightGCN-format file, `user item item ...` (200 users, 12 of 300 items each); `shift` gives
+    every user other items, the same counts."""
+    rng = np.random.default_rng(1)
+    lines = [
+        " ".join(str(x) for x in [u, *((rng.choice(300, 12, replace=False) + shift) % 300)])
+        for u in range(200)
+    ]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def run_one(

@@ -454,7 +454,8 @@ def search_embedding_dims(
             cfg.plan.ddr_gb,
             cfg.train.batch_size,
             cfg.train.embedding_optimizer,
-            module_path=module_path or "ebc",
+            # Several EBCs: all tables placed together under one path first, then split per EBC below.
+            module_path="ebc" if model is None and ebc_features is not None else module_path,
         )
         configs: Any = resize_configs(flat, named)
         if model is None and ebc_features is not None:  # your EBCs: each its configs, its part of the plan

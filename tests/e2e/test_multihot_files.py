@@ -54,8 +54,8 @@ def test_example_configs_read_back_the_generators_bags(files, fmt):
     assert len(splits.schema.dense_names) == (13 if fmt == "tabular" else 0)
 
 
-def test_search_on_the_multi_hot_csv_runs_and_reports(files, tmp_path):
-    run = tmp_path / "run"
+def _search_csv(files, run, *overrides: str) -> None:
+    """A short AdaS&S search of `configs/multihot_tabular.yaml` on the planted CSV, as a user runs it."""
     cmd = [
         str(REPO / ".venv" / "bin" / "torchrec-aes"),
         "search",
@@ -67,9 +67,14 @@ def test_search_on_the_multi_hot_csv_runs_and_reports(files, tmp_path):
         "train.progress=false",
         "search.adass.supernet_epochs=1",
         "search.adass.rl_updates=10",
-        "search.baselines=[uniform]",
+        *overrides,
     ]
     subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
+
+
+def test_search_on_the_multi_hot_csv_runs_and_reports(files, tmp_path):
+    run = tmp_path / "run"
+    _search_csv(files, run, "search.baselines=[uniform]")
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["test"]["auc"] > 0.5
     arch = Architecture.load(str(run / "architecture.yaml"))
@@ -82,20 +87,7 @@ def test_search_on_the_multi_hot_csv_runs_and_reports(files, tmp_path):
 
 def test_search_with_a_shared_table_plans_it_once(files, tmp_path):
     run = tmp_path / "run"
-    cmd = [
-        str(REPO / ".venv" / "bin" / "torchrec-aes"),
-        "search",
-        str(REPO / "configs" / "multihot_tabular.yaml"),
-        "--run-dir",
-        str(run),
-        f"data.path={files}/planted.csv",
-        "data.shared_tables={c2c12: [c2, c12]}",
-        "train.epochs=1",
-        "train.progress=false",
-        "search.adass.supernet_epochs=1",
-        "search.adass.rl_updates=10",
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
+    _search_csv(files, run, "data.shared_tables={c2c12: [c2, c12]}")
     arch = Architecture.load(str(run / "architecture.yaml"))
     shared = [t for t in arch.tables if t.name == "t_c2c12"]
     assert len(arch.tables) == 19 and shared[0].feature_names == ["c2", "c12"] and shared[0].pooling == "mean"

@@ -79,6 +79,9 @@ def test_malformed_day_files_are_refused_when_found(tmp_path):
     np.save(out / "day_0_sparse.npy", ids.astype(np.float32))
     with pytest.raises(ValueError, match=r"day_0_sparse.npy: float32 values; ids must be integers"):
         _read_all(out)
+    np.save(out / "day_0_sparse.npy", ids.astype(str))
+    with pytest.raises(ValueError, match=r"day_0_sparse.npy: <U\d+ values; ids must be integers"):
+        _read_all(out)
     np.save(out / "day_0_sparse.npy", np.asfortranarray(ids))
     with pytest.raises(ValueError, match=r"day_0_sparse.npy: Fortran-ordered"):
         _read_all(out)

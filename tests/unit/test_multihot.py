@@ -421,18 +421,21 @@ def test_headerless_bag_columns_by_index_and_quoted_cells(tmp_path):
     still splits the bag."""
     path = tmp_path / "q.csv"
     path.write_text("\n".join(['1,2,"x,1|y",s', "0,3,z,s"] * 10) + "\n")
-    cfg = DataConfig(
-        type="tabular",
-        path=str(path),
-        header=False,
-        label_column="0",
-        dense_columns=["1"],
-        sparse_columns=["2", "3"],
-        multi_hot_columns=["2"],
-        min_count=1,
-    )
-    splits = load_data(cfg)
+    headerless = {"header": False, "label_column": "0", "dense_columns": ["1"], "sparse_columns": ["2", "3"]}
+    splits = load_data(_tabular(str(path), multi_hot_columns=["2"], **headerless))
     assert splits.schema.sparse_names == ["c2", "c3"]
     assert splits.schema.feature("c2").num_embeddings == 4  # OOV + "x,1", "y", "z"
     lengths = torch.cat([p.field_lengths(0) for p in (splits.train, splits.val, splits.test)])
     assert sorted(lengths.tolist()) == sorted([2, 1] * 10)
+
+
+def test_streamed_bags_name_an_unknown_column_and_count_truncations_once(tmp_path, caplog):
+    import logging  # only this test
+
+    path = _csv(tmp_path, [f"{i % 2},{i},a|b|c|d,s" for i in range(40)])
+    streamed = {"streaming": "always", "cache_dir": str(tmp_path / "cache")}
+    with pytest.raises(ValueError, match="data.multi_hot_columns: 'genre' is not a categorical column"):
+        load_data(_tabular(path, multi_hot_columns=["genre"], **streamed))
+    with caplog.at_level(logging.WARNING):
+        load_data(_tabular(path, max_ids_per_row=3, **streamed))
+    assert "truncated 40 bags (40 ids dropped)" in caplog.text

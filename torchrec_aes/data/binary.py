@@ -34,6 +34,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -49,7 +51,7 @@ from torchrec.datasets.utils import Batch
 
 from torchrec_aes import io
 from torchrec_aes.config import DataConfig
-from torchrec_aes.data.dataset import CTRData, Rows, Splits, concat_rows, make_batch, num_batches
+from torchrec_aes.data.dataset import CTRData, Rows, Splits, concat_rows, num_batches, slice_batch
 from torchrec_aes.data.schema import Schema, SparseFeature
 
 logger = logging.getLogger(__name__)
@@ -145,6 +147,14 @@ def find_days(directory: str) -> DayFiles:
     return DayFiles(dense, sparse, labels, rows)
 
 
+def _npy_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) of the .npy array at `f`'s position; `f` is left at its data."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    return np.lib.format.read_array_header_2_0(f)
+
+
 class _BadNpy(ValueError):
     """A day file whose header or size cannot be right (reported as the file's one-line error)."""
 
@@ -157,11 +167,7 @@ def check_npy(path: str, integer: bool = False) -> None:
         ValueError: naming what is wrong (the caller names the file).
     """
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read_header = (
-            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        )
-        shape, fortran, dtype = read_header(f)
+        shape, fortran, dtype = _npy_header(f)
         start = f.tell()
     if fortran:
         raise _BadNpy("Fortran-ordered (column-major) array; save it in C order (np.ascontiguousarray)")
@@ -190,13 +196,7 @@ def _npz_members(path: str) -> list[tuple[int, tuple[int, ...], np.dtype]]:
             raw.seek(info.header_offset + 26)
             name_len, extra_len = np.frombuffer(raw.read(4), dtype="<u2").tolist()
             raw.seek(info.header_offset + 30 + name_len + extra_len)
-            version = np.lib.format.read_magic(raw)
-            read_header = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else np.lib.format.read_array_header_2_0
-            )
-            shape, fortran, dtype = read_header(raw)
+            shape, fortran, dtype = _npy_header(raw)
             if fortran or len(shape) != 2:
                 raise ValueError(f"{path}: member '{f}.npy' has shape {shape}; expected C-order [rows, ids]")
             if dtype.kind not in "iu":
@@ -261,6 +261,13 @@ def load_jagged_range(path: str, left: int, count: int, columns: list[int] | Non
     return CTRData(torch.zeros(count, 0), torch.cat(values), torch.zeros(count), lengths)
 
 
+def sparse_files(path: str) -> list[str]:
+    """Every file a day's sparse data is in: the file itself, and for jagged bags each feature's ids."""
+    if not path.endswith(BAG_OFFSETS):
+        return [path]
+    return [path] + [_bag_ids_path(path, f) for f in range(sparse_shape(path)[1])]
+
+
 def sparse_shape(path: str) -> tuple[int, int]:
     """(rows, features) of a day's sparse file: one-hot .npy, DLRM v2's .npz or jagged bag offsets."""
     if path.endswith(".npz"):
@@ -313,28 +320,40 @@ def check_chunk(
     bad = np.flatnonzero((flat != 0) & (flat != 1))
     if len(bad):
         raise ValueError(f"{files.labels[f]}: row {left + bad[0]}: label {flat[bad[0]]} (expected 0 or 1)")
+    bad_id = first_id_outside(ids, limits)
+    if bad_id is None:
+        return
+    row, j, value = bad_id
     path = files.sparse[f]
-    if ids.lengths is None:  # one matrix test for one-hot ids; the loop below only finds the culprit
+    if value < 0:
+        raise ValueError(f"{path}: row {left + row}, column {columns[j]}: negative id {value}")
+    raise ValueError(
+        f"{path}: row {left + row}, column {columns[j]}: id {value} is beyond the table's {limits[j]} rows "  # type: ignore[index]
+        f"(a stale {VOCAB_FILE} beside the files? it is rebuilt when deleted)"
+    )
+
+
+def first_id_outside(ids: CTRData, limits: list[int] | None) -> tuple[int, int, int] | None:
+    """(row, field, id) of the first negative id, or one at or beyond its field's `limits` entry (None:
+    negatives only), in `ids` (one-hot or bags); None when every id is inside."""
+    if ids.lengths is None:  # one matrix test; the loop below only finds the culprit
         matrix = ids.sparse.numpy()
         outside = matrix < 0 if limits is None else (matrix < 0) | (matrix >= np.asarray(limits))
         if not outside.any():
-            return
-    for j, col in enumerate(columns):
+            return None
+    for j in range(ids.num_fields):
         values = ids.field_ids(j)
-        limit = limits[j] if limits is not None else None
-        out = (values < 0) if limit is None else ((values < 0) | (values >= limit))
+        out = (values < 0) if limits is None else ((values < 0) | (values >= limits[j]))
         if not values.numel() or not bool(out.any()):
             continue
         k = int(torch.nonzero(out)[0])
-        lengths = ids.field_lengths(j)
-        row = k if ids.lengths is None else int(torch.searchsorted(lengths.cumsum(0), k, right=True))
-        value = int(values[k])
-        if value < 0:
-            raise ValueError(f"{path}: row {left + row}, column {col}: negative id {value}")
-        raise ValueError(
-            f"{path}: row {left + row}, column {col}: id {value} is beyond the table's {limit} rows (a stale "
-            f"{VOCAB_FILE} beside the files? it is rebuilt when deleted)"
+        row = (
+            k
+            if ids.lengths is None
+            else int(torch.searchsorted(ids.field_lengths(j).cumsum(0), k, right=True))
         )
+        return row, j, int(values[k])
+    return None
 
 
 class BinaryRows:
@@ -369,7 +388,7 @@ class BinaryRows:
 
     def digest(self) -> str:
         """Of the rows' content: every day file's sampled digest, the row range, columns and hashing."""
-        paths = self.files.dense + self.files.sparse + self.files.labels
+        paths = self.files.dense + self.files.labels + [p for s in self.files.sparse for p in sparse_files(s)]
         spec = [[sampled_digest(p) for p in paths], self.start, self.length, self.columns, self.hashes]
         return hashlib.sha256(json.dumps(spec).encode()).hexdigest()
 
@@ -455,13 +474,13 @@ class BinaryRows:
                 part = concat_rows([pending, part])
             full = len(part) // batch_size
             for b in range(full):
-                yield make_batch(part, torch.arange(b * batch_size, (b + 1) * batch_size), keys)
+                yield slice_batch(part, b * batch_size, (b + 1) * batch_size, keys)
                 done += 1
                 if done == count:
                     return
             pending = part.subset(torch.arange(full * batch_size, len(part)))
         if pending is not None and len(pending) and done < count:
-            yield make_batch(pending, torch.arange(len(pending)), keys)
+            yield slice_batch(pending, 0, len(pending), keys)
 
     def head(self, n: int) -> CTRData:
         whole = BinaryRows(
@@ -480,8 +499,13 @@ SAMPLED_BLOCK_BYTES = 1 << 16
 def sampled_digest(path: str) -> str:
     """A digest of a file's size and of `SAMPLED_BLOCKS` blocks spread over it (the first and last
     included): a file rewritten in place (other labels, other ids) gets another digest without reading
-    it whole; an edit confined to the bytes between blocks is not seen."""
-    size = os.path.getsize(path)
+    it whole; an edit confined to the bytes between blocks is not seen. Read once per file version."""
+    stat = os.stat(path)
+    return _sampled_digest(path, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sampled_digest(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256(str(size).encode())
     starts = np.linspace(0, max(size - SAMPLED_BLOCK_BYTES, 0), SAMPLED_BLOCKS).astype(np.int64)
     with open(path, "rb") as f:
@@ -571,29 +595,15 @@ def _chunk_maxima(path: str, left: int, count: int) -> np.ndarray:
         ValueError: a negative id, or one at or above `MAX_TABLE_ID`, naming the file, row and column.
     """
     ids = load_sparse_range(path, left, count)
+    bad_id = first_id_outside(ids, [MAX_TABLE_ID] * ids.num_fields)
+    if bad_id is not None:
+        row, j, value = bad_id
+        if value < 0:
+            raise ValueError(f"{path}: row {left + row}, column {j}: negative id {value}")
+        raise ValueError(_too_large(path, left + row, j, value))
     if ids.lengths is None:
-        matrix = ids.sparse.numpy()
-        if (matrix < 0).any():
-            row, col = np.argwhere(matrix < 0)[0]
-            raise ValueError(f"{path}: row {left + row}, column {col}: negative id {matrix[row, col]}")
-        if (matrix >= MAX_TABLE_ID).any():
-            row, col = np.argwhere(matrix >= MAX_TABLE_ID)[0]
-            raise ValueError(_too_large(path, left + int(row), int(col), int(matrix[row, col])))
-        return matrix.max(axis=0) if count else np.full(matrix.shape[1], -1)
-    tops = []
-    for j in range(ids.num_fields):
-        values = ids.field_ids(j)
-        if values.numel() and int(values.min()) < 0:
-            k = int(torch.nonzero(values < 0)[0])
-            row = int(torch.searchsorted(ids.field_lengths(j).cumsum(0), k, right=True))
-            raise ValueError(f"{path}: row {left + row}, column {j}: negative id {int(values[k])}")
-        top = int(values.max()) if values.numel() else -1
-        if top >= MAX_TABLE_ID:
-            k = int(torch.nonzero(values >= MAX_TABLE_ID)[0])
-            row = int(torch.searchsorted(ids.field_lengths(j).cumsum(0), k, right=True))
-            raise ValueError(_too_large(path, left + row, j, int(values[k])))
-        tops.append(top)
-    return np.array(tops)
+        return ids.sparse.numpy().max(axis=0) if count else np.full(ids.num_fields, -1)
+    return np.array([int(v.max()) if v.numel() else -1 for v in map(ids.field_ids, range(ids.num_fields))])
 
 
 def _too_large(path: str, row: int, column: int, value: int) -> str:

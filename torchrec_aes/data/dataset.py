@@ -78,6 +78,7 @@ class CTRData:
     lengths: torch.Tensor | None = None
     weights: torch.Tensor | None = None
     _offsets: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+    _flat_lengths: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -115,7 +116,8 @@ class CTRData:
         """[N * F + 1] start of every bag in `sparse`, field-major (multi-hot only; computed once)."""
         assert self.lengths is not None, "offsets() is for multi-hot rows"
         if self._offsets is None:
-            self._offsets = _exclusive_cumsum(self.lengths.t().reshape(-1))
+            self._flat_lengths = self.lengths.t().reshape(-1)
+            self._offsets = _exclusive_cumsum(self._flat_lengths)
         return self._offsets
 
     def slice_bags(self, start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -139,7 +141,9 @@ class CTRData:
             ones = torch.ones(columns.numel() * rows.numel(), dtype=torch.int64)
             return self.sparse[rows][:, columns].t().reshape(-1), ones, None
         segments = (columns[:, None] * len(self) + rows[None, :]).reshape(-1)
-        index, lengths = segment_index(self.offsets(), self.offsets().diff(), segments)
+        offsets = self.offsets()
+        assert self._flat_lengths is not None  # set with the offsets
+        index, lengths = segment_index(offsets, self._flat_lengths, segments)
         weights = None if self.weights is None else self.weights[index]
         return self.sparse[index], lengths, weights
 
@@ -315,6 +319,14 @@ def make_batch(data: CTRData, index: torch.Tensor, keys: list[str]) -> Batch:
     return _batch(data.dense[index], values, lengths, weights, data.labels[index], keys)
 
 
+def slice_batch(data: CTRData, start: int, stop: int, keys: list[str]) -> Batch:
+    """The `Batch` of the consecutive rows [start, stop) of `data`: slices, no gather."""
+    if data.lengths is None:
+        return make_batch(data, torch.arange(start, stop), keys)
+    values, lengths, weights = data.slice_bags(start, stop)
+    return _batch(data.dense[start:stop], values, lengths, weights, data.labels[start:stop], keys)
+
+
 def _batch(
     dense: torch.Tensor,
     values: torch.Tensor,
@@ -370,6 +382,4 @@ def iter_batches(
     for first in range(0, count, BAG_CHUNK_BATCHES):
         chunk = data.subset(mine[first * batch_size : (first + BAG_CHUNK_BATCHES) * batch_size])
         for start in range(0, min(len(chunk), (count - first) * batch_size), batch_size):
-            stop = min(start + batch_size, len(chunk))
-            values, lengths, weights = chunk.slice_bags(start, stop)
-            yield _batch(chunk.dense[start:stop], values, lengths, weights, chunk.labels[start:stop], keys)
+            yield slice_batch(chunk, start, min(start + batch_size, len(chunk)), keys)

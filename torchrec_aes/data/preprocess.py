@@ -248,7 +248,7 @@ def build_vocabulary(values: np.ndarray, train_index: np.ndarray, min_count: int
     return id_of[inverse], len(kept) + 1
 
 
-def _vocabulary_groups(names: list[str], shared: dict[str, list[str]]) -> list[list[int]]:
+def vocabulary_groups(names: list[str], shared: dict[str, list[str]]) -> list[list[int]]:
     """Column indices that share a vocabulary: the features of each shared table (`data.shared_tables`),
     and every other feature alone; in column order of their first member. Unknown features are left to
     `Schema.with_shared_tables` to report."""
@@ -266,6 +266,22 @@ def column_names(cfg: DataConfig, specs: list[str]) -> list[str]:
     if cfg.type == "tabular" and not cfg.header:
         return [f"c{int(s)}" if str(s).strip().isdigit() else s for s in specs]
     return list(specs)
+
+
+def bag_columns(cfg: DataConfig, names: list[str]) -> set[str]:
+    """The categorical columns of `names` that hold bags (`data.multi_hot_columns`).
+
+    Raises:
+        ValueError: one of them is not a categorical column (names it and the columns).
+    """
+    multi_hot = set(column_names(cfg, cfg.multi_hot_columns))
+    unknown = sorted(multi_hot - set(names))
+    if unknown:
+        raise ValueError(
+            f"data.multi_hot_columns: {unknown[0]!r} is not a categorical column (data.sparse_columns: "
+            f"{', '.join(names)})"
+        )
+    return multi_hot
 
 
 def split_bags(cells: np.ndarray, separator: str, max_ids: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
@@ -392,13 +408,7 @@ def preprocess(raw: RawTable, cfg: DataConfig) -> Splits:
         raise ValueError(f"data.hash_size: must be >= 0 (0 = build a vocabulary), got {cfg.hash_size}")
     train_idx, val_idx, test_idx = split_rows(n, cfg.split, cfg.split_seed)
     train_np = train_idx.numpy()
-    multi_hot = set(column_names(cfg, cfg.multi_hot_columns))
-    unknown = sorted(multi_hot - set(raw.sparse_names))
-    if unknown:
-        raise ValueError(
-            f"data.multi_hot_columns: {unknown[0]!r} is not a categorical column (data.sparse_columns: "
-            f"{', '.join(raw.sparse_names)})"
-        )
+    multi_hot = bag_columns(cfg, raw.sparse_names)
     in_train = np.zeros(n, dtype=bool)
     in_train[train_np] = True
     weighted = set(column_names(cfg, cfg.weighted_columns))
@@ -421,7 +431,7 @@ def preprocess(raw: RawTable, cfg: DataConfig) -> Splits:
         lengths.append(bag_lengths)
     columns: list[np.ndarray] = [np.empty(0, dtype=np.int64)] * len(tokens)
     features: list[SparseFeature] = [SparseFeature("", 0)] * len(tokens)
-    for group in _vocabulary_groups(raw.sparse_names, cfg.shared_tables):
+    for group in vocabulary_groups(raw.sparse_names, cfg.shared_tables):
         # A shared table's features get one vocabulary, counted over all of them.
         values = np.concatenate([tokens[f] for f in group]) if len(group) > 1 else tokens[group[0]]
         starts = np.cumsum([0] + [len(tokens[f]) for f in group])

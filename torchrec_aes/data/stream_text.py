@@ -54,13 +54,13 @@ from torchrec_aes.data.planted import hash_uniform
 from torchrec_aes.data.preprocess import (
     OOV_ID,
     RawTable,
-    _vocabulary_groups,
     as_str_array,
-    column_names,
+    bag_columns,
     group_values,
     hash_ids,
     split_bags,
     transform_dense,
+    vocabulary_groups,
 )
 from torchrec_aes.data.textfile import input_paths
 
@@ -242,8 +242,9 @@ def convert(cfg: DataConfig, out: str) -> None:
     def count(part: RawTable) -> None:
         nonlocal seen
         if not multi:
-            multi.extend(name in column_names(cfg, cfg.multi_hot_columns) for name in part.sparse_names)
-            groups.extend(_vocabulary_groups(part.sparse_names, cfg.shared_tables))
+            bagged = bag_columns(cfg, part.sparse_names)
+            multi.extend(name in bagged for name in part.sparse_names)
+            groups.extend(vocabulary_groups(part.sparse_names, cfg.shared_tables))
             for s in range(3):
                 id_totals[s].extend([0] * len(part.sparse_names))
         split = split_of_rows(seen, len(part), cfg.split, cfg.split_seed)
@@ -333,6 +334,7 @@ def convert(cfg: DataConfig, out: str) -> None:
                 ]
             )
 
+    truncated[:] = [0, 0]  # counted again, once, as the rows are encoded
     read(cfg, sink=encode)
     for kind, w in test_writers.items():
         w.close()

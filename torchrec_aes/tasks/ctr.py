@@ -123,7 +123,7 @@ class CTRTask(Task):
 
     def content_digest(self) -> str:
         """sha256 of every split's rows as held (in memory: the tensors; streamed: the day files' sampled
-        fingerprints, `data.binary.rows_digest`)."""
+        fingerprints; `data.dataset.rows_digest`)."""
         digest = hashlib.sha256()
         for part in (self.data.train, self.data.val, self.data.test):
             digest.update(rows_digest(part).encode())

@@ -243,7 +243,11 @@ class PooledReplay(nn.Module):
     def embedding_bag_configs(self) -> list[EmbeddingBagConfig]:
         return list(self._configs)
 
-    def replay(self, per_feature: dict[str, torch.Tensor]) -> None:
+    def replay(self, per_feature: dict[str, torch.Tensor] | None) -> None:
+        """Holds these pooled embeddings as the output (None: holds nothing)."""
+        if per_feature is None:
+            self.pooled = None
+            return
         self.pooled = KeyedTensor.from_tensor_list(self.keys, [per_feature[k] for k in self.keys])
 
     def forward(self, features: Any) -> KeyedTensor:
@@ -283,7 +287,11 @@ class UserHead(nn.Module):
     def interact(self, dense_features: torch.Tensor, per_feature: dict[str, torch.Tensor]) -> torch.Tensor:
         for view in self.views.values():
             view.replay(per_feature)  # type: ignore[operator]
-        return self.model(dense_features, None)
+        try:
+            return self.model(dense_features, None)
+        finally:  # the batch's embeddings are not kept on the module past the call
+            for view in self.views.values():
+                view.replay(None)  # type: ignore[operator]
 
 
 def replayed_logits(head: UserHead, dense_features: torch.Tensor, pooled: KeyedTensor) -> torch.Tensor:
