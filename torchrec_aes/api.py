@@ -47,8 +47,8 @@ from torch import nn
 from torchrec.distributed.planner import ParameterConstraints
 from torchrec.distributed.planner.constants import BATCH_SIZE
 from torchrec.distributed.types import EmbeddingModuleShardingPlan, ShardingPlan
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 
 from torchrec_aes import rundir
 from torchrec_aes.architecture import (  # noqa: F401
@@ -63,7 +63,7 @@ from torchrec_aes.data.schema import Schema, SparseFeature
 from torchrec_aes.models.blocks import BlockNet, BlocksKind
 from torchrec_aes.planning import plan as planning
 from torchrec_aes.planning import plan_io
-from torchrec_aes.planning.memory import Budget
+from torchrec_aes.planning.memory import Budget, attach_table_optimizer
 from torchrec_aes.planning.plan_io import save_plan  # noqa: F401  (re-exported)
 from torchrec_aes.runs import search_task
 from torchrec_aes.search.base import get_method, method_names
@@ -314,23 +314,29 @@ class EmbeddingSearch:
     model: Callable[[nn.Module], nn.Module] | None = None
 
 
-def _split_plan(
-    joint: Any, configs: dict[str, list[EmbeddingBagConfig]], model_factory: Callable[[Any], nn.Module]
+def _plan_user_model(
+    configs: dict[str, list[Any]],
+    model_factory: Callable[[Any], nn.Module],
+    arch: Architecture,
+    cfg: Config,
 ) -> tuple[dict[str, str], ShardingPlan]:
-    """A plan of all tables placed together (one module's `EmbeddingModuleShardingPlan`) split into one
-    per EBC of your model, keyed by where the model keeps each (built on meta to find them)."""
-    ebcs = {
-        name: EmbeddingBagCollection(tables=c, device=torch.device("meta")) for name, c in configs.items()
+    """Your model of several embedding modules built on meta around `configs` ({module name: its searched
+    configs}: EBCs and ECs) and planned whole by TorchRec's planner on this job's topology: (where the model
+    keeps each module, the plan keyed by those paths)."""
+    meta = torch.device("meta")
+    modules: dict[str, nn.Module] = {
+        name: EmbeddingCollection(tables=c, device=meta)
+        if isinstance(c[0], EmbeddingConfig)
+        else EmbeddingBagCollection(tables=c, device=meta)
+        for name, c in configs.items()
     }
-    built = model_factory(ebcs)
-    paths = {name: module_path_of(built, ebc) for name, ebc in ebcs.items()}
-    plan = ShardingPlan(
-        {
-            paths[name]: EmbeddingModuleShardingPlan({c.name: joint[c.name] for c in configs[name]})
-            for name in configs
-        }
-    )
-    return paths, plan
+    for module in modules.values():
+        attach_table_optimizer(module, cfg.train.embedding_optimizer)
+    built = model_factory(modules)
+    paths = {name: module_path_of(built, module) for name, module in modules.items()}
+    env = init_distributed()
+    topology = planning.make_topology(env.world_size, env.device.type, cfg.plan.hbm_gb, cfg.plan.ddr_gb)
+    return paths, planning.plan_model(built, arch, topology, cfg.train.batch_size)
 
 
 def search_embedding_dims(
@@ -405,7 +411,7 @@ def search_embedding_dims(
         model = DistributedModelParallel(TwoTower(ebc), plan=result.plan, device=device)
     """
 
-    flat, ebc_features = flatten_tables(tables)
+    flat, ebc_features, _ = flatten_tables(tables)
     if isinstance(config, Config):
         cfg = copy.deepcopy(config)
     elif config is None or (isinstance(config, Sequence) and not isinstance(config, str)):
@@ -445,23 +451,23 @@ def search_embedding_dims(
             heads = UserHeads(model_factory, ebc_features)
             model, module_path = partial(hooks.make_model, heads), "sparse_arch"
         named = _as_named_by(tables_arch, flat)
-        env = init_distributed()
-        plan = planning.plan_architecture(
-            named,
-            env.world_size,
-            env.device.type,
-            cfg.plan.hbm_gb,
-            cfg.plan.ddr_gb,
-            cfg.train.batch_size,
-            cfg.train.embedding_optimizer,
-            # Several EBCs: all tables placed together under one path first, then split per EBC below.
-            module_path="ebc" if model is None and ebc_features is not None else module_path,
-        )
         configs: Any = resize_configs(flat, named)
-        if model is None and ebc_features is not None:  # your EBCs: each its configs, its part of the plan
+        if model is None and ebc_features is not None:  # your modules: each its configs; your model planned
             assert isinstance(tables, Mapping)
             configs = {name: resize_configs(tables[name], named) for name in tables}
-            module_path, plan = _split_plan(plan.plan["ebc"], configs, model_factory)
+            module_path, plan = _plan_user_model(configs, model_factory, named, cfg)
+        else:
+            env = init_distributed()
+            plan = planning.plan_architecture(
+                named,
+                env.world_size,
+                env.device.type,
+                cfg.plan.hbm_gb,
+                cfg.plan.ddr_gb,
+                cfg.train.batch_size,
+                cfg.train.embedding_optimizer,
+                module_path=module_path,
+            )
         return EmbeddingSearch(
             architecture=named if model is None else arch,
             configs=configs,

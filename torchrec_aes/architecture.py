@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import yaml
-from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, EmbeddingConfig, PoolingType
 
 from torchrec_aes.data.schema import Schema
 from torchrec_aes.errors import UserError, yaml_error
@@ -98,6 +98,9 @@ class TableArch:
             the fused optimizer's state stays fp32), or "int8" / "int4": trained in fp32, served row-wise
             quantized by TorchRec's inference path (test metrics are the quantized model's).
         pooling: "sum" or "mean" over a feature's bag of ids (the features' `data.pooling`).
+        collection: "" for a pooled table (an `EmbeddingBagCollection`'s); else the name of the user's
+            `EmbeddingCollection` it is in (a sequence table: looked up per id, not pooled). TorchRec's
+            `EmbeddingCollection` needs one dim for all its tables: a collection's active tables share one.
     """
 
     name: str
@@ -106,6 +109,7 @@ class TableArch:
     embedding_dim: int
     data_type: str = "fp32"
     pooling: str = "sum"
+    collection: str = ""
 
 
 @dataclass
@@ -155,10 +159,18 @@ class Architecture:
         for t in types:
             check_table_type(t, "data_type")
         tables = [
-            TableArch(f"t_{key}", list(names), rows, int(d), dt, schema.feature(names[0]).pooling)
+            TableArch(
+                f"t_{key}",
+                list(names),
+                rows,
+                int(d),
+                dt,
+                schema.feature(names[0]).pooling,
+                schema.feature(names[0]).collection,
+            )
             for (key, names), rows, d, dt in zip(groups, schema.table_rows, dims, types, strict=True)
         ]
-        return cls(tables=tables, method=method, schema_hash=schema.hash())
+        return cls(tables=tables, method=method, schema_hash=schema.hash()).tied()
 
     @property
     def dims(self) -> list[int]:
@@ -176,12 +188,55 @@ class Architecture:
         return replace(self, tables=tables, **changes)
 
     @property
+    def collections(self) -> dict[str, list[TableArch]]:
+        """{collection: its tables} of the sequence tables (`TableArch.collection`), in table order."""
+        out: dict[str, list[TableArch]] = {}
+        for t in self.tables:
+            if t.collection:
+                out.setdefault(t.collection, []).append(t)
+        return out
+
+    def tied(self) -> Architecture:
+        """A copy in which each collection's active tables share one dim: the rows-weighted mean of their
+        dims, rounded down to a multiple of 4 (never below their smallest dim). Its tables then cost no
+        more than before (a table's bytes grow linearly with its dim), so a budget that held still holds;
+        tables of dim 0 stay dropped. How per-table methods (the power rule) respect an
+        `EmbeddingCollection`; searches that choose per collection (AdaS&S) need no tying."""
+        dims: dict[str, int] = {}
+        for name, tables in self.collections.items():
+            active = [t for t in tables if t.embedding_dim > 0]
+            if len({t.embedding_dim for t in active}) > 1:
+                rows = sum(t.num_embeddings for t in active)
+                mean = sum(t.num_embeddings * t.embedding_dim for t in active) / rows
+                dims[name] = max(int(mean // 4) * 4, min(t.embedding_dim for t in active))
+        if not dims:
+            return self
+        tables = [
+            replace(t, embedding_dim=dims[t.collection])
+            if t.collection in dims and t.embedding_dim > 0
+            else t
+            for t in self.tables
+        ]
+        return replace(self, tables=tables)
+
+    def check_collections(self, source: str = "architecture") -> None:
+        """A one-line ValueError naming the collection whose active tables have different dims."""
+        for name, tables in self.collections.items():
+            dims = {t.name: t.embedding_dim for t in tables if t.embedding_dim > 0}
+            if len(set(dims.values())) > 1:
+                listed = ", ".join(f"{k} {v}" for k, v in dims.items())
+                raise ValueError(
+                    f"{source}: the tables of EmbeddingCollection '{name}' have dims {listed}; TorchRec's "
+                    "EmbeddingCollection needs one dim for all its tables"
+                )
+
+    @property
     def data_types(self) -> list[str]:
         return [t.data_type for t in self.tables]
 
     def to_ebc_configs(self) -> list[EmbeddingBagConfig]:
-        """`EmbeddingBagConfig`s of the active tables (dim > 0), each with its pooling and in the precision
-        it trains in (`training_type`)."""
+        """`EmbeddingBagConfig`s of the active pooled tables (dim > 0; not the sequence tables of
+        `collections`), each with its pooling and in the precision it trains in (`training_type`)."""
         return [
             EmbeddingBagConfig(
                 name=t.name,
@@ -192,7 +247,28 @@ class Architecture:
                 data_type=TORCHREC_DATA_TYPES[training_type(t.data_type)],
             )
             for t in self.active_tables
+            if not t.collection
         ]
+
+    def to_ec_configs(self) -> dict[str, list[EmbeddingConfig]]:
+        """{collection: `EmbeddingConfig`s of its active tables} (dim > 0, in their training precision);
+        a collection whose tables are all dropped is left out."""
+        out: dict[str, list[EmbeddingConfig]] = {}
+        for name, tables in self.collections.items():
+            configs = [
+                EmbeddingConfig(
+                    name=t.name,
+                    embedding_dim=t.embedding_dim,
+                    num_embeddings=t.num_embeddings,
+                    feature_names=list(t.feature_names),
+                    data_type=TORCHREC_DATA_TYPES[training_type(t.data_type)],
+                )
+                for t in tables
+                if t.embedding_dim > 0
+            ]
+            if configs:
+                out[name] = configs
+        return out
 
     @property
     def served_types(self) -> dict[str, str]:
@@ -224,6 +300,12 @@ class Architecture:
                         f"{source}: table '{t.name}' pools by {t.pooling} but feature '{name}' pools by "
                         f"{pooling[name]} (data.pooling)"
                     )
+                if t.collection != (have := schema.feature(name).collection):
+                    where = f"EmbeddingCollection '{have}'" if have else "a pooled (EBC) table"
+                    raise ValueError(
+                        f"{source}: table '{t.name}' is in collection '{t.collection or '(none)'}' but "
+                        f"feature '{name}' is in {where}"
+                    )
                 if t.num_embeddings < known[name]:
                     raise ValueError(
                         f"{source}: table '{t.name}' has {t.num_embeddings} rows but feature '{name}' "
@@ -241,9 +323,11 @@ class Architecture:
 
     def to_dict(self) -> dict:
         data = asdict(self)
-        for t in data["tables"]:  # sum pooling is left out: files stay as they were for one-hot data
+        for t in data["tables"]:  # defaults are left out: files stay as they were for one-hot data
             if t["pooling"] == "sum":
                 del t["pooling"]
+            if not t["collection"]:
+                del t["collection"]
         return data
 
     @classmethod
@@ -259,11 +343,12 @@ class Architecture:
         tables = []
         for i, t in enumerate(data["tables"]):
             where = f"{source}: tables[{i}]"
-            if not isinstance(t, dict) or not allowed <= set(t) <= allowed | {"data_type", "pooling"}:
+            optional = {"data_type", "pooling", "collection"}
+            if not isinstance(t, dict) or not allowed <= set(t) <= allowed | optional:
                 keys = sorted(t) if isinstance(t, dict) else repr(t)
                 raise ValueError(
                     f"{where} has keys {keys}; expected {sorted(allowed)} and optionally 'data_type', "
-                    "'pooling'"
+                    "'pooling', 'collection'"
                 )
             pooling = t.get("pooling", "sum")
             if pooling not in POOLING_TYPES:
@@ -279,6 +364,7 @@ class Architecture:
                     _integer(t["embedding_dim"], f"{where}.embedding_dim", minimum=0),
                     check_table_type(t.get("data_type", "fp32"), f"{where}.data_type"),
                     pooling,
+                    _text(t["collection"], f"{where}.collection") if "collection" in t else "",
                 )
             )
         names = [t.name for t in tables]
@@ -308,7 +394,9 @@ class Architecture:
             top["kind"] = "rowwise" if "row_dims" in (top.get("extra") or {}) else "tables"
         if top["kind"] not in kind_names():
             raise ValueError(f"{source}: kind '{top['kind']}' is not one of {', '.join(kind_names())}")
-        return cls(tables=tables, **top)
+        arch = cls(tables=tables, **top)
+        arch.check_collections(source)
+        return arch
 
     def save(self, path: str) -> None:
         """Writes `architecture.yaml` atomically: `num_tables` and the provenance first and the tables

@@ -18,6 +18,8 @@ class SparseFeature:
         pooling: how the feature's bag of ids is pooled, "sum" or "mean" (`data.pooling`; one id: either).
         table: the shared table it looks up (`data.shared_tables`), "" for its own table `t_<name>`.
         weighted: its ids carry weights (id-score lists, `data.weighted_columns`): pooled as a weighted sum.
+        collection: the `EmbeddingCollection` of a user's model its table is in (a sequence feature: looked
+            up per id, not pooled; the collection's tables share one dim), "" for a pooled table.
     """
 
     name: str
@@ -25,6 +27,7 @@ class SparseFeature:
     pooling: str = "sum"
     table: str = ""
     weighted: bool = False
+    collection: str = ""
 
     @property
     def table_key(self) -> str:
@@ -71,6 +74,8 @@ class Schema:
                 del f["table"]
             if not f["weighted"]:
                 del f["weighted"]
+            if not f["collection"]:
+                del f["collection"]
         return data
 
     @property
@@ -91,6 +96,11 @@ class Schema:
     def is_weighted(self) -> bool:
         """Whether any feature carries weights (the model's EBC is then a weighted one)."""
         return any(f.weighted for f in self.sparse)
+
+    @property
+    def has_sequences(self) -> bool:
+        """Whether some tables are a user's `EmbeddingCollection`s (`SparseFeature.collection`)."""
+        return any(f.collection for f in self.sparse)
 
     @property
     def has_shared_tables(self) -> bool:

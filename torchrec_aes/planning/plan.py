@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharding_spec import EnumerableShardingSpec
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 from torchrec.distributed.planner.constants import BATCH_SIZE
@@ -116,7 +117,9 @@ def constraints_for(arch: Architecture) -> dict[str, ParameterConstraints]:
 
 
 def default_sharders() -> list[ModuleSharder[nn.Module]]:
-    return [EmbeddingBagCollectionSharder()]
+    """TorchRec's sharders of pooled (`EmbeddingBagCollection`) and sequence (`EmbeddingCollection`)
+    tables."""
+    return [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]  # type: ignore[list-item]
 
 
 def _optimizer_of(model: nn.Module) -> str | None:

@@ -128,6 +128,7 @@ class SearchMethod:
     report: ReportFn | None = None
     floor: FloorFn | None = None
     shared_tables: bool = False
+    sequences: bool = False
 
     def __call__(self, ctx: SearchContext) -> SearchResult:
         return self.fn(ctx)
@@ -141,6 +142,13 @@ class SearchMethod:
             raise ValueError(
                 f"search.method: '{self.name}' does not search tables shared by several features "
                 f"(data.shared_tables) yet; methods that do: {', '.join(able)}"
+            )
+        if ctx.schema.has_sequences and not self.sequences:
+            _load(BUILTIN_METHODS)
+            able = sorted(m.name for m in _METHODS.values() if m.sequences)
+            raise ValueError(
+                f"search.method: '{self.name}' does not search the tables of an EmbeddingCollection yet; "
+                f"methods that do: {', '.join(able)}"
             )
         if self.floor is not None:
             ctx.budget.check_floor(*self.floor(ctx))
@@ -159,6 +167,7 @@ def register(
     report: ReportFn | None = None,
     floor: FloorFn | None = None,
     shared_tables: bool = False,
+    sequences: bool = False,
 ) -> Callable[[SearchFn], SearchFn]:
     """Registers a search method under `search.method=<name>`.
 
@@ -174,13 +183,15 @@ def register(
             candidate dim in `search.precision`.
         shared_tables: it searches tables looked up by several features (`data.shared_tables`): one dim per
             table of `Schema.tables`. Other methods refuse such data before they start.
+        sequences: it searches the tables of a user's `EmbeddingCollection`s (`TableArch.collection`): one
+            dim per collection. Other methods refuse such tables before they start.
     """
 
     def wrap(fn: SearchFn) -> SearchFn:
         if name in _METHODS:
             raise ValueError(f"search method '{name}' is registered twice")
         _METHODS[name] = SearchMethod(
-            name, fn, tuple(tasks), section, user_model, report, floor, shared_tables
+            name, fn, tuple(tasks), section, user_model, report, floor, shared_tables, sequences
         )
         return fn
 

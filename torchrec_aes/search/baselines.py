@@ -39,7 +39,7 @@ def largest_uniform(ctx: SearchContext, data_type: str | None = None) -> Archite
     return best
 
 
-@register("uniform", tasks=("ctr", "cf"), user_model=True, shared_tables=True)
+@register("uniform", tasks=("ctr", "cf"), user_model=True, shared_tables=True, sequences=True)
 def uniform(ctx: SearchContext) -> SearchResult:
     arch = largest_uniform(ctx)
     return SearchResult(arch, {"dim": arch.dims[0], "data_type": arch.tables[0].data_type})
@@ -63,14 +63,15 @@ def fit_power_rule(
     high: int,
     iters: int = 60,
 ) -> Architecture:
-    """Bisection on the scale: the largest scale whose rounded dims fit the budget."""
+    """Bisection on the scale: the largest scale whose rounded dims fit the budget (each collection of a
+    user's `EmbeddingCollection` tied to one dim, `Architecture.tied`)."""
     lo, hi = 0.0, float(high) * max(schema_rows) ** alpha * 4
-    best = arch0.with_dims(power_rule_dims(schema_rows, alpha, lo, low, high))
+    best = arch0.with_dims(power_rule_dims(schema_rows, alpha, lo, low, high)).tied()
     if not budget.fits(best):
         raise ValueError(f"the power rule cannot fit budget {budget}: every table at dim {low} is over it")
     for _ in range(iters):
         mid = (lo + hi) / 2
-        arch = arch0.with_dims(power_rule_dims(schema_rows, alpha, mid, low, high))
+        arch = arch0.with_dims(power_rule_dims(schema_rows, alpha, mid, low, high)).tied()
         if budget.fits(arch):
             lo, best = mid, arch
         else:
@@ -78,7 +79,7 @@ def fit_power_rule(
     return best
 
 
-@register("power_rule", tasks=("ctr", "cf"), user_model=True, shared_tables=True)
+@register("power_rule", tasks=("ctr", "cf"), user_model=True, shared_tables=True, sequences=True)
 def power_rule(ctx: SearchContext) -> SearchResult:
     rows = ctx.schema.table_rows
     arch0 = Architecture.uniform(ctx.schema, min(ctx.candidates), ctx.cfg.search.precision)

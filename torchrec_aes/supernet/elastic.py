@@ -18,6 +18,11 @@ Dims are plain Python state set by `set_dims` before each step: a step uses one 
 batch, and every rank must set the same dims (the caller seeds its sampling identically on every rank,
 `supernet.sampling`).
 
+With `sequences` (a user's `EmbeddingCollection`s, each at d_max) the same wrapper also serves their
+per-id embeddings: one dim per collection (TorchRec's EC needs one dim for all its tables), chosen with the
+tables' (`table_names` lists each collection once, after the EBC's tables), zero-padded beyond it. The
+user's model reads them through a `SequenceView` (`sequence_view(name)`).
+
 `build_elastic_model` puts an elastic EBC into our CTR models (DLRM with projections, DCN with padding).
 """
 
@@ -28,8 +33,8 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
-from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, EmbeddingConfig
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedJaggedTensor, KeyedTensor
 
 from torchrec_aes.config import ModelConfig
 from torchrec_aes.models.ctr import FeatureGroups, build_ctr_model
@@ -51,6 +56,8 @@ class ElasticEmbeddingBagCollection(nn.Module):
             (identity where the candidate equals it); if None, features are zero-padded to d_max.
         shared_projection: with `output_dim`, one d_max -> output_dim map per table instead, of which
             candidate d uses the first d input columns (weight sharing extended to the projection).
+        sequences: {collection name: an `EmbeddingCollection` (or a stand-in with `embedding_configs()` and
+            `forward(KJT) -> {feature: JaggedTensor}`) with every table at d_max}; zero padding only.
 
     Example::
 
@@ -68,6 +75,7 @@ class ElasticEmbeddingBagCollection(nn.Module):
         candidates: Sequence[int],
         output_dim: int | None = None,
         shared_projection: bool = False,
+        sequences: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         cands = sorted(set(int(c) for c in candidates))
@@ -87,7 +95,19 @@ class ElasticEmbeddingBagCollection(nn.Module):
                 "table at max(candidates)"
             )
         self._configs = configs
-        self.table_names = [c.name for c in configs]
+        self.ecs = nn.ModuleDict(dict(sequences or {}))
+        if self.ecs and output_dim is not None:
+            raise ValueError("an elastic EBC with sequences zero-pads (no output_dim)")
+        for name, ec in self.ecs.items():
+            wrong = [c.name for c in ec.embedding_configs() if c.embedding_dim != self.max_dim]  # type: ignore[operator]
+            if wrong or name in {c.name for c in configs}:
+                raise ValueError(
+                    f"collection '{name}': tables {wrong} are not at the largest candidate dim {self.max_dim}"
+                    if wrong
+                    else f"collection '{name}' has the name of a table"
+                )
+        # What a choice sets: each pooled table, then each collection (one dim for all its tables).
+        self.table_names = [c.name for c in configs] + list(self.ecs)
         self.feature_names = [n for c in configs for n in c.feature_names]
         self._table_of = {n: c.name for c in configs for n in c.feature_names}
         self._dims: dict[str, int] = {name: self.max_dim for name in self.table_names}
@@ -215,6 +235,50 @@ class ElasticEmbeddingBagCollection(nn.Module):
         """KJT -> KeyedTensor of masked (and projected) pooled embeddings, keys in `feature_names` order."""
         # A sharded EBC may order its output keys differently from the unsharded one: index by name.
         return self.mask(self.ebc(features).to_dict())
+
+    def sequence_configs(self, name: str) -> list[EmbeddingConfig]:
+        """The tables of collection `name` as its user sees them: at d_max (zero beyond the chosen dim)."""
+        return list(self.ecs[name].embedding_configs())  # type: ignore[operator]
+
+    def sequence(self, name: str, features: KeyedJaggedTensor | None) -> dict[str, JaggedTensor]:
+        """The per-id embeddings of collection `name` at its current dim, zero-padded to d_max (zero for
+        dim 0; fp16-rounded with `set_half`, straight through)."""
+        d, half = self._dims[name], self._half.get(name, False)
+        out = {}
+        for key, jt in self.ecs[name](features).items():
+            values = jt.values()
+            if half:
+                values = values + (values.half().float() - values).detach()
+            if d == 0:
+                values = values * 0.0
+            elif d < self.max_dim:
+                values = F.pad(values[:, :d], (0, self.max_dim - d))
+            out[key] = JaggedTensor(values=values, lengths=jt.lengths())
+        return out
+
+    def sequence_view(self, name: str) -> SequenceView:
+        """What the user's model gets in place of collection `name`'s `EmbeddingCollection`."""
+        return SequenceView(self, name)
+
+
+class SequenceView(nn.Module):
+    """An `EmbeddingCollection` look-alike over one collection of an elastic EBC: its configs (at d_max)
+    and, called with a KJT, the collection's per-id embeddings at the current dim. It does not register
+    the elastic EBC as a submodule (the model holds that once, where DMP shards it)."""
+
+    def __init__(self, elastic: ElasticEmbeddingBagCollection, name: str) -> None:
+        super().__init__()
+        self._elastic = [elastic]  # a list: not a submodule
+        self.name = name
+
+    def embedding_configs(self) -> list[EmbeddingConfig]:
+        return self._elastic[0].sequence_configs(self.name)
+
+    def embedding_dim(self) -> int:
+        return self._elastic[0].max_dim
+
+    def forward(self, features: KeyedJaggedTensor | None) -> dict[str, JaggedTensor]:
+        return self._elastic[0].sequence(self.name, features)
 
 
 def build_elastic_model(

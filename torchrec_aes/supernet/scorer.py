@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torchrec.modules.embedding_configs import EmbeddingBagConfig
-from torchrec.sparse.jagged_tensor import KeyedTensor
+from torchrec.sparse.jagged_tensor import JaggedTensor, KeyedTensor
 
 from torchrec_aes.data.dataset import Rows
 from torchrec_aes.models.ctr import FeatureGroups
@@ -61,6 +61,25 @@ class _CachedLookup(nn.Module):
     def forward(self, features: Any) -> KeyedTensor:
         keys = [n for c in self._configs for n in c.feature_names]
         return KeyedTensor.from_tensor_list(keys, [self.pooled[k] for k in keys])
+
+
+Sequences = dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]
+"""{collection: {feature: (values [ids, d_max], lengths [N])}}: per-id embeddings of a fixed slice."""
+
+
+class _CachedSequence(nn.Module):
+    """Stands in for a collection's `EmbeddingCollection` under an elastic EBC: fixed per-id embeddings."""
+
+    def __init__(self, configs: list[Any], jagged: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        super().__init__()
+        self._configs = configs
+        self.jagged = jagged
+
+    def embedding_configs(self) -> list[Any]:
+        return self._configs
+
+    def forward(self, features: Any) -> dict[str, JaggedTensor]:
+        return {k: JaggedTensor(values=v, lengths=n) for k, (v, n) in self.jagged.items()}
 
 
 class _ChoiceLookup(nn.Module):
@@ -147,6 +166,8 @@ class SupernetEvaluator:
         dense: [N, num_dense] dense features of the slice.
         labels: [N] labels.
         dense_state: state dict of the model without the embedding tables.
+        sequences: the slice's per-id embeddings of each collection of a user's `EmbeddingCollection`s
+            (`lookup_sequences`), if the elastic EBC has any.
     """
 
     def __init__(
@@ -158,16 +179,20 @@ class SupernetEvaluator:
         dense: torch.Tensor,
         labels: torch.Tensor,
         dense_state: dict[str, torch.Tensor],
+        sequences: Sequences | None = None,
     ) -> None:
         self.build_model = build_model
         self.configs = configs
         self.candidates = [c if isinstance(c, int) else (int(c[0]), str(c[1])) for c in candidates]
         self.options = [(c, "fp32") if isinstance(c, int) else c for c in self.candidates]
         self.pooled, self.dense, self.labels, self.dense_state = pooled, dense, labels, dense_state
+        self.sequences = sequences or {}
         self.model = build_model(_CachedLookup(configs, pooled))
+        self.elastic = find_elastic(self.model)
+        for name, jagged in self.sequences.items():
+            self.elastic.ecs[name] = _CachedSequence(self.elastic.sequence_configs(name), jagged)
         self.model.load_state_dict(dense_state)
         self.model.eval()
-        self.elastic = find_elastic(self.model)
         self.table_names = self.elastic.table_names
         self._cache: dict[tuple[int, ...], tuple[float, float, float]] = {}
         self._kept: dict[tuple[int, ...], torch.Tensor] = {}
@@ -289,6 +314,7 @@ class SupernetEvaluator:
             "labels": self.labels,
             "dense_state": self.dense_state,
             "candidates": self.candidates,
+            "sequences": self.sequences,
         }
 
     @classmethod
@@ -306,6 +332,7 @@ class SupernetEvaluator:
             blob["dense"],
             blob["labels"],
             blob["dense_state"],
+            blob.get("sequences"),
         )
 
 
@@ -363,7 +390,45 @@ def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {
         k[len(prefix) :]: v.detach().cpu().clone()
         for k, v in model.state_dict().items()
-        if ".ebc." not in k and k.startswith(prefix)
+        if ".ebc." not in k and ".ecs." not in k and k.startswith(prefix)
+    }
+
+
+@torch.no_grad()
+def lookup_sequences(
+    model: nn.Module, data: Rows, keys: list[str], batch_size: int, env: DistEnv
+) -> Sequences:
+    """The per-id d_max embeddings of `data` (the fixed slice of `lookup_slice`, in the same row order)
+    in each collection of the (DMP-wrapped) supernet's elastic EBC, gathered on every rank (a collective;
+    {} without collections)."""
+    elastic = find_elastic(model)
+    if not elastic.ecs:
+        return {}
+    model.eval()
+    local: dict[str, dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]]] = {
+        name: {} for name in elastic.ecs
+    }
+    for batch in data.batches(keys, batch_size, env.rank, env.world_size):
+        kjt = batch.sparse_features.to(env.device)
+        for name, ec in elastic.ecs.items():
+            for key, jt in ec(kjt).items():
+                values, lengths = local[name].setdefault(key, ([], []))
+                values.append(jt.values().cpu())
+                lengths.append(jt.lengths().cpu())
+    mine = {
+        name: {k: (torch.cat(v), torch.cat(n)) for k, (v, n) in per.items()} for name, per in local.items()
+    }
+    parts = [mine]
+    if env.world_size > 1:  # ranks hold different numbers of ids: gathered as objects, in rank order
+        parts = [{} for _ in range(env.world_size)]
+        dist.all_gather_object(parts, mine)
+    model.train()
+    return {
+        name: {
+            k: (torch.cat([p[name][k][0] for p in parts]), torch.cat([p[name][k][1] for p in parts]))
+            for k in mine[name]
+        }
+        for name in mine
     }
 
 
@@ -390,6 +455,7 @@ def slice_evaluator(
         candidates: the options a choice indexes (see `SupernetEvaluator`).
     """
     pooled_slice, dense, labels = lookup_slice(model, data, keys, batch_size, env)
+    sequences = lookup_sequences(model, data, keys, batch_size, env)
     state = dense_state(model)
     if not env.is_main:
         return None
@@ -401,4 +467,5 @@ def slice_evaluator(
         dense,
         labels,
         state,
+        sequences,
     )

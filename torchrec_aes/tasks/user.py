@@ -38,8 +38,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torchrec.datasets.utils import Batch
-from torchrec.modules.embedding_configs import EmbeddingBagConfig
-from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.embedding_configs import BaseEmbeddingConfig, EmbeddingBagConfig, EmbeddingConfig
+from torchrec.modules.embedding_modules import EmbeddingBagCollection, EmbeddingCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from torchrec_aes.architecture import Architecture
@@ -52,7 +52,7 @@ from torchrec_aes.train.distributed import DistEnv, init_distributed
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ModelFactory = Callable[[Any], nn.Module]
-"""`ebc -> model`, or `{EBC name: ebc} -> model` for a model of several EBCs."""
+"""`ebc -> model`, or `{module name: EBC or EC} -> model` for a model of several embedding modules."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -256,15 +256,17 @@ class PooledReplay(nn.Module):
 
 
 class UserHead(nn.Module):
-    """The user's model over tables looked up elsewhere: `interact(dense, {feature: pooled})` runs it on
-    pooled embeddings replayed through `PooledReplay`s (one per EBC of the user's model, which it gets as
-    the factory's argument: the EBC, or with several a dict of them by name). One group's head of iHAS;
+    """The user's model over tables looked up elsewhere: `interact(dense, {feature: pooled}, kjt)` runs it
+    on pooled embeddings replayed through `PooledReplay`s (one per EBC of the user's model, which it gets
+    as the factory's argument: the EBC, or with several a dict of them by name). One group's head of iHAS;
     also how a model of several EBCs runs over the search's one EBC (`SeveralEBCs`).
 
     Args:
         model_factory: the user's factory.
         configs: the tables the head sees.
         ebc_features: None (one EBC), or {EBC name: its features} for a model of several EBCs.
+        sequences: {EC name: the module the model gets for it} (an `EmbeddingCollection`, or a
+            `SequenceView` in a supernet); the model holds them and calls them with the KJT.
     """
 
     def __init__(
@@ -272,6 +274,7 @@ class UserHead(nn.Module):
         model_factory: ModelFactory,
         configs: list[EmbeddingBagConfig],
         ebc_features: dict[str, list[str]] | None = None,
+        sequences: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         everything = {"ebc": [n for c in configs for n in c.feature_names]}
@@ -282,21 +285,33 @@ class UserHead(nn.Module):
                 for name, features in groups.items()
             }
         )
-        self.model = Logits(model_factory(self.views["ebc"] if ebc_features is None else dict(self.views)))
+        modules = {**dict(self.views), **dict(sequences or {})}
+        self.model = Logits(model_factory(self.views["ebc"] if ebc_features is None else modules))
 
-    def interact(self, dense_features: torch.Tensor, per_feature: dict[str, torch.Tensor]) -> torch.Tensor:
+    def interact(
+        self,
+        dense_features: torch.Tensor,
+        per_feature: dict[str, torch.Tensor],
+        features: KeyedJaggedTensor | None = None,
+    ) -> torch.Tensor:
+        """Logits [B] from the pooled embeddings (and `features` for the model's `EmbeddingCollection`s)."""
         for view in self.views.values():
             view.replay(per_feature)  # type: ignore[operator]
         try:
-            return self.model(dense_features, None)
+            return self.model(dense_features, features)
         finally:  # the batch's embeddings are not kept on the module past the call
             for view in self.views.values():
                 view.replay(None)  # type: ignore[operator]
 
 
-def replayed_logits(head: UserHead, dense_features: torch.Tensor, pooled: KeyedTensor) -> torch.Tensor:
-    """[B] the head on the pooled embeddings."""
-    return head.interact(dense_features, pooled.to_dict())
+def replayed_logits(
+    head: UserHead,
+    dense_features: torch.Tensor,
+    pooled: KeyedTensor,
+    features: KeyedJaggedTensor | None = None,
+) -> torch.Tensor:
+    """[B] the head on the pooled embeddings (and the batch's KJT for its `EmbeddingCollection`s)."""
+    return head.interact(dense_features, pooled.to_dict(), features)
 
 
 # The replay stores tensors on modules: a leaf for torch.fx, which TorchRec's train pipeline traces with.
@@ -304,25 +319,32 @@ torch.fx.wrap("replayed_logits")
 
 
 class SeveralEBCs(nn.Module):
-    """A user's model of several EBCs over the search's one EBC of all their tables: one lookup per step,
-    its pooled embeddings replayed to each of the model's EBCs (`UserHead`).
+    """A user's model of several embedding modules over the search's one EBC of all their pooled tables:
+    one lookup per step, its pooled embeddings replayed to each of the model's EBCs (`UserHead`); the
+    model's `EmbeddingCollection`s are its own (it is given them, holds them and looks them up with the
+    batch's KJT).
 
     Args:
         sparse: the one EBC (or a look-alike: elastic, gated).
-        model_factory: the user's factory, called with {EBC name: its view}.
+        model_factory: the user's factory, called with {EBC name: its view, EC name: its module}.
         ebc_features: {EBC name: its features}.
+        sequences: {EC name: an `EmbeddingCollection`, or a `SequenceView` of an elastic EBC}.
     """
 
     def __init__(
-        self, sparse: nn.Module, model_factory: ModelFactory, ebc_features: dict[str, list[str]]
+        self,
+        sparse: nn.Module,
+        model_factory: ModelFactory,
+        ebc_features: dict[str, list[str]],
+        sequences: Mapping[str, nn.Module] | None = None,
     ) -> None:
         super().__init__()
         self.sparse = sparse
         configs = sparse.embedding_bag_configs()  # type: ignore[operator]
-        self.head = UserHead(model_factory, configs, ebc_features)
+        self.head = UserHead(model_factory, configs, ebc_features, sequences)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
-        return replayed_logits(self.head, dense_features, self.sparse(sparse_features))
+        return replayed_logits(self.head, dense_features, self.sparse(sparse_features), sparse_features)
 
 
 class UserHeads:
@@ -362,42 +384,72 @@ class UserModule(nn.Module):
 
 
 def flatten_tables(
-    tables: Sequence[EmbeddingBagConfig] | Mapping[str, Sequence[EmbeddingBagConfig]],
-) -> tuple[list[EmbeddingBagConfig], dict[str, list[str]] | None]:
-    """The tables of one EBC as given, or of several ({EBC name: its configs}) in one list, with each
-    EBC's features ({name: features}; None for one EBC). Checked by `check_tables`.
+    tables: Sequence[EmbeddingBagConfig] | Mapping[str, Sequence[BaseEmbeddingConfig]],
+) -> tuple[list[BaseEmbeddingConfig], dict[str, list[str]] | None, dict[str, list[str]]]:
+    """The tables of one EBC as given, or of several modules ({module name: its configs}: a list of
+    `EmbeddingBagConfig`s is an EBC, of `EmbeddingConfig`s an `EmbeddingCollection`) in one list, pooled
+    tables first, with each EBC's features ({name: features}; None for one EBC) and each EC's. Checked by
+    `check_tables`.
 
     Raises:
-        ValueError: a mapping that is empty or whose keys are not names, naming what is wrong.
+        ValueError: a mapping that is empty, whose keys are not names, a module mixing both kinds of
+            config, or ECs without any EBC, naming what is wrong.
     """
     if not isinstance(tables, Mapping):
         check_tables(tables)
-        return list(tables), None
+        return list(tables), None, {}
     if not tables:
         raise ValueError("tables: an empty mapping; give {EBC name: its EmbeddingBagConfigs}")
-    flat: list[EmbeddingBagConfig] = []
+    pooled: list[BaseEmbeddingConfig] = []
+    sequence: list[BaseEmbeddingConfig] = []
     features: dict[str, list[str]] = {}
+    collections: dict[str, list[str]] = {}
     for name, configs in tables.items():
         if not isinstance(name, str) or not name or "." in name:
-            raise ValueError(f"tables: EBC name {name!r}; expected a non-empty name without '.'")
-        if isinstance(configs, EmbeddingBagConfig) or not configs:
+            raise ValueError(f"tables: module name {name!r}; expected a non-empty name without '.'")
+        if isinstance(configs, BaseEmbeddingConfig) or not configs:
             raise ValueError(f"tables['{name}']: expected a non-empty list of EmbeddingBagConfigs")
-        flat.extend(configs)
+        if all(isinstance(c, EmbeddingConfig) for c in configs):
+            sequence.extend(configs)
+            collections[name] = [n for c in configs for n in c.feature_names]
+            continue
+        check_tables(list(configs), sequences=True)  # names a config that is neither kind
+        if not all(isinstance(c, EmbeddingBagConfig) for c in configs):
+            raise ValueError(
+                f"tables['{name}']: mixes EmbeddingBagConfigs and EmbeddingConfigs; one module's tables are "
+                "all EmbeddingBagConfigs (an EmbeddingBagCollection) or all EmbeddingConfigs (an "
+                "EmbeddingCollection)"
+            )
+        pooled.extend(configs)
         features[name] = [n for c in configs for n in c.feature_names]
-    check_tables(flat)
-    return flat, features
+    if not pooled:
+        raise ValueError(
+            "tables: only EmbeddingCollections; the search needs at least one EmbeddingBagCollection of "
+            "pooled tables in the model"
+        )
+    flat = pooled + sequence
+    check_tables(flat, sequences=True)
+    return flat, features, collections
 
 
-def check_tables(tables: Sequence[EmbeddingBagConfig]) -> None:
-    """Raises a one-line ValueError unless `tables` are one EBC's configs, each feature in one table (a
-    table may serve several features: one shared table, one dim)."""
+def check_tables(tables: Sequence[BaseEmbeddingConfig], sequences: bool = False) -> None:
+    """Raises a one-line ValueError unless `tables` are `EmbeddingBagConfig`s (also `EmbeddingConfig`s
+    with `sequences`) with unique names, each feature in one table (a table may serve several features: one
+    shared table, one dim)."""
     if not tables:
         raise ValueError("tables: empty; give the EmbeddingBagConfigs of your EmbeddingBagCollection")
     names: set[str] = set()
     features: dict[str, str] = {}
     for i, t in enumerate(tables):
-        if not isinstance(t, EmbeddingBagConfig):
-            raise ValueError(f"tables[{i}]: a {type(t).__name__}; expected a torchrec EmbeddingBagConfig")
+        if isinstance(t, EmbeddingConfig) and not sequences:
+            raise ValueError(
+                f"tables[{i}]: an EmbeddingConfig (an EmbeddingCollection's table); give a model's modules "
+                "as a mapping {module name: its configs}, e.g. {'ebc': [EmbeddingBagConfig, ...], 'seq': "
+                "[EmbeddingConfig, ...]}"
+            )
+        if not isinstance(t, EmbeddingBagConfig | EmbeddingConfig):
+            expected = "EmbeddingBagConfig or EmbeddingConfig" if sequences else "EmbeddingBagConfig"
+            raise ValueError(f"tables[{i}]: a {type(t).__name__}; expected a torchrec {expected}")
         if not t.feature_names:
             raise ValueError(f"table '{t.name}' looks up no feature; give it feature_names")
         if t.name in names:
@@ -463,7 +515,7 @@ class UserTask(CTRTask):
         loss: Loss | None = None,
         train_steps_per_epoch: int = 0,
     ) -> None:
-        flat, self.ebc_features = flatten_tables(tables)
+        flat, self.ebc_features, self.collections = flatten_tables(tables)
         if not callable(model_factory):
             raise ValueError(
                 f"model_factory: a {type(model_factory).__name__}; expected a callable ebc -> model"
@@ -485,11 +537,18 @@ class UserTask(CTRTask):
             for name, src in (("train", train), ("val", val), ("test", val if test is None else test))
         }
         num_dense = self._check_first_batches(splits)
+        collection_of = {n: name for name, features in self.collections.items() for n in features}
         schema = Schema(
             dense_names=[f"dense_{i}" for i in range(num_dense)],
             # A table of several features is a shared table (searched as one, `t_<its name>`).
+            # A table of an EmbeddingCollection is in its collection (one dim for the collection's tables).
             sparse=[
-                SparseFeature(n, t.num_embeddings, table=t.name if len(t.feature_names) > 1 else "")
+                SparseFeature(
+                    n,
+                    t.num_embeddings,
+                    table=t.name if len(t.feature_names) > 1 else "",
+                    collection=collection_of.get(n, ""),
+                )
                 for t in self.tables
                 for n in t.feature_names
             ],
@@ -497,10 +556,15 @@ class UserTask(CTRTask):
         data = Splits(schema, *(splits[s] for s in ("train", "val", "test")))
         super().__init__(cfg, data)
         # The factory once on meta: fails fast on a broken factory and finds where the user keeps the EBC.
-        probe = EmbeddingBagCollection(tables=list(self.tables), device=torch.device("meta"))
+        configs = Architecture.uniform(self.schema, 4)
+        probe = EmbeddingBagCollection(tables=configs.to_ebc_configs(), device=torch.device("meta"))
+        probe_ecs = self._collections(configs)
         # Where the one EBC sits in the model UserModule wraps: `Logits.model.<the user's path>`, or for
         # several EBCs `SeveralEBCs.sparse` (each of the user's EBCs is found when the result is exported).
-        inner = module_path_of(self.model_around(probe), probe)
+        probed = self.model_around(probe, probe_ecs)
+        inner = module_path_of(probed, probe)
+        for ec in probe_ecs.values():
+            module_path_of(probed, ec)
         self.ebc_path = f"model.{inner}"  # type: ignore[misc]
         self.module_path = inner.removeprefix("model").removeprefix(".") if self.ebc_features is None else ""
 
@@ -522,25 +586,31 @@ class UserTask(CTRTask):
     def load(cls, cfg: Config) -> UserTask:
         raise ValueError("a user task is built by the Python API (torchrec_aes.search_embedding_dims)")
 
-    def _user_configs(self, configs: list[EmbeddingBagConfig]) -> list[EmbeddingBagConfig]:
-        """The search's tables with the user's pooling and init range (by feature)."""
+    def _user_configs(self, configs: list[Any]) -> list[Any]:
+        """The search's tables with the user's pooling (pooled tables) and init range (by feature)."""
         by_feature = {n: t for t in self.tables for n in t.feature_names}
-        return [
-            dataclasses.replace(
-                c,
-                pooling=(u := by_feature[c.feature_names[0]]).pooling,
-                weight_init_max=u.weight_init_max,
-                weight_init_min=u.weight_init_min,
-            )
-            for c in configs
-        ]
+        out = []
+        for c in configs:
+            user = by_feature[c.feature_names[0]]
+            kept = {"weight_init_max": user.weight_init_max, "weight_init_min": user.weight_init_min}
+            if isinstance(c, EmbeddingBagConfig) and isinstance(user, EmbeddingBagConfig):
+                kept["pooling"] = user.pooling
+            out.append(dataclasses.replace(c, **kept))
+        return out
 
-    def model_around(self, sparse: nn.Module) -> nn.Module:
+    def _collections(self, arch: Architecture) -> dict[str, EmbeddingCollection]:
+        """The user's `EmbeddingCollection`s of `arch`'s sequence tables, on meta."""
+        return {
+            name: EmbeddingCollection(tables=self._user_configs(configs), device=torch.device("meta"))
+            for name, configs in arch.to_ec_configs().items()
+        }
+
+    def model_around(self, sparse: nn.Module, sequences: Mapping[str, nn.Module] | None = None) -> nn.Module:
         """The user's model around `sparse` (their EBC, or a look-alike: elastic, gated, replayed); a model
-        of several EBCs gets them as views of `sparse`."""
+        of several modules gets its EBCs as views of `sparse` and its ECs as `sequences`."""
         if self.ebc_features is None:
             return Logits(self.user_factory(sparse))
-        return SeveralEBCs(sparse, self.user_factory, self.ebc_features)
+        return SeveralEBCs(sparse, self.user_factory, self.ebc_features, sequences)
 
     def head(self, configs: list[EmbeddingBagConfig]) -> nn.Module:
         """The user's model over tables looked up elsewhere (one group's head of iHAS)."""
@@ -548,8 +618,11 @@ class UserTask(CTRTask):
 
     def supernet_model(self, lookup: nn.Module, candidates: Sequence[int]) -> nn.Module:
         """The user's model around an elastic EBC over `lookup` (every table at max(candidates), zero-padded
-        beyond the sampled dim), for AdaS&S's supernet and scorer."""
-        return self.model_around(ElasticEmbeddingBagCollection(lookup, candidates))
+        beyond the sampled dim), for AdaS&S's supernet and scorer; the user's `EmbeddingCollection`s are
+        the elastic EBC's too (at max(candidates), one sampled dim per collection)."""
+        ecs = self._collections(Architecture.uniform(self.schema, max(candidates)))
+        elastic = ElasticEmbeddingBagCollection(lookup, candidates, sequences=ecs)
+        return self.model_around(elastic, {name: elastic.sequence_view(name) for name in ecs})
 
     def ebc_path_for(self, arch: Architecture) -> str:
         return self.ebc_path  # the user's module path, whatever the architecture
@@ -559,14 +632,20 @@ class UserTask(CTRTask):
         arch: Architecture,
         build_model: Callable[[EmbeddingBagCollection], nn.Module] | None = None,
         extra_loss: ExtraLoss | None = None,
-    ) -> tuple[nn.Module, EmbeddingBagCollection]:
+    ) -> tuple[nn.Module, nn.Module]:
         # `BatchRows.batches` restricts every KJT to these keys (tables of dim 0 drop theirs).
         self.keys = [n for t in arch.active_tables for n in t.feature_names]
+        arch.check_collections()
         ebc = EmbeddingBagCollection(
             tables=self._user_configs(arch.to_ebc_configs()), device=torch.device("meta")
         )
-        model = build_model(ebc) if build_model is not None else self.model_around(ebc)
-        return UserModule(model, self.loss, extra_loss), ebc
+        model = (
+            build_model(ebc) if build_model is not None else self.model_around(ebc, self._collections(arch))
+        )
+        # Every table gets the fused optimizer: the EBC's and the model's EmbeddingCollections (a supernet
+        # builds its own, `supernet_model`).
+        ecs = [m for m in model.modules() if isinstance(m, EmbeddingCollection)]
+        return UserModule(model, self.loss, extra_loss), nn.ModuleList([ebc, *ecs]) if ecs else ebc
 
     def steps_per_epoch(self, env: DistEnv) -> int:
         if self._steps is None:

@@ -33,8 +33,9 @@ from torchrec_aes.train.distributed import broadcast_object, init_distributed
 
 
 def candidate_bytes(ctx: SearchContext, space: SearchSpace | None = None) -> list[list[int]]:
-    """[F][K] cost of each searched table (of `space`, default ctx's) at each option, in the budget's
-    unit (TorchRec's estimate, cached); a shared row costs one row of dim 4."""
+    """[F][K] cost of each choice (a searched table, or a collection's tables; of `space`, default ctx's)
+    at each option, in the budget's unit (TorchRec's estimate, cached); a shared row costs one row of dim
+    4."""
     b = ctx.budget
     space = space or search_space(ctx)
     if b.count != "params":
@@ -44,10 +45,10 @@ def candidate_bytes(ctx: SearchContext, space: SearchSpace | None = None) -> lis
         [
             table_storage(1, 4, b.optimizer, b.count, p)
             if d == 0
-            else table_storage(r, d, b.optimizer, b.count, p)
+            else sum(table_storage(r, d, b.optimizer, b.count, p) for r in rows)
             for d, p in options(ctx)
         ]
-        for r in space.rows
+        for rows in space.unit_rows
     ]
 
 
@@ -81,13 +82,21 @@ def adass_floor(ctx: SearchContext) -> tuple[Architecture, str]:
     check_config(ctx.section)
     space = search_space(ctx)
     cheapest = options(ctx)[0]
-    arch = space.architecture([cheapest] * len(space.rows))
+    arch = space.architecture([cheapest] * len(space.unit_rows))
     if uses_blocks(ctx):
         return arch, "every frequency block one shared row of dim 4"
     return arch, f"every table at dim {cheapest[0]} in {cheapest[1]}"
 
 
-@register("adass", tasks=("ctr",), section="adass", user_model=True, floor=adass_floor, shared_tables=True)
+@register(
+    "adass",
+    tasks=("ctr",),
+    section="adass",
+    user_model=True,
+    floor=adass_floor,
+    shared_tables=True,
+    sequences=True,
+)
 def adass(ctx: SearchContext) -> SearchResult:
     """AdaS&S: supernet with adaptive sampling -> REINFORCE with resource competition -> budget step."""
     cfg, acfg = ctx.cfg, ctx.section
@@ -127,7 +136,7 @@ def adass(ctx: SearchContext) -> SearchResult:
         evaluator = ctx.cache[cached]
         log["supernet"] = {"shared": True}
     elif resume:
-        configs = space.arch.to_ebc_configs()
+        configs = space.arch.to_ebc_configs()  # the pooled tables (collections are the evaluator's own)
         evaluator = SupernetEvaluator.from_state(saved, build_model, configs) if saved is not None else None
         log["supernet"] = {"resumed": True}
     else:

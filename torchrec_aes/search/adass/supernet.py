@@ -75,26 +75,42 @@ def options(ctx: SearchContext) -> list[tuple[int, str]]:
 
 @dataclass
 class SearchSpace:
-    """The tables AdaS&S chooses for: one per feature, or (`rows=blocks`) one per frequency block.
+    """What AdaS&S chooses for: one table per feature (or shared table), or (`rows=blocks`) one per
+    frequency block; the tables of a user's `EmbeddingCollection` are one choice (one dim for all).
 
     Args:
         arch: the supernet's tables, each at the largest candidate.
-        rows: rows of each searched table (a block's ids), in the supernet's table order.
+        rows: rows of each table of `arch` (a block's ids).
         groups: with blocks, [(feature, its block keys)]: how blocks pool into features; else None.
+        units: the tables (indices into `arch.tables`) of each choice, in the elastic EBC's order
+            (`table_names`: the pooled tables, then each collection); None = one choice per table.
     """
 
     arch: Architecture
     rows: list[int]
     groups: list[tuple[str, list[str]]] | None = None
+    units: list[list[int]] | None = None
+
+    @property
+    def unit_rows(self) -> list[list[int]]:
+        """Rows of each table of each choice."""
+        units = self.units or [[i] for i in range(len(self.rows))]
+        return [[self.rows[i] for i in unit] for unit in units]
 
     def architecture(self, choice: Sequence[tuple[int, str]]) -> Architecture:
-        """The architecture of one option (dim, precision) per searched table; a block's `SHARED_ROW`
-        becomes a table of one row at dim 4."""
+        """The architecture of one option (dim, precision) per choice; a block's `SHARED_ROW` becomes a
+        table of one row at dim 4."""
+        per_table = list(choice)
+        if self.units is not None:
+            per_table = [("", 0)] * len(self.arch.tables)  # type: ignore[list-item]
+            for unit, option in zip(self.units, choice, strict=True):
+                for i in unit:
+                    per_table[i] = option
         tables = [
             dataclasses.replace(t, num_embeddings=1, embedding_dim=4, data_type=p)
             if d == 0
             else dataclasses.replace(t, embedding_dim=d, data_type=p)
-            for t, (d, p) in zip(self.arch.tables, choice, strict=True)
+            for t, (d, p) in zip(self.arch.tables, per_table, strict=True)
         ]
         return dataclasses.replace(self.arch, tables=tables, method="adass")
 
@@ -104,7 +120,18 @@ def search_space(ctx: SearchContext) -> SearchSpace:
     top = max(ctx.candidates)
     if not uses_blocks(ctx):
         arch = Architecture.uniform(ctx.schema, top)
-        return SearchSpace(arch, ctx.schema.table_rows)
+        if not arch.collections:
+            return SearchSpace(arch, ctx.schema.table_rows)
+        # The pooled tables, then one choice per collection: the elastic EBC's `table_names` order.
+        index = {t.name: i for i, t in enumerate(arch.tables)}
+        units = [[i] for i, t in enumerate(arch.tables) if not t.collection]
+        units += [[index[t.name] for t in tables] for tables in arch.collections.values()]
+        return SearchSpace(arch, ctx.schema.table_rows, units=units)
+    if ctx.schema.has_sequences:
+        raise ValueError(
+            "search.adass.rows=blocks: frequency blocks are for CTR data read by torchrec-aes, not the "
+            "tables of a user's EmbeddingCollection (search.adass.rows=tables)"
+        )
     if ctx.schema.has_shared_tables:
         raise ValueError(
             "search.adass.rows: frequency blocks need one table per feature; with data.shared_tables AdaS&S "
