@@ -234,6 +234,7 @@ def plan_for(
     module_path: str = "",
     configs: Sequence[EmbeddingBagConfig] | None = None,
     local_world_size: int | None = None,
+    collection_paths: dict[str, str] | None = None,
 ) -> ShardingPlan:
     """A sharding plan of the architecture's tables from TorchRec's planner, on a simulated topology.
 
@@ -251,13 +252,15 @@ def plan_for(
         module_path: where the `EmbeddingBagCollection` sits in your model ("" = the EBC is the model).
         configs: your original configs; given, the plan covers their tables under your table names.
         local_world_size: ranks per host (default: all on one host).
+        collection_paths: where your model keeps the `EmbeddingCollection` of each collection of sequence
+            tables ({collection: module path}; default: the collection's name).
 
     Raises:
         PlanError: nothing fits; says how much the tables need and how much the topology has.
     """
     return planning.plan_architecture(
         _as_named_by(arch, configs), world_size, device, hbm_gb, ddr_gb, batch_size, optimizer,
-        module_path=module_path, local_world_size=local_world_size,
+        module_path=module_path, local_world_size=local_world_size, collection_paths=collection_paths,
     )  # fmt: skip
 
 
@@ -290,12 +293,13 @@ class EmbeddingSearch:
     Args:
         architecture: the chosen tables, named as yours (`configs` are them as `EmbeddingBagConfig`s);
             for iHAS's groups the searched `grouped` architecture (group and router tables, `extra`).
-        configs: your configs with the searched `embedding_dim` and `data_type` (`resize_configs`); {EBC
-            name: configs} for a model of several EBCs.
+        configs: your configs with the searched `embedding_dim` and `data_type` (`resize_configs`); {module
+            name: configs} for a model of several modules (`EmbeddingConfig`s for an
+            `EmbeddingCollection`: one dim for all its tables).
         plan: a TorchRec `ShardingPlan` of your model built around `configs`, for the topology the search
             ran on, keyed by `module_path` and your table names.
         module_path: where your model keeps its EBC (e.g. "sparse_arch.embedding_bag_collection"); pass it
-            to `plan_for` to plan for another topology; {EBC name: path} for several EBCs.
+            to `plan_for` to plan for another topology; {module name: path} for several modules.
         metrics: the search's metrics (`metrics.json`: budget, bytes, finalists, val/test metrics, log).
         run_dir: the run directory written (report, architecture, logs), or "" when none was kept.
         model: None when the result is per-table dims for your model. For iHAS's instance-wise groups
@@ -340,7 +344,7 @@ def _plan_user_model(
 
 
 def search_embedding_dims(
-    tables: Sequence[EmbeddingBagConfig] | Mapping[str, Sequence[EmbeddingBagConfig]],
+    tables: Sequence[EmbeddingBagConfig] | Mapping[str, Sequence[EmbeddingBagConfig | EmbeddingConfig]],
     model_factory: Callable[[Any], nn.Module],
     train: Iterable[Any],
     val: Iterable[Any],
@@ -367,9 +371,11 @@ def search_embedding_dims(
     Args:
         tables: your `EmbeddingBagConfig`s (pooling and init range are kept; `embedding_dim` is what is
             searched; their rows count in the budget; a table of several features is one shared table),
-            or for a model of several EBCs {EBC name: its configs}: the factory then gets {EBC name:
-            EBC}, and `configs` / `module_path` of the result are dicts by EBC name, `plan` one plan of
-            all tables placed together, keyed by each EBC's module path.
+            or for a model of several embedding modules {module name: its configs}: a list of
+            `EmbeddingBagConfig`s is an EBC, of `EmbeddingConfig`s an `EmbeddingCollection` (sequence
+            tables: one searched dim per collection; uniform, power_rule and adass). The factory then gets
+            {module name: EBC or EC}, and `configs` / `module_path` of the result are dicts by module
+            name, `plan` TorchRec's plan of your model built from them, keyed by each module's path.
         model_factory: `ebc -> model`, `model(dense [B, num_dense], kjt) -> logits [B]` (or [B, 1]); reads the
             tables' dims from `ebc.embedding_bag_configs()` (they differ per table) and pooled embeddings
             by feature name from `ebc(kjt)`; must keep the EBC as a submodule, pass the KJT to it untouched

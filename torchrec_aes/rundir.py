@@ -90,10 +90,15 @@ def method_dir(run_dir: str, method: str) -> str:
 
 
 def write_plan(
-    cfg: Config, world_size: int, arch: Architecture, module_path: str, run_dir: str
+    cfg: Config,
+    world_size: int,
+    arch: Architecture,
+    module_path: str,
+    run_dir: str,
+    collection_paths: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Plans `arch` for the topology of `cfg.plan` (`plan.world_size` or `world_size`) into `plan.json`;
-    returns the topology."""
+    """Plans `arch` for the topology of `cfg.plan` (`plan.world_size` or `world_size`) into `plan.json`
+    (the EBC at `module_path`, a collection's EC at `collection_paths`); returns the topology."""
 
     world_size = cfg.plan.world_size or world_size
     plan = plan_architecture(
@@ -105,6 +110,7 @@ def write_plan(
         cfg.train.batch_size,
         cfg.train.embedding_optimizer,
         module_path=module_path,
+        collection_paths=collection_paths,
     )
     topology = {
         "world_size": world_size,
@@ -125,6 +131,7 @@ def write_run(
     *,
     world_size: int,
     module_path: str,
+    collection_paths: dict[str, str] | None = None,
     budget: Budget | None = None,
     planted: list[int] | None = None,
     landscape: dict[str, Any] | None = None,
@@ -141,7 +148,7 @@ def write_run(
         write_text_atomic(path(run_dir, PLAN), read_text(cfg.plan.file))
         metrics["plan_topology"] = {"file": cfg.plan.file, "world_size": world_size}
     else:
-        metrics["plan_topology"] = write_plan(cfg, world_size, arch, module_path, run_dir)
+        metrics["plan_topology"] = write_plan(cfg, world_size, arch, module_path, run_dir, collection_paths)
     write_text_atomic(path(run_dir, METRICS), json.dumps(metrics, indent=1, sort_keys=True))
     if landscape:
         write_text_atomic(path(run_dir, LANDSCAPE), json.dumps(landscape))

@@ -59,6 +59,7 @@ def _write(
             metrics,
             world_size=env.world_size,
             module_path=task.ebc_path_for(arch),
+            collection_paths=task.collection_paths_for(arch),
             budget=budget,
             planted=task.planted,
             landscape=landscape,

@@ -19,6 +19,7 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 import torchrec_aes
 from torchrec_aes.planning.memory import arch_bytes
+from torchrec_aes.planning.plan import make_topology, plan_summary
 
 POOLED = {"user_id": 300, "item_id": 200}
 HISTORY = {"hist_item": 2000, "hist_tag": 12}  # one collection: tables of very different rows
@@ -160,3 +161,34 @@ def test_bad_module_lists_are_one_line_errors() -> None:
         torchrec_aes.search_embedding_dims(
             {"history": tables()["history"]}, SequenceModel, good, good, BUDGET, config=TINY
         )
+
+
+def test_the_run_directory_and_plan_for_place_each_collection_at_its_module_path(tmp_path) -> None:
+    run_dir = str(tmp_path / "run")
+    config = [*TINY, "search.method=uniform"]
+    result = torchrec_aes.search_embedding_dims(
+        tables(), SequenceModel, batches(4, 0), batches(2, 1), BUDGET, config=config, run_dir=run_dir
+    )
+    # The run directory's plan is for the trainer's wrapper of your model (as for several EBCs).
+    saved = torchrec_aes.load_plan(run_dir)
+    assert {p: set(t) for p, t in saved.plan.items()} == {  # type: ignore[union-attr]
+        "model.sparse": {"t_user_id", "t_item_id"},
+        "model.head.model.model.history": {"t_hist_item", "t_hist_tag"},
+    }
+    arch = torchrec_aes.load_architecture(run_dir)
+    assert [t.collection for t in arch.tables] == ["", "", "history", "history"]
+    # Another topology, under your paths.
+    plan = torchrec_aes.plan_for(
+        result.architecture,
+        world_size=2,
+        device="cpu",
+        module_path="ebc",
+        collection_paths={"history": "history"},
+    )
+    assert {p: set(t) for p, t in plan.plan.items()} == {  # type: ignore[union-attr]
+        "ebc": {"user_id_emb", "item_id_emb"},
+        "history": {"hist_item_seq", "hist_tag_seq"},
+    }
+    rows = plan_summary(plan, result.architecture, make_topology(2, "cpu"))
+    assert {t for r in rows for t in r.tables} == {t.name for t in result.architecture.tables}
+    assert sum(r.ddr_bytes for r in rows) >= arch_bytes(result.architecture)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 
+import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed._shard.sharding_spec import EnumerableShardingSpec
@@ -42,9 +43,16 @@ from torchrec.distributed.types import (
     ShardingPlan,
     ShardingType,
 )
+from torchrec.modules.embedding_modules import EmbeddingCollection
 
 from torchrec_aes.architecture import Architecture
-from torchrec_aes.planning.memory import OPTIMIZERS, arch_bytes, format_bytes, meta_ebc
+from torchrec_aes.planning.memory import (
+    OPTIMIZERS,
+    arch_bytes,
+    attach_table_optimizer,
+    format_bytes,
+    meta_ebc,
+)
 
 GiB = 1024**3
 DEVICES = ("cpu", "cuda")
@@ -212,6 +220,7 @@ def plan_architecture(
     optimizer: str = "rowwise_adagrad",
     module_path: str = "",
     local_world_size: int | None = None,
+    collection_paths: dict[str, str] | None = None,
 ) -> ShardingPlan:
     """A sharding plan for the tables of `arch` on a simulated topology (no process group, no weights).
 
@@ -222,15 +231,38 @@ def plan_architecture(
         optimizer: the fused table optimizer whose state is placed with the tables.
         module_path: where the `EmbeddingBagCollection` sits in the model that DMP will wrap, e.g.
             "sparse_arch.embedding_bag_collection" ("" = the EBC itself is the model).
+        collection_paths: where each `EmbeddingCollection` of the architecture's sequence tables sits
+            ({collection: module path}; default: the collection's name).
 
     Raises:
         PlanError: nothing fits.
     """
     topology = make_topology(world_size, device, hbm_gb, ddr_gb, local_world_size)
+    tables, collections = meta_tables(arch, optimizer)
+    plan = plan_model(tables, arch, topology, batch_size)
+    # The planner names the modules by their paths in `tables`; put them where the user's model has them.
+    paths = {"": module_path, "ebc": module_path}
+    paths.update({key: (collection_paths or {}).get(name, name) for key, name in collections.items()})
+    return ShardingPlan({paths[key]: module_plan for key, module_plan in plan.plan.items()})
+
+
+def meta_tables(arch: Architecture, optimizer: str | None) -> tuple[nn.Module, dict[str, str]]:
+    """The tables of `arch` on meta with `optimizer` attached: its EBC, or with sequence tables a module
+    holding the EBC (`ebc`) and one `EmbeddingCollection` per collection; with {child name: collection}."""
     ebc = meta_ebc(arch.to_ebc_configs(), optimizer)
-    # The planner names the EBC's path "" (it is the whole model); put it where the user's model has it.
-    plan = plan_model(ebc, arch, topology, batch_size)
-    return ShardingPlan({module_path: plan.plan[""]} if plan.plan else {})
+    ec_configs = arch.to_ec_configs()
+    if not ec_configs:
+        return ebc, {}
+    root = nn.Module()
+    root.add_module("ebc", ebc)
+    collections = {}
+    for i, (name, configs) in enumerate(ec_configs.items()):
+        ec = EmbeddingCollection(tables=configs, device=torch.device("meta"))
+        if optimizer is not None:
+            attach_table_optimizer(ec, optimizer)
+        root.add_module(f"ec{i}", ec)
+        collections[f"ec{i}"] = name
+    return root, collections
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -278,7 +310,7 @@ def plan_summary(
     shardings: dict[str, ParameterSharding] = {}
     for module_plan in plan.plan.values():
         shardings.update(module_plan)  # type: ignore[arg-type]
-    configs = arch.to_ebc_configs()
+    configs = [t for t in arch.active_tables]
     missing = [c.name for c in configs if c.name not in shardings]
     if missing:
         raise ValueError(f"the plan has no sharding for tables {missing} of the architecture")
@@ -297,7 +329,7 @@ def plan_summary(
         constraints=constraints,
         estimator=[EmbeddingStorageEstimator(topology=topology, constraints=constraints)],
     )
-    options = enumerator.enumerate(meta_ebc(configs, optimizer), default_sharders())
+    options = enumerator.enumerate(meta_tables(arch, optimizer)[0], default_sharders())
     for option in options:
         ps = shardings[option.name]
         if ps.sharding_type == ShardingType.DATA_PARALLEL.value:

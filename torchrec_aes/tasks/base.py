@@ -124,6 +124,10 @@ class Task(ABC):
         """Where `build(arch)` puts the EBC in the module DMP wraps (plans name their tables by it)."""
         return self.ebc_path
 
+    def collection_paths_for(self, arch: Architecture) -> dict[str, str]:
+        """Where `build(arch)` puts the `EmbeddingCollection` of each collection of sequence tables."""
+        return {}
+
     def after_shard(self, dmp: DistributedModelParallel, env: DistEnv) -> None:  # noqa: B027 (optional)
         """Called once DMP has materialised the model (e.g. to tell it its compute device)."""
 

@@ -14,6 +14,9 @@ Contract of the user's parts:
   KJT to the EBC untouched (the supernet's scorer replays cached lookups and calls the model with
   `kjt=None`) and be `torch.fx`-traceable like any model under `TrainPipelineSparseDist`. The tables it
   gets are named `t_<feature>` (the search's names); use feature names, not table names.
+* With several modules (`tables={name: configs}`) the factory gets `{name: module}`: an EBC's view of the
+  search's one EBC (as above), or for a list of `EmbeddingConfig`s an `EmbeddingCollection` (in a supernet
+  a `SequenceView` of the elastic EBC) that the model keeps as a submodule and calls with the KJT.
 * `loss(logits [B], labels [B]) -> scalar`, default binary cross-entropy on logits.
 * Each split is re-iterable (a list, a `DataLoader`, an `IterableDataset`; not a generator) of `Batch`es,
   or of `(kjt, labels)` / `(dense, kjt, labels)` tuples. Shuffling and sharding by rank are the loader's
@@ -563,8 +566,10 @@ class UserTask(CTRTask):
         # several EBCs `SeveralEBCs.sparse` (each of the user's EBCs is found when the result is exported).
         probed = self.model_around(probe, probe_ecs)
         inner = module_path_of(probed, probe)
-        for ec in probe_ecs.values():
-            module_path_of(probed, ec)
+        # Where each EmbeddingCollection sits in that model (the user keeps it; found on meta the same way).
+        self.collection_paths = {
+            name: f"model.{module_path_of(probed, ec)}" for name, ec in probe_ecs.items()
+        }
         self.ebc_path = f"model.{inner}"  # type: ignore[misc]
         self.module_path = inner.removeprefix("model").removeprefix(".") if self.ebc_features is None else ""
 
@@ -626,6 +631,9 @@ class UserTask(CTRTask):
 
     def ebc_path_for(self, arch: Architecture) -> str:
         return self.ebc_path  # the user's module path, whatever the architecture
+
+    def collection_paths_for(self, arch: Architecture) -> dict[str, str]:
+        return dict(self.collection_paths)
 
     def build(
         self,
