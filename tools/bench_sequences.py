@@ -128,10 +128,11 @@ class HistoryTwoTower(nn.Module):
     def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
         pooled = self.ebc(kjt).to_dict()
         means = []
-        for module in (self.clicks, self.noise):
-            for jt in module(kjt).values():
-                total = jt.to_padded_dense(MAX_LEN).sum(dim=1)
-                means.append(total / jt.lengths().clamp(min=1).unsqueeze(1).to(total.dtype))
+        for module, features in ((self.clicks, COLLECTIONS["clicks"]), (self.noise, COLLECTIONS["noise"])):
+            per_id = module(kjt)
+            for f in features:  # by name: the model must be torch.fx-traceable (TorchRec's train pipeline)
+                total = per_id[f].to_padded_dense(MAX_LEN).sum(dim=1)
+                means.append(total / per_id[f].lengths().clamp(min=1).unsqueeze(1).to(total.dtype))
         u = self.user_tower(torch.cat([dense, pooled["user"], pooled["ctx"], *means], dim=1))
         return (u * self.item_tower(pooled["item"])).sum(dim=1)
 

@@ -5,6 +5,8 @@ a TorchRec pipeline builds the EC from."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 from torch import nn
@@ -172,8 +174,8 @@ def test_the_run_directory_and_plan_for_place_each_collection_at_its_module_path
     # The run directory's plan is for the trainer's wrapper of your model (as for several EBCs).
     saved = torchrec_aes.load_plan(run_dir)
     assert {p: set(t) for p, t in saved.plan.items()} == {  # type: ignore[union-attr]
-        "model.sparse": {"t_user_id", "t_item_id"},
-        "model.head.model.model.history": {"t_hist_item", "t_hist_tag"},
+        "model.model.ebc": {"t_user_id", "t_item_id"},
+        "model.model.history": {"t_hist_item", "t_hist_tag"},
     }
     arch = torchrec_aes.load_architecture(run_dir)
     assert [t.collection for t in arch.tables] == ["", "", "history", "history"]
@@ -192,3 +194,19 @@ def test_the_run_directory_and_plan_for_place_each_collection_at_its_module_path
     rows = plan_summary(plan, result.architecture, make_topology(2, "cpu"))
     assert {t for r in rows for t in r.tables} == {t.name for t in result.architecture.tables}
     assert sum(r.ddr_bytes for r in rows) >= arch_bytes(result.architecture)
+
+
+def test_torchrecs_pipeline_overlaps_the_collections_lookups_in_the_supernet_and_the_retraining(
+    caplog,
+) -> None:
+    """With one EBC the user's model is built around the search's modules directly, so TorchRec's
+    `TrainPipelineSparseDist` finds every lookup: the EC in the supernet (inside the elastic EBC, reached
+    through the `SequenceView`) and the user's EC in the retrained finalists."""
+    caplog.set_level(logging.INFO, logger="torchrec.distributed.train_pipeline.utils")
+    torchrec_aes.search_embedding_dims(
+        tables(), SequenceModel, batches(6, 0), batches(2, 1), BUDGET, config=TINY
+    )
+    pipelined = {r.getMessage() for r in caplog.records if "will be pipelined" in r.getMessage()}
+    assert "Module 'model.model.ebc.ecs.history' will be pipelined" in pipelined  # supernet
+    assert "Module 'model.model.history' will be pipelined" in pipelined  # finalists
+    assert not any("will NOT be pipelined" in r.getMessage() for r in caplog.records)

@@ -243,28 +243,46 @@ class ElasticEmbeddingBagCollection(nn.Module):
     def sequence(self, name: str, features: KeyedJaggedTensor | None) -> dict[str, JaggedTensor]:
         """The per-id embeddings of collection `name` at its current dim, zero-padded to d_max (zero for
         dim 0; fp16-rounded with `set_half`, straight through)."""
-        d, half = self._dims[name], self._half.get(name, False)
-        out = {}
-        for key, jt in self.ecs[name](features).items():
-            values = jt.values()
-            if half:
-                values = values + (values.half().float() - values).detach()
-            if d == 0:
-                values = values * 0.0
-            elif d < self.max_dim:
-                values = F.pad(values[:, :d], (0, self.max_dim - d))
-            out[key] = JaggedTensor(values=values, lengths=jt.lengths())
-        return out
+        return masked_sequences(
+            self.ecs[name](features), self._dims[name], self.max_dim, self._half.get(name, False)
+        )
 
     def sequence_view(self, name: str) -> SequenceView:
         """What the user's model gets in place of collection `name`'s `EmbeddingCollection`."""
         return SequenceView(self, name)
 
 
+def masked_sequences(
+    embeddings: dict[str, JaggedTensor], dim: int, max_dim: int, half: bool
+) -> dict[str, JaggedTensor]:
+    """Per-id embeddings [ids, max_dim] used at `dim` columns: zero beyond it (all zero for 0), fp16-rounded
+    (straight through) with `half`."""
+    out = {}
+    for key, jt in embeddings.items():
+        values = jt.values()
+        if half:
+            values = values + (values.half().float() - values).detach()
+        if dim == 0:
+            values = values * 0.0
+        elif dim < max_dim:
+            values = F.pad(values[:, :dim], (0, max_dim - dim))
+        out[key] = JaggedTensor(values=values, lengths=jt.lengths())
+    return out
+
+
+# Iterates the collection's output: a leaf for torch.fx, which TorchRec's train pipeline traces with (the
+# EC's lookup itself stays in the graph, so the pipeline sees it).
+torch.fx.wrap("masked_sequences")
+
+
 class SequenceView(nn.Module):
     """An `EmbeddingCollection` look-alike over one collection of an elastic EBC: its configs (at d_max)
     and, called with a KJT, the collection's per-id embeddings at the current dim. It does not register
     the elastic EBC as a submodule (the model holds that once, where DMP shards it)."""
+
+    # TorchRec's train pipeline traces into it (it holds no sharded module itself, so it would be a leaf and
+    # the collection's lookup would not be pipelined).
+    _is_pytorch_fx_traceable = True
 
     def __init__(self, elastic: ElasticEmbeddingBagCollection, name: str) -> None:
         super().__init__()

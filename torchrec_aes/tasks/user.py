@@ -612,9 +612,13 @@ class UserTask(CTRTask):
 
     def model_around(self, sparse: nn.Module, sequences: Mapping[str, nn.Module] | None = None) -> nn.Module:
         """The user's model around `sparse` (their EBC, or a look-alike: elastic, gated, replayed); a model
-        of several modules gets its EBCs as views of `sparse` and its ECs as `sequences`."""
+        of several modules gets its ECs as `sequences` and its EBCs as views of `sparse` (with one EBC,
+        `sparse` itself: nothing to replay, and TorchRec's pipeline sees every lookup)."""
         if self.ebc_features is None:
             return Logits(self.user_factory(sparse))
+        if len(self.ebc_features) == 1:
+            (name,) = self.ebc_features
+            return Logits(self.user_factory({name: sparse, **dict(sequences or {})}))
         return SeveralEBCs(sparse, self.user_factory, self.ebc_features, sequences)
 
     def head(self, configs: list[EmbeddingBagConfig]) -> nn.Module:
