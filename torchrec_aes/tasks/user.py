@@ -560,7 +560,9 @@ class UserTask(CTRTask):
         super().__init__(cfg, data)
         # The factory once on meta: fails fast on a broken factory and finds where the user keeps the EBC.
         configs = Architecture.uniform(self.schema, 4)
-        probe = EmbeddingBagCollection(tables=configs.to_ebc_configs(), device=torch.device("meta"))
+        probe = EmbeddingBagCollection(
+            tables=self._user_configs(configs.to_ebc_configs()), device=torch.device("meta")
+        )
         probe_ecs = self._collections(configs)
         # Where the one EBC sits in the model UserModule wraps: `Logits.model.<the user's path>`, or for
         # several EBCs `SeveralEBCs.sparse` (each of the user's EBCs is found when the result is exported).
