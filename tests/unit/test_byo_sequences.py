@@ -207,6 +207,52 @@ def test_torchrecs_pipeline_overlaps_the_collections_lookups_in_the_supernet_and
         tables(), SequenceModel, batches(6, 0), batches(2, 1), BUDGET, config=TINY
     )
     pipelined = {r.getMessage() for r in caplog.records if "will be pipelined" in r.getMessage()}
-    assert "Module 'model.model.ebc.ecs.history' will be pipelined" in pipelined  # supernet
+    assert "Module 'model.model.ebc.ecs.c_history' will be pipelined" in pipelined  # supernet
     assert "Module 'model.model.history' will be pipelined" in pipelined  # finalists
     assert not any("will NOT be pipelined" in r.getMessage() for r in caplog.records)
+
+
+class TwoEBCsAndHistory(nn.Module):
+    """User and item EBCs and the history EC (the replay path of several EBCs, with an EC beside them)."""
+
+    def __init__(self, modules: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.user_ebc, self.item_ebc, self.history = modules["users"], modules["items"], modules["history"]
+        width = NUM_DENSE + sum(
+            c.embedding_dim for m in (self.user_ebc, self.item_ebc) for c in m.embedding_bag_configs()
+        )
+        self.mlp = MLP(width + self.history.embedding_dim() * len(HISTORY), [8, 1])
+
+    def forward(self, dense: torch.Tensor, kjt: KeyedJaggedTensor) -> torch.Tensor:
+        users, items, seq = self.user_ebc(kjt).to_dict(), self.item_ebc(kjt).to_dict(), self.history(kjt)
+        means = [seq[f].to_padded_dense(MAX_LEN).mean(dim=1) for f in HISTORY]
+        x = torch.cat([dense, users["user_id"], items["item_id"], *means], dim=1)
+        return self.mlp(x).squeeze(1)
+
+
+def test_several_ebcs_and_a_collection_are_searched_and_planned_per_module() -> None:
+    pooled = tables()["pooled"]
+    by_module = {"users": pooled[:1], "items": pooled[1:], "history": tables()["history"]}
+    result = torchrec_aes.search_embedding_dims(
+        by_module, TwoEBCsAndHistory, batches(6, 3), batches(2, 4), BUDGET, config=TINY
+    )
+    assert result.module_path == {"users": "user_ebc", "items": "item_ebc", "history": "history"}
+    assert {p: set(t) for p, t in result.plan.plan.items()} == {  # type: ignore[union-attr]
+        "user_ebc": {"user_id_emb"},
+        "item_ebc": {"item_id_emb"},
+        "history": {"hist_item_seq", "hist_tag_seq"},
+    }
+    assert len({c.embedding_dim for c in result.configs["history"]}) == 1
+    meta = torch.device("meta")
+    modules = {
+        "users": EmbeddingBagCollection(tables=result.configs["users"], device=meta),
+        "items": EmbeddingBagCollection(tables=result.configs["items"], device=meta),
+        "history": EmbeddingCollection(tables=result.configs["history"], device=meta),
+    }
+    for m in modules.values():
+        apply_optimizer_in_backward(RowWiseAdagrad, m.parameters(), {"lr": 0.05})
+    model = DistributedModelParallel(TwoEBCsAndHistory(modules), device=torch.device("cpu"), plan=result.plan)
+    batch = batches(1, 9)[0]
+    logits = model(batch.dense_features, batch.sparse_features)
+    logits.sum().backward()
+    assert logits.shape == (BATCH_SIZE,)

@@ -108,9 +108,9 @@ def test_an_elastic_ebc_serves_a_collection_at_one_sampled_dim_zero_padded() -> 
         ],
         device=meta,
     )
-    elastic = ElasticEmbeddingBagCollection(ebc, [4, 8, 16], sequences={"seq": ec})
-    assert elastic.table_names == ["t_user", "seq"]
-    view = elastic.sequence_view("seq")
+    elastic = ElasticEmbeddingBagCollection(ebc, [4, 8, 16], sequences={"keys": ec})  # any name
+    assert elastic.table_names == ["t_user", "keys"]
+    view = elastic.sequence_view("keys")
     assert view.embedding_dim() == 16 and [c.name for c in view.embedding_configs()] == ["t_a", "t_b"]
     assert not any(p is q for p in view.parameters() for q in ec.parameters())  # not registered twice
     kjt = KeyedJaggedTensor(
@@ -128,4 +128,4 @@ def test_an_elastic_ebc_serves_a_collection_at_one_sampled_dim_zero_padded() -> 
     elastic.set_dims([16, 0])
     assert not view(kjt)["a"].values().any()
     with pytest.raises(ValueError, match="not 0 or a candidate"):
-        elastic.set_dims({"seq": 12})
+        elastic.set_dims({"keys": 12})

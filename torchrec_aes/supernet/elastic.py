@@ -95,10 +95,12 @@ class ElasticEmbeddingBagCollection(nn.Module):
                 "table at max(candidates)"
             )
         self._configs = configs
-        self.ecs = nn.ModuleDict(dict(sequences or {}))
+        # Keyed `c_<collection>`: a collection may have any name, "items" or "keys" included.
+        self.collection_names = list(sequences or {})
+        self.ecs = nn.ModuleDict({f"c_{name}": ec for name, ec in (sequences or {}).items()})
         if self.ecs and output_dim is not None:
             raise ValueError("an elastic EBC with sequences zero-pads (no output_dim)")
-        for name, ec in self.ecs.items():
+        for name, ec in (sequences or {}).items():
             wrong = [c.name for c in ec.embedding_configs() if c.embedding_dim != self.max_dim]  # type: ignore[operator]
             if wrong or name in {c.name for c in configs}:
                 raise ValueError(
@@ -107,7 +109,7 @@ class ElasticEmbeddingBagCollection(nn.Module):
                     else f"collection '{name}' has the name of a table"
                 )
         # What a choice sets: each pooled table, then each collection (one dim for all its tables).
-        self.table_names = [c.name for c in configs] + list(self.ecs)
+        self.table_names = [c.name for c in configs] + self.collection_names
         self.feature_names = [n for c in configs for n in c.feature_names]
         self._table_of = {n: c.name for c in configs for n in c.feature_names}
         self._dims: dict[str, int] = {name: self.max_dim for name in self.table_names}
@@ -238,13 +240,21 @@ class ElasticEmbeddingBagCollection(nn.Module):
 
     def sequence_configs(self, name: str) -> list[EmbeddingConfig]:
         """The tables of collection `name` as its user sees them: at d_max (zero beyond the chosen dim)."""
-        return list(self.ecs[name].embedding_configs())  # type: ignore[operator]
+        return list(self.collection(name).embedding_configs())  # type: ignore[operator]
+
+    def collection(self, name: str) -> nn.Module:
+        """The `EmbeddingCollection` (or stand-in) of collection `name`."""
+        return self.ecs[f"c_{name}"]
+
+    def set_collection(self, name: str, module: nn.Module) -> None:
+        """Replaces collection `name`'s `EmbeddingCollection` (e.g. by cached lookups of a fixed slice)."""
+        self.ecs[f"c_{name}"] = module
 
     def sequence(self, name: str, features: KeyedJaggedTensor | None) -> dict[str, JaggedTensor]:
         """The per-id embeddings of collection `name` at its current dim, zero-padded to d_max (zero for
         dim 0; fp16-rounded with `set_half`, straight through)."""
         return masked_sequences(
-            self.ecs[name](features), self._dims[name], self.max_dim, self._half.get(name, False)
+            self.collection(name)(features), self._dims[name], self.max_dim, self._half.get(name, False)
         )
 
     def sequence_view(self, name: str) -> SequenceView:

@@ -190,7 +190,7 @@ class SupernetEvaluator:
         self.model = build_model(_CachedLookup(configs, pooled))
         self.elastic = find_elastic(self.model)
         for name, jagged in self.sequences.items():
-            self.elastic.ecs[name] = _CachedSequence(self.elastic.sequence_configs(name), jagged)
+            self.elastic.set_collection(name, _CachedSequence(self.elastic.sequence_configs(name), jagged))
         self.model.load_state_dict(dense_state)
         self.model.eval()
         self.table_names = self.elastic.table_names
@@ -402,16 +402,16 @@ def lookup_sequences(
     in each collection of the (DMP-wrapped) supernet's elastic EBC, gathered on every rank (a collective;
     {} without collections)."""
     elastic = find_elastic(model)
-    if not elastic.ecs:
+    if not elastic.collection_names:
         return {}
     model.eval()
     local: dict[str, dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]]] = {
-        name: {} for name in elastic.ecs
+        name: {} for name in elastic.collection_names
     }
     for batch in data.batches(keys, batch_size, env.rank, env.world_size):
         kjt = batch.sparse_features.to(env.device)
-        for name, ec in elastic.ecs.items():
-            for key, jt in ec(kjt).items():
+        for name in elastic.collection_names:
+            for key, jt in elastic.collection(name)(kjt).items():
                 values, lengths = local[name].setdefault(key, ([], []))
                 values.append(jt.values().cpu())
                 lengths.append(jt.lengths().cpu())

@@ -282,14 +282,13 @@ class UserHead(nn.Module):
         super().__init__()
         everything = {"ebc": [n for c in configs for n in c.feature_names]}
         groups = ebc_features if ebc_features is not None else everything
-        self.views = nn.ModuleDict(
-            {
-                name: PooledReplay([c for c in configs if set(c.feature_names) <= set(features)])
-                for name, features in groups.items()
-            }
+        # A list, not a ModuleDict: the user's EBC names may be any name ("items", "keys", ...).
+        self.views = nn.ModuleList(
+            PooledReplay([c for c in configs if set(c.feature_names) <= set(features)])
+            for features in groups.values()
         )
-        modules = {**dict(self.views), **dict(sequences or {})}
-        self.model = Logits(model_factory(self.views["ebc"] if ebc_features is None else modules))
+        modules = {**dict(zip(groups, self.views, strict=True)), **dict(sequences or {})}
+        self.model = Logits(model_factory(self.views[0] if ebc_features is None else modules))
 
     def interact(
         self,
@@ -298,12 +297,12 @@ class UserHead(nn.Module):
         features: KeyedJaggedTensor | None = None,
     ) -> torch.Tensor:
         """Logits [B] from the pooled embeddings (and `features` for the model's `EmbeddingCollection`s)."""
-        for view in self.views.values():
+        for view in self.views:
             view.replay(per_feature)  # type: ignore[operator]
         try:
             return self.model(dense_features, features)
         finally:  # the batch's embeddings are not kept on the module past the call
-            for view in self.views.values():
+            for view in self.views:
                 view.replay(None)  # type: ignore[operator]
 
 
