@@ -310,8 +310,8 @@ def plan_summary(
     shardings: dict[str, ParameterSharding] = {}
     for module_plan in plan.plan.values():
         shardings.update(module_plan)  # type: ignore[arg-type]
-    configs = [t for t in arch.active_tables]
-    missing = [c.name for c in configs if c.name not in shardings]
+    tables = arch.active_tables
+    missing = [t.name for t in tables if t.name not in shardings]
     if missing:
         raise ValueError(f"the plan has no sharding for tables {missing} of the architecture")
     # Enumerate exactly the plan's (sharding type, kernel) per table, then put the plan's shards in.
@@ -321,7 +321,7 @@ def plan_summary(
             compute_kernels=[shardings[c.name].compute_kernel],
             cache_params=shardings[c.name].cache_params,
         )
-        for c in configs
+        for c in tables
     }
     enumerator = EmbeddingEnumerator(
         topology=topology,
