@@ -170,7 +170,7 @@ class Architecture:
             )
             for (key, names), rows, d, dt in zip(groups, schema.table_rows, dims, types, strict=True)
         ]
-        return cls(tables=tables, method=method, schema_hash=schema.hash()).tied()
+        return cls(tables=tables, method=method, schema_hash=schema.hash())
 
     @property
     def dims(self) -> list[int]:

@@ -96,16 +96,21 @@ def batches(num: int, seed: int) -> list[Batch]:
     return out
 
 
-def _deploy(result: torchrec_aes.EmbeddingSearch) -> torch.Tensor:
-    """The user's model built from the result's configs and sharded with its plan: one step's logits."""
+def _deploy(
+    result: torchrec_aes.EmbeddingSearch, model_class: type[nn.Module] = SequenceModel
+) -> torch.Tensor:
+    """The user's model built from the result's configs (an EBC or an EC per module) and sharded with its
+    plan: one step's logits, backpropagated."""
     meta = torch.device("meta")
     modules = {
-        "pooled": EmbeddingBagCollection(tables=result.configs["pooled"], device=meta),
-        "history": EmbeddingCollection(tables=result.configs["history"], device=meta),
+        name: EmbeddingCollection(tables=c, device=meta)
+        if isinstance(c[0], EmbeddingConfig)
+        else EmbeddingBagCollection(tables=c, device=meta)
+        for name, c in result.configs.items()  # type: ignore[union-attr]
     }
     for m in modules.values():
         apply_optimizer_in_backward(RowWiseAdagrad, m.parameters(), {"lr": 0.05})
-    model = DistributedModelParallel(SequenceModel(modules), device=torch.device("cpu"), plan=result.plan)
+    model = DistributedModelParallel(model_class(modules), device=torch.device("cpu"), plan=result.plan)
     batch = batches(1, 9)[0]
     logits = model(batch.dense_features, batch.sparse_features)
     logits.sum().backward()
@@ -243,16 +248,4 @@ def test_several_ebcs_and_a_collection_are_searched_and_planned_per_module() -> 
         "history": {"hist_item_seq", "hist_tag_seq"},
     }
     assert len({c.embedding_dim for c in result.configs["history"]}) == 1
-    meta = torch.device("meta")
-    modules = {
-        "users": EmbeddingBagCollection(tables=result.configs["users"], device=meta),
-        "items": EmbeddingBagCollection(tables=result.configs["items"], device=meta),
-        "history": EmbeddingCollection(tables=result.configs["history"], device=meta),
-    }
-    for m in modules.values():
-        apply_optimizer_in_backward(RowWiseAdagrad, m.parameters(), {"lr": 0.05})
-    model = DistributedModelParallel(TwoEBCsAndHistory(modules), device=torch.device("cpu"), plan=result.plan)
-    batch = batches(1, 9)[0]
-    logits = model(batch.dense_features, batch.sparse_features)
-    logits.sum().backward()
-    assert logits.shape == (BATCH_SIZE,)
+    assert _deploy(result, TwoEBCsAndHistory).shape == (BATCH_SIZE,)

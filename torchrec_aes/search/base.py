@@ -135,21 +135,23 @@ class SearchMethod:
 
     def check_floor(self, ctx: SearchContext) -> None:
         """A one-line ValueError if ctx's budget is below the smallest architecture this method returns,
-        or the data has shared tables and the method does not search them."""
-        if ctx.schema.has_shared_tables and not self.shared_tables:
-            _load(BUILTIN_METHODS)
-            able = sorted(m.name for m in _METHODS.values() if m.shared_tables)
-            raise ValueError(
-                f"search.method: '{self.name}' does not search tables shared by several features "
-                f"(data.shared_tables) yet; methods that do: {', '.join(able)}"
-            )
-        if ctx.schema.has_sequences and not self.sequences:
-            _load(BUILTIN_METHODS)
-            able = sorted(m.name for m in _METHODS.values() if m.sequences)
-            raise ValueError(
-                f"search.method: '{self.name}' does not search the tables of an EmbeddingCollection yet; "
-                f"methods that do: {', '.join(able)}"
-            )
+        or the data has shared tables or sequence tables and the method does not search them."""
+        kinds = [
+            (
+                "shared_tables",
+                ctx.schema.has_shared_tables,
+                "tables shared by several features (data.shared_tables)",
+            ),
+            ("sequences", ctx.schema.has_sequences, "the tables of an EmbeddingCollection"),
+        ]
+        for flag, present, what in kinds:
+            if present and not getattr(self, flag):
+                _load(BUILTIN_METHODS)
+                able = sorted(m.name for m in _METHODS.values() if getattr(m, flag))
+                raise ValueError(
+                    f"search.method: '{self.name}' does not search {what} yet; methods that do: "
+                    f"{', '.join(able)}"
+                )
         if self.floor is not None:
             ctx.budget.check_floor(*self.floor(ctx))
         else:

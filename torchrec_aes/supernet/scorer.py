@@ -167,7 +167,7 @@ class SupernetEvaluator:
         labels: [N] labels.
         dense_state: state dict of the model without the embedding tables.
         sequences: the slice's per-id embeddings of each collection of a user's `EmbeddingCollection`s
-            (`lookup_sequences`), if the elastic EBC has any.
+            (`lookup_slice`), if the elastic EBC has any.
     """
 
     def __init__(
@@ -354,20 +354,28 @@ def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
 @torch.no_grad()
 def lookup_slice(
     model: nn.Module, data: Rows, keys: list[str], batch_size: int, env: DistEnv
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor, Sequences]:
     """The pooled d_max embeddings of `data` (a fixed slice) looked up through the sharded tables of a
     (DMP-wrapped) supernet holding one elastic EBC, with the rows' dense features and labels, gathered on
-    every rank (a collective): (feature -> [N, d_max], dense [N, num_dense], labels [N]), rows in the
-    same order in all three (each rank's share, in rank order).
+    every rank (a collective): (feature -> [N, d_max], dense [N, num_dense], labels [N], and the per-id
+    d_max embeddings of each collection of its `EmbeddingCollection`s, {} without), rows in the same order
+    in all (each rank's share, in rank order).
     """
     elastic = find_elastic(model)
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {n: [] for n in elastic.feature_names}
+    per_id: dict[str, dict[str, tuple[list, list]]] = {name: {} for name in elastic.collection_names}
     dense, labels = [], []
     for batch in data.batches(keys, batch_size, env.rank, env.world_size):
-        pooled = elastic.ebc(batch.sparse_features.to(env.device)).to_dict()
+        kjt = batch.sparse_features.to(env.device)
+        pooled = elastic.ebc(kjt).to_dict()
         for n in parts:
             parts[n].append(pooled[n].cpu())
+        for name in elastic.collection_names:
+            for key, jt in elastic.collection(name)(kjt).items():
+                values, lengths = per_id[name].setdefault(key, ([], []))
+                values.append(jt.values().cpu())
+                lengths.append(jt.lengths().cpu())
         dense.append(batch.dense_features.float())
         labels.append(batch.labels.float())
     local = torch.stack([torch.cat(parts[n]) for n in elastic.feature_names], dim=1)  # [N_r, F, d]
@@ -379,9 +387,10 @@ def lookup_slice(
             dist.all_gather(out, t.contiguous())
             gathered.append(torch.cat(out))
         local, local_dense, local_labels = gathered
+    sequences = _gather_sequences(per_id, env) if per_id else {}
     model.train()
     pooled_slice = {name: local[:, i].contiguous() for i, name in enumerate(elastic.feature_names)}
-    return pooled_slice, local_dense, local_labels
+    return pooled_slice, local_dense, local_labels, sequences
 
 
 def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -394,35 +403,16 @@ def dense_state(model: nn.Module) -> dict[str, torch.Tensor]:
     }
 
 
-@torch.no_grad()
-def lookup_sequences(
-    model: nn.Module, data: Rows, keys: list[str], batch_size: int, env: DistEnv
-) -> Sequences:
-    """The per-id d_max embeddings of `data` (the fixed slice of `lookup_slice`, in the same row order)
-    in each collection of the (DMP-wrapped) supernet's elastic EBC, gathered on every rank (a collective;
-    {} without collections)."""
-    elastic = find_elastic(model)
-    if not elastic.collection_names:
-        return {}
-    model.eval()
-    local: dict[str, dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]]] = {
-        name: {} for name in elastic.collection_names
-    }
-    for batch in data.batches(keys, batch_size, env.rank, env.world_size):
-        kjt = batch.sparse_features.to(env.device)
-        for name in elastic.collection_names:
-            for key, jt in elastic.collection(name)(kjt).items():
-                values, lengths = local[name].setdefault(key, ([], []))
-                values.append(jt.values().cpu())
-                lengths.append(jt.lengths().cpu())
+def _gather_sequences(local: dict[str, dict[str, tuple[list, list]]], env: DistEnv) -> Sequences:
+    """Every rank's per-id embeddings of the slice, in rank order (ranks hold different numbers of ids:
+    gathered as objects)."""
     mine = {
         name: {k: (torch.cat(v), torch.cat(n)) for k, (v, n) in per.items()} for name, per in local.items()
     }
     parts = [mine]
-    if env.world_size > 1:  # ranks hold different numbers of ids: gathered as objects, in rank order
+    if env.world_size > 1:
         parts = [{} for _ in range(env.world_size)]
         dist.all_gather_object(parts, mine)
-    model.train()
     return {
         name: {
             k: (torch.cat([p[name][k][0] for p in parts]), torch.cat([p[name][k][1] for p in parts]))
@@ -454,8 +444,7 @@ def slice_evaluator(
         build_model: `lookup -> model` for the evaluator (see `SupernetEvaluator`).
         candidates: the options a choice indexes (see `SupernetEvaluator`).
     """
-    pooled_slice, dense, labels = lookup_slice(model, data, keys, batch_size, env)
-    sequences = lookup_sequences(model, data, keys, batch_size, env)
+    pooled_slice, dense, labels, sequences = lookup_slice(model, data, keys, batch_size, env)
     state = dense_state(model)
     if not env.is_main:
         return None

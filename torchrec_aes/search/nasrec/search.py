@@ -168,7 +168,10 @@ def train_supernet(
     bs = cfg.train.eval_batch_size
     slices = []
     for split, rows in (("train", ncfg.finetune_rows), ("val", ncfg.score_rows)):
-        slices.append(lookup_slice(trainer.model, task.rows[split].head(rows), task.keys, bs, env))
+        pooled, dense, labels, _ = lookup_slice(
+            trainer.model, task.rows[split].head(rows), task.keys, bs, env
+        )
+        slices.append((pooled, dense, labels))  # NASRec's tables are all pooled: no collections
     scorer = SubnetScorer(
         space,
         num_dense,
